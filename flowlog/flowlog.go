@@ -1,0 +1,93 @@
+// Package flowlog writes and reads flow records: one JSON line per
+// decision the enforcer makes, naming both identities, the verdict and why.
+package flowlog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/bireme/bireme/identity"
+)
+
+// Verdicts.
+const (
+	Allow = "allow"
+	Deny  = "deny"
+)
+
+// Record is one decision about one connection, as seen by one enforcer.
+type Record struct {
+	Time time.Time `json:"time"`
+	// Node is the enforcer that decided.
+	Node string `json:"node"`
+	// Direction is "ingress" (Local is the server) or "egress" (Local is
+	// the client), relative to the protected workload Local.
+	Direction string `json:"direction"`
+	// Stage is the handshake packet the decision was made on:
+	// "syn", "synack" or "ack".
+	Stage     string `json:"stage"`
+	Protocol  string `json:"protocol"`
+	LocalAddr string `json:"localAddr"` // ip:port as seen by this node
+	PeerAddr  string `json:"peerAddr"`  // ip:port as seen by this node (after any NAT)
+	// Local is the protected workload; Peer the authenticated peer, nil
+	// when the peer presented no identity (then only ipBlock rules apply).
+	Local *identity.Identity `json:"local"`
+	Peer  *identity.Identity `json:"peer,omitempty"`
+	// Verdict is Allow or Deny.
+	Verdict string `json:"verdict"`
+	// Policy is "namespace/name" of the NetworkPolicy that decided, empty
+	// when none did (unselected workload, or a token failure).
+	Policy string `json:"policy,omitempty"`
+	// TokenError is the typed token rejection reason (for example
+	// "expired", "bad-proof"), empty when the token verified.
+	TokenError string `json:"tokenError,omitempty"`
+	// Reason explains the verdict in words.
+	Reason string `json:"reason"`
+}
+
+// Writer appends records as JSON lines. It is safe for concurrent use.
+type Writer struct {
+	mu  sync.Mutex
+	w   *bufio.Writer
+	enc *json.Encoder
+}
+
+// NewWriter returns a Writer on w. Records are flushed after every write so
+// that a reader tailing the file sees them at once.
+func NewWriter(w io.Writer) *Writer {
+	bw := bufio.NewWriter(w)
+	return &Writer{w: bw, enc: json.NewEncoder(bw)}
+}
+
+// Write appends one record.
+func (w *Writer) Write(r *Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.enc.Encode(r); err != nil {
+		return fmt.Errorf("encode flow record: %w", err)
+	}
+	return w.w.Flush()
+}
+
+// Read decodes every record in r. A line that does not decode is an error
+// naming its line number.
+func Read(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for line := 1; sc.Scan(); line++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return out, fmt.Errorf("flow record line %d: %w", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out, sc.Err()
+}

@@ -1,0 +1,42 @@
+package flowlog
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/identity"
+)
+
+func TestWriteRead(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := w.Write(&Record{
+				Time: time.Unix(1, 0).UTC(), Node: "n1", Direction: "ingress", Stage: "syn",
+				Local:   &identity.Identity{Cluster: "c", Namespace: "x", Pod: "a"},
+				Verdict: Deny, Reason: "selected by x/deny-all; no rule allows",
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	recs, err := Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 50 || recs[0].Local.Pod != "a" || recs[0].Peer != nil {
+		t.Fatalf("got %d records: %+v", len(recs), recs[0])
+	}
+	if _, err := Read(strings.NewReader("{}\nnot json\n")); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("want line 2 error, got %v", err)
+	}
+}
