@@ -1,0 +1,143 @@
+// Package nfqaccept is the floor any NFQUEUE design pays: the same handshake
+// packets Bireme queues (SYN, SYN-ACK, the handshake-completing ACK) go to
+// userspace and come back with an accept verdict, without any token, parsing
+// beyond the TCP flags, or policy. The benchmark runs one reader process per
+// node, like one enforcer per node.
+package nfqaccept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+)
+
+// Config says which queue to read and in which namespace.
+type Config struct {
+	// NetNSPath is the namespace holding the queue, e.g. /run/netns/NAME.
+	NetNSPath string
+	// Queue is the NFQUEUE number the rules send packets to.
+	Queue uint16
+	// Mark is set on the connection (conntrack mark) when its
+	// handshake-completing ACK is accepted, so later packets skip the queue,
+	// as Bireme's authorized mark does.
+	Mark uint32
+}
+
+// Run reads the queue until ctx ends. ready is called once the queue is bound
+// (packets sent to it from then on reach this reader).
+func Run(ctx context.Context, cfg Config, ready func()) error {
+	f, err := os.Open(cfg.NetNSPath)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", cfg.NetNSPath, err)
+	}
+	defer f.Close()
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NetNS:        int(f.Fd()),
+		NfQueue:      cfg.Queue,
+		MaxPacketLen: 128, // IP and TCP headers are all a flags check needs
+		MaxQueueLen:  4096,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+	})
+	if err != nil {
+		return fmt.Errorf("open queue %d in %s: %w", cfg.Queue, cfg.NetNSPath, err)
+	}
+	defer nf.Close()
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		return fmt.Errorf("queue %d: set NoENOBUFS: %w", cfg.Queue, err)
+	}
+	var verdictErr error
+	hook := func(a nfqueue.Attribute) int {
+		if a.PacketID == nil {
+			return 0
+		}
+		var err error
+		if a.Payload != nil && IsHandshakeACK(*a.Payload) {
+			err = nf.SetVerdictWithConnMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Mark))
+		} else {
+			err = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
+		}
+		if err != nil && verdictErr == nil {
+			verdictErr = err
+		}
+		return 0
+	}
+	errs := make(chan error, 1)
+	onErr := func(err error) int {
+		if ctx.Err() != nil {
+			return 1
+		}
+		var opErr *netlink.OpError
+		if errors.As(err, &opErr) && (opErr.Timeout() || opErr.Temporary()) {
+			return 0
+		}
+		select {
+		case errs <- err:
+		default:
+		}
+		return 1
+	}
+	if err := nf.RegisterWithErrorFunc(ctx, hook, onErr); err != nil {
+		return fmt.Errorf("register queue %d: %w", cfg.Queue, err)
+	}
+	ready()
+	select {
+	case <-ctx.Done():
+	case err := <-errs:
+		return fmt.Errorf("read queue %d: %w", cfg.Queue, err)
+	}
+	if verdictErr != nil {
+		return fmt.Errorf("queue %d: verdict: %w", cfg.Queue, verdictErr)
+	}
+	return nil
+}
+
+// IsHandshakeACK reports whether pkt (an IPv4 or IPv6 packet) is a TCP
+// segment with ACK set and SYN, FIN and RST clear: the packet that completes
+// a handshake when the rules queue only unmarked connections. Anything it
+// cannot parse is not such a packet.
+func IsHandshakeACK(pkt []byte) bool {
+	flags, ok := tcpFlags(pkt)
+	return ok && flags&(flagSYN|flagFIN|flagRST|flagACK) == flagACK
+}
+
+const (
+	flagFIN = 0x01
+	flagSYN = 0x02
+	flagRST = 0x04
+	flagACK = 0x10
+)
+
+// tcpFlags returns the TCP flags byte of pkt.
+func tcpFlags(pkt []byte) (byte, bool) {
+	if len(pkt) < 1 {
+		return 0, false
+	}
+	var off int
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < 20 || pkt[9] != 6 {
+			return 0, false
+		}
+		off = int(pkt[0]&0x0f) * 4
+		if off < 20 {
+			return 0, false
+		}
+	case 6:
+		// Extension headers are not followed: Bireme's rules only queue
+		// TCP, and the benchmark's packets carry none.
+		if len(pkt) < 40 || pkt[6] != 6 {
+			return 0, false
+		}
+		off = 40
+	default:
+		return 0, false
+	}
+	if len(pkt) < off+14 {
+		return 0, false
+	}
+	return pkt[off+13], true
+}

@@ -1,0 +1,212 @@
+package report
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// WriteMarkdown renders r as the document docs/benchmarks.md; jsonName is the
+// raw results file it points to.
+func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# Benchmarks\n\n")
+	p("What identity costs on the TCP handshake, side by side with what users would pick instead. ")
+	p("All cases ran in one process run, alternating, on the same pair of workloads; ")
+	p("absolute numbers are for the record, the ratios are what compare across runs.\n\n")
+	if r.Short {
+		p("**Short mode (`BENCH_SHORT=1`)**: few samples, small bulk transfer; these numbers only show the harness works.\n\n")
+	}
+	if r.Failure != "" {
+		p("**The run failed**: %s\n\n", r.Failure)
+	}
+	p("- Date: %s (run took %.0f s)\n", r.Date, r.Duration)
+	p("- Command: `%s`\n", r.Command)
+	m := r.Machine
+	p("- Machine: %s, %d CPUs, %d MB RAM, Linux %s, %s, %s\n", m.CPUModel, m.CPUs, m.MemoryMB, m.Kernel, m.GoVersion, m.Iptables)
+	st := r.Settings
+	p("- Settings: %d round(s); each round runs every case once, in a rotated order (%s); load runs of %.1f s with %s concurrent clients; bulk %s in one stream; connect timeout %d ms (denied case: %d ms)\n",
+		st.Rounds, st.AlternationPattern, st.LoadSeconds, joinInts(st.Concurrency), humanBytes(st.BulkBytes), st.ConnectTimeoutMS, st.DeniedTimeoutMS)
+	p("- Processes: %s\n", st.ProcessModel)
+	p("- Bireme: `%s`, `--queues %d --poll %s`; %d warm-up connections before measuring case 4\n", st.BiremeBinary, st.EnforcerQueues, st.EnforcerPoll, st.WarmupConnections)
+	p("- Cold caches (case 5): %s\n", st.ColdCacheMethod)
+	for _, h := range r.Topology {
+		p("- %s: netns `%s` on node `%s`, %s\n", h.Role, h.NS, h.Node, h.Addr)
+	}
+	p("\n## Results (median over rounds)\n\n")
+	p("A connection is connect, a 1-byte request, a 1-byte response, close. Connect latency comes from the single-client run ")
+	p("(until `connect()` returns; for case 6 until the TLS handshake completes); txn is the whole connection. ")
+	p("Enforcer CPU is user+system time of the `bireme enforce` processes (case 3: the accept-only readers) from `/proc/PID/stat` ")
+	p("during the load runs, per 10,000 connections (case 7: per 10,000 attempts); peak RSS is the largest VmHWM of one such process.\n\n")
+	head := []string{"#", "case"}
+	for _, n := range st.Concurrency {
+		head = append(head, fmt.Sprintf("conn/s c=%d", n))
+	}
+	head = append(head, "connect p50 µs", "connect p99 µs", "txn p50 µs", "bulk Gbit/s", "enforcer CPU s / 10k conns", "enforcer peak RSS MB")
+	p("%s\n", row(head))
+	p("%s\n", row(repeat("---", len(head))))
+	for _, c := range r.Cases {
+		cells := []string{fmt.Sprint(c.ID), c.Name}
+		if c.Unavailable != "" {
+			cells = append(cells, "not available: "+c.Unavailable)
+			for len(cells) < len(head) {
+				cells = append(cells, "")
+			}
+			p("%s\n", row(cells))
+			continue
+		}
+		s := c.Summary
+		if s == nil {
+			continue
+		}
+		denied := c.Key == "bireme-denied"
+		for i := range st.Concurrency {
+			if denied {
+				cells = append(cells, fmt.Sprintf("%.0f (%d attempts, all timed out)", s.ConnPerS[i], s.Attempts[i]))
+			} else if c.Key == "bireme-cold" {
+				cells = append(cells, "n/a")
+			} else {
+				cells = append(cells, fmt.Sprintf("%.0f", s.ConnPerS[i]))
+			}
+		}
+		if denied {
+			cells = append(cells, fmt.Sprintf("gave up after %.0f", s.GiveUpP50us), fmt.Sprintf("gave up after %.0f", s.GiveUpP99us), "—")
+		} else {
+			cells = append(cells, num(s.ConnectP50us), num(s.ConnectP99us), num(s.TxnP50us))
+		}
+		if s.HasBulk {
+			cells = append(cells, fmt.Sprintf("%.2f", s.BulkGbps))
+		} else {
+			cells = append(cells, "—")
+		}
+		if s.HasEnforcer {
+			cells = append(cells, fmt.Sprintf("%.3f", s.CPUPer10k), fmt.Sprintf("%.1f", s.PeakRSSMB))
+		} else {
+			cells = append(cells, "—", "—")
+		}
+		p("%s\n", row(cells))
+	}
+	p("\n## Headline ratios\n\n")
+	p("Each case against plain TCP (case 1) and against mutual TLS (case 6). Connection rates: higher is better; latencies: lower is better.\n\n")
+	rh := []string{"#", "case"}
+	type col struct {
+		base   int
+		metric string
+	}
+	var cols []col
+	for _, n := range st.Concurrency {
+		cols = append(cols, col{1, fmt.Sprintf("conn_per_s_c%d", n)})
+		rh = append(rh, fmt.Sprintf("conn/s c=%d ÷ case 1", n))
+	}
+	cols = append(cols, col{1, "connect_p50"}, col{1, "bulk_gbps"})
+	rh = append(rh, "connect p50 ÷ case 1", "bulk ÷ case 1")
+	for _, n := range st.Concurrency {
+		cols = append(cols, col{6, fmt.Sprintf("conn_per_s_c%d", n)})
+		rh = append(rh, fmt.Sprintf("conn/s c=%d ÷ case 6", n))
+	}
+	cols = append(cols, col{6, "connect_p50"})
+	rh = append(rh, "connect p50 ÷ case 6")
+	p("%s\n%s\n", row(rh), row(repeat("---", len(rh))))
+	for _, c := range r.Cases {
+		if c.Summary == nil || c.Key == "bireme-denied" {
+			continue
+		}
+		cells := []string{fmt.Sprint(c.ID), c.Name}
+		for _, k := range cols {
+			if v, ok := Lookup(r.Ratios, c.ID, k.base, k.metric); ok {
+				cells = append(cells, fmt.Sprintf("%.2fx", v))
+			} else {
+				cells = append(cells, "—")
+			}
+		}
+		p("%s\n", row(cells))
+	}
+	if len(r.Targets) > 0 {
+		p("\n## Targets of issue 6\n\n| goal | measured | met |\n|---|---|---|\n")
+		for _, t := range r.Targets {
+			met := "no"
+			if t.Met {
+				met = "yes"
+			}
+			p("| %s | %.2fx | %s |\n", t.Goal, t.Measured, met)
+		}
+	}
+	p("\n## Micro-benchmarks\n\n")
+	p("From `go test -run '^$' -bench . -benchmem ./tokens/ ./policy/ ./enforcer/`, run by the harness after the cases.\n\n")
+	if r.MicroErr != "" {
+		p("Problems: %s\n\n", r.MicroErr)
+	}
+	if len(r.Micro) > 0 {
+		p("| package | benchmark | ns/op | B/op | allocs/op |\n|---|---|---|---|---|\n")
+		for _, mb := range r.Micro {
+			p("| %s | %s | %.0f | %d | %d |\n", mb.Package, mb.Name, mb.NsPerOp, mb.BytesPerOp, mb.AllocsPerOp)
+		}
+	} else if r.MicroErr == "" {
+		p("Not run (short mode, or `-micro=false`).\n")
+	}
+	if len(r.Notes) > 0 || hasCaseNotes(r.Cases) {
+		p("\n## Notes\n\n")
+		for _, n := range r.Notes {
+			p("- %s\n", n)
+		}
+		for _, c := range r.Cases {
+			for _, n := range c.Notes {
+				p("- Case %d (%s): %s\n", c.ID, c.Name, n)
+			}
+		}
+	}
+	p("\nRaw numbers, per round: [`%s`](%s).\n", jsonName, jsonName)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func hasCaseNotes(cs []*Case) bool {
+	for _, c := range cs {
+		if len(c.Notes) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func row(cells []string) string {
+	for i, c := range cells {
+		cells[i] = strings.ReplaceAll(c, "|", "\\|")
+	}
+	return "| " + strings.Join(cells, " | ") + " |"
+}
+
+func repeat(s string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
+}
+
+func num(v float64) string {
+	if v == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, "/")
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20:
+		return fmt.Sprintf("%d MiB", n>>20)
+	default:
+		return fmt.Sprintf("%d bytes", n)
+	}
+}

@@ -1,0 +1,174 @@
+package report
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Summarize fills c.Summary from its rounds. concurrency is the list of
+// client counts the load runs used; denied says the case's connections are
+// expected to fail (its latency is the time to give up).
+func Summarize(c *Case, concurrency []int, denied bool) {
+	if c.Unavailable != "" || len(c.Rounds) == 0 {
+		return
+	}
+	s := &Summary{ConnPerS: make([]float64, len(concurrency)), Attempts: make([]int, len(concurrency))}
+	var p50s, p99s, t50s, t99s, g50s, g99s, bulks []float64
+	var cpu float64
+	var charged int
+	for _, r := range c.Rounds {
+		for _, l := range r.Loads {
+			cpu += l.EnforcerCPU
+			s.Connected += l.Result.Completed
+			s.Failed += l.Result.Failed
+			if denied {
+				charged += l.Result.Attempts
+			} else {
+				charged += l.Result.Completed
+			}
+			for i, n := range concurrency {
+				if l.Concurrency == n {
+					s.Attempts[i] += l.Result.Attempts
+				}
+			}
+			// Latencies come from the single-client run: the machine is
+			// otherwise idle, so they are the path's own delay, not queueing.
+			if l.Concurrency == 1 {
+				if l.Result.Completed > 0 {
+					p50s = append(p50s, l.Result.ConnectP50us)
+					p99s = append(p99s, l.Result.ConnectP99us)
+					t50s = append(t50s, l.Result.TxnP50us)
+					t99s = append(t99s, l.Result.TxnP99us)
+				}
+				if l.Result.Failed > 0 {
+					g50s = append(g50s, l.Result.FailP50us)
+					g99s = append(g99s, l.Result.FailP99us)
+				}
+			}
+		}
+		for _, l := range r.Cold {
+			cpu += l.EnforcerCPU
+			s.Connected += l.Result.Completed
+			s.Failed += l.Result.Failed
+			charged += l.Result.Completed
+			if l.Result.Completed > 0 {
+				// One connection per sample: its p50 is its latency.
+				p50s = append(p50s, l.Result.ConnectP50us)
+				t50s = append(t50s, l.Result.TxnP50us)
+			}
+		}
+		if r.Bulk != nil {
+			bulks = append(bulks, r.Bulk.Gbps)
+		}
+		for _, p := range r.Procs {
+			s.HasEnforcer = true
+			s.PeakRSSMB = max(s.PeakRSSMB, p.PeakRSSMB)
+		}
+	}
+	for i, n := range concurrency {
+		var rates []float64
+		for _, r := range c.Rounds {
+			for _, l := range r.Loads {
+				if l.Concurrency == n {
+					rates = append(rates, l.Result.ConnPerS)
+				}
+			}
+		}
+		s.ConnPerS[i] = Median(rates)
+	}
+	if len(c.Rounds[0].Cold) > 0 {
+		// Cold samples pool across rounds: percentiles of single connections.
+		s.ConnectP50us, s.ConnectP99us = Percentiles(p50s)
+		s.TxnP50us, s.TxnP99us = Percentiles(t50s)
+	} else {
+		s.ConnectP50us, s.ConnectP99us = Median(p50s), Median(p99s)
+		s.TxnP50us, s.TxnP99us = Median(t50s), Median(t99s)
+	}
+	s.GiveUpP50us, s.GiveUpP99us = Median(g50s), Median(g99s)
+	if len(bulks) > 0 {
+		s.HasBulk = true
+		s.BulkGbps = Median(bulks)
+	}
+	if s.HasEnforcer && charged > 0 {
+		s.CPUPer10k = cpu / float64(charged) * 10000
+	}
+	c.Summary = s
+}
+
+// Percentiles returns the nearest-rank p50 and p99 of xs.
+func Percentiles(xs []float64) (p50, p99 float64) {
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	at := func(p float64) float64 {
+		i := int(p*float64(len(s))+0.5) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	return at(0.5), at(0.99)
+}
+
+// Ratios computes the headline comparisons of every measured case against
+// the bases (plain TCP and mutual TLS). A ratio is left out when either side
+// was not measured.
+func Ratios(cases []*Case, concurrency []int, bases ...int) []Ratio {
+	byID := map[int]*Case{}
+	for _, c := range cases {
+		if c.Summary != nil {
+			byID[c.ID] = c
+		}
+	}
+	var out []Ratio
+	for _, base := range bases {
+		b := byID[base]
+		if b == nil {
+			continue
+		}
+		for _, c := range cases {
+			if c.Summary == nil || c.ID == base {
+				continue
+			}
+			add := func(metric string, num, den float64) {
+				if num > 0 && den > 0 {
+					out = append(out, Ratio{Case: c.ID, Base: base, Metric: metric, Value: num / den})
+				}
+			}
+			for i, n := range concurrency {
+				add(fmt.Sprintf("conn_per_s_c%d", n), c.Summary.ConnPerS[i], b.Summary.ConnPerS[i])
+			}
+			add("connect_p50", c.Summary.ConnectP50us, b.Summary.ConnectP50us)
+			add("txn_p50", c.Summary.TxnP50us, b.Summary.TxnP50us)
+			add("bulk_gbps", c.Summary.BulkGbps, b.Summary.BulkGbps)
+		}
+	}
+	return out
+}
+
+// Lookup returns the ratio for (case, base, metric), if computed.
+func Lookup(rs []Ratio, c, base int, metric string) (float64, bool) {
+	for _, r := range rs {
+		if r.Case == c && r.Base == base && r.Metric == metric {
+			return r.Value, true
+		}
+	}
+	return 0, false
+}
+
+// Targets checks issue 6's goals for Bireme's allowed case (4) against the
+// computed ratios. A goal whose inputs were not measured is left out.
+func Targets(rs []Ratio, concurrency []int) []Target {
+	var out []Target
+	for _, n := range concurrency {
+		if v, ok := Lookup(rs, 4, 1, fmt.Sprintf("conn_per_s_c%d", n)); ok {
+			out = append(out, Target{Goal: fmt.Sprintf("case 4 conn/s (c=%d) >= 0.45x case 1", n), Measured: v, Limit: 0.45, Met: v >= 0.45})
+		}
+	}
+	if v, ok := Lookup(rs, 4, 6, "connect_p50"); ok {
+		out = append(out, Target{Goal: "case 4 connect p50 <= 0.25x case 6", Measured: v, Limit: 0.25, Met: v <= 0.25})
+	}
+	if v, ok := Lookup(rs, 4, 1, "bulk_gbps"); ok {
+		out = append(out, Target{Goal: "case 4 bulk throughput >= 0.98x case 1", Measured: v, Limit: 0.98, Met: v >= 0.98})
+	}
+	return out
+}
