@@ -1,0 +1,240 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Engine is an immutable, compiled policy set. It is safe for concurrent
+// use; to change policy, compile a new Engine and swap it in a [Live].
+// Dropping an Engine drops its caches, so a swap is also the invalidation.
+type Engine struct {
+	// byNamespace holds each namespace's policies sorted by name, so the
+	// policies that can select a workload are one map lookup away.
+	byNamespace map[string][]*compiledPolicy
+	objs        Objects
+	decisions   *boundedCache[decisionKey, Decision]
+	selections  *boundedCache[identityKey, *selection]
+}
+
+// compiledPolicy is one NetworkPolicy with its selectors precompiled and its
+// policyTypes resolved.
+type compiledPolicy struct {
+	name         string // "namespace/name"
+	namespace    string
+	podSelector  *selector
+	ingress      bool // policyTypes includes Ingress (after defaulting)
+	egress       bool // policyTypes includes Egress (after defaulting)
+	ingressRules []compiledRule
+	egressRules  []compiledRule
+}
+
+// compiledRule is one ingress or egress rule: the traffic it allows is
+// (any peer in peers) AND (any port in ports).
+type compiledRule struct {
+	allPeers bool // from/to absent or empty: every source/destination
+	peers    []compiledPeer
+	allPorts bool // ports absent or empty: every port and protocol
+	ports    []compiledPort
+}
+
+// compiledPeer is one NetworkPolicyPeer. Exactly one of the forms is used:
+// a selector pair (either may be nil = not specified) or an ipBlock.
+type compiledPeer struct {
+	pods       *selector // nil: podSelector not specified
+	namespaces *selector // nil: namespaceSelector not specified
+	block      *ipBlock
+}
+
+// ipBlock is a CIDR minus exceptions, masked and unmapped.
+type ipBlock struct {
+	cidr   netip.Prefix
+	except []netip.Prefix
+}
+
+// compiledPort is one NetworkPolicyPort.
+type compiledPort struct {
+	protocol protocol
+	anyPort  bool   // port not specified: all ports of the protocol
+	name     string // named port, resolved against the destination identity
+	from, to uint16 // numeric port or [port, endPort]
+}
+
+// Decision cache bounds. A decision is ~150 bytes with its key; 64 Ki of them
+// is ~10 MB at most, far above the working set of one node's connections.
+const (
+	decisionCacheSize  = 1 << 16
+	selectionCacheSize = 1 << 12
+)
+
+// Compile validates objs and builds an Engine. Either every object is valid
+// and a whole new Engine is returned, or nothing is built and the error names
+// the first bad object ("Kind namespace/name: field.path: problem"). objs
+// is not modified; the Engine keeps it for [Engine.Objects].
+func Compile(objs Objects) (*Engine, error) {
+	seen := map[string]bool{}
+	check := func(ref string, errs field.ErrorList) error {
+		if err := errs.ToAggregate(); err != nil {
+			return fmt.Errorf("%s: %w", ref, err)
+		}
+		if seen[ref] {
+			return fmt.Errorf("%s: duplicate object", ref)
+		}
+		seen[ref] = true
+		return nil
+	}
+	for _, ns := range objs.Namespaces {
+		if err := check(objectRef(kindNamespace, "", ns.Name), validateNamespace(ns)); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range objs.Pods {
+		if err := check(objectRef(kindPod, p.Namespace, p.Name), validatePod(p)); err != nil {
+			return nil, err
+		}
+	}
+	e := &Engine{
+		byNamespace: map[string][]*compiledPolicy{},
+		objs:        objs,
+		decisions:   newBoundedCache[decisionKey, Decision](decisionCacheSize),
+		selections:  newBoundedCache[identityKey, *selection](selectionCacheSize),
+	}
+	for _, np := range objs.Policies {
+		if err := check(objectRef(kindNetworkPolicy, np.Namespace, np.Name), validateNetworkPolicy(np)); err != nil {
+			return nil, err
+		}
+		cp := compilePolicy(np)
+		e.byNamespace[np.Namespace] = append(e.byNamespace[np.Namespace], cp)
+	}
+	for _, list := range e.byNamespace {
+		slices.SortFunc(list, func(a, b *compiledPolicy) int { return cmp.Compare(a.name, b.name) })
+	}
+	return e, nil
+}
+
+// Objects returns the objects the Engine was compiled from. Callers must not
+// modify them.
+func (e *Engine) Objects() Objects { return e.objs }
+
+// compilePolicy compiles a validated NetworkPolicy.
+func compilePolicy(np *networkingv1.NetworkPolicy) *compiledPolicy {
+	cp := &compiledPolicy{
+		name:        np.Namespace + "/" + np.Name,
+		namespace:   np.Namespace,
+		podSelector: compileSelector(&np.Spec.PodSelector),
+	}
+	if len(np.Spec.PolicyTypes) == 0 {
+		// The API server's defaulting: Ingress always, Egress only when
+		// there are egress rules.
+		cp.ingress = true
+		cp.egress = len(np.Spec.Egress) > 0
+	}
+	for _, t := range np.Spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			cp.ingress = true
+		case networkingv1.PolicyTypeEgress:
+			cp.egress = true
+		}
+	}
+	for _, r := range np.Spec.Ingress {
+		cp.ingressRules = append(cp.ingressRules, compileRule(r.From, r.Ports))
+	}
+	for _, r := range np.Spec.Egress {
+		cp.egressRules = append(cp.egressRules, compileRule(r.To, r.Ports))
+	}
+	return cp
+}
+
+// compileRule compiles the peers and ports of one rule.
+func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) compiledRule {
+	r := compiledRule{allPeers: len(peers) == 0, allPorts: len(ports) == 0}
+	for _, p := range peers {
+		var cp compiledPeer
+		if p.PodSelector != nil {
+			cp.pods = compileSelector(p.PodSelector)
+		}
+		if p.NamespaceSelector != nil {
+			cp.namespaces = compileSelector(p.NamespaceSelector)
+		}
+		if p.IPBlock != nil {
+			b := &ipBlock{cidr: mustPrefix(p.IPBlock.CIDR)}
+			for _, ex := range p.IPBlock.Except {
+				b.except = append(b.except, mustPrefix(ex))
+			}
+			cp.block = b
+		}
+		r.peers = append(r.peers, cp)
+	}
+	for _, p := range ports {
+		cp := compiledPort{protocol: protoTCP, anyPort: p.Port == nil}
+		if p.Protocol != nil {
+			cp.protocol, _ = parseProtocol(string(*p.Protocol))
+		}
+		switch {
+		case p.Port == nil:
+		case p.Port.Type == intstr.String:
+			cp.name = p.Port.StrVal
+		default:
+			cp.from, cp.to = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+			if p.EndPort != nil {
+				cp.to = uint16(*p.EndPort)
+			}
+		}
+		r.ports = append(r.ports, cp)
+	}
+	return r
+}
+
+// mustPrefix parses a CIDR that validation has already accepted.
+func mustPrefix(s string) netip.Prefix {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		panic(fmt.Sprintf("policy: validated CIDR %q does not parse: %v", s, err))
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+}
+
+// protocol is a transport protocol as a small integer for cache keys.
+type protocol uint8
+
+const (
+	protoInvalid protocol = iota
+	protoTCP
+	protoUDP
+	protoSCTP
+)
+
+// parseProtocol accepts TCP, UDP, SCTP in any case; "" means TCP.
+func parseProtocol(s string) (protocol, bool) {
+	switch strings.ToUpper(s) {
+	case "", "TCP":
+		return protoTCP, true
+	case "UDP":
+		return protoUDP, true
+	case "SCTP":
+		return protoSCTP, true
+	}
+	return protoInvalid, false
+}
+
+// String returns the Kubernetes spelling.
+func (p protocol) String() string {
+	switch p {
+	case protoTCP:
+		return string(corev1.ProtocolTCP)
+	case protoUDP:
+		return string(corev1.ProtocolUDP)
+	case protoSCTP:
+		return string(corev1.ProtocolSCTP)
+	}
+	return "invalid"
+}

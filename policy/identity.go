@@ -1,0 +1,64 @@
+package policy
+
+import (
+	"maps"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/bireme/bireme/identity"
+)
+
+// namespaceNameLabel is the label the API server puts on every namespace.
+const namespaceNameLabel = "kubernetes.io/metadata.name"
+
+// IdentityOf builds the identity a pod is given in tokens: its labels, its
+// namespace's labels plus kubernetes.io/metadata.name (as the API server
+// adds), its service account ("default" when unset) and its named container
+// ports (regular containers and restartable init containers, i.e. sidecars;
+// protocol defaulted to TCP). ns may be nil (a namespace with no labels).
+// The result shares nothing with the inputs.
+func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity.Identity {
+	nsName := pod.Namespace
+	if nsName == "" {
+		nsName = "default"
+	}
+	id := &identity.Identity{
+		Cluster:         cluster,
+		Namespace:       nsName,
+		Pod:             pod.Name,
+		ServiceAccount:  pod.Spec.ServiceAccountName,
+		Labels:          maps.Clone(pod.Labels),
+		NamespaceLabels: map[string]string{},
+	}
+	if id.ServiceAccount == "" {
+		id.ServiceAccount = pod.Spec.DeprecatedServiceAccount
+	}
+	if id.ServiceAccount == "" {
+		id.ServiceAccount = "default"
+	}
+	if ns != nil {
+		maps.Copy(id.NamespaceLabels, ns.Labels)
+	}
+	id.NamespaceLabels[namespaceNameLabel] = nsName
+	add := func(c corev1.Container) {
+		for _, p := range c.Ports {
+			if p.Name == "" {
+				continue
+			}
+			proto := string(p.Protocol)
+			if proto == "" {
+				proto = string(corev1.ProtocolTCP)
+			}
+			id.Ports = append(id.Ports, identity.Port{Name: p.Name, Protocol: proto, Port: uint16(p.ContainerPort)})
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		add(c)
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			add(c)
+		}
+	}
+	return id
+}

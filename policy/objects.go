@@ -1,0 +1,276 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// Objects is the input of [Compile]: the Kubernetes objects that policy is
+// decided from. The same shape comes from the file store or from informers.
+type Objects struct {
+	Namespaces []*corev1.Namespace
+	Pods       []*corev1.Pod
+	Policies   []*networkingv1.NetworkPolicy
+}
+
+// Namespace returns the Namespace object called name, or, when the objects
+// declare none, a synthesized one with no labels (Kubernetes adds
+// kubernetes.io/metadata.name itself; [IdentityOf] does the same).
+func (o Objects) Namespace(name string) *corev1.Namespace {
+	for _, ns := range o.Namespaces {
+		if ns.Name == name {
+			return ns
+		}
+	}
+	ns := &corev1.Namespace{}
+	ns.Name = name
+	return ns
+}
+
+// Pod returns the pod namespace/name, or nil.
+func (o Objects) Pod(namespace, name string) *corev1.Pod {
+	for _, p := range o.Pods {
+		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// The apiVersion/kind pairs the store accepts. Anything else is an error
+// rather than silently ignored: a misspelt kind would otherwise drop a
+// policy without a word, which fails open.
+const (
+	kindNamespace     = "Namespace"
+	kindPod           = "Pod"
+	kindNetworkPolicy = "NetworkPolicy"
+	apiCoreV1         = "v1"
+	apiNetworkingV1   = "networking.k8s.io/v1"
+)
+
+// LoadDir reads every *.yaml, *.yml and *.json file directly in dir (not in
+// subdirectories; names starting with "." are skipped, so editors' and
+// atomic writers' temporary files are never half-read), in name order.
+func LoadDir(dir string) (Objects, error) {
+	files, err := storeFiles(dir)
+	if err != nil {
+		return Objects{}, err
+	}
+	return LoadFiles(files...)
+}
+
+// storeFiles lists the files LoadDir reads, sorted.
+func storeFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read policy store: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || strings.HasPrefix(name, ".") {
+			continue
+		}
+		switch strings.ToLower(filepath.Ext(name)) {
+		case ".yaml", ".yml", ".json":
+			files = append(files, filepath.Join(dir, name))
+		}
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// LoadFiles parses files of Namespace, Pod and NetworkPolicy objects (and
+// their List kinds, or a v1 List of them). YAML files may hold several
+// documents separated by "---"; JSON files may hold one object or a stream
+// of objects. Decoding is strict: an unknown or duplicated field is an error,
+// because a misspelt selector silently dropped would widen a policy.
+//
+// Every object is validated as it is read; the first bad one is reported as
+// "FILE: Kind namespace/name: field.path: problem". Namespaces of Pods and
+// NetworkPolicies default to "default", as kubectl does.
+func LoadFiles(files ...string) (Objects, error) {
+	var l loader
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return Objects{}, fmt.Errorf("read policy file: %w", err)
+		}
+		if err := l.loadBytes(f, data); err != nil {
+			return Objects{}, err
+		}
+	}
+	return l.objs, nil
+}
+
+// loader accumulates objects across files and remembers where each came
+// from, to report duplicates by file.
+type loader struct {
+	objs Objects
+	seen map[string]string // "Kind ns/name" -> file
+}
+
+// loadBytes parses one file's content; name is used in errors only.
+func (l *loader) loadBytes(name string, data []byte) error {
+	docs, err := splitDocuments(name, data)
+	if err != nil {
+		return err
+	}
+	for i, doc := range docs {
+		if err := l.loadDocument(name, i+1, doc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitDocuments returns each document of a file as JSON. Empty documents
+// (only comments, "---" at the start or end) are dropped.
+func splitDocuments(name string, data []byte) ([][]byte, error) {
+	var docs [][]byte
+	if strings.EqualFold(filepath.Ext(name), ".json") {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		for n := 1; ; n++ {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err == io.EOF {
+				return docs, nil
+			} else if err != nil {
+				return nil, fmt.Errorf("%s: document %d: %w", name, n, err)
+			}
+			docs = append(docs, raw)
+		}
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for n := 1; ; n++ {
+		doc, err := r.Read()
+		if err == io.EOF {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", name, n, err)
+		}
+		js, err := yaml.YAMLToJSONStrict(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", name, n, err)
+		}
+		if t := bytes.TrimSpace(js); len(t) == 0 || string(t) == "null" {
+			continue
+		}
+		docs = append(docs, js)
+	}
+}
+
+// header is the part of any object read before its kind is known.
+type header struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Items []json.RawMessage `json:"items"`
+}
+
+// loadDocument decodes, defaults and validates one object (or List).
+func (l *loader) loadDocument(file string, n int, doc []byte) error {
+	var h header
+	if err := json.Unmarshal(doc, &h); err != nil {
+		return fmt.Errorf("%s: document %d: not a Kubernetes object: %w", file, n, err)
+	}
+	if h.Kind == "" {
+		return fmt.Errorf("%s: document %d: kind: Required value", file, n)
+	}
+	if strings.HasSuffix(h.Kind, "List") && (h.APIVersion == apiCoreV1 || h.APIVersion == apiNetworkingV1) {
+		for i, item := range h.Items {
+			if err := l.loadDocument(file, n, item); err != nil {
+				return fmt.Errorf("%w (%s items[%d])", err, h.Kind, i)
+			}
+		}
+		return nil
+	}
+	ns := h.Metadata.Namespace
+	if ns == "" && h.Kind != kindNamespace {
+		ns = "default"
+	}
+	ref := objectRef(h.Kind, ns, h.Metadata.Name)
+	wrap := func(err error) error { return fmt.Errorf("%s: %s: %w", file, ref, err) }
+	switch {
+	case h.Kind == kindNamespace && h.APIVersion == apiCoreV1:
+		obj := &corev1.Namespace{}
+		if err := decodeStrict(doc, obj); err != nil {
+			return wrap(err)
+		}
+		if err := validateNamespace(obj).ToAggregate(); err != nil {
+			return wrap(err)
+		}
+		l.objs.Namespaces = append(l.objs.Namespaces, obj)
+	case h.Kind == kindPod && h.APIVersion == apiCoreV1:
+		obj := &corev1.Pod{}
+		if err := decodeStrict(doc, obj); err != nil {
+			return wrap(err)
+		}
+		obj.Namespace = ns
+		if err := validatePod(obj).ToAggregate(); err != nil {
+			return wrap(err)
+		}
+		l.objs.Pods = append(l.objs.Pods, obj)
+	case h.Kind == kindNetworkPolicy && h.APIVersion == apiNetworkingV1:
+		obj := &networkingv1.NetworkPolicy{}
+		if err := decodeStrict(doc, obj); err != nil {
+			return wrap(err)
+		}
+		obj.Namespace = ns
+		if err := validateNetworkPolicy(obj).ToAggregate(); err != nil {
+			return wrap(err)
+		}
+		l.objs.Policies = append(l.objs.Policies, obj)
+	default:
+		return fmt.Errorf("%s: document %d: unsupported apiVersion/kind %q/%q (the store holds v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy and their Lists)",
+			file, n, h.APIVersion, h.Kind)
+	}
+	if l.seen == nil {
+		l.seen = map[string]string{}
+	}
+	if first, dup := l.seen[ref]; dup {
+		return fmt.Errorf("%s: %s: duplicate object (first defined in %s)", file, ref, first)
+	}
+	l.seen[ref] = file
+	return nil
+}
+
+// objectRef names an object the way errors and reasons do: "Kind ns/name".
+func objectRef(kind, ns, name string) string {
+	if name == "" {
+		name = "<unnamed>"
+	}
+	if kind == kindNamespace || ns == "" {
+		return kind + " " + name
+	}
+	return kind + " " + ns + "/" + name
+}
+
+// decodeStrict decodes JSON rejecting unknown fields and trailing data.
+func decodeStrict(doc []byte, into any) error {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after object")
+	}
+	return nil
+}
