@@ -1,12 +1,331 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/bireme/bireme/lab"
 )
 
-// TODO(owner of this file): replace with the real command.
+// newLabCmd is `bireme lab`: a cluster of workloads on this machine, built
+// from Kubernetes YAML, with one enforcer per node. The logic is in package
+// lab; this file only parses flags and prints.
 func newLabCmd() *cobra.Command {
-	return &cobra.Command{Use: "lab", RunE: func(*cobra.Command, []string) error { return errors.New("lab: not built yet") }}
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Build a cluster of workloads on this machine from Kubernetes YAML and probe it",
+		Long: `lab turns Namespace, Pod and NetworkPolicy objects into network namespaces on
+this machine: each pod gets an address from 198.18.0.0/15 and a server on every
+declared TCP container port; each spec.nodeName becomes a node with its own
+"bireme enforce". Needs root.
+
+  bireme lab run -f model.yaml              build, probe every pair, tear down
+  bireme lab up -f model.yaml               build and leave running
+  bireme lab apply -f policy.yaml           add or change objects (labels too)
+  bireme lab delete -f policy.yaml          remove objects
+  bireme lab probe                          reachability matrix
+  bireme lab status                         pods, their netns names and addresses
+  bireme lab down                           remove everything`,
+	}
+	cmd.AddCommand(newLabRunCmd(), newLabUpCmd(), newLabApplyCmd(), newLabDeleteCmd(),
+		newLabProbeCmd(), newLabStatusCmd(), newLabDownCmd(), newLabServeCmd())
+	return cmd
+}
+
+// labFlags are the flags several lab commands share.
+type labFlags struct {
+	files     []string
+	state     string
+	output    string
+	nat       bool
+	noEnforce bool
+	untrusted []string
+	verbose   bool
+}
+
+func (f *labFlags) addState(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.state, "state", lab.DefaultStateDir, "directory holding the running lab")
+}
+
+func (f *labFlags) addFiles(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVarP(&f.files, "filename", "f", nil, "YAML or JSON file of Namespaces, Pods and NetworkPolicies (repeatable)")
+	_ = cmd.MarkFlagRequired("filename")
+}
+
+func (f *labFlags) addBuild(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.nat, "nat", false, "masquerade traffic between nodes (servers see node addresses)")
+	cmd.Flags().BoolVar(&f.noEnforce, "no-enforce", false, "run no enforcers: plain routing, every connection allowed")
+	cmd.Flags().StringSliceVar(&f.untrusted, "untrusted-node", nil, "give this node keys from a CA the others do not trust (forged identities)")
+	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "print each build step")
+}
+
+func (f *labFlags) addOutput(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+}
+
+func (f *labFlags) checkOutput() error {
+	if f.output != "table" && f.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", f.output)
+	}
+	return nil
+}
+
+func (f *labFlags) config(cmd *cobra.Command) (lab.Config, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return lab.Config{}, fmt.Errorf("find the bireme binary: %w", err)
+	}
+	cfg := lab.Config{StateDir: f.state, Binary: bin}
+	if f.verbose {
+		cfg.Log = cmd.ErrOrStderr()
+	}
+	return cfg, nil
+}
+
+func (f *labFlags) options() lab.Options {
+	return lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted}
+}
+
+func newLabRunCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "run -f FILE... [--output table|json] [--nat]",
+		Short: "Build a lab, probe every pair of pods, tear it down",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.checkOutput(); err != nil {
+				return err
+			}
+			cfg, err := f.config(cmd)
+			if err != nil {
+				return err
+			}
+			pods, results, err := lab.Run(cmd.Context(), cfg, f.options(), f.files...)
+			if err != nil {
+				return err
+			}
+			return printResults(cmd.OutOrStdout(), f.output, pods, results)
+		},
+	}
+	f.addFiles(cmd)
+	f.addBuild(cmd)
+	f.addOutput(cmd)
+	return cmd
+}
+
+func newLabUpCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "up -f FILE... [--state DIR] [--nat]",
+		Short: "Build a lab and leave it running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config(cmd)
+			if err != nil {
+				return err
+			}
+			l, err := lab.Up(cmd.Context(), cfg, f.options(), f.files...)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			st := l.Status()
+			fmt.Fprintf(cmd.OutOrStdout(), "lab up in %s: %d nodes, %d pods (namespace prefix %s)\n", st.StateDir, len(st.Nodes), len(st.Pods), st.Prefix)
+			return nil
+		},
+	}
+	f.addFiles(cmd)
+	f.addState(cmd)
+	f.addBuild(cmd)
+	return cmd
+}
+
+// withLab opens the running lab for one command.
+func withLab(cmd *cobra.Command, f *labFlags, fn func(*lab.Lab) error) error {
+	cfg, err := f.config(cmd)
+	if err != nil {
+		return err
+	}
+	l, err := lab.Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	return fn(l)
+}
+
+func newLabApplyCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE... [--state DIR]",
+		Short: "Add or change Namespaces, Pods and NetworkPolicies on the running lab",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withLab(cmd, &f, func(l *lab.Lab) error { return l.Apply(cmd.Context(), f.files...) })
+		},
+	}
+	f.addFiles(cmd)
+	f.addState(cmd)
+	return cmd
+}
+
+func newLabDeleteCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "delete -f FILE... [--state DIR]",
+		Short: "Remove the objects named in FILE from the running lab",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withLab(cmd, &f, func(l *lab.Lab) error { return l.Delete(cmd.Context(), f.files...) })
+		},
+	}
+	f.addFiles(cmd)
+	f.addState(cmd)
+	return cmd
+}
+
+func newLabProbeCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "probe [--output table|json] [--state DIR]",
+		Short: "Try every (pod, pod, declared port) with a real TCP connection",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.checkOutput(); err != nil {
+				return err
+			}
+			return withLab(cmd, &f, func(l *lab.Lab) error {
+				results, err := l.Probe(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return printResults(cmd.OutOrStdout(), f.output, l.Pods(), results)
+			})
+		},
+	}
+	f.addState(cmd)
+	f.addOutput(cmd)
+	return cmd
+}
+
+func printResults(w io.Writer, output string, pods []string, results []lab.Result) error {
+	if output == "json" {
+		if results == nil {
+			results = []lab.Result{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	return lab.WriteTable(w, pods, results)
+}
+
+func newLabStatusCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "status [--output table|json] [--state DIR]",
+		Short: "List the lab's pods with their network namespace, address, node and labels",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.checkOutput(); err != nil {
+				return err
+			}
+			return withLab(cmd, &f, func(l *lab.Lab) error {
+				st := l.Status()
+				if f.output == "json" {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(st)
+				}
+				return printStatus(cmd.OutOrStdout(), st)
+			})
+		},
+	}
+	f.addState(cmd)
+	f.addOutput(cmd)
+	return cmd
+}
+
+func printStatus(w io.Writer, st lab.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "lab in %s, prefix %s, nat %v, enforced %v, router %s\n\n", st.StateDir, st.Prefix, st.NAT, st.Enforced, st.Router)
+	fmt.Fprintln(tw, "NODE\tNETNS\tADDRESS\tENFORCER PID")
+	for _, n := range st.Nodes {
+		pid := "-"
+		if n.EnforcerPID != 0 {
+			pid = fmt.Sprint(n.EnforcerPID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.Addr, pid)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "POD\tNETNS\tADDRESS\tNODE\tPORTS\tLABELS")
+	for _, p := range st.Pods {
+		var labels []string
+		for k, v := range p.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		var ports []string
+		for _, port := range p.Ports {
+			ports = append(ports, fmt.Sprint(port))
+		}
+		sort.Strings(labels)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Pod, p.NetNS, p.Addr, p.Node, strings.Join(ports, ","), strings.Join(labels, ","))
+	}
+	return tw.Flush()
+}
+
+func newLabDownCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "down [--state DIR]",
+		Short: "Remove the lab: enforcers, namespaces, state (also after a crash)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config(cmd)
+			if err != nil {
+				return err
+			}
+			// Finish even when interrupted: half a teardown helps nobody.
+			return lab.Down(context.WithoutCancel(cmd.Context()), cfg)
+		},
+	}
+	f.addState(cmd)
+	return cmd
+}
+
+// newLabServeCmd is the server the lab runs inside each pod's namespace.
+func newLabServeCmd() *cobra.Command {
+	var (
+		ref   string
+		ports []uint
+	)
+	cmd := &cobra.Command{
+		Use:    "serve --ref NS/POD --port PORT...",
+		Short:  "Answer every TCP connection on PORT with NS/POD (run by the lab inside a pod's namespace)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ps []uint16
+			for _, p := range ports {
+				if p == 0 || p > 65535 {
+					return fmt.Errorf("--port %d: out of range", p)
+				}
+				ps = append(ps, uint16(p))
+			}
+			return lab.Serve(cmd.Context(), ref, ps, nil)
+		},
+	}
+	cmd.Flags().StringVar(&ref, "ref", "", "namespace/pod to answer with")
+	cmd.Flags().UintSliceVar(&ports, "port", nil, "TCP port to listen on (repeatable)")
+	_ = cmd.MarkFlagRequired("ref")
+	_ = cmd.MarkFlagRequired("port")
+	return cmd
 }
