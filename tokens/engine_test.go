@@ -1,0 +1,140 @@
+package tokens
+
+import (
+	"reflect"
+	"sync"
+	"testing"
+)
+
+func TestHandshake(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	ce := newTestEngine(t, f.a, f.bundle, nil)
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	client := workload("frontend", "web-1", 3)
+	server := workload("backend", "api-1", 2)
+	for i := 0; i < 3; i++ { // cold, then cached
+		clientSaw, serverSaw := handshake(t, ce, se, client, server)
+		want := client.Clone()
+		want.Cluster = "cluster.local"
+		if !reflect.DeepEqual(serverSaw, want) {
+			t.Fatalf("server saw %+v, want %+v", serverSaw, want)
+		}
+		want = server.Clone()
+		want.Cluster = "cluster.local"
+		if !reflect.DeepEqual(clientSaw, want) {
+			t.Fatalf("client saw %+v, want %+v", clientSaw, want)
+		}
+	}
+	if client.Cluster != "" {
+		t.Fatal("NewSYN modified the caller's identity")
+	}
+}
+
+// Returned identities are copies: changing one changes no later result.
+func TestPeerIdentityIsACopy(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	ce := newTestEngine(t, f.a, f.bundle, nil)
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	client, server := workload("x", "c", 1), workload("y", "s", 1)
+	_, seen := handshake(t, ce, se, client, server)
+	seen.Labels["example.com/label-00"] = "tampered"
+	_, again := handshake(t, ce, se, client, server)
+	if again.Labels["example.com/label-00"] != "value-00" {
+		t.Fatal("a cached identity was mutated through a returned one")
+	}
+}
+
+// The brief's size budget: with 10 labels of 30 bytes, SYN < 1000 bytes,
+// SYN-ACK similar, ACK <= 20.
+func TestMessageSizes(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	ce := newTestEngine(t, f.a, f.bundle, nil)
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	client := workload("frontend", "web-7d9f8c6b5-abcde", 10)
+	syn, ch, err := ce.NewSYN(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := se.ConsumeSYN(syn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synack, err := sh.NewSYNACK(workload("backend", "api-5c6d7e8f9-fghij", 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := ch.NewACK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SYN %d bytes (certificate %d), SYN-ACK %d bytes, ACK %d bytes", len(syn), len(f.a.Cert.Raw), len(synack), len(ack))
+	if len(syn) >= 1000 {
+		t.Errorf("SYN is %d bytes, want < 1000", len(syn))
+	}
+	if len(synack) >= 1000+2*NonceSize {
+		t.Errorf("SYN-ACK is %d bytes, want < %d", len(synack), 1000+2*NonceSize)
+	}
+	if len(ack) > 20 {
+		t.Errorf("ACK is %d bytes, want <= 20", len(ack))
+	}
+}
+
+// Many goroutines share two engines; run with -race.
+func TestConcurrentHandshakes(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	ce := newTestEngine(t, f.a, f.bundle, nil)
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				client := workload("ns", "client", g%3)
+				server := workload("ns", "server", i%2)
+				syn, ch, err := ce.NewSYN(client)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				sh, err := se.ConsumeSYN(syn)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				synack, err := sh.NewSYNACK(server)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := ch.ConsumeSYNACK(synack); err != nil {
+					t.Error(err)
+					return
+				}
+				ack, _ := ch.NewACK()
+				if err := sh.ConsumeACK(ack); err != nil {
+					t.Error(err)
+					return
+				}
+				if g == 0 && i == 10 {
+					if err := ce.Rotate(mustIssue(t, f.ca, "node-a")); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func mustIssue(t testing.TB, ca *CA, node string) *NodeCredentials {
+	t.Helper()
+	c, err := ca.IssueNode(node, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -1,0 +1,71 @@
+package tokens
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Reason is the typed cause of a rejected handshake message. It is short,
+// stable and safe to log, so the datapath puts it in flow records as is.
+type Reason string
+
+// The reasons a Consume* call can reject a message for.
+const (
+	// ReasonMalformed: the bytes do not parse as the expected message, a
+	// certificate, or a claims set with every required claim.
+	ReasonMalformed Reason = "malformed"
+	// ReasonExpired: the token, the node certificate or its CA expired
+	// (beyond the allowed clock skew).
+	ReasonExpired Reason = "expired"
+	// ReasonNotYetValid: the token or a certificate starts in the future
+	// (beyond the allowed clock skew).
+	ReasonNotYetValid Reason = "not-yet-valid"
+	// ReasonUnknownCA: no CA in the trust bundle signed the node certificate.
+	ReasonUnknownCA Reason = "unknown-ca"
+	// ReasonWrongTrustDomain: the CA that signed the node certificate belongs
+	// to a different trust domain than the certificate or the token claims.
+	ReasonWrongTrustDomain Reason = "wrong-trust-domain"
+	// ReasonBadSignature: the token's signature does not verify under the
+	// node certificate's key, or the token names another node than the
+	// certificate.
+	ReasonBadSignature Reason = "bad-signature"
+	// ReasonReplayed: the client nonce was already seen within its token's
+	// lifetime.
+	ReasonReplayed Reason = "replayed-nonce"
+	// ReasonBadProof: a handshake proof does not verify, or a SYN-ACK does
+	// not echo the client's nonce.
+	ReasonBadProof Reason = "bad-proof"
+)
+
+// RejectError is the error every Consume* method returns: a Reason for flow
+// records and the detailed cause for logs.
+type RejectError struct {
+	Reason Reason
+	Err    error
+}
+
+// Error returns "reason: detail".
+func (e *RejectError) Error() string {
+	if e.Err == nil {
+		return string(e.Reason)
+	}
+	return string(e.Reason) + ": " + e.Err.Error()
+}
+
+// Unwrap returns the detailed cause.
+func (e *RejectError) Unwrap() error { return e.Err }
+
+// ReasonOf returns the Reason of err if err is or wraps a *RejectError, and
+// "" otherwise.
+func ReasonOf(err error) Reason {
+	var re *RejectError
+	if errors.As(err, &re) {
+		return re.Reason
+	}
+	return ""
+}
+
+// reject builds a *RejectError with a formatted detail.
+func reject(r Reason, format string, args ...any) *RejectError {
+	return &RejectError{Reason: r, Err: fmt.Errorf(format, args...)}
+}
