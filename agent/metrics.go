@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bireme/bireme/flowlog"
+)
+
+// Metrics are the node's Prometheus metrics. They live in the registry the
+// caller passes in, never in the global default one, so that two agents in
+// one process (tests) do not collide.
+type Metrics struct {
+	decisions       *prometheus.CounterVec
+	tokenFailures   *prometheus.CounterVec
+	workloads       prometheus.Gauge
+	reconcileErrors prometheus.Counter
+}
+
+// Reason labels of bireme_decisions_total. A flow record's Reason is a
+// sentence naming policies and pods; a metric label must have few values, so
+// it is reduced to one of these (or to the token rejection reason).
+const (
+	reasonPolicyRule  = "policy-rule"    // a policy rule allowed
+	reasonNotSelected = "not-selected"   // no policy selects the workload
+	reasonNoRule      = "no-rule-allows" // selected, and no rule allows
+)
+
+// NewMetrics registers the agent's metrics in reg. handshakesInFlight, when
+// not nil, is read at every scrape for bireme_handshakes_in_flight.
+func NewMetrics(reg prometheus.Registerer, handshakesInFlight func() float64) (*Metrics, error) {
+	m := &Metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bireme_decisions_total",
+			Help: "Handshake decisions, by verdict (allow, deny), direction (ingress, egress) and reason (policy-rule, not-selected, no-rule-allows, or the token rejection reason).",
+		}, []string{"verdict", "direction", "reason"}),
+		tokenFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bireme_token_failures_total",
+			Help: "Peer tokens or proofs rejected, by reason (malformed, expired, unknown-ca, bad-signature, replayed-nonce, bad-proof, ...).",
+		}, []string{"reason"}),
+		workloads: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bireme_workloads_protected",
+			Help: "Workloads whose namespace has Bireme rules and an enforcer queue.",
+		}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bireme_reconcile_errors_total",
+			Help: "Failures to protect, update or release a workload (retried at the next poll).",
+		}),
+	}
+	cs := []prometheus.Collector{m.decisions, m.tokenFailures, m.workloads, m.reconcileErrors}
+	if handshakesInFlight != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bireme_handshakes_in_flight",
+			Help: "Handshakes the enforcer has seen start and not yet seen complete or time out.",
+		}, handshakesInFlight))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metric: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// Observe counts one decision.
+func (m *Metrics) Observe(r *flowlog.Record) {
+	reason := r.TokenError
+	switch {
+	case reason != "":
+		m.tokenFailures.WithLabelValues(reason).Inc()
+	case r.Policy != "":
+		reason = reasonPolicyRule
+	case r.Verdict == flowlog.Allow:
+		reason = reasonNotSelected
+	default:
+		reason = reasonNoRule
+	}
+	m.decisions.WithLabelValues(r.Verdict, r.Direction, reason).Inc()
+}
+
+// countingWriter sits under the flow log writer: it passes every JSON line
+// through to out and counts the record it carries. The enforcer writes one
+// record per decision, so decoding here costs one unmarshal per handshake
+// packet decided, never one per data packet.
+type countingWriter struct {
+	out     io.Writer
+	metrics *Metrics
+	mu      sync.Mutex
+	partial []byte
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.out.Write(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p[:n]...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
+		}
+		var r flowlog.Record
+		if json.Unmarshal(c.partial[:i], &r) == nil {
+			c.metrics.Observe(&r)
+		}
+		c.partial = c.partial[i+1:]
+	}
+	if len(c.partial) == 0 {
+		c.partial = nil // do not pin a large backing array
+	}
+	return n, err
+}
+
+// ServeMetrics serves reg at /metrics on addr until ctx ends. It returns once
+// the listener is open (so a bad address is reported at start) and the
+// returned channel yields the server's final error.
+func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer) (<-chan error, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, 1)
+	go func() {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		done <- err
+	}()
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	return done, nil
+}

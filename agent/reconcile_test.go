@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/identity"
+)
+
+// fakeDatapath records what the reconciler asked for; installs of the
+// namespaces in failInstall fail.
+type fakeDatapath struct {
+	calls       []string
+	failInstall map[string]bool
+	failRemove  map[string]bool
+	state       map[string]string // netns -> pod ref
+}
+
+func (f *fakeDatapath) Install(_ context.Context, w Workload) error {
+	f.calls = append(f.calls, "install "+w.NetNS)
+	if f.failInstall[w.NetNS] {
+		return errors.New("no such namespace")
+	}
+	f.state[w.NetNS] = w.Ref
+	return nil
+}
+
+func (f *fakeDatapath) Update(w Workload) error {
+	f.calls = append(f.calls, "update "+w.NetNS)
+	f.state[w.NetNS] = w.Ref
+	return nil
+}
+
+func (f *fakeDatapath) Remove(_ context.Context, w Workload) error {
+	f.calls = append(f.calls, "remove "+w.NetNS)
+	if f.failRemove[w.NetNS] {
+		return errors.New("busy")
+	}
+	delete(f.state, w.NetNS)
+	return nil
+}
+
+func TestReconcilerRetriesAndCleansUp(t *testing.T) {
+	var logBuf bytes.Buffer
+	fd := &fakeDatapath{failInstall: map[string]bool{"/n/b": true}, failRemove: map[string]bool{}, state: map[string]string{}}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newReconciler(fd, slog.New(slog.NewTextHandler(&logBuf, nil)), m)
+	ctx := context.Background()
+
+	steps := []struct {
+		name      string
+		desired   []Workload
+		fix       func()
+		wantOK    bool
+		wantCalls []string
+		wantState map[string]string
+	}{
+		{
+			name:      "b's namespace is missing: a protected, b pending",
+			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			wantOK:    false,
+			wantCalls: []string{"install /n/a", "install /n/b"},
+			wantState: map[string]string{"/n/a": "x/a"},
+		},
+		{
+			name:      "retry while still missing: only b is tried",
+			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			wantOK:    false,
+			wantCalls: []string{"install /n/b"},
+			wantState: map[string]string{"/n/a": "x/a"},
+		},
+		{
+			name:      "namespace appears: b protected",
+			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			fix:       func() { fd.failInstall = nil },
+			wantOK:    true,
+			wantCalls: []string{"install /n/b"},
+			wantState: map[string]string{"/n/a": "x/a", "/n/b": "x/b"},
+		},
+		{
+			name:      "a relabelled, b gone",
+			desired:   []Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
+			wantOK:    true,
+			wantCalls: []string{"remove /n/b", "update /n/a"},
+			wantState: map[string]string{"/n/a": "x/a"},
+		},
+		{
+			name:      "converged: nothing to do",
+			desired:   []Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
+			wantOK:    true,
+			wantState: map[string]string{"/n/a": "x/a"},
+		},
+	}
+	for _, s := range steps {
+		fd.calls = nil
+		if s.fix != nil {
+			s.fix()
+		}
+		r.setDesired(Selection{Workloads: s.desired})
+		ok := r.reconcile(ctx)
+		if ok != s.wantOK || !reflect.DeepEqual(fd.calls, s.wantCalls) || !reflect.DeepEqual(fd.state, s.wantState) {
+			t.Fatalf("%s: ok=%v calls=%v state=%v; want ok=%v calls=%v state=%v", s.name, ok, fd.calls, fd.state, s.wantOK, s.wantCalls, s.wantState)
+		}
+		if got := testutil.ToFloat64(m.workloads); got != float64(len(s.wantState)) {
+			t.Errorf("%s: bireme_workloads_protected = %v, want %d", s.name, got, len(s.wantState))
+		}
+	}
+	// The failing install was retried twice but logged once.
+	if n := strings.Count(logBuf.String(), "workload protect failed"); n != 1 {
+		t.Errorf("install failure logged %d times, want once:\n%s", n, logBuf.String())
+	}
+	if got := testutil.ToFloat64(m.reconcileErrors); got != 2 {
+		t.Errorf("bireme_reconcile_errors_total = %v, want 2", got)
+	}
+
+	// Shutdown removes everything, and tries every workload even when one fails.
+	r.setDesired(Selection{Workloads: []Workload{wl("/n/a", "x/a", nil), wl("/n/c", "x/c", nil)}})
+	r.reconcile(ctx)
+	fd.failRemove["/n/a"] = true
+	fd.calls = nil
+	if err := r.removeAll(ctx); err == nil {
+		t.Error("removeAll hid a failed removal")
+	}
+	sort.Strings(fd.calls)
+	if want := []string{"remove /n/a", "remove /n/c"}; !reflect.DeepEqual(fd.calls, want) {
+		t.Errorf("shutdown calls %v, want %v", fd.calls, want)
+	}
+	fd.failRemove = map[string]bool{}
+	if err := r.removeAll(ctx); err != nil || len(fd.state) != 0 {
+		t.Errorf("second removeAll: %v, left %v", err, fd.state)
+	}
+}
+
+func TestMetricsCountFlowRecords(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	inFlight := 3.0
+	m, err := NewMetrics(reg, func() float64 { return inFlight })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	w := flowlog.NewWriter(&countingWriter{out: &out, metrics: m})
+	a := &identity.Identity{Cluster: "c", Namespace: "x", Pod: "a"}
+	records := []flowlog.Record{
+		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Allow, Policy: "x/allow", Reason: "allowed by x/allow ingress rule 0"},
+		{Time: time.Now(), Direction: "ingress", Local: a, Verdict: flowlog.Deny, TokenError: "unknown-ca", Reason: "token: unknown CA"},
+		{Time: time.Now(), Direction: "egress", Local: a, Peer: a, Verdict: flowlog.Allow, Reason: "allowed: no policy selects x/a for egress"},
+		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Deny, Reason: "denied: selected by x/deny-all and no rule allows"},
+		{Time: time.Now(), Direction: "ingress", Local: a, Verdict: flowlog.Deny, TokenError: "unknown-ca", Reason: "token: unknown CA"},
+	}
+	for i := range records {
+		if err := w.Write(&records[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Records pass through unchanged.
+	back, err := flowlog.Read(&out)
+	if err != nil || len(back) != len(records) {
+		t.Fatalf("read back %d records (%v), want %d", len(back), err, len(records))
+	}
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{"allow", "ingress", "policy-rule"}, 1},
+		{[]string{"deny", "ingress", "unknown-ca"}, 2},
+		{[]string{"allow", "egress", "not-selected"}, 1},
+		{[]string{"deny", "ingress", "no-rule-allows"}, 1},
+	} {
+		if got := testutil.ToFloat64(m.decisions.WithLabelValues(c.labels...)); got != c.want {
+			t.Errorf("bireme_decisions_total%v = %v, want %v", c.labels, got, c.want)
+		}
+	}
+	if got := testutil.ToFloat64(m.tokenFailures.WithLabelValues("unknown-ca")); got != 2 {
+		t.Errorf("bireme_token_failures_total{unknown-ca} = %v, want 2", got)
+	}
+	expected := fmt.Sprintf("# HELP bireme_handshakes_in_flight Handshakes the enforcer has seen start and not yet seen complete or time out.\n# TYPE bireme_handshakes_in_flight gauge\nbireme_handshakes_in_flight %v\n", inFlight)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "bireme_handshakes_in_flight"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCountingWriterSplitWrites(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cw := &countingWriter{out: &out, metrics: m}
+	line := `{"direction":"egress","verdict":"deny","reason":"x"}` + "\n"
+	// One record split across writes, then two in one write.
+	for _, chunk := range []string{line[:10], line[10:], line + line} {
+		if _, err := cw.Write([]byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := testutil.ToFloat64(m.decisions.WithLabelValues("deny", "egress", "no-rule-allows")); got != 3 {
+		t.Errorf("counted %v decisions, want 3", got)
+	}
+	if out.String() != line+line+line {
+		t.Errorf("output altered: %q", out.String())
+	}
+}
