@@ -349,7 +349,9 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) error {
 	// Not bound to ctx: the server outlives this command; it dies with
 	// its namespace.
 	cmd := h.NS.Command(context.Background(), l.cfg.Binary, args...)
-	if err := startDetached(cmd, l.cfg.path("logs", "serve-"+h.Name+".log")); err != nil {
+	logFile := l.cfg.path("logs", "serve-"+h.Name+".log")
+	exited, err := startDetached(cmd, logFile)
+	if err != nil {
 		return fmt.Errorf("pod %s: %w", podRef(p), err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -361,8 +363,13 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) error {
 			if r.Connected {
 				break
 			}
+			select {
+			case <-exited:
+				return fmt.Errorf("pod %s: server exited: %s", podRef(p), tail(logFile))
+			default:
+			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
-				return fmt.Errorf("pod %s: server on port %d does not answer (%s); see %s", podRef(p), port, r.Reason, l.cfg.path("logs", "serve-"+h.Name+".log"))
+				return fmt.Errorf("pod %s: server on port %d does not answer (%s): %s", podRef(p), port, r.Reason, tail(logFile))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -413,7 +420,7 @@ func (l *Lab) startEnforcer(ctx context.Context, node string) error {
 		"--flows", l.cfg.path("flows", node+".jsonl"),
 		"--poll", l.st.Options.Poll.String(),
 	)
-	if err := startDetached(cmd, l.cfg.path("logs", "enforce-"+node+".log")); err != nil {
+	if _, err := startDetached(cmd, l.cfg.path("logs", "enforce-"+node+".log")); err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}
 	if err := writePID(l.cfg.path("pids", "enforce-"+node+".pid"), cmd.Process.Pid); err != nil {

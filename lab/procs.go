@@ -16,20 +16,25 @@ import (
 
 // startDetached starts cmd in its own session with its output going to
 // logFile, so it outlives the lab command that started it (`lab up`). The
-// child is reaped in the background while this process lives.
-func startDetached(cmd *exec.Cmd, logFile string) error {
+// child is reaped in the background while this process lives; the
+// returned channel is closed when it exits.
+func startDetached(cmd *exec.Cmd, logFile string) (<-chan struct{}, error) {
 	log, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", cmd.Args[0], err)
+		return nil, fmt.Errorf("start %s: %w", cmd.Args[0], err)
 	}
 	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", strings.Join(cmd.Args, " "), err)
+		return nil, fmt.Errorf("start %s: %w", strings.Join(cmd.Args, " "), err)
 	}
-	go func() { _ = cmd.Wait() }()
-	return nil
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	return done, nil
 }
 
 // writePID records pid in file; stopPID reads it back to stop the process.
