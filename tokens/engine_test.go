@@ -4,6 +4,9 @@ import (
 	"reflect"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/bireme/bireme/identity"
 )
 
 func TestHandshake(t *testing.T) {
@@ -137,4 +140,68 @@ func mustIssue(t testing.TB, ca *CA, node string) *NodeCredentials {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// Retransmissions: a retransmitted SYN-ACK carries the same bytes, and a
+// duplicate SYN-ACK or ACK is accepted again.
+func TestRetransmissions(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	ce := newTestEngine(t, f.a, f.bundle, nil)
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	syn, ch, _ := ce.NewSYN(workload("ns", "c", 1))
+	sh, err := se.ConsumeSYN(syn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, _ := sh.NewSYNACK(workload("ns", "s", 1))
+	s2, _ := sh.NewSYNACK(workload("ns", "s", 1))
+	if string(s1) != string(s2) {
+		t.Fatal("a retransmitted SYN-ACK differs")
+	}
+	if n, ok := SYNACKClientNonce(s1); !ok || n != ch.Nonce() {
+		t.Fatal("SYNACKClientNonce does not return the echoed nonce")
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := ch.ConsumeSYNACK(s1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ch.PeerNode() != "node-b" || sh.PeerNode() != "node-a" {
+		t.Fatalf("peer nodes %q, %q", ch.PeerNode(), sh.PeerNode())
+	}
+	ack, _ := ch.NewACK()
+	for i := 0; i < 2; i++ {
+		if err := sh.ConsumeACK(ack); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestNewEngineErrors(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	for name, cfg := range map[string]Config{
+		"no trust":       {Credentials: f.a},
+		"no credentials": {Trust: f.bundle},
+		"key mismatch":   {Trust: f.bundle, Credentials: &NodeCredentials{Node: "node-a", TrustDomain: "cluster.local", Cert: f.a.Cert, Key: f.b.Key}},
+		"name mismatch":  {Trust: f.bundle, Credentials: &NodeCredentials{Node: "node-x", TrustDomain: "cluster.local", Cert: f.a.Cert, Key: f.a.Key}},
+		"CA as node":     {Trust: f.bundle, Credentials: &NodeCredentials{Node: "", TrustDomain: "cluster.local", Cert: f.ca.Cert, Key: f.ca.Key}},
+		"tiny lifetime":  {Trust: f.bundle, Credentials: f.a, TokenLifetime: time.Second},
+	} {
+		if _, err := NewEngine(cfg); err == nil {
+			t.Errorf("%s: NewEngine accepted", name)
+		}
+	}
+	e := newTestEngine(t, f.a, f.bundle, nil)
+	if e.TrustDomain() != "cluster.local" {
+		t.Fatal(e.TrustDomain())
+	}
+	for name, id := range map[string]*identity.Identity{
+		"nil":          nil,
+		"no pod":       {Namespace: "ns"},
+		"no namespace": {Pod: "p"},
+	} {
+		if _, _, err := e.NewSYN(id); err == nil {
+			t.Errorf("NewSYN(%s) accepted", name)
+		}
+	}
 }
