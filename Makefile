@@ -1,33 +1,46 @@
-# Bireme build, test, demo and benchmark entry points.
+# Bireme: build, test, demo and benchmark entry points. Run as root for
+# everything that builds network namespaces (test, demo, bench).
 GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: build test unit demo bench lint deps clean
+.PHONY: all build test unit demo bench bench-short lint deps clean
+
+all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bireme
 
+# System packages (apt) the lab, tests and benchmarks use.
 deps:
 	bash scripts/install-deps.sh
 
-# Full suite: root-only namespace tests run when root, skip otherwise.
-test: deps build
-	$(GO) test -count=1 -timeout 25m $(PKGS)
+# The whole suite, as CI runs it (scripts/test.sh: packages, build, every
+# Go test including the root-only namespace tests, then the benchmark
+# harness in short mode). Under 15 minutes.
+test:
+	./scripts/test.sh
 
-# Unit tests only (no root needed).
+# Unit tests only: no root, no namespaces, seconds.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
 
-demo: deps build
-	./$(BIN) lab run -f examples/demo/model.yaml
+# One lab, its matrix before and after a policy, and a refused forged
+# identity; see README.md.
+demo:
+	./scripts/demo.sh
 
+# Full benchmark run (by hand): writes docs/benchmarks.md and .json.
 bench: deps build
-	$(GO) run ./bench
+	$(GO) run ./bench -bireme $(CURDIR)/$(BIN)
+
+# The benchmark harness end to end in under a minute (part of `make test`).
+bench-short: build
+	BENCH_SHORT=1 $(GO) run ./bench -bireme $(CURDIR)/$(BIN)
 
 lint:
 	$(GO) vet $(PKGS)
-	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go') && exit 1)
 
 clean:
 	rm -rf bin

@@ -1,14 +1,38 @@
 #!/usr/bin/env bash
-# Installs the system packages Bireme's lab, tests and benchmarks need on a
-# fresh Debian machine (run as root). Safe to run again.
+# Installs what Bireme's build, lab, tests and benchmarks need on a fresh
+# Debian or Ubuntu machine, as root. Safe to run again: it only calls apt
+# when a package is missing. Go itself (1.26) must already be on PATH.
 set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "install-deps: run as root (the lab and the tests build network namespaces)" >&2
+	exit 1
+fi
+if ! command -v go >/dev/null; then
+	echo "install-deps: Go 1.26 is not on PATH; install it from https://go.dev/dl/ first" >&2
+	exit 1
+fi
+
+# iptables, iproute2, conntrack: the datapath and the lab.
+# kmod: modprobe for the NFQUEUE module. make: the Makefile.
+# python3-scapy: crafted and replayed packets in the attack tests; python3 also
+#   reads the demo's JSON.
+# socat, iperf3, curl: real clients and load in tests and benchmarks.
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl procps)
+
 need=()
-for pkg in iptables iproute2 conntrack python3-scapy socat iperf3; do
+for pkg in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
+	echo "install-deps: installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${need[@]}"
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-modprobe nfnetlink_queue 2>/dev/null || true
+
+# Loaded on demand on most kernels; explicit here so a missing module is
+# seen now rather than as a mysterious queue error later.
+for mod in nfnetlink_queue xt_NFQUEUE nf_conntrack; do
+	modprobe "$mod" 2>/dev/null || true
+done
