@@ -18,7 +18,8 @@ fi
 # python3-scapy: crafted and replayed packets in the attack tests; python3 also
 #   reads the demo's JSON.
 # socat, iperf3, curl: real clients and load in tests and benchmarks.
-pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl procps)
+# jq: reading `bireme lab status -o json` in scripts.
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps)
 
 need=()
 for pkg in "${pkgs[@]}"; do
