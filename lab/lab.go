@@ -460,9 +460,15 @@ func (l *Lab) waitProtected(ctx context.Context, pods []*corev1.Pod) error {
 			if !l.enforcerAlive(nodeOf(p)) {
 				return fmt.Errorf("enforcer of node %s exited: %s", nodeOf(p), tail(l.cfg.path("logs", "enforce-"+nodeOf(p)+".log")))
 			}
+			// Rules appear one by one: wait until the set is there and
+			// stable across two reads.
 			out, _ := h.NS.Output(ctx, "iptables-save")
 			if strings.Contains(string(out), "BIREME") {
-				break
+				time.Sleep(100 * time.Millisecond)
+				again, _ := h.NS.Output(ctx, "iptables-save")
+				if stripCounters(again) == stripCounters(out) {
+					break
+				}
 			}
 			if ctx.Err() != nil {
 				return fmt.Errorf("pod %s: enforcer of node %s did not protect it within %s: %s", podRef(p), nodeOf(p), ProtectTimeout, tail(l.cfg.path("logs", "enforce-"+nodeOf(p)+".log")))
@@ -471,6 +477,25 @@ func (l *Lab) waitProtected(ctx context.Context, pods []*corev1.Pod) error {
 		}
 	}
 	return nil
+}
+
+// stripCounters drops iptables-save's comment and counter lines, which
+// change with traffic, not with the rule set.
+func stripCounters(out []byte) string {
+	var b strings.Builder
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, ":") {
+			if i := strings.IndexByte(line, '['); i > 0 {
+				line = line[:i]
+			}
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 // settle gives enforcers time to notice a store change: they poll it.
