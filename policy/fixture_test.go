@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	networkingv1 "k8s.io/api/networking/v1"
+
 	"github.com/bireme/bireme/identity"
 )
 
@@ -119,3 +121,5 @@ func peerOf(t testing.TB, objs Objects, spec string) Peer {
 	id.Cluster = cluster
 	return Peer{Identity: id, Addr: netip.MustParseAddr("198.18.0.99")}
 }
+
+type networkingPolicyType = networkingv1.PolicyType

@@ -1,0 +1,171 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeFiles writes name -> content into a fresh directory.
+func writeFiles(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestLoadBadInput: every malformed object is rejected with the file, the
+// object's Kind namespace/name and the field path.
+func TestLoadBadInput(t *testing.T) {
+	pol := func(spec string) string { return np("x", "allow-web", spec) }
+	tests := []struct {
+		name    string
+		content string
+		want    []string // substrings of the error
+	}{
+		{"endPort below port", pol("  podSelector: {}\n  ingress: [{ports: [{port: 80}, {port: 90, endPort: 79}]}]"),
+			[]string{"policies.yaml: NetworkPolicy x/allow-web: ", "spec.ingress[0].ports[1].endPort", "must be >= port"}},
+		{"endPort without port", pol("  podSelector: {}\n  ingress: [{ports: [{endPort: 79}]}]"),
+			[]string{"NetworkPolicy x/allow-web", "spec.ingress[0].ports[0].port: Required"}},
+		{"endPort with named port", pol("  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 79}]}]"),
+			[]string{"spec.ingress[0].ports[0].endPort: Forbidden"}},
+		{"port out of range", pol("  podSelector: {}\n  egress: [{ports: [{port: 70000}]}]"),
+			[]string{"spec.egress[0].ports[0].port", "70000"}},
+		{"port zero", pol("  podSelector: {}\n  egress: [{ports: [{port: 0}]}]"),
+			[]string{"spec.egress[0].ports[0].port"}},
+		{"bad port name", pol("  podSelector: {}\n  ingress: [{ports: [{port: http_web}]}]"),
+			[]string{"spec.ingress[0].ports[0].port", "http_web"}},
+		{"bad protocol", pol("  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP, port: 1}]}]"),
+			[]string{"spec.ingress[0].ports[0].protocol", "ICMP"}},
+		{"bad operator", pol("  podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}"),
+			[]string{"spec.podSelector.matchExpressions[0].operator", "Equals"}},
+		{"In without values", pol("  podSelector: {}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: app, operator: In}]}}]}]"),
+			[]string{"spec.ingress[0].from[0].podSelector.matchExpressions[0].values"}},
+		{"Exists with values", pol("  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: app, operator: Exists, values: [a]}]}}]}]"),
+			[]string{"spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"}},
+		{"bad label value in matchLabels", pol("  podSelector: {matchLabels: {app: 'a b'}}"),
+			[]string{"spec.podSelector.matchLabels", "a b"}},
+		{"bad label key", pol("  podSelector: {matchExpressions: [{key: 'a/b/c', operator: Exists}]}"),
+			[]string{"spec.podSelector.matchExpressions[0].key"}},
+		{"bad cidr", pol("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 198.18.0.0/33}}]}]"),
+			[]string{"spec.egress[0].to[0].ipBlock.cidr", "198.18.0.0/33"}},
+		{"missing cidr", pol("  podSelector: {}\n  egress: [{to: [{ipBlock: {except: [198.18.0.0/24]}}]}]"),
+			[]string{"spec.egress[0].to[0].ipBlock.cidr: Required"}},
+		{"except outside cidr", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.19.0.0/24]}}]}]"),
+			[]string{"spec.ingress[0].from[0].ipBlock.except[0]", "strict subset"}},
+		{"except equal to cidr", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.0/16]}}]}]"),
+			[]string{"ipBlock.except[0]"}},
+		{"except other family", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0, except: ['::/1']}}]}]"),
+			[]string{"ipBlock.except[0]"}},
+		{"ipBlock with selector", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16}, podSelector: {}}]}]"),
+			[]string{"spec.ingress[0].from[0]: Forbidden"}},
+		{"empty peer", pol("  podSelector: {}\n  ingress: [{from: [{}]}]"),
+			[]string{"spec.ingress[0].from[0]: Required"}},
+		{"bad policyType", pol("  podSelector: {}\n  policyTypes: [Ingres]"),
+			[]string{"spec.policyTypes[0]", "Ingres"}},
+		{"bad policy name", np("x", "Allow_Web", "  podSelector: {}"),
+			[]string{"NetworkPolicy x/Allow_Web", "metadata.name"}},
+		{"unknown field", pol("  podSelecter: {}"),
+			[]string{"policies.yaml: NetworkPolicy x/allow-web", "podSelecter"}},
+		{"wrong type", pol("  podSelector: {}\n  ingress: [{ports: [{port: [80]}]}]"),
+			[]string{"policies.yaml: NetworkPolicy x/allow-web"}},
+		{"pod with bad label", "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {'-bad': v}}\nspec: {containers: [{name: c}]}",
+			[]string{"policies.yaml: Pod x/a", "metadata.labels"}},
+		{"pod with duplicate port name", "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 80}]}, {name: d, ports: [{name: http, containerPort: 81}]}]}",
+			[]string{"Pod x/a", "spec.containers[1].ports[0].name: Duplicate"}},
+		{"pod with bad port", "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, ports: [{containerPort: 0}]}]}",
+			[]string{"Pod x/a", "spec.containers[0].ports[0].containerPort"}},
+		{"namespace with bad name", "apiVersion: v1\nkind: Namespace\nmetadata: {name: X.Y}",
+			[]string{"policies.yaml: Namespace X.Y", "metadata.name"}},
+		{"unknown kind", "apiVersion: v1\nkind: Service\nmetadata: {name: s}",
+			[]string{"policies.yaml: document 1", "unsupported", "Service"}},
+		{"old apiVersion", "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: s}",
+			[]string{"policies.yaml: document 1", "extensions/v1beta1"}},
+		{"missing kind", "apiVersion: v1\nmetadata: {name: s}",
+			[]string{"policies.yaml: document 1: kind: Required"}},
+		{"yaml syntax", "apiVersion: v1\nkind: [Namespace\n",
+			[]string{"policies.yaml: document 1"}},
+		{"duplicate yaml key", "apiVersion: v1\nkind: Namespace\nkind: Namespace\nmetadata: {name: s}",
+			[]string{"policies.yaml: document 1", "kind"}},
+		{"bad second document", "apiVersion: v1\nkind: Namespace\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: 'S S'}",
+			[]string{"policies.yaml: Namespace S S", "metadata.name"}},
+		{"duplicate object", np("x", "p", "  podSelector: {}") + "---\n" + np("x", "p", "  podSelector: {}"),
+			[]string{"policies.yaml: NetworkPolicy x/p: duplicate object"}},
+		{"bad item in List", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: ok}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: Not_OK}",
+			[]string{"policies.yaml: Namespace Not_OK", "metadata.name", "List items[1]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"policies.yaml": tt.content})
+			_, err := LoadDir(dir)
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+			msg := strings.ReplaceAll(err.Error(), dir+string(filepath.Separator), "")
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+// TestLoadFormats: multi-document YAML, JSON streams, Lists, comments,
+// empty documents, defaulted namespaces, and the files LoadDir picks.
+func TestLoadFormats(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"a.yaml": "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n---\n" +
+			np("x", "p1", "  podSelector: {}") + "---\n# trailing\n",
+		"b.json": `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"containers":[{"name":"c"}]}}
+{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicyList","items":[{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p2","namespace":"x"},"spec":{"podSelector":{}}}]}`,
+		"c.yml":        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: w}\n",
+		"d.txt":        "not read",
+		".hidden.yaml": "not: [read",
+	})
+	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.Namespaces) != 2 || len(objs.Pods) != 1 || len(objs.Policies) != 2 {
+		t.Fatalf("got %d namespaces, %d pods, %d policies; want 2, 1, 2", len(objs.Namespaces), len(objs.Pods), len(objs.Policies))
+	}
+	if objs.Pods[0].Namespace != "default" {
+		t.Fatalf("pod namespace %q, want default", objs.Pods[0].Namespace)
+	}
+	if _, err := Compile(objs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadDir(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing directory loaded")
+	}
+}
+
+// TestCompileRejectsInvalid: objects from another source (informers) are
+// validated by Compile itself, and nothing is built.
+func TestCompileRejectsInvalid(t *testing.T) {
+	objs := parseObjects(t, fixtureYAML, np("x", "ok", "  podSelector: {}"))
+	bad := objs.Policies[0].DeepCopy()
+	bad.Name = "bad"
+	bad.Spec.PolicyTypes = []networkingPolicyType{"Sideways"}
+	objs.Policies = append(objs.Policies, bad)
+	e, err := Compile(objs)
+	if err == nil || e != nil {
+		t.Fatalf("Compile = %v, %v; want nil engine and an error", e, err)
+	}
+	if !strings.Contains(err.Error(), "NetworkPolicy x/bad: spec.policyTypes[0]") {
+		t.Fatalf("error %q", err)
+	}
+	objs.Policies = append(objs.Policies[:1], objs.Policies[0])
+	if _, err := Compile(objs); err == nil || !strings.Contains(err.Error(), "duplicate") {
+		t.Fatalf("duplicate policy: %v", err)
+	}
+}

@@ -1,0 +1,421 @@
+package policy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+// The model-based test: random policy sets over a small world, decided by
+// the compiled Engine and by refDecide, a plain evaluator written straight
+// from the Kubernetes API reference (no indexing, no caching, selectors
+// evaluated by apimachinery's own labels package), on every
+// (local pod, peer, port, protocol, direction).
+
+var (
+	modelNamespaces = []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"ns1", map[string]string{"env": "prod", "team": "a"}},
+		{"ns2", map[string]string{"env": "dev"}},
+		{"ns3", nil},
+	}
+	modelPods = []struct {
+		ns, name string
+		labels   map[string]string
+		ports    []corev1.ContainerPort
+	}{
+		{"ns1", "web", map[string]string{"app": "web", "tier": "front"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 80}, {Name: "metrics", ContainerPort: 9090}}},
+		{"ns1", "db", map[string]string{"app": "db", "tier": "back"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}},
+		{"ns1", "cli", map[string]string{"app": "client"}, nil},
+		{"ns2", "web", map[string]string{"app": "web"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 443}}},
+		{"ns2", "cli", map[string]string{"app": "client", "tier": "front"}, nil},
+		{"ns3", "db", map[string]string{"app": "db"}, []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}},
+		{"ns3", "bare", nil, nil},
+	}
+	modelPorts     = []uint16{53, 80, 443, 8080, 9090, 9999}
+	modelProtocols = []string{"TCP", "UDP"}
+	modelAddrs     = []string{"198.18.0.10", "198.18.1.10", "198.19.5.5", "203.0.113.7"}
+	labelKeys      = []string{"app", "tier", "env", "team", "kubernetes.io/metadata.name"}
+	labelValues    = []string{"web", "db", "client", "front", "back", "prod", "dev", "a", "ns1", "ns2", "ns3"}
+	portNames      = []string{"http", "metrics", "dns", "none"}
+	cidrs          = []string{"198.18.0.0/15", "198.18.0.0/16", "198.18.1.0/24", "0.0.0.0/0", "203.0.113.0/24"}
+)
+
+// modelWorld builds the world's objects.
+func modelWorld() Objects {
+	var objs Objects
+	for _, n := range modelNamespaces {
+		ns := &corev1.Namespace{}
+		ns.Name, ns.Labels = n.name, n.labels
+		objs.Namespaces = append(objs.Namespaces, ns)
+	}
+	for _, p := range modelPods {
+		pod := &corev1.Pod{}
+		pod.Namespace, pod.Name, pod.Labels = p.ns, p.name, p.labels
+		pod.Spec.Containers = []corev1.Container{{Name: "c", Ports: p.ports}}
+		objs.Pods = append(objs.Pods, pod)
+	}
+	return objs
+}
+
+// gen draws random but valid policy pieces.
+type gen struct{ r *rand.Rand }
+
+func (g gen) pick(s []string) string { return s[g.r.IntN(len(s))] }
+
+func (g gen) selector() *metav1.LabelSelector {
+	s := &metav1.LabelSelector{}
+	for range g.r.IntN(3) {
+		if g.r.IntN(2) == 0 {
+			if s.MatchLabels == nil {
+				s.MatchLabels = map[string]string{}
+			}
+			s.MatchLabels[g.pick(labelKeys)] = g.pick(labelValues)
+			continue
+		}
+		req := metav1.LabelSelectorRequirement{Key: g.pick(labelKeys)}
+		switch g.r.IntN(4) {
+		case 0:
+			req.Operator = metav1.LabelSelectorOpIn
+		case 1:
+			req.Operator = metav1.LabelSelectorOpNotIn
+		case 2:
+			req.Operator = metav1.LabelSelectorOpExists
+		case 3:
+			req.Operator = metav1.LabelSelectorOpDoesNotExist
+		}
+		if req.Operator == metav1.LabelSelectorOpIn || req.Operator == metav1.LabelSelectorOpNotIn {
+			for range 1 + g.r.IntN(3) {
+				req.Values = append(req.Values, g.pick(labelValues))
+			}
+		}
+		s.MatchExpressions = append(s.MatchExpressions, req)
+	}
+	return s
+}
+
+func (g gen) peers() []networkingv1.NetworkPolicyPeer {
+	switch g.r.IntN(6) {
+	case 0:
+		return nil
+	case 1:
+		return []networkingv1.NetworkPolicyPeer{}
+	}
+	var out []networkingv1.NetworkPolicyPeer
+	for range 1 + g.r.IntN(3) {
+		var p networkingv1.NetworkPolicyPeer
+		switch g.r.IntN(4) {
+		case 0:
+			p.PodSelector = g.selector()
+		case 1:
+			p.NamespaceSelector = g.selector()
+		case 2:
+			p.PodSelector, p.NamespaceSelector = g.selector(), g.selector()
+		case 3:
+			cidr := g.pick(cidrs)
+			p.IPBlock = &networkingv1.IPBlock{CIDR: cidr}
+			if cidr == "198.18.0.0/15" || cidr == "0.0.0.0/0" {
+				if g.r.IntN(2) == 0 {
+					p.IPBlock.Except = []string{"198.18.1.0/24"}
+				}
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (g gen) ports() []networkingv1.NetworkPolicyPort {
+	if g.r.IntN(3) == 0 {
+		return nil
+	}
+	var out []networkingv1.NetworkPolicyPort
+	for range 1 + g.r.IntN(3) {
+		var p networkingv1.NetworkPolicyPort
+		if g.r.IntN(2) == 0 {
+			proto := corev1.Protocol(g.pick(modelProtocols))
+			p.Protocol = &proto
+		}
+		switch g.r.IntN(5) {
+		case 0: // all ports of the protocol
+		case 1:
+			name := intstr.FromString(g.pick(portNames))
+			p.Port = &name
+		case 2:
+			n := intstr.FromInt32(int32(modelPorts[g.r.IntN(len(modelPorts))]))
+			p.Port = &n
+		default:
+			lo := int32(modelPorts[g.r.IntN(len(modelPorts))])
+			hi := lo + int32(g.r.IntN(9000))
+			n := intstr.FromInt32(lo)
+			p.Port, p.EndPort = &n, &hi
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (g gen) policy(i int) *networkingv1.NetworkPolicy {
+	p := &networkingv1.NetworkPolicy{}
+	p.APIVersion, p.Kind = "networking.k8s.io/v1", "NetworkPolicy"
+	p.Namespace = modelNamespaces[g.r.IntN(len(modelNamespaces))].name
+	p.Name = fmt.Sprintf("p%d", i)
+	p.Spec.PodSelector = *g.selector()
+	switch g.r.IntN(4) {
+	case 1:
+		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+	case 2:
+		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+	case 3:
+		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+	}
+	if g.r.IntN(5) > 0 {
+		p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
+		for range g.r.IntN(3) {
+			p.Spec.Ingress = append(p.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(), Ports: g.ports()})
+		}
+	}
+	if g.r.IntN(3) > 0 {
+		for range g.r.IntN(3) {
+			p.Spec.Egress = append(p.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(), Ports: g.ports()})
+		}
+	}
+	return p
+}
+
+// refPeer is a peer as the reference evaluator sees it.
+type refPeer struct {
+	pod     *corev1.Pod // nil: anonymous
+	foreign bool        // from another cluster
+	addr    netip.Addr
+}
+
+// refDecide returns whether the connection is allowed and, if by a rule,
+// which policy and rule index (first in name order, then rule order).
+func refDecide(objs Objects, local *corev1.Pod, peer refPeer, dir Direction, port uint16, proto string) (bool, string, int) {
+	policies := slices.Clone(objs.Policies)
+	slices.SortFunc(policies, func(a, b *networkingv1.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
+	selected := false
+	for _, p := range policies {
+		if p.Namespace != local.Namespace || !refSelects(&p.Spec.PodSelector, local.Labels) {
+			continue
+		}
+		types := p.Spec.PolicyTypes
+		if len(types) == 0 {
+			types = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+			if len(p.Spec.Egress) > 0 {
+				types = append(types, networkingv1.PolicyTypeEgress)
+			}
+		}
+		want := networkingv1.PolicyTypeIngress
+		if dir == Egress {
+			want = networkingv1.PolicyTypeEgress
+		}
+		if !slices.Contains(types, want) {
+			continue
+		}
+		selected = true
+		// The destination pod resolves named ports.
+		dest := local
+		if dir == Egress {
+			dest = peer.pod
+		}
+		if dir == Ingress {
+			for i, r := range p.Spec.Ingress {
+				if refPeersAllow(objs, p.Namespace, r.From, peer) && refPortsAllow(r.Ports, dest, port, proto) {
+					return true, p.Namespace + "/" + p.Name, i
+				}
+			}
+		} else {
+			for i, r := range p.Spec.Egress {
+				if refPeersAllow(objs, p.Namespace, r.To, peer) && refPortsAllow(r.Ports, dest, port, proto) {
+					return true, p.Namespace + "/" + p.Name, i
+				}
+			}
+		}
+	}
+	return !selected, "", -1
+}
+
+func refSelects(s *metav1.LabelSelector, l map[string]string) bool {
+	sel, err := metav1.LabelSelectorAsSelector(s)
+	if err != nil {
+		panic(err)
+	}
+	return sel.Matches(labels.Set(l))
+}
+
+func refPeersAllow(objs Objects, policyNS string, peers []networkingv1.NetworkPolicyPeer, peer refPeer) bool {
+	if len(peers) == 0 {
+		return true
+	}
+	for _, p := range peers {
+		if p.IPBlock != nil {
+			if peer.pod != nil {
+				continue // identified peers never match ipBlock
+			}
+			in := netip.MustParsePrefix(p.IPBlock.CIDR).Contains(peer.addr)
+			for _, ex := range p.IPBlock.Except {
+				if netip.MustParsePrefix(ex).Contains(peer.addr) {
+					in = false
+				}
+			}
+			if in {
+				return true
+			}
+			continue
+		}
+		if peer.pod == nil {
+			continue
+		}
+		nsLabels := map[string]string{"kubernetes.io/metadata.name": peer.pod.Namespace}
+		for k, v := range objs.Namespace(peer.pod.Namespace).Labels {
+			nsLabels[k] = v
+		}
+		nsOK := false
+		if p.NamespaceSelector == nil {
+			nsOK = !peer.foreign && peer.pod.Namespace == policyNS
+		} else {
+			nsOK = refSelects(p.NamespaceSelector, nsLabels)
+		}
+		podOK := p.PodSelector == nil || refSelects(p.PodSelector, peer.pod.Labels)
+		if nsOK && podOK {
+			return true
+		}
+	}
+	return false
+}
+
+func refPortsAllow(ports []networkingv1.NetworkPolicyPort, dest *corev1.Pod, port uint16, proto string) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	for _, p := range ports {
+		pp := "TCP"
+		if p.Protocol != nil {
+			pp = string(*p.Protocol)
+		}
+		if pp != proto {
+			continue
+		}
+		if p.Port == nil {
+			return true
+		}
+		if p.Port.Type == intstr.String {
+			if dest == nil {
+				continue
+			}
+			for _, c := range dest.Spec.Containers {
+				for _, cp := range c.Ports {
+					cproto := string(cp.Protocol)
+					if cproto == "" {
+						cproto = "TCP"
+					}
+					if cp.Name == p.Port.StrVal && cproto == pp && uint16(cp.ContainerPort) == port {
+						return true
+					}
+				}
+			}
+			continue
+		}
+		hi := p.Port.IntVal
+		if p.EndPort != nil {
+			hi = *p.EndPort
+		}
+		if int32(port) >= p.Port.IntVal && int32(port) <= hi {
+			return true
+		}
+	}
+	return false
+}
+
+// TestModel compares Engine and refDecide on random policy sets.
+func TestModel(t *testing.T) {
+	iterations := 250
+	if testing.Short() {
+		iterations = 40
+	}
+	r := rand.New(rand.NewPCG(20261123, 4))
+	g := gen{r}
+	world := modelWorld()
+	checked := 0
+	for it := range iterations {
+		objs := world
+		objs.Policies = nil
+		var docs []string
+		for i := range r.IntN(6) {
+			p := g.policy(i)
+			// Through YAML and the loader, as users' files come.
+			b, err := yaml.Marshal(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			docs = append(docs, string(b))
+		}
+		var l loader
+		if err := l.loadBytes("random.yaml", []byte(strings.Join(docs, "---\n"))); err != nil {
+			t.Fatalf("iteration %d: generated policies rejected: %v\n%s", it, err, strings.Join(docs, "---\n"))
+		}
+		objs.Policies = l.objs.Policies
+		e, err := Compile(objs)
+		if err != nil {
+			t.Fatalf("iteration %d: %v", it, err)
+		}
+		var peers []refPeer
+		for _, p := range objs.Pods {
+			peers = append(peers, refPeer{pod: p}, refPeer{pod: p, foreign: true})
+		}
+		for _, a := range modelAddrs {
+			peers = append(peers, refPeer{addr: netip.MustParseAddr(a)})
+		}
+		for _, local := range objs.Pods {
+			lid := IdentityOf("c1", objs.Namespace(local.Namespace), local)
+			for _, peer := range peers {
+				pp := Peer{Addr: peer.addr}
+				if peer.pod != nil {
+					pp.Identity = IdentityOf("c1", objs.Namespace(peer.pod.Namespace), peer.pod)
+					pp.Addr = netip.MustParseAddr("198.18.0.10") // must never matter
+					if peer.foreign {
+						pp.Identity.Cluster = "c2"
+					}
+				}
+				for _, dir := range []Direction{Ingress, Egress} {
+					for _, proto := range modelProtocols {
+						for _, port := range modelPorts {
+							got := e.Decide(lid, pp, dir, port, proto)
+							ok, pol, rule := refDecide(objs, local, peer, dir, port, proto)
+							checked++
+							if got.Allowed != ok || got.Policy != pol || got.Rule != rule {
+								t.Fatalf("iteration %d: %s %s peer %s:%d/%s: engine %v %q rule %d (%s), reference %v %q rule %d\npolicies:\n%s",
+									it, lid.Ref(), dir, describePeer(peer), port, proto, got.Allowed, got.Policy, got.Rule, got.Reason, ok, pol, rule, strings.Join(docs, "---\n"))
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d decisions compared over %d policy sets", checked, iterations)
+}
+
+func describePeer(p refPeer) string {
+	switch {
+	case p.pod == nil:
+		return p.addr.String()
+	case p.foreign:
+		return "c2:" + p.pod.Namespace + "/" + p.pod.Name
+	}
+	return p.pod.Namespace + "/" + p.pod.Name
+}
