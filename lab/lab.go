@@ -187,10 +187,8 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if err := l.saveState(); err != nil {
 		return nil, err
 	}
-	for _, p := range objs.Pods {
-		if err := l.startServer(ctx, p); err != nil {
-			return nil, err
-		}
+	if err := l.startServers(ctx, objs.Pods); err != nil {
+		return nil, err
 	}
 	if !opts.NoEnforce {
 		if err := l.initKeys(ctx); err != nil {
@@ -332,15 +330,16 @@ func (l *Lab) saveState() error {
 }
 
 // startServer runs `bireme lab serve` inside the pod's namespace, on every
-// declared TCP port, and waits until each port answers.
-func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) error {
+// declared TCP port; the returned function waits until each port answers.
+// Starting every server before waiting for any keeps a large lab quick.
+func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error, err error) {
 	ports := tcpPorts(p)
 	if len(ports) == 0 {
-		return nil
+		return func() error { return nil }, nil
 	}
 	h := l.topo.Host(hostName(p))
 	if h == nil {
-		return fmt.Errorf("pod %s: no host", podRef(p))
+		return nil, fmt.Errorf("pod %s: no host", podRef(p))
 	}
 	args := []string{"lab", "serve", "--ref", podRef(p)}
 	for _, port := range ports {
@@ -352,26 +351,50 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) error {
 	logFile := l.cfg.path("logs", "serve-"+h.Name+".log")
 	exited, err := startDetached(cmd, logFile)
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", podRef(p), err)
+		return nil, fmt.Errorf("pod %s: %w", podRef(p), err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for _, port := range ports {
+	return func() error {
+		deadline := time.Now().Add(ServerTimeout)
 		target := Target{Ref: podRef(p), NS: h.NS, Addr: h.Addr}
-		for {
-			r := Result{Port: port}
-			probeOne(ctx, target, target, &r)
-			if r.Connected {
-				break
+		for _, port := range ports {
+			for {
+				r := Result{Port: port}
+				probeOne(ctx, target, target, &r)
+				if r.Connected {
+					break
+				}
+				select {
+				case <-exited:
+					return fmt.Errorf("pod %s: server exited: %s", podRef(p), tail(logFile))
+				default:
+				}
+				if time.Now().After(deadline) || ctx.Err() != nil {
+					return fmt.Errorf("pod %s: server on port %d does not answer (%s): %s", podRef(p), port, r.Reason, tail(logFile))
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
-			select {
-			case <-exited:
-				return fmt.Errorf("pod %s: server exited: %s", podRef(p), tail(logFile))
-			default:
-			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				return fmt.Errorf("pod %s: server on port %d does not answer (%s): %s", podRef(p), port, r.Reason, tail(logFile))
-			}
-			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	}, nil
+}
+
+// ServerTimeout bounds how long a pod's server may take to answer after
+// it was started.
+const ServerTimeout = 10 * time.Second
+
+// startServers starts the servers of pods, then waits for all of them.
+func (l *Lab) startServers(ctx context.Context, pods []*corev1.Pod) error {
+	var waits []func() error
+	for _, p := range pods {
+		wait, err := l.startServer(ctx, p)
+		if err != nil {
+			return err
+		}
+		waits = append(waits, wait)
+	}
+	for _, wait := range waits {
+		if err := wait(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -572,6 +595,9 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 			return err
 		}
 	}
+	if err := l.startServers(ctx, fresh); err != nil {
+		return err
+	}
 	l.objs = l.annotate(next)
 	if err := syncStore(l.cfg.path("store"), l.objs); err != nil {
 		return err
@@ -583,8 +609,7 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 	return nil
 }
 
-// addPod makes the pod's host (and node, with its enforcer, when new) and
-// starts its server.
+// addPod makes the pod's host (and node, with its enforcer, when new).
 func (l *Lab) addPod(ctx context.Context, p *corev1.Pod) error {
 	node := nodeOf(p)
 	if l.topo.Node(node) == nil {
@@ -603,10 +628,7 @@ func (l *Lab) addPod(ctx context.Context, p *corev1.Pod) error {
 	if _, err := l.topo.AddHost(ctx, node, hostName(p)); err != nil {
 		return err
 	}
-	if err := l.saveState(); err != nil {
-		return err
-	}
-	return l.startServer(ctx, p)
+	return l.saveState()
 }
 
 // Delete removes the objects named in files (by kind, namespace and name;
