@@ -19,7 +19,8 @@ fi
 #   reads the demo's JSON.
 # socat, iperf3, curl: real clients and load in tests and benchmarks.
 # jq: reading `bireme lab status -o json` in scripts.
-pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps)
+# tcpdump: the e2e attack tests capture handshakes on the wire to replay them.
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump)
 
 need=()
 for pkg in "${pkgs[@]}"; do
