@@ -6,14 +6,15 @@
 // address from 198.18.0.0/15 and a small server on every declared TCP
 // container port that answers with the pod's "namespace/name". Each distinct
 // spec.nodeName becomes a topology node with its own `bireme enforce`
-// process, keys from `bireme keys`, and the shared file store.
+// process, node keys issued by a lab CA (package tokens), and the shared
+// file store.
 //
 // A lab lives in a state directory:
 //
 //	prefix          the topology's namespace prefix (written first, so `down` works after any crash)
 //	state.json      options and the topology's layout
 //	store/          the enforcers' file store: the user's objects, pods annotated with bireme.io/netns
-//	keys/           ca/ (cluster CA), untrusted-ca/, nodes/NODE/ (node.crt, node.key)
+//	keys/           ca/ (cluster CA), untrusted-ca/, nodes/NODE/ (node.crt, node.key), as `bireme keys` lays them out
 //	flows/NODE.jsonl  each enforcer's flow records
 //	logs/           output of every enforcer and server
 //	pids/           enforce-NODE.pid
@@ -46,6 +47,7 @@ import (
 
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/tokens"
 	"github.com/bireme/bireme/topology"
 )
 
@@ -191,7 +193,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 		return nil, err
 	}
 	if !opts.NoEnforce {
-		if err := l.initKeys(ctx); err != nil {
+		if err := l.initKeys(); err != nil {
 			return nil, err
 		}
 	}
@@ -201,7 +203,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	}
 	if !opts.NoEnforce {
 		for _, n := range l.topo.Nodes() {
-			if err := l.startEnforcer(ctx, n.Name); err != nil {
+			if err := l.startEnforcer(n.Name); err != nil {
 				return nil, err
 			}
 		}
@@ -400,23 +402,55 @@ func (l *Lab) startServers(ctx context.Context, pods []*corev1.Pod) error {
 	return nil
 }
 
-// runBinary runs the bireme binary to completion (key tools).
-func (l *Lab) runBinary(ctx context.Context, args ...string) error {
-	out, err := exec.CommandContext(ctx, l.cfg.Binary, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("bireme %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+// Key lifetimes in a lab: long enough for any session, short enough that
+// stray lab keys are worthless soon.
+const (
+	caValidity   = 30 * 24 * time.Hour
+	nodeValidity = 7 * 24 * time.Hour
+)
+
+// initKeys makes the cluster CA and the untrusted CA of forged nodes, in
+// the layout of `bireme keys init-ca` (DIR/ca.crt, DIR/ca.key).
+func (l *Lab) initKeys() error {
+	for _, dir := range []string{"ca", "untrusted-ca"} {
+		ca, err := tokens.NewCA(l.st.Options.Cluster, caValidity)
+		if err != nil {
+			return fmt.Errorf("lab keys: %w", err)
+		}
+		if err := os.MkdirAll(l.cfg.path("keys", dir), 0o700); err != nil {
+			return fmt.Errorf("lab keys: %w", err)
+		}
+		if err := ca.Save(l.cfg.path("keys", dir, "ca.crt"), l.cfg.path("keys", dir, "ca.key")); err != nil {
+			return fmt.Errorf("lab keys: %w", err)
+		}
 	}
 	return nil
 }
 
-// initKeys makes the cluster CA and the untrusted CA of forged nodes.
-func (l *Lab) initKeys(ctx context.Context) error {
-	for _, ca := range []string{"ca", "untrusted-ca"} {
-		if err := l.runBinary(ctx, "keys", "init-ca", "--trust-domain", l.st.Options.Cluster, "--out", l.cfg.path("keys", ca)); err != nil {
-			return err
-		}
+// issueNode gives node its credentials (as `bireme keys issue-node`) from
+// the cluster CA, or from the untrusted CA for an untrusted node; it
+// returns the directory of the issuing CA.
+func (l *Lab) issueNode(node string) (caDir, keyDir string, err error) {
+	caDir = l.cfg.path("keys", "ca")
+	if l.untrusted(node) {
+		caDir = l.cfg.path("keys", "untrusted-ca")
 	}
-	return nil
+	keyDir = l.cfg.path("keys", "nodes", node)
+	ca, err := tokens.LoadCA(filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key"))
+	if err != nil {
+		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+	}
+	creds, err := ca.IssueNode(node, nodeValidity)
+	if err != nil {
+		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+	}
+	if err := os.MkdirAll(keyDir, 0o700); err != nil {
+		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+	}
+	if err := creds.Save(filepath.Join(keyDir, "node.crt"), filepath.Join(keyDir, "node.key")); err != nil {
+		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+	}
+	return caDir, keyDir, nil
 }
 
 func (l *Lab) untrusted(node string) bool {
@@ -424,13 +458,9 @@ func (l *Lab) untrusted(node string) bool {
 }
 
 // startEnforcer issues the node's keys and starts its `bireme enforce`.
-func (l *Lab) startEnforcer(ctx context.Context, node string) error {
-	caDir := l.cfg.path("keys", "ca")
-	if l.untrusted(node) {
-		caDir = l.cfg.path("keys", "untrusted-ca")
-	}
-	keyDir := l.cfg.path("keys", "nodes", node)
-	if err := l.runBinary(ctx, "keys", "issue-node", "--ca-dir", caDir, "--node", node, "--out", keyDir); err != nil {
+func (l *Lab) startEnforcer(node string) error {
+	caDir, keyDir, err := l.issueNode(node)
+	if err != nil {
 		return err
 	}
 	cmd := exec.Command(l.cfg.Binary, "enforce",
@@ -620,7 +650,7 @@ func (l *Lab) addPod(ctx context.Context, p *corev1.Pod) error {
 			return err
 		}
 		if !l.st.Options.NoEnforce {
-			if err := l.startEnforcer(ctx, node); err != nil {
+			if err := l.startEnforcer(node); err != nil {
 				return err
 			}
 		}
