@@ -123,18 +123,18 @@ func (e *Engine) Decide(local *identity.Identity, peer Peer, dir Direction, port
 	if d, ok := e.decisions.get(key); ok {
 		return d
 	}
-	d := e.decide(local, key.local, peer, dir, port, p)
+	sel, ok := e.selections.get(key.local)
+	if !ok {
+		sel = e.selectionFor(local)
+		e.selections.put(key.local, sel)
+	}
+	d := e.decide(local, sel, peer, dir, port, p)
 	e.decisions.put(key, d)
 	return d
 }
 
-// decide computes a decision without the decision cache.
-func (e *Engine) decide(local *identity.Identity, digest identityKey, peer Peer, dir Direction, port uint16, proto protocol) Decision {
-	sel, ok := e.selections.get(digest)
-	if !ok {
-		sel = e.selectionFor(local)
-		e.selections.put(digest, sel)
-	}
+// decide computes a decision from the policies selecting local.
+func (e *Engine) decide(local *identity.Identity, sel *selection, peer Peer, dir Direction, port uint16, proto protocol) Decision {
 	s := &sel.ingress
 	if dir == Egress {
 		s = &sel.egress
