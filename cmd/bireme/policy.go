@@ -1,12 +1,106 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/bireme/bireme/policy"
 )
 
-// TODO(owner of this file): replace with the real command.
+// newPolicyCmd is `bireme policy`: check and explain NetworkPolicy files
+// offline, with the same loader and engine the enforcer uses.
 func newPolicyCmd() *cobra.Command {
-	return &cobra.Command{Use: "policy", RunE: func(*cobra.Command, []string) error { return errors.New("policy: not built yet") }}
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Validate NetworkPolicy files and explain decisions",
+	}
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyExplainCmd())
+	return cmd
+}
+
+// loadPolicyInput loads and compiles -f inputs (files or directories).
+func loadPolicyInput(files []string) (*policy.Engine, error) {
+	if len(files) == 0 {
+		return nil, errors.New("no input: give -f FILE or -f DIR")
+	}
+	objs, err := policy.LoadPaths(files...)
+	if err != nil {
+		return nil, err
+	}
+	return policy.Compile(objs)
+}
+
+func newPolicyCheckCmd() *cobra.Command {
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "check -f FILE|DIR [-f ...]",
+		Short: "Validate Namespace, Pod and NetworkPolicy files; exit non-zero on the first bad object",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := loadPolicyInput(files)
+			if err != nil {
+				return err
+			}
+			o := e.Objects()
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d namespaces, %d pods, %d network policies\n", len(o.Namespaces), len(o.Pods), len(o.Policies))
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "YAML/JSON file or directory (repeatable, comma-separated)")
+	return cmd
+}
+
+func newPolicyExplainCmd() *cobra.Command {
+	var (
+		files            []string
+		from, to, port   string
+		protocol, output string
+		cluster          string
+	)
+	cmd := &cobra.Command{
+		Use:   "explain -f FILE|DIR --from NS/POD --to NS/POD --port P [--protocol TCP] [--output text|json]",
+		Short: "Explain whether a connection is allowed: the client's egress, the server's ingress and the verdict",
+		Long: `Explain decides a connection as the two enforcers would: the egress decision of
+the client (--from) and the ingress decision of the server (--to); the connection
+is allowed only if both allow. --from or --to may be an IP address instead of a
+pod: such a peer has no identity and only ipBlock rules can match it. --port is
+a number or a port name resolved on the destination pod. The exit status is 0
+whenever a verdict was printed, allowed or not.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: want text or json", output)
+			}
+			if from == "" || to == "" || port == "" {
+				return errors.New("--from, --to and --port are required")
+			}
+			e, err := loadPolicyInput(files)
+			if err != nil {
+				return err
+			}
+			x, err := policy.Explain(e, cluster, from, to, port, protocol)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(x)
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), x.String())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVarP(&files, "filename", "f", nil, "YAML/JSON file or directory (repeatable, comma-separated)")
+	f.StringVar(&from, "from", "", "client: NAMESPACE/POD or an IP address")
+	f.StringVar(&to, "to", "", "server: NAMESPACE/POD or an IP address")
+	f.StringVar(&port, "port", "", "destination port: number or name of a port of the destination pod")
+	f.StringVar(&protocol, "protocol", "TCP", "TCP, UDP or SCTP")
+	f.StringVarP(&output, "output", "o", "text", "text or json")
+	f.StringVar(&cluster, "cluster", "local", "cluster name given to both pods' identities")
+	return cmd
 }
