@@ -1,0 +1,386 @@
+// Package supervisor programs the iptables rules that put a workload's
+// network namespace under Bireme's protection, and removes them again.
+//
+// Everything it installs lives in chains of its own (prefix "BIREME-"),
+// reached by one jump per built-in chain; Unprotect deletes exactly those
+// jumps and chains, so rules that other software put in the namespace are
+// never touched. Rules are installed for IPv4 (iptables) and IPv6
+// (ip6tables).
+//
+// # Rule layout
+//
+// Two connection-mark bits, owned by Bireme, carry the state of each TCP
+// connection in the namespace's conntrack table:
+//
+//	Authorized  the enforcer verified the handshake: every packet passes in the kernel
+//	Pending     the enforcer accepted the SYN-ACK: the handshake-completing
+//	            ACK (client: with proof attached; server: proof verified) still
+//	            has to pass the queue
+//
+// mangle table (runs before filter, priority -150):
+//
+//	INPUT  -p tcp -j BIREME-INPUT     OUTPUT -p tcp -j BIREME-OUTPUT
+//
+//	BIREME-INPUT                                  BIREME-OUTPUT
+//	-i lo                      RETURN             -o lo                      RETURN
+//	Authorized, not SYN        RETURN             Authorized, not SYN        RETURN
+//	RST                        RETURN             RST                        RETURN
+//	SYN (incl. SYN-ACK)        NFQUEUE            SYN (incl. SYN-ACK)        NFQUEUE
+//	Pending, original dir      NFQUEUE (server)   Pending, original dir      NFQUEUE (client)
+//	Pending, reply dir, no SYN set Authorized     DROP
+//	Authorized                 RETURN
+//	DROP
+//
+// filter table (priority 0):
+//
+//	INPUT, OUTPUT  -p tcp -j BIREME-SAVE
+//	BIREME-SAVE    packet mark has one of our bits -> CONNMARK --save-mark (our bits only)
+//
+// The enforcer cannot set the connection mark in the verdict of a packet
+// whose length it changed (the kernel would then try a sequence-number
+// adjustment the connection was never set up for), so it sets the packet
+// mark instead and BIREME-SAVE, which runs after mangle, copies it to the
+// connection. NFQUEUE rules carry no --queue-bypass: with no enforcer
+// reading the queue, handshake packets are dropped and protection fails
+// closed. Connections that were already established when protection starts
+// are marked Authorized by Protect (see conntrack.go).
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/bireme/bireme/netns"
+)
+
+// Chain names. Every chain Bireme creates starts with ChainPrefix.
+const (
+	ChainPrefix = "BIREME-"
+	chainInput  = "BIREME-INPUT"
+	chainOutput = "BIREME-OUTPUT"
+	chainSave   = "BIREME-SAVE"
+)
+
+// Default connection-mark bits. They must not collide with marks other
+// software in the workload namespace uses.
+const (
+	DefaultMarkAuthorized uint32 = 0x00100000
+	DefaultMarkPending    uint32 = 0x00200000
+)
+
+// Config says which queues the rules feed and which mark bits they use.
+// The zero value is usable: one queue, number 0, default marks.
+type Config struct {
+	// Queues is how many NFQUEUE queues, numbered from QueueBase, the
+	// handshake packets are spread over (--queue-balance). The kernel hashes
+	// the address pair symmetrically, so both directions of a flow land on
+	// the same queue. 0 means 1.
+	Queues uint16
+	// QueueBase is the first queue number. Queue numbers are per network
+	// namespace, so every workload can use the same numbers.
+	QueueBase uint16
+	// MarkAuthorized and MarkPending are single connection-mark bits; 0
+	// means the default.
+	MarkAuthorized uint32
+	MarkPending    uint32
+}
+
+// withDefaults fills in zero fields.
+func (c Config) withDefaults() Config {
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.MarkAuthorized == 0 {
+		c.MarkAuthorized = DefaultMarkAuthorized
+	}
+	if c.MarkPending == 0 {
+		c.MarkPending = DefaultMarkPending
+	}
+	return c
+}
+
+// Mask is the union of the mark bits Bireme owns.
+func (c Config) Mask() uint32 {
+	c = c.withDefaults()
+	return c.MarkAuthorized | c.MarkPending
+}
+
+// Supervisor installs and removes Bireme's rules in workload namespaces.
+// It holds no per-namespace state: everything it needs is read back from
+// the kernel, so a restarted process picks up where the last one stopped.
+type Supervisor struct {
+	cfg Config
+}
+
+// New returns a Supervisor for cfg.
+func New(cfg Config) *Supervisor {
+	return &Supervisor{cfg: cfg.withDefaults()}
+}
+
+// Config returns the configuration in effect, defaults filled in. The
+// enforcer must use the same marks and queues.
+func (s *Supervisor) Config() Config { return s.cfg }
+
+// jump is one rule in a built-in chain that sends TCP to one of ours.
+type jump struct {
+	table, from, to string
+}
+
+var jumps = []jump{
+	{"mangle", "INPUT", chainInput},
+	{"mangle", "OUTPUT", chainOutput},
+	{"filter", "INPUT", chainSave},
+	{"filter", "OUTPUT", chainSave},
+}
+
+func (j jump) rule() []string {
+	return []string{"-p", "tcp", "-m", "comment", "--comment", "bireme", "-j", j.to}
+}
+
+// chainSpec is one of our chains with the rules it must hold, in order.
+type chainSpec struct {
+	table, name string
+	rules       [][]string
+}
+
+func hex32(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
+
+// chains returns the full layout described in the package doc.
+func (s *Supervisor) chains() []chainSpec {
+	c := s.cfg
+	mask := hex32(c.Mask())
+	auth := hex32(c.MarkAuthorized) + "/" + mask
+	pending := hex32(c.MarkPending) + "/" + mask
+	queue := []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(c.QueueBase))}
+	if c.Queues > 1 {
+		queue = []string{"-j", "NFQUEUE", "--queue-balance",
+			fmt.Sprintf("%d:%d", c.QueueBase, int(c.QueueBase)+int(c.Queues)-1)}
+	}
+	r := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	isAuth := []string{"-m", "connmark", "--mark", auth}
+	isPending := []string{"-m", "connmark", "--mark", pending}
+	notSYN := []string{"-m", "tcp", "!", "--tcp-flags", "SYN", "SYN"}
+	isSYN := []string{"-p", "tcp", "-m", "tcp", "--tcp-flags", "SYN", "SYN"}
+	isRST := []string{"-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST"}
+	dirOrig := []string{"-m", "conntrack", "--ctdir", "ORIGINAL"}
+	dirReply := []string{"-m", "conntrack", "--ctdir", "REPLY"}
+	tcp := []string{"-p", "tcp"}
+	return []chainSpec{
+		{"mangle", chainInput, [][]string{
+			{"-i", "lo", "-j", "RETURN"},
+			r(tcp, isAuth, notSYN, []string{"-j", "RETURN"}),
+			r(isRST, []string{"-j", "RETURN"}),
+			r(isSYN, queue),
+			r(tcp, isPending, dirOrig, queue),
+			r(tcp, isPending, dirReply, notSYN, []string{"-j", "CONNMARK", "--set-xmark", auth}),
+			r(isAuth, []string{"-j", "RETURN"}),
+			{"-j", "DROP"},
+		}},
+		{"mangle", chainOutput, [][]string{
+			{"-o", "lo", "-j", "RETURN"},
+			r(tcp, isAuth, notSYN, []string{"-j", "RETURN"}),
+			r(isRST, []string{"-j", "RETURN"}),
+			r(isSYN, queue),
+			r(tcp, isPending, dirOrig, queue),
+			{"-j", "DROP"},
+		}},
+		{"filter", chainSave, [][]string{
+			{"-m", "mark", "!", "--mark", "0x0/" + mask, "-j", "CONNMARK", "--save-mark",
+				"--nfmask", mask, "--ctmask", mask},
+		}},
+	}
+}
+
+// Protect puts the namespace at netnsPath (for example /run/netns/NAME or
+// /proc/PID/ns/net) under protection. It is idempotent: chains that already
+// hold the right rules are left alone, so a restarted agent neither
+// duplicates rules nor opens a gap. Connections established before the
+// first Protect are marked authorized so enforcement does not cut them.
+func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Pass 1 before the jumps exist, pass 2 after: a connection that
+	// completed its handshake in between was not seen by the enforcer and
+	// would otherwise be cut. Neither pass touches a connection that
+	// carries one of our bits, so handshakes the enforcer handled (or
+	// refused before ESTABLISHED) are never promoted.
+	err := inNetNS(netnsPath, func() error {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+			if err != nil {
+				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
+			}
+			for _, c := range s.chains() {
+				if err := ensureChain(ipt, c); err != nil {
+					return fmt.Errorf("%s: %w", protoName(proto), err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	// The chains above use conntrack, so from here on the namespace is
+	// tracked; give the sockets that existed before an authorized entry.
+	if err := trackEstablishedSockets(netnsPath, s.cfg.MarkAuthorized); err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	if err := markEstablished(netnsPath, s.cfg.MarkAuthorized, s.cfg.Mask()); err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	err = inNetNS(netnsPath, func() error {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+			if err != nil {
+				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
+			}
+			for _, j := range jumps {
+				ok, err := ipt.Exists(j.table, j.from, j.rule()...)
+				if err != nil {
+					return fmt.Errorf("%s: check jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+				}
+				if !ok {
+					// First in the chain: our verdicts must not depend on
+					// what rules others placed before us.
+					if err := ipt.Insert(j.table, j.from, 1, j.rule()...); err != nil {
+						return fmt.Errorf("%s: add jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	if err := markEstablished(netnsPath, s.cfg.MarkAuthorized, s.cfg.Mask()); err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// ensureChain makes chain c exist with exactly c.rules. A chain that
+// already matches is not rewritten.
+func ensureChain(ipt *iptables.IPTables, c chainSpec) error {
+	exists, err := ipt.ChainExists(c.table, c.name)
+	if err != nil {
+		return fmt.Errorf("check chain %s/%s: %w", c.table, c.name, err)
+	}
+	if exists {
+		current, err := ipt.List(c.table, c.name)
+		if err != nil {
+			return fmt.Errorf("list %s/%s: %w", c.table, c.name, err)
+		}
+		same := len(current) == len(c.rules)+1 // the first line is "-N CHAIN"
+		for i := 0; same && i < len(c.rules); i++ {
+			ok, err := ipt.Exists(c.table, c.name, c.rules[i]...)
+			if err != nil {
+				return fmt.Errorf("check rule in %s/%s: %w", c.table, c.name, err)
+			}
+			same = ok
+		}
+		if same {
+			return nil
+		}
+	}
+	// ClearChain creates the chain or empties it. Rebuilding a chain that
+	// is already jumped to leaves a short gap; it only happens when the
+	// layout changed between versions or someone edited our chain.
+	if err := ipt.ClearChain(c.table, c.name); err != nil {
+		return fmt.Errorf("create chain %s/%s: %w", c.table, c.name, err)
+	}
+	for _, rule := range c.rules {
+		if err := ipt.Append(c.table, c.name, rule...); err != nil {
+			return fmt.Errorf("append to %s/%s: %w", c.table, c.name, err)
+		}
+	}
+	return nil
+}
+
+// Unprotect removes every jump and chain Protect added to the namespace,
+// and nothing else. Removing from a namespace that is not protected is not
+// an error. Connection marks stay: they are harmless without the rules,
+// and keep authorized connections flowing if protection comes back.
+func (s *Supervisor) Unprotect(ctx context.Context, netnsPath string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := inNetNS(netnsPath, func() error {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+			if err != nil {
+				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
+			}
+			for _, j := range jumps {
+				// iptables -C fails when the target chain is missing; then
+				// no jump to it can exist either.
+				exists, err := ipt.ChainExists(j.table, j.to)
+				if err != nil {
+					return fmt.Errorf("%s: check chain %s/%s: %w", protoName(proto), j.table, j.to, err)
+				}
+				// A jump may have been added more than once by hand; remove all.
+				for exists {
+					ok, err := ipt.Exists(j.table, j.from, j.rule()...)
+					if err != nil {
+						return fmt.Errorf("%s: check jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+					}
+					if !ok {
+						break
+					}
+					if err := ipt.Delete(j.table, j.from, j.rule()...); err != nil {
+						return fmt.Errorf("%s: delete jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+					}
+				}
+			}
+			for _, c := range s.chains() {
+				exists, err := ipt.ChainExists(c.table, c.name)
+				if err != nil {
+					return fmt.Errorf("%s: check chain %s/%s: %w", protoName(proto), c.table, c.name, err)
+				}
+				if exists {
+					if err := ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
+						return fmt.Errorf("%s: delete chain %s/%s: %w", protoName(proto), c.table, c.name, err)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("unprotect %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+func protoName(p iptables.Protocol) string {
+	if p == iptables.ProtocolIPv6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
+// inNetNS runs fn on a thread inside the namespace at path. go-iptables
+// execs the iptables binary from the calling goroutine, which netns.DoFD
+// keeps locked to the namespace's thread, so the child process inherits
+// the workload namespace (a test checks the rules land there and not in
+// the caller's namespace).
+func inNetNS(path string, fn func() error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open netns: %w", err)
+	}
+	defer f.Close()
+	return netns.DoFD(int(f.Fd()), fn)
+}

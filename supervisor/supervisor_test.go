@@ -1,0 +1,220 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/netns/netnstest"
+)
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// saveAll returns iptables-save and ip6tables-save of ns without comments
+// and counters, so two snapshots compare equal when the rules are equal.
+func saveAll(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := ns.Output(ctx, tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			b.WriteString(counters.ReplaceAllString(line, "[0:0]") + "\n")
+		}
+	}
+	return b.String()
+}
+
+func TestChainsLayout(t *testing.T) {
+	s := New(Config{Queues: 4, QueueBase: 10})
+	var all []string
+	for _, c := range s.chains() {
+		if !strings.HasPrefix(c.name, ChainPrefix) {
+			t.Errorf("chain %s lacks prefix %s", c.name, ChainPrefix)
+		}
+		for _, r := range c.rules {
+			all = append(all, strings.Join(r, " "))
+		}
+	}
+	joined := strings.Join(all, "\n")
+	for _, want := range []string{"--queue-balance 10:13", "0x100000/0x300000", "0x200000/0x300000"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("rules lack %q:\n%s", want, joined)
+		}
+	}
+	if strings.Contains(joined, "bypass") {
+		t.Errorf("rules must fail closed (no --queue-bypass):\n%s", joined)
+	}
+	if got := New(Config{}).chains()[0].rules[3]; !strings.Contains(strings.Join(got, " "), "--queue-num 0") {
+		t.Errorf("default queue rule = %v", got)
+	}
+}
+
+// TestProtectIdempotentAndUnprotectRestores installs twice (same rules),
+// then removes, and checks that the namespace's rules, including rules of
+// another owner in the same built-in chains, are exactly as before.
+func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ns := netnstest.NewNS(t, netnstest.Prefix()+"-sv")
+	// Someone else's rules, which must survive untouched.
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		for _, args := range [][]string{
+			{"-t", "mangle", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "ACCEPT"},
+			{"-t", "filter", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT"},
+			{"-t", "filter", "-N", "OTHER-CHAIN"},
+		} {
+			if err := ns.Exec(ctx, tool, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before := saveAll(t, ns)
+
+	s := New(Config{})
+	t.Cleanup(func() { _ = s.Unprotect(context.Background(), ns.Path()) })
+	if err := s.Protect(ctx, ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	once := saveAll(t, ns)
+	if !strings.Contains(once, ":BIREME-INPUT") || !strings.Contains(once, "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-SAVE") {
+		t.Fatalf("rules not installed in the namespace:\n%s", once)
+	}
+	if strings.Count(once, "-j NFQUEUE") != 8 { // 2 chains x 2 rules x 2 families
+		t.Errorf("want 4 NFQUEUE rules per family, got:\n%s", once)
+	}
+	if err := s.Protect(ctx, ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if twice := saveAll(t, ns); twice != once {
+		t.Errorf("second Protect changed the rules:\nonce:\n%s\ntwice:\n%s", once, twice)
+	}
+	// A second supervisor (a restarted agent) finds the same state.
+	if err := New(Config{}).Protect(ctx, ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if again := saveAll(t, ns); again != once {
+		t.Errorf("restarted Protect changed the rules:\n%s", again)
+	}
+	if err := s.Unprotect(ctx, ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if after := saveAll(t, ns); after != before {
+		t.Errorf("Unprotect did not restore the rules:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := s.Unprotect(ctx, ns.Path()); err != nil {
+		t.Errorf("Unprotect of an unprotected namespace: %v", err)
+	}
+}
+
+// TestProtectFailsClosedAndKeepsExistingConnections protects a server
+// namespace with no enforcer reading the queue: a connection established
+// before keeps carrying data both ways, a new one cannot be made.
+func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := netnstest.Prefix()
+	srv := netnstest.NewNS(t, p+"-s")
+	cli := netnstest.NewNS(t, p+"-c")
+	if err := netns.Veth(ctx, srv, p+"s0", cli, p+"c0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		ns   *netns.NS
+		dev  string
+		addr string
+	}{{srv, p + "s0", "198.18.5.1/24"}, {cli, p + "c0", "198.18.5.2/24"}} {
+		if err := x.ns.Exec(ctx, "ip", "addr", "add", x.addr, "dev", x.dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := srv.Listen("tcp", "198.18.5.1:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	old, err := cli.Dial("tcp", "198.18.5.1:7000", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	echo := func(c net.Conn, msg string) error {
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if !bytes.Equal(buf, []byte(msg)) {
+			return fmt.Errorf("echo %q, got %q", msg, buf)
+		}
+		return nil
+	}
+	if err := echo(old, "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	s := New(Config{QueueBase: 3})
+	t.Cleanup(func() { _ = s.Unprotect(context.Background(), srv.Path()) })
+	if err := s.Protect(ctx, srv.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(old, "after protection"); err != nil {
+		t.Errorf("pre-existing connection cut by Protect: %v", err)
+	}
+	if c, err := cli.Dial("tcp", "198.18.5.1:7000", 2*time.Second); err == nil {
+		c.Close()
+		t.Error("new connection succeeded with no enforcer reading the queue (must fail closed)")
+	}
+	// Loopback inside the protected namespace is not enforced.
+	ll, err := srv.Listen("tcp", "127.0.0.1:7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ll.Close()
+	go func() {
+		if c, err := ll.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	if c, err := srv.Dial("tcp", "127.0.0.1:7001", 2*time.Second); err != nil {
+		t.Errorf("loopback connection blocked: %v", err)
+	} else {
+		c.Close()
+	}
+	if err := s.Unprotect(ctx, srv.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := cli.Dial("tcp", "198.18.5.1:7000", 2*time.Second); err != nil {
+		t.Errorf("new connection after Unprotect: %v", err)
+	} else {
+		c.Close()
+	}
+}
