@@ -1,8 +1,15 @@
 // Package nfqaccept is the floor any NFQUEUE design pays: the same handshake
 // packets Bireme queues (SYN, SYN-ACK, the handshake-completing ACK) go to
 // userspace and come back with an accept verdict, without any token, parsing
-// beyond the TCP flags, or policy. The benchmark runs one reader process per
-// node, like one enforcer per node.
+// beyond the TCP flags, or policy. The benchmark installs Bireme's own rules
+// (package supervisor) and runs one reader process per node, like one
+// enforcer per node.
+//
+// The reader moves a connection through the supervisor's marks the way the
+// enforcer does, by the packet mark that the rules save to the connection:
+// an accepted SYN-ACK makes the connection Pending (its completing ACK still
+// goes through the queue), an accepted ACK makes it Authorized (everything
+// else passes in the kernel).
 package nfqaccept
 
 import (
@@ -21,10 +28,8 @@ type Config struct {
 	NetNSPath string
 	// Queue is the NFQUEUE number the rules send packets to.
 	Queue uint16
-	// Mark is set on the connection (conntrack mark) when its
-	// handshake-completing ACK is accepted, so later packets skip the queue,
-	// as Bireme's authorized mark does.
-	Mark uint32
+	// Pending and Authorized are the supervisor's mark bits.
+	Pending, Authorized uint32
 }
 
 // Run reads the queue until ctx ends. ready is called once the queue is bound
@@ -54,10 +59,17 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		if a.PacketID == nil {
 			return 0
 		}
+		var pkt []byte
+		if a.Payload != nil {
+			pkt = *a.Payload
+		}
 		var err error
-		if a.Payload != nil && IsHandshakeACK(*a.Payload) {
-			err = nf.SetVerdictWithConnMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Mark))
-		} else {
+		switch Stage(pkt) {
+		case StageSYNACK:
+			err = nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Pending))
+		case StageACK:
+			err = nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Authorized))
+		default:
 			err = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
 		}
 		if err != nil && verdictErr == nil {
@@ -95,13 +107,28 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	return nil
 }
 
-// IsHandshakeACK reports whether pkt (an IPv4 or IPv6 packet) is a TCP
-// segment with ACK set and SYN, FIN and RST clear: the packet that completes
-// a handshake when the rules queue only unmarked connections. Anything it
-// cannot parse is not such a packet.
-func IsHandshakeACK(pkt []byte) bool {
+// Handshake stages of a queued packet.
+const (
+	StageOther  = iota // SYN, or anything unparsable: accepted as is
+	StageSYNACK        // SYN and ACK set
+	StageACK           // ACK set, SYN and RST clear: the handshake-completing ACK
+)
+
+// Stage classifies pkt (an IPv4 or IPv6 packet) by its TCP flags. The rules
+// only queue SYNs, SYN-ACKs and packets of Pending connections in the
+// original direction, so an ACK here is the one that completes a handshake.
+func Stage(pkt []byte) int {
 	flags, ok := tcpFlags(pkt)
-	return ok && flags&(flagSYN|flagFIN|flagRST|flagACK) == flagACK
+	switch {
+	case !ok || flags&flagRST != 0:
+		return StageOther
+	case flags&(flagSYN|flagACK) == flagSYN|flagACK:
+		return StageSYNACK
+	case flags&(flagSYN|flagACK) == flagACK:
+		return StageACK
+	default:
+		return StageOther
+	}
 }
 
 const (

@@ -20,40 +20,40 @@ func ipv6TCP(flags byte) []byte {
 	return p
 }
 
-func TestIsHandshakeACK(t *testing.T) {
+func TestStage(t *testing.T) {
 	tests := []struct {
 		name string
 		pkt  []byte
-		want bool
+		want int
 	}{
-		{"ipv4 ack", ipv4TCP(6, flagACK), true},
-		{"ipv4 ack+psh", ipv4TCP(6, flagACK|0x08), true},
-		{"ipv4 syn", ipv4TCP(6, flagSYN), false},
-		{"ipv4 syn-ack", ipv4TCP(6, flagSYN|flagACK), false},
-		{"ipv4 fin-ack", ipv4TCP(6, flagFIN|flagACK), false},
-		{"ipv4 rst-ack", ipv4TCP(6, flagRST|flagACK), false},
-		{"ipv4 udp", ipv4TCP(17, flagACK), false},
-		{"ipv6 ack", ipv6TCP(flagACK), true},
-		{"ipv6 syn", ipv6TCP(flagSYN), false},
-		{"truncated tcp", ipv4TCP(6, flagACK)[:30], false},
-		{"bad ihl", append([]byte{0x41}, ipv4TCP(6, flagACK)[1:]...), false},
-		{"empty", nil, false},
-		{"not ip", []byte{0x20, 1, 2}, false},
+		{"ipv4 ack", ipv4TCP(6, flagACK), StageACK},
+		{"ipv4 ack+psh", ipv4TCP(6, flagACK|0x08), StageACK},
+		{"ipv4 fin-ack", ipv4TCP(6, flagFIN|flagACK), StageACK},
+		{"ipv4 syn", ipv4TCP(6, flagSYN), StageOther},
+		{"ipv4 syn-ack", ipv4TCP(6, flagSYN|flagACK), StageSYNACK},
+		{"ipv4 rst-ack", ipv4TCP(6, flagRST|flagACK), StageOther},
+		{"ipv4 udp", ipv4TCP(17, flagACK), StageOther},
+		{"ipv6 ack", ipv6TCP(flagACK), StageACK},
+		{"ipv6 syn-ack", ipv6TCP(flagSYN | flagACK), StageSYNACK},
+		{"truncated tcp", ipv4TCP(6, flagACK)[:30], StageOther},
+		{"bad ihl", append([]byte{0x41}, ipv4TCP(6, flagACK)[1:]...), StageOther},
+		{"empty", nil, StageOther},
+		{"not ip", []byte{0x20, 1, 2}, StageOther},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := IsHandshakeACK(tt.pkt); got != tt.want {
+			if got := Stage(tt.pkt); got != tt.want {
 				t.Fatalf("got %v want %v", got, tt.want)
 			}
 		})
 	}
 }
 
-func FuzzIsHandshakeACK(f *testing.F) {
+func FuzzStage(f *testing.F) {
 	f.Add(ipv4TCP(6, flagACK))
 	f.Add(ipv6TCP(flagSYN))
 	f.Add([]byte{0x4f})
 	f.Fuzz(func(t *testing.T, pkt []byte) {
-		IsHandshakeACK(pkt) // must not panic
+		Stage(pkt) // must not panic
 	})
 }

@@ -24,7 +24,8 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	p("- Date: %s (run took %.0f s)\n", r.Date, r.Duration)
 	p("- Command: `%s`\n", r.Command)
 	m := r.Machine
-	p("- Machine: %s, %d CPUs, %d MB RAM, Linux %s, %s, %s\n", m.CPUModel, m.CPUs, m.MemoryMB, m.Kernel, m.GoVersion, m.Iptables)
+	p("- Machine: %s, %d CPUs, %d MB RAM, Linux %s, %s, %s; load average at start %s, at end %s\n",
+		m.CPUModel, m.CPUs, m.MemoryMB, m.Kernel, m.GoVersion, m.Iptables, m.LoadAvgStart, m.LoadAvgEnd)
 	st := r.Settings
 	p("- Settings: %d round(s); each round runs every case once, in a rotated order (%s); load runs of %.1f s with %s concurrent clients; bulk %s in one stream; connect timeout %d ms (denied case: %d ms)\n",
 		st.Rounds, st.AlternationPattern, st.LoadSeconds, joinInts(st.Concurrency), humanBytes(st.BulkBytes), st.ConnectTimeoutMS, st.DeniedTimeoutMS)
@@ -49,7 +50,7 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	for _, c := range r.Cases {
 		cells := []string{fmt.Sprint(c.ID), c.Name}
 		if c.Unavailable != "" {
-			cells = append(cells, "not available: "+c.Unavailable)
+			cells = append(cells, "not available: "+clip(c.Unavailable, 300))
 			for len(cells) < len(head) {
 				cells = append(cells, "")
 			}
@@ -148,11 +149,11 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	if len(r.Notes) > 0 || hasCaseNotes(r.Cases) {
 		p("\n## Notes\n\n")
 		for _, n := range r.Notes {
-			p("- %s\n", n)
+			p("- %s\n", oneLine(n))
 		}
 		for _, c := range r.Cases {
 			for _, n := range c.Notes {
-				p("- Case %d (%s): %s\n", c.ID, c.Name, n)
+				p("- Case %d (%s): %s\n", c.ID, c.Name, oneLine(n))
 			}
 		}
 	}
@@ -172,6 +173,7 @@ func hasCaseNotes(cs []*Case) bool {
 
 func row(cells []string) string {
 	for i, c := range cells {
+		c = strings.Join(strings.Fields(c), " ") // one table row, whatever the text
 		cells[i] = strings.ReplaceAll(c, "|", "\\|")
 	}
 	return "| " + strings.Join(cells, " | ") + " |"
@@ -210,3 +212,13 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d bytes", n)
 	}
 }
+
+// clip shortens s to about n bytes for a table cell; the JSON keeps it whole.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "… (see the JSON)"
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -35,6 +35,10 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go_version"`
 	Iptables  string `json:"iptables"`
+	// LoadAvg is /proc/loadavg at the start and the end of the run: other
+	// work on the machine shows here.
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
 }
 
 // Settings are the knobs of the run.

@@ -58,7 +58,16 @@ func handle(c net.Conn) error {
 	}
 	switch req[0] {
 	case ReqEcho:
-		_, err := c.Write([]byte{RespEcho})
+		if _, err := c.Write([]byte{RespEcho}); err != nil {
+			return err
+		}
+		// Let the client close first, as a client of a request/response
+		// protocol does: the TIME_WAIT state then stays on the client side,
+		// whose port reuse the benchmark configures.
+		_, err := c.Read(req[:])
+		if err == io.EOF {
+			return nil
+		}
 		return err
 	case ReqBulk:
 		if err := c.SetDeadline(time.Now().Add(bulkDeadline)); err != nil {

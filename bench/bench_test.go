@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/bench/report"
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/netns/netnstest"
+)
+
+// TestMain lets the test binary serve as the harness's worker processes,
+// which it starts by re-executing itself.
+func TestMain(m *testing.M) {
+	if role := os.Getenv(workerEnv); role != "" {
+		os.Exit(runWorker(role, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestShortRun runs the whole harness in short mode and checks that its
+// output is complete and consistent. It asserts no timing: only that every
+// case was either measured or says why not, that allowed connections
+// completed and denied ones did not.
+func TestShortRun(t *testing.T) {
+	netnstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("skipping: the short benchmark takes about a minute")
+	}
+	dir := t.TempDir()
+	cfg, err := parseFlags([]string{"-short", "-out", filepath.Join(dir, "b.md")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if err := runAndWrite(ctx, cfg); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res report.Results
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatalf("JSON output: %v", err)
+	}
+	if !res.Short || res.Failure != "" || res.Machine.CPUs < 1 || len(res.Topology) != 2 {
+		t.Fatalf("header: short=%v failure=%q machine=%+v topology=%+v", res.Short, res.Failure, res.Machine, res.Topology)
+	}
+	if len(res.Cases) != 7 {
+		t.Fatalf("%d cases, want 7", len(res.Cases))
+	}
+	for i, c := range res.Cases {
+		if c.ID != i+1 {
+			t.Fatalf("case %d has id %d", i+1, c.ID)
+		}
+		if c.Unavailable != "" {
+			if c.ID != 4 && c.ID != 5 && c.ID != 7 {
+				t.Errorf("case %d unavailable: %s", c.ID, c.Unavailable)
+			}
+			t.Logf("case %d not available: %s", c.ID, c.Unavailable)
+			continue
+		}
+		s := c.Summary
+		if s == nil || len(c.Rounds) != 1 {
+			t.Errorf("case %d: summary %v, %d rounds", c.ID, s, len(c.Rounds))
+			continue
+		}
+		switch c.Key {
+		case "bireme-denied":
+			if s.Connected != 0 || s.Failed == 0 || s.GiveUpP50us <= 0 {
+				t.Errorf("case 7: connected %d failed %d give-up %v", s.Connected, s.Failed, s.GiveUpP50us)
+			}
+		case "bireme-cold":
+			r := c.Rounds[0]
+			if len(r.Cold) != cfg.coldSamples || s.Failed != 0 || r.ColdVerified != cfg.coldSamples || s.ConnectP50us <= 0 {
+				t.Errorf("case 5: %d samples, %d failed, %d verified cold", len(r.Cold), s.Failed, r.ColdVerified)
+			}
+		default:
+			if s.Failed != 0 || s.Connected == 0 || s.ConnectP50us <= 0 || !s.HasBulk || len(s.ConnPerS) != 3 {
+				t.Errorf("case %d: %+v", c.ID, s)
+			}
+			for i, rate := range s.ConnPerS {
+				if rate <= 0 {
+					t.Errorf("case %d: no connection rate at concurrency %d", c.ID, cfg.concurrency[i])
+				}
+			}
+		}
+		wantEnforcer := c.ID == 3 || c.ID == 4 || c.ID == 5 || c.ID == 7
+		if s.HasEnforcer != wantEnforcer || (wantEnforcer && (s.PeakRSSMB <= 0 || len(c.Rounds[0].Procs) != 2)) {
+			t.Errorf("case %d: enforcer figures %v, peak RSS %v", c.ID, s.HasEnforcer, s.PeakRSSMB)
+		}
+	}
+	if _, ok := report.Lookup(res.Ratios, 6, 1, "conn_per_s_c1"); !ok {
+		t.Error("no ratio of case 6 against case 1")
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "b.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"# Benchmarks", "| 1 | plain TCP |", "| 6 | TCP + TLS 1.3", "Headline ratios", "b.json"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	prefix := strings.TrimSuffix(res.Topology[0].NS, "-"+clientHost)
+	if left, err := netns.List(prefix + "-"); err != nil || len(left) > 0 {
+		t.Errorf("namespaces left behind: %v %v", left, err)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr bool
+	}{
+		{"defaults", nil, false},
+		{"short", []string{"-short"}, false},
+		{"concurrency must start at 1", []string{"-concurrency", "8,64"}, true},
+		{"bad concurrency", []string{"-concurrency", "1,x"}, true},
+		{"bad case", []string{"-cases", "1,9"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(tt.args)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if err == nil && (cfg.rounds < 1 || cfg.loadDur <= 0 || !strings.HasSuffix(cfg.jsonOut, ".json")) {
+				t.Fatalf("config %+v", cfg)
+			}
+		})
+	}
+}

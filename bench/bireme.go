@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bireme/bireme/bench/report"
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/netns"
+)
+
+// How the enforcers run.
+const (
+	enforcerQueues = 1
+	enforcerPoll   = 100 * time.Millisecond
+	trustDomain    = "bench.local"
+	benchNS        = "bench"
+	generationKey  = "bench-generation"
+)
+
+// coldMethod is recorded in the results: how case 5 gets cold caches.
+const coldMethod = "a fresh identity per measured connection: before each one, the client's and the server's Pod labels " +
+	"get a new `" + generationKey + "` value in the store, the enforcers reload it (the harness waits 5 poll intervals), " +
+	"so the SYN token, SYN-ACK token and both peers' identities are ones neither enforcer has seen; node keys stay the same. " +
+	"Each sample is checked afterwards in the server enforcer's flow records (the ingress decision must show the new client identity)"
+
+// biremeEnv is what the Bireme cases need: the binary, keys and a store.
+type biremeEnv struct {
+	bin        string
+	dir        string
+	store      string
+	generation int
+}
+
+// prepareBireme builds bireme from the tree (unless -bireme names one),
+// issues a CA and node keys with it, and writes the store.
+func prepareBireme(ctx context.Context, r *runner) (*biremeEnv, error) {
+	env := &biremeEnv{bin: r.cfg.bireme, dir: filepath.Join(r.tmp, "bireme")}
+	if err := os.MkdirAll(env.dir, 0o700); err != nil {
+		return nil, err
+	}
+	if env.bin == "" {
+		env.bin = filepath.Join(env.dir, "bireme")
+		root, err := moduleRoot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		build := exec.CommandContext(ctx, "go", "build", "-o", env.bin, "./cmd/bireme")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build ./cmd/bireme (run from the module root): %v: %s", err, strings.TrimSpace(string(out)))
+		}
+	}
+	help, _ := exec.CommandContext(ctx, env.bin, "enforce", "--help").CombinedOutput()
+	if !strings.Contains(string(help), "--store") {
+		return nil, fmt.Errorf("`bireme enforce` is not usable yet (its --help lists no --store flag): %s", firstLine(string(help)))
+	}
+	ca := filepath.Join(env.dir, "ca")
+	steps := [][]string{{"keys", "init-ca", "--trust-domain", trustDomain, "--out", ca}}
+	for _, n := range []string{clientNode, serverNode} {
+		steps = append(steps, []string{"keys", "issue-node", "--ca-dir", ca, "--node", n, "--out", filepath.Join(env.dir, n)})
+	}
+	for _, s := range steps {
+		if out, err := exec.CommandContext(ctx, env.bin, s...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("bireme %s: %v: %s", strings.Join(s, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	env.store = filepath.Join(env.dir, "store")
+	if err := os.MkdirAll(env.store, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(env.store, "policy.yaml"), []byte(policyYAML()), 0o600); err != nil {
+		return nil, err
+	}
+	if err := env.writePods(r); err != nil {
+		return nil, err
+	}
+	return env, nil
+}
+
+// moduleRoot is the directory of the go.mod the bench belongs to, so the
+// binary builds the same from the module root (go run ./bench) and from the
+// package directory (go test).
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("find the module root (go env GOMOD): %v %q", err, gomod)
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// policyYAML allows the client into the server's plain port only, so the
+// same pair serves the allowed case (portPlain) and the denied one
+// (portDenied).
+func policyYAML() string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-client
+  namespace: %[1]s
+spec:
+  podSelector:
+    matchLabels:
+      app: server
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: client
+    ports:
+    - protocol: TCP
+      port: %[2]d
+`, benchNS, portPlain)
+}
+
+// writePods writes both workloads' Pods with the current generation label,
+// atomically (rename), so an enforcer never reads half a file.
+func (env *biremeEnv) writePods(r *runner) error {
+	pod := func(name, node, netnsName, app string, port int) string {
+		ports := ""
+		if port > 0 {
+			ports = fmt.Sprintf("\n    ports:\n    - name: echo\n      containerPort: %d\n      protocol: TCP", port)
+		}
+		return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: %s
+  labels:
+    app: %s
+    %s: "%d"
+  annotations:
+    bireme.io/netns: %s
+spec:
+  nodeName: %s
+  containers:
+  - name: app
+    image: bench%s
+`, name, benchNS, app, generationKey, env.generation, netnsName, node, ports)
+	}
+	data := pod(clientHost, clientNode, r.client.NS.Name, "client", 0) + "---\n" +
+		pod(serverHost, serverNode, r.server.NS.Name, "server", portPlain)
+	tmp := filepath.Join(env.store, ".pods.yaml.tmp")
+	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(env.store, "pods.yaml"))
+}
+
+// flowsFile is where the enforcer of node writes its flow records.
+func (env *biremeEnv) flowsFile(node string) string {
+	return filepath.Join(env.dir, "flows-"+node+".jsonl")
+}
+
+// startBireme runs one `bireme enforce` per node and waits until both
+// workloads' namespaces have their queueing rules and a bound queue.
+func (r *runner) startBireme(ctx context.Context) (*active, error) {
+	env := r.bireme
+	act := &active{}
+	var undo []func() error
+	act.stop = func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			if err := undo[i](); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	for _, node := range []string{clientNode, serverNode} {
+		args := []string{"enforce", "--node", node, "--store", env.store, "--cluster", trustDomain,
+			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
+			"--cert", filepath.Join(env.dir, node, "node.crt"), "--key", filepath.Join(env.dir, node, "node.key"),
+			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(enforcerQueues), "--poll", enforcerPoll.String()}
+		w, err := r.startProcess(ctx, "bireme enforce "+node, env.bin, args...)
+		if err != nil {
+			return nil, errors.Join(err, act.stop())
+		}
+		act.procs = append(act.procs, w)
+		undo = append(undo, w.stop)
+	}
+	for _, ns := range []*netns.NS{r.client.NS, r.server.NS} {
+		if err := waitQueueBound(ctx, ns, act.procs); err != nil {
+			return nil, errors.Join(err, act.stop())
+		}
+	}
+	return act, nil
+}
+
+// startProcess starts a non-worker program (the enforcer) with its output in
+// a log file; it is ready when waitQueueBound says so.
+func (r *runner) startProcess(ctx context.Context, name, bin string, args ...string) (*worker, error) {
+	logPath := filepath.Join(r.tmp, strings.ReplaceAll(name, " ", "-")+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	w := &worker{name: name, cmd: cmd, done: make(chan error, 1), log: logPath}
+	go func() { w.done <- cmd.Wait() }()
+	return w, nil
+}
+
+// waitQueueBound polls (bounded) until ns has an NFQUEUE rule and a queue
+// bound by a reader, or one of procs exits.
+func waitQueueBound(ctx context.Context, ns *netns.NS, procs []*worker) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rules, _ := ns.Output(ctx, "iptables", "-w", "-S")
+		queues, _ := ns.Output(ctx, "cat", "/proc/net/netfilter/nfnetlink_queue")
+		if strings.Contains(string(rules), "NFQUEUE") && len(strings.TrimSpace(string(queues))) > 0 {
+			return nil
+		}
+		for _, w := range procs {
+			select {
+			case err := <-w.done:
+				w.done <- err // let stop() see it too
+				return fmt.Errorf("%s exited: %v: %s", w.name, err, tail(w.log))
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no NFQUEUE rule and bound queue in %s after 20s; enforcer logs: %s", ns.Name, tailAll(procs))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func tailAll(ws []*worker) string {
+	var parts []string
+	for _, w := range ws {
+		parts = append(parts, w.name+": "+tail(w.log))
+	}
+	return strings.Join(parts, " | ")
+}
+
+// measureCold takes cfg.coldSamples first-contact connections, each after
+// both workloads got a fresh identity, and checks in the server enforcer's
+// flow records that each one was decided on the fresh client identity.
+func (r *runner) measureCold(ctx context.Context, act *active, rr *report.Round) error {
+	env := r.bireme
+	var gens []int
+	for i := 0; i < r.cfg.coldSamples; i++ {
+		env.generation++
+		if err := env.writePods(r); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * enforcerPoll):
+		}
+		args := []string{"-addr", r.serverAddr(portPlain), "-c", "1", "-d", "10s", "-max", "1", "-timeout", r.cfg.connectTimeout.String()}
+		l, err := r.chargedLoad(ctx, act, 1, args)
+		if err != nil {
+			return err
+		}
+		rr.Cold = append(rr.Cold, l)
+		gens = append(gens, env.generation)
+	}
+	verified, err := countFreshDecisions(env.flowsFile(serverNode), gens)
+	if err != nil {
+		return fmt.Errorf("check cold samples in flow records: %w", err)
+	}
+	rr.ColdVerified = verified
+	return nil
+}
+
+// countFreshDecisions counts generations for which the flow file holds an
+// allowed ingress decision whose peer (the client) carried that generation.
+func countFreshDecisions(path string, gens []int) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	recs, err := flowlog.Read(f)
+	if err != nil {
+		return 0, err
+	}
+	want := map[string]bool{}
+	for _, g := range gens {
+		want[strconv.Itoa(g)] = true
+	}
+	seen := map[string]bool{}
+	for _, rec := range recs {
+		if rec.Direction != "ingress" || rec.Verdict != "allow" || rec.Peer == nil {
+			continue
+		}
+		if g := rec.Peer.Labels[generationKey]; want[g] {
+			seen[g] = true
+		}
+	}
+	return len(seen), nil
+}
