@@ -1,7 +1,9 @@
 package tokens
 
 import (
+	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -136,68 +138,104 @@ func (c *Claims) identity() (*identity.Identity, error) {
 	return id, nil
 }
 
-// verifiedToken is what checking a token yields; the engine caches it.
-type verifiedToken struct {
-	id        *identity.Identity
-	node      string
-	pub       *ecdsa.PublicKey
-	notBefore time.Time // latest start of token, certificate and CA validity
-	notAfter  time.Time // earliest end of token, certificate and CA validity
+// verifiedCert is a node certificate that chains to a trusted CA of its
+// trust domain; the engine caches it by its DER bytes.
+type verifiedCert struct {
+	trustDomain, node string
+	pub               *ecdsa.PublicKey
+	ecdhPub           *ecdh.PublicKey
+	pubBytes          []byte    // ecdhPub's encoding, the ECDH cache key
+	notBefore         time.Time // the later start of certificate and CA
+	notAfter          time.Time // the earlier end of certificate and CA
 }
 
-// verifyToken checks a node certificate (DER), a claims payload and its
-// signature against the bundle at now: chain, validity with skew, trust
-// domain, signature, and that the token names the certificate's node.
-func (b *TrustBundle) verifyToken(certDER, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
+// verifyCert parses a node certificate and checks it against the bundle.
+func (b *TrustBundle) verifyCert(certDER []byte, now time.Time, skew time.Duration) (*verifiedCert, error) {
 	cert, err := x509.ParseCertificate(certDER)
 	if err != nil {
 		return nil, reject(ReasonMalformed, "node certificate: %v", err)
 	}
-	return b.verifyTokenCert(cert, payload, sig, now, skew)
+	return b.verifyParsedCert(cert, now, skew)
 }
 
-func (b *TrustBundle) verifyTokenCert(cert *x509.Certificate, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
+func (b *TrustBundle) verifyParsedCert(cert *x509.Certificate, now time.Time, skew time.Duration) (*verifiedCert, error) {
 	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve.Params().Name != "P-256" {
+	if !ok || pub.Curve != elliptic.P256() {
 		return nil, reject(ReasonMalformed, "node certificate: not an ECDSA P-256 key")
 	}
-	claims, err := parseClaims(payload)
+	td, node, ca, err := b.verifyNodeCert(cert, now, skew)
 	if err != nil {
 		return nil, err
 	}
-	td, node, ca, err := b.verifyNodeCert(cert, now, skew)
+	ecdhPub, err := pub.ECDH()
+	if err != nil {
+		return nil, reject(ReasonMalformed, "node certificate key: %v", err)
+	}
+	vc := &verifiedCert{trustDomain: td, node: node, pub: pub, ecdhPub: ecdhPub, pubBytes: ecdhPub.Bytes(),
+		notBefore: cert.NotBefore, notAfter: cert.NotAfter}
+	if ca.NotBefore.After(vc.notBefore) {
+		vc.notBefore = ca.NotBefore
+	}
+	if ca.NotAfter.Before(vc.notAfter) {
+		vc.notAfter = ca.NotAfter
+	}
+	return vc, nil
+}
+
+// verifiedToken is what checking a token yields; the engine caches it.
+type verifiedToken struct {
+	id        *identity.Identity
+	cert      *verifiedCert
+	node      string
+	notBefore time.Time // latest start of token, certificate and CA validity
+	notAfter  time.Time // earliest end of token, certificate and CA validity
+}
+
+// verifyClaims checks a claims payload and its signature under a verified
+// node certificate at now: signature, that the token names the
+// certificate's node and trust domain, validity with skew.
+func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
+	claims, err := parseClaims(payload)
 	if err != nil {
 		return nil, err
 	}
 	if len(sig) != es256SigSize {
 		return nil, reject(ReasonMalformed, "identity token signature: %d bytes, want %d", len(sig), es256SigSize)
 	}
-	if err := verifyClaimsSignature(payload, sig, pub); err != nil {
+	if err := verifyClaimsSignature(payload, sig, vc.pub); err != nil {
 		return nil, err
 	}
-	if claims.Issuer != node {
-		return nil, reject(ReasonBadSignature, "identity token issued by node %q but signed with the key of node %q", claims.Issuer, node)
+	if claims.Issuer != vc.node {
+		return nil, reject(ReasonBadSignature, "identity token issued by node %q but signed with the key of node %q", claims.Issuer, vc.node)
 	}
-	if claims.Cluster != td {
-		return nil, reject(ReasonWrongTrustDomain, "identity token for cluster %q signed under trust domain %q", claims.Cluster, td)
+	if claims.Cluster != vc.trustDomain {
+		return nil, reject(ReasonWrongTrustDomain, "identity token for cluster %q signed under trust domain %q", claims.Cluster, vc.trustDomain)
 	}
 	id, err := claims.identity()
 	if err != nil {
 		return nil, err
 	}
-	v := &verifiedToken{id: id, node: node, pub: pub, notBefore: claims.IssuedAt.Time, notAfter: claims.ExpiresAt.Time}
-	for _, c := range []*x509.Certificate{cert, ca} {
-		if c.NotBefore.After(v.notBefore) {
-			v.notBefore = c.NotBefore
-		}
-		if c.NotAfter.Before(v.notAfter) {
-			v.notAfter = c.NotAfter
-		}
+	v := &verifiedToken{id: id, cert: vc, node: vc.node, notBefore: claims.IssuedAt.Time, notAfter: claims.ExpiresAt.Time}
+	if vc.notBefore.After(v.notBefore) {
+		v.notBefore = vc.notBefore
+	}
+	if vc.notAfter.Before(v.notAfter) {
+		v.notAfter = vc.notAfter
 	}
 	if err := v.checkTime(now, skew); err != nil {
 		return nil, err
 	}
 	return v, nil
+}
+
+// verifyToken verifies a whole token without any cache (the JWT form and
+// benchmarks use it).
+func (b *TrustBundle) verifyToken(certDER, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
+	vc, err := b.verifyCert(certDER, now, skew)
+	if err != nil {
+		return nil, err
+	}
+	return verifyClaims(vc, payload, sig, now, skew)
 }
 
 // checkTime rejects a token outside its validity window (± skew).

@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,9 +62,14 @@ type Engine struct {
 	now      func() time.Time
 	cacheMax int
 
-	keys   atomic.Pointer[localKeys]
-	peers  *byteCache[*peerToken]
-	replay *replayCache
+	keys  atomic.Pointer[localKeys]
+	certs *byteCache[*verifiedCert] // by certificate DER
+	// badCerts remembers certificates that can never verify (unknown CA,
+	// wrong trust domain, malformed) so a misconfigured peer node costs one
+	// ECDSA verification per minute, not one per SYN.
+	badCerts *byteCache[error]
+	peers    *byteCache[*peerToken] // by token encoding
+	replay   *replayCache
 }
 
 // localKeys is one generation of this node's credentials with what is
@@ -72,31 +79,37 @@ type localKeys struct {
 	creds   *NodeCredentials
 	priv    *ecdh.PrivateKey
 	certDER []byte
-	secrets *byteCache[[]byte] // PRK per peer ECDH public key
+	secrets *byteCache[*pairKey] // per peer ECDH public key
 
 	mu     sync.RWMutex
-	tokens map[identity.Digest]*localToken
+	tokens map[workloadRef]*localToken
 }
+
+// workloadRef keys the signed-token cache: one current token per workload.
+type workloadRef struct{ namespace, pod string }
 
 // localToken is a signed token of a local identity, ready to send.
 type localToken struct {
-	wire      []byte   // token encoding
-	digest    [32]byte // SHA-256 of wire, bound into the proofs
+	id        *identity.Identity // what was signed (a private copy)
+	wire      []byte             // token encoding
+	digest    [32]byte           // SHA-256 of wire, bound into the proofs
 	jwt       string
 	refreshAt time.Time
 	expires   time.Time
 }
 
+// badCertMemory is how long a certificate that failed for a reason time
+// cannot cure is rejected without being checked again.
+const badCertMemory = time.Minute
+
 // maxLocalTokens bounds the signed-token cache; a node hosts at most a few
 // hundred workloads, each with one current identity.
 const maxLocalTokens = 4096
 
-// peerToken is a verified peer token with what the handshake needs from it.
+// peerToken is a verified peer token with its digest, bound into proofs.
 type peerToken struct {
-	v        *verifiedToken
-	digest   [32]byte
-	ecdhPub  *ecdh.PublicKey
-	pubBytes []byte
+	v      *verifiedToken
+	digest [32]byte
 }
 
 // NewEngine checks cfg and builds an Engine.
@@ -131,6 +144,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 		replayMax = DefaultReplayCacheSize
 	}
 	e.peers = newByteCache[*peerToken](e.cacheMax)
+	e.certs = newByteCache[*verifiedCert](e.cacheMax)
+	e.badCerts = newByteCache[error](e.cacheMax)
 	e.replay = newReplayCache(replayMax, e.lifetime/8)
 	keys, err := e.newLocalKeys(cfg.Credentials)
 	if err != nil {
@@ -165,8 +180,8 @@ func (e *Engine) newLocalKeys(creds *NodeCredentials) (*localKeys, error) {
 		creds:   creds,
 		priv:    priv,
 		certDER: creds.Cert.Raw,
-		secrets: newByteCache[[]byte](e.cacheMax),
-		tokens:  map[identity.Digest]*localToken{},
+		secrets: newByteCache[*pairKey](e.cacheMax),
+		tokens:  map[workloadRef]*localToken{},
 	}, nil
 }
 
@@ -205,11 +220,13 @@ func (e *Engine) localToken(keys *localKeys, local *identity.Identity, now time.
 	if id.Namespace == "" || id.Pod == "" {
 		return nil, fmt.Errorf("identity %s: namespace and pod are required", &id)
 	}
-	d := id.Digest()
+	// Comparing with what was signed is cheaper than a digest of the
+	// identity, and catches any change (labels, ports, service account).
+	ref := workloadRef{id.Namespace, id.Pod}
 	keys.mu.RLock()
-	t := keys.tokens[d]
+	t := keys.tokens[ref]
 	keys.mu.RUnlock()
-	if t != nil && now.Before(t.refreshAt) {
+	if t != nil && now.Before(t.refreshAt) && sameIdentity(t.id, &id) {
 		return t, nil
 	}
 
@@ -230,6 +247,7 @@ func (e *Engine) localToken(keys *localKeys, local *identity.Identity, now time.
 	}
 	wire := encodeToken(keys.certDER, payload, sig)
 	t = &localToken{
+		id:        id.Clone(),
 		wire:      wire,
 		digest:    sha256.Sum256(wire),
 		jwt:       jwtString,
@@ -250,9 +268,18 @@ func (e *Engine) localToken(keys *localKeys, local *identity.Identity, now time.
 			delete(keys.tokens, k)
 		}
 	}
-	keys.tokens[d] = t
+	keys.tokens[ref] = t
 	keys.mu.Unlock()
 	return t, nil
+}
+
+// sameIdentity reports whether a and b are the same identity field by field
+// (ports in the same order).
+func sameIdentity(a, b *identity.Identity) bool {
+	return a.Cluster == b.Cluster && a.Namespace == b.Namespace && a.Pod == b.Pod &&
+		a.ServiceAccount == b.ServiceAccount &&
+		maps.Equal(a.Labels, b.Labels) && maps.Equal(a.NamespaceLabels, b.NamespaceLabels) &&
+		slices.Equal(a.Ports, b.Ports)
 }
 
 // verifyPeer returns the verified token encoded in wire, from the cache or
@@ -264,30 +291,42 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 		}
 		return p, nil
 	}
-	v, err := e.trust.verifyToken(t.cert, t.payload, t.sig, now, e.skew)
+	vc, ok := e.certs.get(t.cert, now)
+	if !ok {
+		if err, bad := e.badCerts.get(t.cert, now); bad {
+			return nil, err
+		}
+		var err error
+		if vc, err = e.trust.verifyCert(t.cert, now, e.skew); err != nil {
+			switch ReasonOf(err) {
+			case ReasonUnknownCA, ReasonWrongTrustDomain, ReasonMalformed:
+				e.badCerts.put(t.cert, err, now.Add(badCertMemory), now)
+			}
+			return nil, err
+		}
+		e.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
+	}
+	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := v.pub.ECDH()
-	if err != nil {
-		return nil, reject(ReasonMalformed, "node key: %v", err)
-	}
-	p := &peerToken{v: v, digest: sha256.Sum256(t.raw), ecdhPub: pub, pubBytes: pub.Bytes()}
+	p := &peerToken{v: v, digest: sha256.Sum256(t.raw)}
 	e.peers.put(t.raw, p, v.notAfter.Add(e.skew), now)
 	return p, nil
 }
 
-// pairKey returns the cached PRK shared by this node's key and the peer's.
-func (keys *localKeys) pairKey(p *peerToken, now time.Time) ([]byte, error) {
-	if prk, ok := keys.secrets.get(p.pubBytes, now); ok {
-		return prk, nil
+// pairKey returns the cached key shared by this node's key and the peer's.
+func (keys *localKeys) pairKey(p *peerToken, now time.Time) (*pairKey, error) {
+	vc := p.v.cert
+	if k, ok := keys.secrets.get(vc.pubBytes, now); ok {
+		return k, nil
 	}
-	prk, err := pairKey(keys.priv, p.ecdhPub)
+	k, err := newPairKey(keys.priv, vc.ecdhPub)
 	if err != nil {
 		return nil, err
 	}
-	keys.secrets.put(p.pubBytes, prk, time.Time{}, now)
-	return prk, nil
+	keys.secrets.put(vc.pubBytes, k, time.Time{}, now)
+	return k, nil
 }
 
 func newNonce() (n [NonceSize]byte) {
@@ -494,7 +533,12 @@ func (e *Engine) VerifyJWT(token string, nodeCert *x509.Certificate) (*identity.
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, "", reject(ReasonMalformed, "JWT: %v", err)
 	}
-	v, err := e.trust.verifyTokenCert(nodeCert, payload, sig, e.now(), e.skew)
+	now := e.now()
+	vc, err := e.trust.verifyParsedCert(nodeCert, now, e.skew)
+	if err != nil {
+		return nil, "", err
+	}
+	v, err := verifyClaims(vc, payload, sig, now, e.skew)
 	if err != nil {
 		return nil, "", err
 	}

@@ -3,59 +3,94 @@ package tokens
 import (
 	"crypto/ecdh"
 	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/sha256"
+	"encoding"
 	"fmt"
 )
 
 // Key schedule, version 1 (docs/protocol.md has the rationale):
 //
-//	Z      = ECDH-P256(client node key, server node key)       static-static, cached per peer key
-//	PRK    = HKDF-Extract(SHA-256, salt="bireme/v1 node pair", IKM=Z)  cached with Z
-//	K      = HKDF-Expand(SHA-256, PRK, info="bireme/v1 proof key" || Nc || Ns, 32)
+//	Z      = ECDH-P256(client node key, server node key)          static-static, cached per node pair
+//	PRK    = HKDF-Extract(SHA-256, salt="bireme/v1 node pair", IKM=Z)     cached with Z
 //	T      = Nc || Ns || SHA-256(client token) || SHA-256(server token)
-//	proofS = HMAC-SHA256(K, "bireme/v1 server proof" || T)[:16]   in the SYN-ACK
-//	proofC = HMAC-SHA256(K, "bireme/v1 client proof" || T)[:16]   in the ACK
+//	P      = HKDF-Expand(SHA-256, PRK, info="bireme/v1 proofs" || T, 32)  per handshake
+//	proofS = P[0:16]   in the SYN-ACK
+//	proofC = P[16:32]  in the ACK
+//
+// With L = 32, HKDF-Expand is one HMAC-SHA256(PRK, info || 0x01); the HMAC
+// pads of PRK are hashed once per node pair, so a handshake costs three
+// SHA-256 blocks per side.
 const (
-	pairSalt        = "bireme/v1 node pair"
-	proofKeyInfo    = "bireme/v1 proof key"
-	serverProofText = "bireme/v1 server proof"
-	clientProofText = "bireme/v1 client proof"
+	pairSalt   = "bireme/v1 node pair"
+	proofsInfo = "bireme/v1 proofs"
 )
 
-// pairKey derives the PRK of a node pair from their static ECDH secret.
-func pairKey(local *ecdh.PrivateKey, peer *ecdh.PublicKey) ([]byte, error) {
+// pairKey is the PRK of a node pair, kept as the SHA-256 states after the
+// HMAC inner and outer pads, ready to finish an HMAC.
+type pairKey struct {
+	inner, outer []byte // marshaled sha256 states
+}
+
+// newPairKey derives the pair key from the two nodes' static ECDH secret.
+func newPairKey(local *ecdh.PrivateKey, peer *ecdh.PublicKey) (*pairKey, error) {
 	z, err := local.ECDH(peer)
 	if err != nil {
 		return nil, fmt.Errorf("ECDH with peer node key: %w", err)
 	}
-	return hkdf.Extract(sha256.New, z, []byte(pairSalt))
+	prk, err := hkdf.Extract(sha256.New, z, []byte(pairSalt))
+	if err != nil {
+		return nil, fmt.Errorf("HKDF-Extract: %w", err)
+	}
+	return pairKeyFromPRK(prk)
+}
+
+func pairKeyFromPRK(prk []byte) (*pairKey, error) {
+	var ipad, opad [sha256.BlockSize]byte
+	copy(ipad[:], prk) // PRK is 32 bytes, shorter than a block: used as is
+	copy(opad[:], prk)
+	for i := range ipad {
+		ipad[i] ^= 0x36
+		opad[i] ^= 0x5c
+	}
+	state := func(pad []byte) ([]byte, error) {
+		h := sha256.New()
+		h.Write(pad)
+		return h.(encoding.BinaryMarshaler).MarshalBinary()
+	}
+	inner, err := state(ipad[:])
+	if err != nil {
+		return nil, fmt.Errorf("HMAC state: %w", err)
+	}
+	outer, err := state(opad[:])
+	if err != nil {
+		return nil, fmt.Errorf("HMAC state: %w", err)
+	}
+	return &pairKey{inner: inner, outer: outer}, nil
 }
 
 // handshakeProofs computes the server and client proofs of one handshake.
-func handshakeProofs(prk []byte, nc, ns *[NonceSize]byte, clientToken, serverToken *[32]byte) (server, client [ProofSize]byte, err error) {
-	info := make([]byte, 0, len(proofKeyInfo)+2*NonceSize)
-	info = append(info, proofKeyInfo...)
-	info = append(info, nc[:]...)
-	info = append(info, ns[:]...)
-	k, err := hkdf.Expand(sha256.New, prk, string(info), 32)
-	if err != nil {
-		return server, client, fmt.Errorf("derive proof key: %w", err)
-	}
-	var transcript [2*NonceSize + 2*sha256.Size]byte
-	copy(transcript[0:], nc[:])
-	copy(transcript[NonceSize:], ns[:])
-	copy(transcript[2*NonceSize:], clientToken[:])
-	copy(transcript[2*NonceSize+sha256.Size:], serverToken[:])
+func handshakeProofs(k *pairKey, nc, ns *[NonceSize]byte, clientToken, serverToken *[32]byte) (server, client [ProofSize]byte, err error) {
+	var msg [len(proofsInfo) + 2*NonceSize + 2*sha256.Size + 1]byte
+	n := copy(msg[:], proofsInfo)
+	n += copy(msg[n:], nc[:])
+	n += copy(msg[n:], ns[:])
+	n += copy(msg[n:], clientToken[:])
+	n += copy(msg[n:], serverToken[:])
+	msg[n] = 0x01 // HKDF-Expand block counter
 
-	mac := hmac.New(sha256.New, k)
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(k.inner); err != nil {
+		return server, client, fmt.Errorf("HMAC state: %w", err)
+	}
+	h.Write(msg[:])
 	var sum [sha256.Size]byte
-	mac.Write([]byte(serverProofText))
-	mac.Write(transcript[:])
-	copy(server[:], mac.Sum(sum[:0]))
-	mac.Reset()
-	mac.Write([]byte(clientProofText))
-	mac.Write(transcript[:])
-	copy(client[:], mac.Sum(sum[:0]))
+	innerSum := h.Sum(sum[:0])
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(k.outer); err != nil {
+		return server, client, fmt.Errorf("HMAC state: %w", err)
+	}
+	h.Write(innerSum)
+	p := h.Sum(sum[:0])
+	copy(server[:], p[:ProofSize])
+	copy(client[:], p[ProofSize:])
 	return server, client, nil
 }

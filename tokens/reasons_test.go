@@ -629,6 +629,12 @@ func TestLabelChangeResigns(t *testing.T) {
 	if saw.Labels["role"] != "admin" {
 		t.Fatalf("server saw labels %v", saw.Labels)
 	}
+	// Even an identity changed in place is noticed.
+	changed.Labels["role"] = "guest"
+	_, saw = handshake(t, ce, se, changed, workload("ns", "s", 0))
+	if saw.Labels["role"] != "guest" {
+		t.Fatalf("server saw labels %v after an in-place change", saw.Labels)
+	}
 }
 
 // Local tokens are re-signed once half their lifetime passed, and never
@@ -655,5 +661,22 @@ func TestTokenRefresh(t *testing.T) {
 	clk.Advance(2 * 365 * 24 * time.Hour) // past the node certificate
 	if _, err := e.SignJWT(id); err == nil {
 		t.Error("signed with an expired node certificate")
+	}
+}
+
+// A rejected certificate is rejected again, with the same reason, from the
+// negative cache.
+func TestBadCertificateRemembered(t *testing.T) {
+	f := newFixture(t, "cluster.local")
+	other := newFixture(t, "other.example")
+	se := newTestEngine(t, f.b, f.bundle, nil)
+	ce := newTestEngine(t, other.a, other.bundle, nil)
+	for i := 0; i < 3; i++ {
+		syn, _, _ := ce.NewSYN(workload("ns", "c", 1))
+		_, err := se.ConsumeSYN(syn)
+		wantReason(t, err, ReasonUnknownCA)
+	}
+	if se.badCerts.len() != 1 {
+		t.Fatalf("%d certificates remembered as bad, want 1", se.badCerts.len())
 	}
 }
