@@ -159,9 +159,9 @@ func BenchmarkDecideUncached(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		q := &qs[i%len(qs)]
-		q.local.Digest()
+		keyOf(q.local)
 		if q.peer.Identity != nil {
-			q.peer.Identity.Digest()
+			keyOf(q.peer.Identity)
 		}
 		e.decide(q.local, e.selectionFor(q.local), q.peer, q.dir, q.port, protoTCP)
 		i++

@@ -1,7 +1,7 @@
 package policy
 
 import (
-	"hash/maphash"
+	"encoding/binary"
 	"sync"
 )
 
@@ -12,19 +12,25 @@ const cacheShards = 32
 // capacity: a full shard is emptied before an insert. Crude, but bounded,
 // allocation-free on hits, and correct — entries never go stale because an
 // Engine (and with it its caches) is immutable; policy changes replace it.
-type boundedCache[K comparable, V any] struct {
-	seed     maphash.Seed
+type boundedCache[K shardedKey, V any] struct {
 	perShard int
 	shards   [cacheShards]cacheShard[K, V]
 }
 
-type cacheShard[K comparable, V any] struct {
+// shardedKey is a cache key that picks its own shard cheaply. The keys
+// are SHA-256 based, so a few of their bytes are already uniform.
+type shardedKey interface {
+	comparable
+	shard() uint32
+}
+
+type cacheShard[K shardedKey, V any] struct {
 	mu sync.RWMutex
 	m  map[K]V
 }
 
-func newBoundedCache[K comparable, V any](capacity int) *boundedCache[K, V] {
-	c := &boundedCache[K, V]{seed: maphash.MakeSeed(), perShard: max(1, capacity/cacheShards)}
+func newBoundedCache[K shardedKey, V any](capacity int) *boundedCache[K, V] {
+	c := &boundedCache[K, V]{perShard: max(1, capacity/cacheShards)}
 	for i := range c.shards {
 		c.shards[i].m = make(map[K]V)
 	}
@@ -32,7 +38,7 @@ func newBoundedCache[K comparable, V any](capacity int) *boundedCache[K, V] {
 }
 
 func (c *boundedCache[K, V]) shard(k K) *cacheShard[K, V] {
-	return &c.shards[maphash.Comparable(c.seed, k)%cacheShards]
+	return &c.shards[k.shard()%cacheShards]
 }
 
 func (c *boundedCache[K, V]) get(k K) (V, bool) {
@@ -51,4 +57,13 @@ func (c *boundedCache[K, V]) put(k K, v V) {
 	}
 	s.m[k] = v
 	s.mu.Unlock()
+}
+
+// shard uses the first bytes of the SHA-256 key.
+func (k identityKey) shard() uint32 { return binary.LittleEndian.Uint32(k[:4]) }
+
+// shard mixes the local and peer keys and the port, so one busy local
+// workload's decisions spread over all shards.
+func (k decisionKey) shard() uint32 {
+	return binary.LittleEndian.Uint32(k.local[:4]) ^ binary.LittleEndian.Uint32(k.peer[:4]) ^ uint32(k.port)*0x9e3779b1
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -70,8 +71,8 @@ type Decider interface {
 
 var _ Decider = (*Engine)(nil)
 
-// identityKey names an identity in caches.
-type identityKey = identity.Digest
+// identityKey names an identity in caches (see keyOf).
+type identityKey [sha256.Size]byte
 
 // decisionKey is everything a decision depends on. For an identified peer
 // the address is left zero (it cannot change the answer); for an anonymous
@@ -112,9 +113,9 @@ func (e *Engine) Decide(local *identity.Identity, peer Peer, dir Direction, port
 	if dir != Ingress && dir != Egress {
 		return Decision{Rule: -1, Reason: fmt.Sprintf("denied: unknown %s", dir)}
 	}
-	key := decisionKey{local: local.Digest(), dir: dir, port: port, proto: p}
+	key := decisionKey{local: keyOf(local), dir: dir, port: port, proto: p}
 	if peer.Identity != nil {
-		key.peer = peer.Identity.Digest()
+		key.peer = keyOf(peer.Identity)
 	} else {
 		key.anon = true
 		key.addr = peer.Addr.Unmap()
