@@ -133,7 +133,7 @@ func TestParseFlags(t *testing.T) {
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v", err)
 			}
-			if err == nil && (cfg.rounds < 1 || cfg.loadDur <= 0 || !strings.HasSuffix(cfg.jsonOut, ".json")) {
+			if err == nil && (cfg.rounds < 1 || cfg.loadDur <= 0 || !strings.HasSuffix(cfg.jsonOut, ".json") || cfg.micro == cfg.short) {
 				t.Fatalf("config %+v", cfg)
 			}
 		})

@@ -88,12 +88,17 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.out, "out", "", "markdown output (default docs/benchmarks.md; short: a temporary directory)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "JSON output (default: the markdown path with .json)")
 	fs.StringVar(&cfg.bireme, "bireme", "", "bireme binary (default: built from ./cmd/bireme)")
-	fs.BoolVar(&cfg.micro, "micro", !short, "run the tokens/policy/enforcer Go micro-benchmarks at the end")
+	fs.BoolVar(&cfg.micro, "micro", true, "run the tokens/policy/enforcer Go micro-benchmarks at the end (default off in short mode)")
 	casesFlag := fs.String("cases", "1,2,3,4,5,6,7", "cases to run")
 	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 3m)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs, keys, store)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	microSet := false
+	fs.Visit(func(f *flag.Flag) { microSet = microSet || f.Name == "micro" })
+	if cfg.short && !microSet {
+		cfg.micro = false
 	}
 	pick := func(set, full, shortV int64) int64 {
 		switch {
