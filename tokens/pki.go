@@ -490,3 +490,11 @@ func certName(c *x509.Certificate) string {
 	}
 	return c.Subject.String()
 }
+
+// SaveCertificate writes one certificate as a PEM file with mode 0600.
+func SaveCertificate(cert *x509.Certificate, file string) error {
+	if cert == nil {
+		return errors.New("save certificate: no certificate")
+	}
+	return writeFile0600(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
+}
