@@ -68,10 +68,11 @@ type compiledPort struct {
 	from, to uint16 // numeric port or [port, endPort]
 }
 
-// Decision cache bounds. A decision is ~150 bytes with its key; 64 Ki of them
-// is ~10 MB at most, far above the working set of one node's connections.
+// Cache bounds. A cached decision costs ~380 bytes of heap with its key and
+// map overhead (BenchmarkCacheMemory); 32 Ki of them is ~12 MB at most, far
+// above the working set of (workload, peer, port) triples of one node.
 const (
-	decisionCacheSize  = 1 << 16
+	decisionCacheSize  = 1 << 15
 	selectionCacheSize = 1 << 12
 )
 
