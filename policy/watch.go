@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -16,7 +17,11 @@ import (
 // and the new Engine (typically to [Live.Swap] it). On invalid input it logs
 // the error (file, Kind namespace/name, field) to slog's default logger and
 // keeps the previous set: onChange is not called. The first valid set found
-// at start is reported too, so a caller may rely on WatchDir alone.
+// at start is reported too, so a caller may rely on WatchDir alone. A change
+// is acted on once the store has not changed for one interval (so a change
+// takes effect within two intervals); writers should still replace files
+// atomically (write a ".name" temporary, then rename), which LoadDir's
+// skipping of dot files makes safe.
 // It returns nil when ctx ends; an error only for a bad interval.
 func WatchDir(ctx context.Context, dir string, interval time.Duration, onChange func(Objects, *Engine)) error {
 	return WatchDirLog(ctx, dir, interval, slog.Default(), onChange)
@@ -46,38 +51,34 @@ type dirWatcher struct {
 	log      *slog.Logger
 	onChange func(Objects, *Engine)
 
-	stamp   string   // names, sizes and mtimes of the store's files
+	seen    string   // stat stamp (names, sizes, mtimes) at the previous poll
+	done    string   // stat stamp of the set last loaded or rejected
 	content [32]byte // hash of names and contents last loaded or rejected
 	started bool
 }
 
-// poll does one cheap stat pass; only if it differs from the previous pass
-// are contents read and hashed; only if the content differs from what was
-// last processed is the set loaded and compiled.
+// poll does one cheap stat pass. A changed stamp is acted on only once it
+// has stayed the same for one interval, so a file caught half-written (and
+// perhaps still valid YAML, minus its last documents) is not put in force.
+// Then contents are hashed, and only if they differ from what was last
+// processed is the set loaded and compiled.
 func (w *dirWatcher) poll() {
-	files, err := storeFiles(w.dir)
-	if err != nil {
-		w.reject(fmt.Sprintf("error:%v", err), [32]byte{}, err)
+	stamp, files, err := w.stamp()
+	prev := w.seen
+	w.seen = stamp
+	if w.started && (stamp == w.done || stamp != prev) {
 		return
 	}
-	stamp := ""
-	for _, f := range files {
-		st, err := os.Stat(f)
-		if err != nil {
-			// Vanished between listing and stat: catch it next pass.
-			return
-		}
-		stamp += fmt.Sprintf("%s\x00%d\x00%d\x00", f, st.Size(), st.ModTime().UnixNano())
-	}
-	if w.started && stamp == w.stamp {
+	if err != nil {
+		w.reject(stamp, [32]byte{}, err)
 		return
 	}
 	sum, err := hashFiles(files)
 	if err != nil {
-		return // a file vanished mid-read; next pass sees the new state
+		return // a file vanished mid-read; the next pass sees the new state
 	}
 	if w.started && sum == w.content {
-		w.stamp = stamp
+		w.done = stamp
 		return
 	}
 	objs, err := LoadFiles(files...)
@@ -89,16 +90,30 @@ func (w *dirWatcher) poll() {
 		w.reject(stamp, sum, err)
 		return
 	}
-	w.stamp, w.content, w.started = stamp, sum, true
+	w.done, w.content, w.started = stamp, sum, true
 	w.onChange(objs, eng)
 }
 
-// reject logs a bad store once per distinct content and keeps the old set.
-func (w *dirWatcher) reject(stamp string, sum [32]byte, err error) {
-	if w.started && sum == w.content && stamp == w.stamp {
-		return
+// stamp lists the store and returns its stat stamp.
+func (w *dirWatcher) stamp() (string, []string, error) {
+	files, err := storeFiles(w.dir)
+	if err != nil {
+		return "error: " + err.Error(), nil, err
 	}
-	w.stamp, w.content, w.started = stamp, sum, true
+	var b strings.Builder
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			return "error: " + err.Error(), nil, err
+		}
+		fmt.Fprintf(&b, "%s\x00%d\x00%d\x00", f, st.Size(), st.ModTime().UnixNano())
+	}
+	return b.String(), files, nil
+}
+
+// reject logs a bad store once and keeps the previous set.
+func (w *dirWatcher) reject(stamp string, sum [32]byte, err error) {
+	w.done, w.content, w.started = stamp, sum, true
 	w.log.Error("policy store rejected; keeping the previous policy set", "dir", w.dir, "err", err)
 }
 
