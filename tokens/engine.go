@@ -406,6 +406,9 @@ func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, err
 // PeerNode returns the node name of the verified server ("" before
 // ConsumeSYNACK succeeded).
 func (c *ClientHandshake) PeerNode() string {
+	if c == nil {
+		return ""
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.peer == nil {
@@ -417,6 +420,9 @@ func (c *ClientHandshake) PeerNode() string {
 // NewACK returns the ACK payload (ACKSize bytes): the client proof. It fails
 // until ConsumeSYNACK has succeeded.
 func (c *ClientHandshake) NewACK() ([]byte, error) {
+	if c == nil {
+		return nil, errors.New("new ACK: no client handshake")
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.peer == nil {
@@ -456,15 +462,28 @@ func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
 }
 
 // Peer returns a copy of the verified client identity.
-func (s *ServerHandshake) Peer() *identity.Identity { return s.client.v.id.Clone() }
+func (s *ServerHandshake) Peer() *identity.Identity {
+	if s == nil {
+		return nil
+	}
+	return s.client.v.id.Clone()
+}
 
 // PeerNode returns the node name of the verified client.
-func (s *ServerHandshake) PeerNode() string { return s.client.v.node }
+func (s *ServerHandshake) PeerNode() string {
+	if s == nil {
+		return ""
+	}
+	return s.client.v.node
+}
 
 // NewSYNACK returns the SYN-ACK payload for the local (server) workload: its
 // token, a fresh server nonce, the echoed client nonce and the server proof.
 // Called again (a retransmitted SYN-ACK) it returns the same bytes.
 func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
+	if s == nil {
+		return nil, errors.New("new SYN-ACK: no server handshake")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.synack != nil {
@@ -492,6 +511,9 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 
 // ConsumeACK verifies the client's proof in the ACK payload.
 func (s *ServerHandshake) ConsumeACK(payload []byte) error {
+	if s == nil {
+		return reject(ReasonBadProof, "no server handshake")
+	}
 	proof, err := parseACK(payload)
 	if err != nil {
 		return err
