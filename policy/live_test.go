@@ -130,9 +130,15 @@ func TestWatchDir(t *testing.T) {
 	if allowed() {
 		t.Fatal("initial deny policy not in force")
 	}
+	// Replace the file atomically, as writers of the store should: the
+	// watcher never reads a dot file, and rename swaps the whole content.
 	write := func(content string) {
 		t.Helper()
-		if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(content), 0o644); err != nil {
+		tmp := filepath.Join(dir, ".policies.yaml.tmp")
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "policies.yaml")); err != nil {
 			t.Fatal(err)
 		}
 	}
