@@ -96,9 +96,10 @@ func benchHandshake(b *testing.B, forget int) {
 		if forget != 0 {
 			b.StopTimer()
 			for _, e := range []*Engine{ce, se} {
-				e.peers = newByteCache[*peerToken](e.cacheMax)
+				vf := e.verifier.Load()
+				vf.peers = newByteCache[*peerToken](e.cacheMax)
 				if forget&forgetNodes != 0 {
-					e.certs = newByteCache[*verifiedCert](e.cacheMax)
+					vf.certs = newByteCache[*verifiedCert](e.cacheMax)
 					e.keys.Load().secrets = newByteCache[*pairKey](e.cacheMax)
 				}
 			}

@@ -199,6 +199,14 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 	if err != nil {
 		return nil, err
 	}
+	// The token's own window first: an old captured token is turned away
+	// without an ECDSA verification.
+	if now.Add(skew).Before(claims.IssuedAt.Time) {
+		return nil, reject(ReasonNotYetValid, "identity token of %s/%s/%s issued at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.IssuedAt.UTC().Format(time.RFC3339))
+	}
+	if now.Add(-skew).After(claims.ExpiresAt.Time) {
+		return nil, reject(ReasonExpired, "identity token of %s/%s/%s expired at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.ExpiresAt.UTC().Format(time.RFC3339))
+	}
 	if len(sig) != es256SigSize {
 		return nil, reject(ReasonMalformed, "identity token signature: %d bytes, want %d", len(sig), es256SigSize)
 	}

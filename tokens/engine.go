@@ -56,20 +56,36 @@ type Config struct {
 // handshake with a known peer costs each side a few HMACs, two 16-byte
 // random nonces and map lookups.
 type Engine struct {
-	trust    *TrustBundle
 	lifetime time.Duration
 	skew     time.Duration
 	now      func() time.Time
 	cacheMax int
 
-	keys  atomic.Pointer[localKeys]
+	keys     atomic.Pointer[localKeys]
+	verifier atomic.Pointer[verifier]
+	replay   *replayCache
+}
+
+// verifier is a trust bundle with the caches of what was verified under it.
+// SetTrust replaces it whole, so nothing verified under an old bundle
+// survives a change of trust.
+type verifier struct {
+	trust *TrustBundle
 	certs *byteCache[*verifiedCert] // by certificate DER
 	// badCerts remembers certificates that can never verify (unknown CA,
 	// wrong trust domain, malformed) so a misconfigured peer node costs one
 	// ECDSA verification per minute, not one per SYN.
 	badCerts *byteCache[error]
 	peers    *byteCache[*peerToken] // by token encoding
-	replay   *replayCache
+}
+
+func newVerifier(trust *TrustBundle, cacheMax int) *verifier {
+	return &verifier{
+		trust:    trust,
+		certs:    newByteCache[*verifiedCert](cacheMax),
+		badCerts: newByteCache[error](cacheMax),
+		peers:    newByteCache[*peerToken](cacheMax),
+	}
 }
 
 // localKeys is one generation of this node's credentials with what is
@@ -118,7 +134,6 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, errors.New("tokens engine: no trust bundle")
 	}
 	e := &Engine{
-		trust:    cfg.Trust,
 		lifetime: cfg.TokenLifetime,
 		skew:     cfg.ClockSkew,
 		now:      cfg.Now,
@@ -143,9 +158,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if replayMax <= 0 {
 		replayMax = DefaultReplayCacheSize
 	}
-	e.peers = newByteCache[*peerToken](e.cacheMax)
-	e.certs = newByteCache[*verifiedCert](e.cacheMax)
-	e.badCerts = newByteCache[error](e.cacheMax)
+	e.verifier.Store(newVerifier(cfg.Trust, e.cacheMax))
 	e.replay = newReplayCache(replayMax, e.lifetime/8)
 	keys, err := e.newLocalKeys(cfg.Credentials)
 	if err != nil {
@@ -197,6 +210,18 @@ func (e *Engine) Rotate(creds *NodeCredentials) error {
 		return fmt.Errorf("rotate: credentials for trust domain %q, engine serves %q", creds.TrustDomain, td)
 	}
 	e.keys.Store(keys)
+	return nil
+}
+
+// SetTrust replaces the trust bundle, for example to add the next CA
+// before a CA rotation or to federate with another cluster. Peer tokens and
+// certificates verified under the previous bundle are verified again;
+// handshakes in flight keep the peer they already verified.
+func (e *Engine) SetTrust(b *TrustBundle) error {
+	if b == nil {
+		return errors.New("set trust: no trust bundle")
+	}
+	e.verifier.Store(newVerifier(b, e.cacheMax))
 	return nil
 }
 
@@ -285,33 +310,34 @@ func sameIdentity(a, b *identity.Identity) bool {
 // verifyPeer returns the verified token encoded in wire, from the cache or
 // by verifying it.
 func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
-	if p, ok := e.peers.get(t.raw, now); ok {
+	vf := e.verifier.Load()
+	if p, ok := vf.peers.get(t.raw, now); ok {
 		if err := p.v.checkTime(now, e.skew); err != nil {
 			return nil, err
 		}
 		return p, nil
 	}
-	vc, ok := e.certs.get(t.cert, now)
+	vc, ok := vf.certs.get(t.cert, now)
 	if !ok {
-		if err, bad := e.badCerts.get(t.cert, now); bad {
+		if err, bad := vf.badCerts.get(t.cert, now); bad {
 			return nil, err
 		}
 		var err error
-		if vc, err = e.trust.verifyCert(t.cert, now, e.skew); err != nil {
+		if vc, err = vf.trust.verifyCert(t.cert, now, e.skew); err != nil {
 			switch ReasonOf(err) {
 			case ReasonUnknownCA, ReasonWrongTrustDomain, ReasonMalformed:
-				e.badCerts.put(t.cert, err, now.Add(badCertMemory), now)
+				vf.badCerts.put(t.cert, err, now.Add(badCertMemory), now)
 			}
 			return nil, err
 		}
-		e.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
+		vf.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
 	}
 	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew)
 	if err != nil {
 		return nil, err
 	}
 	p := &peerToken{v: v, digest: sha256.Sum256(t.raw)}
-	e.peers.put(t.raw, p, v.notAfter.Add(e.skew), now)
+	vf.peers.put(t.raw, p, v.notAfter.Add(e.skew), now)
 	return p, nil
 }
 
@@ -556,7 +582,7 @@ func (e *Engine) VerifyJWT(token string, nodeCert *x509.Certificate) (*identity.
 		return nil, "", reject(ReasonMalformed, "JWT: %v", err)
 	}
 	now := e.now()
-	vc, err := e.trust.verifyParsedCert(nodeCert, now, e.skew)
+	vc, err := e.verifier.Load().trust.verifyParsedCert(nodeCert, now, e.skew)
 	if err != nil {
 		return nil, "", err
 	}

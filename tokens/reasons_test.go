@@ -676,7 +676,29 @@ func TestBadCertificateRemembered(t *testing.T) {
 		_, err := se.ConsumeSYN(syn)
 		wantReason(t, err, ReasonUnknownCA)
 	}
-	if se.badCerts.len() != 1 {
-		t.Fatalf("%d certificates remembered as bad, want 1", se.badCerts.len())
+	if n := se.verifier.Load().badCerts.len(); n != 1 {
+		t.Fatalf("%d certificates remembered as bad, want 1", n)
+	}
+	// Trusting the other CA later clears what was remembered.
+	both, err := NewTrustBundle(f.ca.Cert, other.ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := se.SetTrust(both); err != nil {
+		t.Fatal(err)
+	}
+	if err := ce.SetTrust(both); err != nil {
+		t.Fatal(err)
+	}
+	handshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
+	// And removing a CA rejects tokens verified before.
+	if err := se.SetTrust(other.bundle); err != nil {
+		t.Fatal(err)
+	}
+	syn, _, _ := newTestEngine(t, f.a, f.bundle, nil).NewSYN(workload("ns", "c", 1))
+	_, err = se.ConsumeSYN(syn)
+	wantReason(t, err, ReasonUnknownCA)
+	if se.SetTrust(nil) == nil {
+		t.Fatal("SetTrust(nil) accepted")
 	}
 }
