@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -262,15 +263,13 @@ func objectRef(kind, ns, name string) string {
 	return kind + " " + ns + "/" + name
 }
 
-// decodeStrict decodes JSON rejecting unknown fields and trailing data.
+// decodeStrict decodes one JSON object as the API server does: field names
+// case-sensitive, unknown and duplicate fields rejected (errors name the
+// field path, e.g. `unknown field "spec.podSelecter"`).
 func decodeStrict(doc []byte, into any) error {
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
+	strict, err := kjson.UnmarshalStrict(doc, into)
+	if err != nil {
 		return err
 	}
-	if dec.More() {
-		return errors.New("trailing data after object")
-	}
-	return nil
+	return errors.Join(strict...)
 }
