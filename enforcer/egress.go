@@ -1,0 +1,98 @@
+package enforcer
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/tokens"
+)
+
+// egress handles a packet the workload sends: its SYN (client), its
+// SYN-ACK (server), or — while the connection is Pending on the client —
+// its ACK and first data, which carry the proof.
+func (q *queue) egress(p *packet) verdict {
+	key := connKey{local: p.srcPort(), remote: p.dstPort()}
+	switch {
+	case p.flags&flagSYN != 0 && p.flags&flagACK == 0:
+		return q.egressSYN(p, key)
+	case p.flags&flagSYN != 0:
+		return q.egressSYNACK(p, key)
+	default:
+		return q.egressACK(p, key)
+	}
+}
+
+// egressSYN starts a client handshake: a fresh nonce and the workload's
+// pre-signed token ride in the SYN. Every transmission of the SYN gets a
+// fresh handshake (a server rejects a nonce it has seen); the ones before
+// are kept, since the SYN-ACK may answer any of them.
+func (q *queue) egressSYN(p *packet, key connKey) verdict {
+	local := q.wl.id.Load()
+	payload, ch, err := q.e.cfg.Tokens.NewSYN(local)
+	if err != nil {
+		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "", "denied: cannot sign the SYN token: "+err.Error(), err)
+		return drop
+	}
+	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
+	if err != nil {
+		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "",
+			fmt.Sprintf("denied: token (%d bytes) does not fit the SYN: %v", len(payload), err), nil)
+		return drop
+	}
+	c := &conn{expires: time.Now().Add(q.e.cfg.HandshakeTimeout), clients: []*tokens.ClientHandshake{ch}}
+	if old := q.wl.conns.get(key); old != nil && old.synack == nil && len(old.clients) > 0 && len(old.clients) < maxSYNRetries {
+		// A retransmission: the SYN-ACK may answer any of the SYNs sent.
+		c.clients = append(append(c.clients[:0:0], old.clients...), ch)
+	}
+	if !q.wl.conns.put(key, c) {
+		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "", "denied: too many handshakes in progress", nil)
+		return drop
+	}
+	return verdict{accept: true, packet: out}
+}
+
+// egressSYNACK answers a verified SYN: the server token, nonce and proof
+// ride in the SYN-ACK. A retransmitted SYN-ACK carries the same bytes.
+func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
+	c := q.wl.conns.get(key)
+	if c == nil || (c.server == nil && !c.noToken) {
+		// No SYN of this connection was allowed (or its state expired).
+		return drop
+	}
+	if c.noToken {
+		// The client runs no enforcer: it would not understand a token.
+		return verdict{accept: true, mark: q.e.cfg.Rules.MarkAuthorized}
+	}
+	local := q.wl.id.Load()
+	payload, err := c.server.NewSYNACK(local)
+	if err != nil {
+		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "", "denied: cannot build the SYN-ACK token: "+err.Error(), err)
+		return drop
+	}
+	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
+	if err != nil {
+		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "",
+			fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err), nil)
+		return drop
+	}
+	return verdict{accept: true, packet: out, mark: q.e.cfg.Rules.MarkPending}
+}
+
+// egressACK attaches the client proof to the handshake-completing ACK and
+// to any packet sent before the server's first answer (in case the ACK is
+// lost). The proof rides in a TCP option, so it never enters the byte
+// stream; a packet with no room for it goes without.
+func (q *queue) egressACK(p *packet, key connKey) verdict {
+	c := q.wl.conns.get(key)
+	if c == nil || c.proof == nil {
+		// The client already decided (policy allowed the SYN-ACK); without
+		// state there is no proof to add and the server will judge.
+		return verdict{accept: true}
+	}
+	out, err := p.insertProof(q.buf, c.proof, q.e.cfg.MaxPacket)
+	if err != nil {
+		return verdict{accept: true}
+	}
+	return verdict{accept: true, packet: out}
+}

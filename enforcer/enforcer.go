@@ -1,0 +1,234 @@
+package enforcer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/tokens"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxPacket bounds a handshake packet with its token: the IPv6
+	// minimum MTU, which every path carries, so a token never makes a SYN
+	// that some link between the workloads would drop.
+	DefaultMaxPacket = 1280
+	// DefaultMaxHandshakes bounds the half-open handshakes remembered per
+	// workload; beyond it new handshakes are refused (fail closed).
+	DefaultMaxHandshakes = 65536
+)
+
+// Config configures an Enforcer.
+type Config struct {
+	// Node names this node in flow records.
+	Node string
+	// Tokens signs local identities and verifies peers'.
+	Tokens *tokens.Engine
+	// Policy decides each connection.
+	Policy policy.Decider
+	// Flows receives one record per decision; nil discards them.
+	Flows *flowlog.Writer
+	// Log receives operational messages; nil discards them.
+	Log *slog.Logger
+	// HandshakeTimeout is how long a handshake that has not completed is
+	// remembered (default 10s, longer than the first SYN retransmissions).
+	HandshakeTimeout time.Duration
+	// Rules is the supervisor configuration the workloads' rules were
+	// installed with: which queues to read and which mark bits to set. The
+	// zero value matches supervisor.Config's zero value.
+	Rules supervisor.Config
+	// MaxPacket bounds the size of a handshake packet carrying a token
+	// (default DefaultMaxPacket). A connection whose token would not fit is
+	// refused with a flow record rather than sent and lost on the path.
+	MaxPacket int
+	// MaxHandshakes bounds the handshakes in progress per workload
+	// (default DefaultMaxHandshakes).
+	MaxHandshakes int
+}
+
+// Workload is one protected workload: its identity and its network
+// namespace (a path such as /run/netns/NAME or /proc/PID/ns/net).
+type Workload struct {
+	Identity *identity.Identity
+	NetNS    string
+}
+
+// Enforcer serves the queues of every protected workload on a node. Its
+// methods are safe for concurrent use.
+type Enforcer struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	workloads map[string]*workload // by netns path
+	closed    bool
+
+	stop    context.CancelFunc
+	janitor sync.WaitGroup
+}
+
+// workload is the enforcer's state for one attached namespace.
+type workload struct {
+	netns  string
+	id     atomic.Pointer[identity.Identity]
+	conns  *connTable
+	queues []*queue
+	cancel context.CancelFunc
+}
+
+// New returns an Enforcer. It starts the goroutine that forgets expired
+// handshakes; Close stops it.
+func New(cfg Config) (*Enforcer, error) {
+	if cfg.Tokens == nil {
+		return nil, errors.New("enforcer: Config.Tokens is required")
+	}
+	if cfg.Policy == nil {
+		return nil, errors.New("enforcer: Config.Policy is required")
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxPacket <= 0 {
+		cfg.MaxPacket = DefaultMaxPacket
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	cfg.Rules = supervisor.New(cfg.Rules).Config()
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Enforcer{cfg: cfg, log: log, workloads: map[string]*workload{}, stop: cancel}
+	e.janitor.Add(1)
+	go e.expireLoop(ctx)
+	return e, nil
+}
+
+// Attach opens the workload's queue(s) inside its namespace and starts
+// serving them. Open the queues before the supervisor installs the rules
+// that feed them, so no handshake waits on a queue nobody reads. Attaching
+// a namespace that is already attached updates its identity.
+func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
+	if w.Identity == nil || w.NetNS == "" {
+		return errors.New("attach: workload needs an identity and a netns path")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("attach: enforcer closed")
+	}
+	if old, ok := e.workloads[w.NetNS]; ok {
+		old.id.Store(w.Identity.Clone())
+		return nil
+	}
+	qctx, cancel := context.WithCancel(context.Background())
+	wl := &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
+	wl.id.Store(w.Identity.Clone())
+	for i := range e.cfg.Rules.Queues {
+		num := e.cfg.Rules.QueueBase + i
+		q, err := e.openQueue(qctx, wl, num)
+		if err != nil {
+			cancel()
+			for _, q := range wl.queues {
+				q.close()
+			}
+			return fmt.Errorf("attach %s: queue %d: %w", w.NetNS, num, err)
+		}
+		wl.queues = append(wl.queues, q)
+	}
+	e.workloads[w.NetNS] = wl
+	e.log.Info("attached", "netns", w.NetNS, "workload", w.Identity.String(), "queues", len(wl.queues))
+	return nil
+}
+
+// Update replaces the identity of an attached workload (its labels
+// changed). New handshakes carry the new identity; it is a no-op for a
+// namespace that is not attached.
+func (e *Enforcer) Update(w Workload) {
+	if w.Identity == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if wl, ok := e.workloads[w.NetNS]; ok {
+		wl.id.Store(w.Identity.Clone())
+	}
+}
+
+// Detach stops serving the namespace's queues. With the supervisor's
+// rules still in place its handshakes are then dropped (fail closed);
+// authorized connections keep flowing on their conntrack mark.
+func (e *Enforcer) Detach(netnsPath string) error {
+	e.mu.Lock()
+	wl, ok := e.workloads[netnsPath]
+	delete(e.workloads, netnsPath)
+	e.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return wl.close()
+}
+
+func (wl *workload) close() error {
+	wl.cancel()
+	var errs []error
+	for _, q := range wl.queues {
+		if err := q.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close detaches every workload and stops the enforcer.
+func (e *Enforcer) Close() error {
+	e.mu.Lock()
+	e.closed = true
+	wls := e.workloads
+	e.workloads = map[string]*workload{}
+	e.mu.Unlock()
+	var errs []error
+	for _, wl := range wls {
+		if err := wl.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.stop()
+	e.janitor.Wait()
+	return errors.Join(errs...)
+}
+
+// expireLoop forgets handshakes that did not complete in time.
+func (e *Enforcer) expireLoop(ctx context.Context) {
+	defer e.janitor.Done()
+	t := time.NewTicker(e.cfg.HandshakeTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			e.mu.Lock()
+			wls := make([]*workload, 0, len(e.workloads))
+			for _, wl := range e.workloads {
+				wls = append(wls, wl)
+			}
+			e.mu.Unlock()
+			for _, wl := range wls {
+				wl.conns.expire(now)
+			}
+		}
+	}
+}

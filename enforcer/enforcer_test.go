@@ -1,0 +1,387 @@
+package enforcer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/netns/netnstest"
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/tokens"
+)
+
+// testPolicy: in namespace prod, web accepts app=client on port 8080, and
+// the non-enforced address 198.18.8.2 (an ipBlock); nothing else.
+const testPolicy = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: prod, labels: {app: client}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: prod, labels: {app: other}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: client}}
+    - ipBlock: {cidr: 198.18.8.2/32}
+    ports: [{port: 8080}]
+`
+
+// lab is two protected workloads (web and client) joined by a veth, a
+// third unprotected namespace (legacy, no enforcer) joined to web, and one
+// Enforcer serving both protected ones.
+type lab struct {
+	web, client, legacy *netns.NS
+	ids                 map[string]*identity.Identity
+	enf                 *Enforcer
+	sup                 *supervisor.Supervisor
+	flows               *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rs, err := flowlog.Read(bytes.NewReader(s.b.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func newLab(t testing.TB) *lab {
+	netnstest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := netnstest.Prefix()
+	l := &lab{
+		web:    netnstest.NewNS(t, p+"-web"),
+		client: netnstest.NewNS(t, p+"-cli"),
+		legacy: netnstest.NewNS(t, p+"-leg"),
+		flows:  &syncBuffer{},
+	}
+	links := []struct {
+		a, b         *netns.NS
+		aIf, bIf     string
+		aAddr, bAddr []string
+	}{
+		{l.web, l.client, p + "w0", p + "c0", []string{"198.18.7.1/24"}, []string{"198.18.7.2/24"}},
+		{l.web, l.legacy, p + "w1", p + "l0", []string{"198.18.8.1/24"}, []string{"198.18.8.2/24", "198.18.8.3/24"}},
+	}
+	for _, k := range links {
+		if err := netns.Veth(ctx, k.a, k.aIf, k.b, k.bIf); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range k.aAddr {
+			if err := k.a.Exec(ctx, "ip", "addr", "add", a, "dev", k.aIf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, a := range k.bAddr {
+			if err := k.b.Exec(ctx, "ip", "addr", "add", a, "dev", k.bIf); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "store.yaml"), []byte(testPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := policy.LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Compile(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.ids = map[string]*identity.Identity{}
+	for _, pod := range objs.Pods {
+		l.ids[pod.Name] = policy.IdentityOf("lab", objs.Namespace(pod.Namespace), pod)
+	}
+
+	ca, err := tokens.NewCA("lab", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ca.IssueNode("node1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := tokens.NewTrustBundle(ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.enf, err = New(Config{Node: "node1", Tokens: eng, Policy: pol, Flows: flowlog.NewWriter(l.flows), HandshakeTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.enf.Close() })
+	l.sup = supervisor.New(supervisor.Config{})
+	for _, w := range []struct {
+		ns  *netns.NS
+		pod string
+	}{{l.web, "web"}, {l.client, "client"}} {
+		if err := l.enf.Attach(ctx, Workload{Identity: l.ids[w.pod], NetNS: w.ns.Path()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.sup.Protect(ctx, w.ns.Path()); err != nil {
+			t.Fatal(err)
+		}
+		path := w.ns.Path()
+		t.Cleanup(func() { _ = l.sup.Unprotect(context.Background(), path) })
+	}
+	return l
+}
+
+// server listens in ns and echoes; accepted counts the connections the
+// application saw.
+type server struct {
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+func serve(t testing.TB, ns *netns.NS, addr string) *server {
+	t.Helper()
+	ln, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return s
+}
+
+// dialFrom connects from ns, optionally from a given local address.
+func dialFrom(ns *netns.NS, local, remote string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if local != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+		}
+		var err error
+		c, err = d.Dial("tcp", remote)
+		return err
+	})
+	return c, err
+}
+
+// echoBytes sends n random bytes and reads them back (the write and the
+// read run concurrently, so both directions carry n bytes at once).
+func echoBytes(c net.Conn, n int) error {
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	data := make([]byte, n)
+	_, _ = rand.Read(data)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		werr <- err
+	}()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("%d bytes came back different", n)
+	}
+	return nil
+}
+
+func findRecord(rs []flowlog.Record, dir, stage, verdict string) *flowlog.Record {
+	for i := range rs {
+		if rs[i].Direction == dir && rs[i].Stage == stage && rs[i].Verdict == verdict {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+func TestEnforcerInNamespaces(t *testing.T) {
+	l := newLab(t)
+	srv := serve(t, l.web, "198.18.7.1:8080")
+	srv8081 := serve(t, l.web, "198.18.7.1:8081")
+	srvLegacy := serve(t, l.web, "198.18.8.1:8080")
+
+	// Runs in order: later steps change the lab.
+	t.Run("allowed pair moves 10 MB both ways", func(t *testing.T) {
+		c, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echoBytes(c, 10<<20); err != nil {
+			t.Fatal(err)
+		}
+		rs := l.flows.records(t)
+		in := findRecord(rs, "ingress", "syn", "allow")
+		out := findRecord(rs, "egress", "synack", "allow")
+		if in == nil || out == nil {
+			t.Fatalf("missing allow records: %+v", rs)
+		}
+		if in.Peer == nil || in.Peer.Pod != "client" || in.Local.Pod != "web" || in.Policy != "prod/web" {
+			t.Errorf("ingress record: %+v", in)
+		}
+		if out.Peer == nil || out.Peer.Pod != "web" || out.PeerAddr != "198.18.7.1:8080" {
+			t.Errorf("egress record: %+v", out)
+		}
+	})
+
+	t.Run("many concurrent connections", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 50)
+		for range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				errs <- echoBytes(c, 1000)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+	})
+
+	t.Run("denied port fails and the server never accepts", func(t *testing.T) {
+		start := time.Now()
+		c, err := dialFrom(l.client, "", "198.18.7.1:8081", 2*time.Second)
+		if err == nil {
+			c.Close()
+			t.Fatal("connection to a port no rule allows succeeded")
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Errorf("denied dial took %v", time.Since(start))
+		}
+		if n := srv8081.accepted.Load(); n != 0 {
+			t.Errorf("server application accepted %d denied connections", n)
+		}
+		if r := findRecord(l.flows.records(t), "ingress", "syn", "deny"); r == nil || !strings.Contains(r.Reason, "denied") {
+			t.Errorf("no deny record: %+v", r)
+		}
+	})
+
+	t.Run("peer without enforcer allowed only by ipBlock", func(t *testing.T) {
+		before := srvLegacy.accepted.Load()
+		c, err := dialFrom(l.legacy, "198.18.8.2", "198.18.8.1:8080", 3*time.Second)
+		if err != nil {
+			t.Fatalf("ipBlock peer refused: %v", err)
+		}
+		if err := echoBytes(c, 100000); err != nil {
+			t.Error(err)
+		}
+		c.Close()
+		if c, err := dialFrom(l.legacy, "198.18.8.3", "198.18.8.1:8080", 2*time.Second); err == nil {
+			c.Close()
+			t.Error("peer without identity outside the ipBlock was allowed")
+		}
+		if got := srvLegacy.accepted.Load() - before; got != 1 {
+			t.Errorf("server accepted %d connections, want 1", got)
+		}
+	})
+
+	t.Run("identity change denies new connections", func(t *testing.T) {
+		l.enf.Update(Workload{Identity: l.ids["other"], NetNS: l.client.Path()})
+		defer l.enf.Update(Workload{Identity: l.ids["client"], NetNS: l.client.Path()})
+		before := srv.accepted.Load()
+		if c, err := dialFrom(l.client, "", "198.18.7.1:8080", 2*time.Second); err == nil {
+			c.Close()
+			t.Error("app=other was allowed")
+		}
+		if srv.accepted.Load() != before {
+			t.Error("server application saw the denied connection")
+		}
+	})
+
+	t.Run("fail closed, authorized connection keeps flowing", func(t *testing.T) {
+		live, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer live.Close()
+		if err := echoBytes(live, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.enf.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := dialFrom(l.client, "", "198.18.7.1:8080", 2*time.Second); err == nil {
+			c.Close()
+			t.Error("new connection succeeded with the enforcer closed")
+		}
+		if err := echoBytes(live, 1<<20); err != nil {
+			t.Errorf("authorized connection cut when the enforcer stopped: %v", err)
+		}
+	})
+}

@@ -1,0 +1,101 @@
+package enforcer
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/tokens"
+)
+
+// connKey names a connection as its workload's namespace sees it.
+type connKey struct {
+	local, remote netip.AddrPort
+}
+
+// conn is the handshake state of one connection. It is only touched by
+// the queue goroutine that serves the connection (the kernel puts both
+// directions of a flow on one queue), so its fields need no lock; the
+// table's lock guards the map.
+type conn struct {
+	expires time.Time
+
+	// Client side (the workload sent the SYN). clients holds one
+	// handshake per SYN transmission, newest last: the SYN-ACK says by its
+	// echoed nonce which one it answers.
+	clients []*tokens.ClientHandshake
+	synack  []byte // the SYN-ACK token verified; a retransmission is recognized by its bytes
+	proof   []byte // the ACK proof to attach until the server answers
+
+	// Server side (the workload received the SYN).
+	server   *tokens.ServerHandshake
+	peer     *identity.Identity
+	verified []byte // the client proof accepted
+
+	// noToken: the peer presented no token (it runs no enforcer); policy
+	// allowed it by address, so the connection is authorized at once.
+	noToken bool
+	// authorized: the handshake completed; later queued packets of the
+	// connection (already in the queue when it was marked) pass.
+	authorized bool
+}
+
+// maxSYNRetries bounds the client handshakes kept for one connection.
+const maxSYNRetries = 8
+
+// clientFor returns the client handshake whose SYN carried nonce.
+func (c *conn) clientFor(nonce [tokens.NonceSize]byte) *tokens.ClientHandshake {
+	for _, ch := range c.clients {
+		if ch.Nonce() == nonce {
+			return ch
+		}
+	}
+	return nil
+}
+
+// connTable holds the handshakes in progress of one workload, bounded.
+type connTable struct {
+	mu    sync.Mutex
+	m     map[connKey]*conn
+	limit int
+}
+
+func newConnTable(limit int) *connTable {
+	return &connTable{m: map[connKey]*conn{}, limit: limit}
+}
+
+func (t *connTable) get(k connKey) *conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[k]
+}
+
+// put installs c for k, replacing any previous handshake of the tuple (a
+// retransmitted SYN starts over). It refuses when the table is full.
+func (t *connTable) put(k connKey, c *conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.m[k]; !ok && len(t.m) >= t.limit {
+		return false
+	}
+	t.m[k] = c
+	return true
+}
+
+func (t *connTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+// expire forgets handshakes whose time is up.
+func (t *connTable) expire(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, c := range t.m {
+		if now.After(c.expires) {
+			delete(t.m, k)
+		}
+	}
+}

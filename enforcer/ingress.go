@@ -1,0 +1,146 @@
+package enforcer
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/tokens"
+)
+
+// ingress handles a packet arriving at the workload: a SYN (server), a
+// SYN-ACK (client), or — while the connection is Pending on the server —
+// the ACK that must carry the client's proof.
+func (q *queue) ingress(p *packet) verdict {
+	key := connKey{local: p.dstPort(), remote: p.srcPort()}
+	switch {
+	case p.flags&flagSYN != 0 && p.flags&flagACK == 0:
+		return q.ingressSYN(p, key)
+	case p.flags&flagSYN != 0:
+		return q.ingressSYNACK(p, key)
+	default:
+		return q.ingressACK(p, key)
+	}
+}
+
+// ingressSYN verifies the client's token, strips it, and decides the
+// server workload's ingress policy on the client identity. A SYN with no
+// token comes from a peer without an enforcer: it has no identity and
+// only ipBlock rules can allow it.
+func (q *queue) ingressSYN(p *packet, key connKey) verdict {
+	local := q.wl.id.Load()
+	peer := policy.Peer{Addr: p.src}
+	c := &conn{expires: time.Now().Add(q.e.cfg.HandshakeTimeout)}
+	if tok := p.token(); tok == nil {
+		c.noToken = true
+	} else {
+		sh, err := q.e.cfg.Tokens.ConsumeSYN(tok)
+		if err != nil {
+			q.record(p, false, policy.Ingress, stageSYN, local, nil, false, "", "denied: client token rejected: "+err.Error(), err)
+			return drop
+		}
+		c.server = sh
+		c.peer = sh.Peer()
+		peer.Identity = c.peer
+	}
+	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
+		return drop
+	}
+	if !q.wl.conns.put(key, c) {
+		q.record(p, false, policy.Ingress, stageSYN, local, peer.Identity, false, "", "denied: too many handshakes in progress", nil)
+		return drop
+	}
+	return q.acceptStripped(p, 0)
+}
+
+// ingressSYNACK verifies the server's token and proof (bound to this
+// handshake's nonce), strips them, and decides the client workload's
+// egress policy on the server identity.
+func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
+	c := q.wl.conns.get(key)
+	if c == nil || len(c.clients) == 0 {
+		return drop // we sent no SYN for this tuple (or gave up on it)
+	}
+	tok := p.token()
+	if c.synack != nil {
+		// A retransmission of the SYN-ACK already verified: our ACK was
+		// lost. Let it through so the kernel answers with the ACK again.
+		if tok != nil && bytes.Equal(tok, c.synack) {
+			return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+		}
+		return drop
+	}
+	local := q.wl.id.Load()
+	peer := policy.Peer{Addr: p.src}
+	if tok == nil {
+		if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, p.sport) {
+			return drop
+		}
+		c.noToken = true
+		return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+	}
+	ch := c.clients[len(c.clients)-1]
+	if nonce, ok := tokens.SYNACKClientNonce(tok); ok {
+		if match := c.clientFor(nonce); match != nil {
+			ch = match
+		}
+	}
+	id, err := ch.ConsumeSYNACK(tok)
+	if err != nil {
+		q.record(p, false, policy.Egress, stageSYNACK, local, nil, false, "", "denied: server token rejected: "+err.Error(), err)
+		return drop
+	}
+	peer.Identity = id
+	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, p.sport) {
+		return drop
+	}
+	proof, err := ch.NewACK()
+	if err != nil {
+		q.record(p, false, policy.Egress, stageSYNACK, local, id, false, "", "denied: cannot build the ACK proof: "+err.Error(), err)
+		return drop
+	}
+	c.peer = id
+	c.proof = proof
+	c.synack = append([]byte(nil), tok...)
+	return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+}
+
+// ingressACK checks the client's proof on the server: only then is the
+// connection authorized and handed to the kernel for good. Packets queued
+// behind the ACK that completed the handshake pass too.
+func (q *queue) ingressACK(p *packet, key connKey) verdict {
+	c := q.wl.conns.get(key)
+	if c == nil || c.server == nil {
+		return drop
+	}
+	proof := p.proof()
+	if c.authorized {
+		if proof == nil || bytes.Equal(proof, c.verified) {
+			return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+		}
+		return drop
+	}
+	if proof == nil {
+		return drop // the client's retransmissions carry it
+	}
+	if err := c.server.ConsumeACK(proof); err != nil {
+		q.record(p, false, policy.Ingress, stageACK, q.wl.id.Load(), c.peer, false, "", "denied: client proof rejected: "+err.Error(), err)
+		return drop
+	}
+	c.authorized = true
+	c.verified = append([]byte(nil), proof...)
+	return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+}
+
+// acceptStripped accepts p without Bireme's token and options (copied
+// unchanged when it carries none), setting mark.
+func (q *queue) acceptStripped(p *packet, mark uint32) verdict {
+	if p.tokenOpt == 0 && p.proofOpt == 0 {
+		return verdict{accept: true, mark: mark}
+	}
+	out, err := p.strip(q.buf)
+	if err != nil {
+		return drop
+	}
+	return verdict{accept: true, packet: out, mark: mark}
+}
