@@ -100,6 +100,8 @@ func TestLoadBadInput(t *testing.T) {
 			[]string{"policies.yaml: Namespace S S", "metadata.name"}},
 		{"duplicate object", np("x", "p", "  podSelector: {}") + "---\n" + np("x", "p", "  podSelector: {}"),
 			[]string{"policies.yaml: NetworkPolicy x/p: duplicate object"}},
+		{"unknown field in List", "apiVersion: v1\nkind: List\nitem: []",
+			[]string{"policies.yaml: document 1: List", `unknown field "item"`}},
 		{"bad item in List", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: ok}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: Not_OK}",
 			[]string{"policies.yaml: Namespace Not_OK", "metadata.name", "List items[1]"}},
 	}

@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -182,7 +183,6 @@ type header struct {
 		Name      string `json:"name"`
 		Namespace string `json:"namespace"`
 	} `json:"metadata"`
-	Items []json.RawMessage `json:"items"`
 }
 
 // loadDocument decodes, defaults and validates one object (or List).
@@ -195,7 +195,15 @@ func (l *loader) loadDocument(file string, n int, doc []byte) error {
 		return fmt.Errorf("%s: document %d: kind: Required value", file, n)
 	}
 	if strings.HasSuffix(h.Kind, "List") && (h.APIVersion == apiCoreV1 || h.APIVersion == apiNetworkingV1) {
-		for i, item := range h.Items {
+		var list struct {
+			metav1.TypeMeta `json:",inline"`
+			Metadata        metav1.ListMeta   `json:"metadata"`
+			Items           []json.RawMessage `json:"items"`
+		}
+		if err := decodeStrict(doc, &list); err != nil {
+			return fmt.Errorf("%s: document %d: %s: %w", file, n, h.Kind, err)
+		}
+		for i, item := range list.Items {
 			if err := l.loadDocument(file, n, item); err != nil {
 				return fmt.Errorf("%w (%s items[%d])", err, h.Kind, i)
 			}
