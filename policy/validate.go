@@ -85,17 +85,13 @@ func validateNetworkPolicy(np *networkingv1.NetworkPolicy) field.ErrorList {
 	if len(np.Spec.PolicyTypes) > 2 {
 		errs = append(errs, field.TooMany(pt, len(np.Spec.PolicyTypes), 2))
 	}
-	seen := map[networkingv1.PolicyType]bool{}
+	// Like the API server, repeated types are not an error.
 	for i, t := range np.Spec.PolicyTypes {
 		switch t {
 		case networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress:
 		default:
 			errs = append(errs, field.NotSupported(pt.Index(i), t, []string{"Ingress", "Egress"}))
 		}
-		if seen[t] {
-			errs = append(errs, field.Duplicate(pt.Index(i), t))
-		}
-		seen[t] = true
 	}
 	return errs
 }
