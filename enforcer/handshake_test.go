@@ -1,0 +1,286 @@
+package enforcer
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/tokens"
+)
+
+// labelDecider allows ingress from peers labelled app=client, and any peer
+// without identity from 198.18.0.9 (the shape of an ipBlock rule). It
+// exists only to drive the state machine without the policy package's
+// fixtures; the namespace tests use the real policy engine.
+type labelDecider struct{}
+
+func (labelDecider) Decide(local *identity.Identity, peer policy.Peer, dir policy.Direction, port uint16, proto string) policy.Decision {
+	if dir == policy.Egress {
+		return policy.Decision{Allowed: true, Reason: "egress open"}
+	}
+	if peer.Identity == nil {
+		ok := peer.Addr == netip.MustParseAddr("198.18.0.9")
+		return policy.Decision{Allowed: ok, Reason: "ipBlock"}
+	}
+	ok := peer.Identity.Labels["app"] == "client"
+	return policy.Decision{Allowed: ok, Policy: "t/p", Reason: "label"}
+}
+
+// pair is a client and a server workload served by one Enforcer, fed
+// synthetic packets: no kernel involved.
+type pair struct {
+	e        *Enforcer
+	cli, srv *queue
+	flows    *syncBuffer
+}
+
+func newPair(t *testing.T, maxHandshakes int) *pair {
+	ca, err := tokens.NewCA("unit", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ca.IssueNode("n1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := tokens.NewTrustBundle(ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows := &syncBuffer{}
+	e, err := New(Config{Node: "n1", Tokens: eng, Policy: labelDecider{}, Flows: flowlog.NewWriter(flows), MaxHandshakes: maxHandshakes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	mk := func(pod, app string) *queue {
+		wl := &workload{netns: pod, conns: newConnTable(e.cfg.MaxHandshakes)}
+		wl.id.Store(&identity.Identity{Namespace: "t", Pod: pod, Labels: map[string]string{"app": app}})
+		return &queue{e: e, wl: wl, buf: make([]byte, 0x10000+tokenOptSpace)}
+	}
+	return &pair{e: e, cli: mk("cli", "client"), srv: mk("srv", "web"), flows: flows}
+}
+
+// seg builds a TCP segment between 198.18.0.1:sport (client) and
+// 198.18.0.2:80 (server); toServer chooses the direction.
+func seg(t testing.TB, toServer bool, sport uint16, syn, ack bool, opts []layers.TCPOption, payload []byte) []byte {
+	t.Helper()
+	c, s := net.IPv4(198, 18, 0, 1), net.IPv4(198, 18, 0, 2)
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 80, Seq: 100, Ack: 200, SYN: syn, ACK: ack, Window: 1000, Options: opts}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: c, DstIP: s}
+	if !toServer {
+		tcp.SrcPort, tcp.DstPort = 80, layers.TCPPort(sport)
+		ip.SrcIP, ip.DstIP = s, c
+	}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// pass runs b through q and returns the verdict, with the packet copied
+// out of q's scratch buffer.
+func pass(q *queue, b []byte, outgoing bool) verdict {
+	v := q.process(b, outgoing)
+	if v.packet != nil {
+		v.packet = append([]byte(nil), v.packet...)
+	}
+	return v
+}
+
+func (v verdict) or(orig []byte) []byte {
+	if v.packet != nil {
+		return v.packet
+	}
+	return orig
+}
+
+func TestHandshakeStates(t *testing.T) {
+	auth, pending := supervisor.DefaultMarkAuthorized, supervisor.DefaultMarkPending
+	syn := func(sport uint16) []byte { return seg(t, true, sport, true, false, linuxSYNOptions, nil) }
+	synack := func(sport uint16) []byte { return seg(t, false, sport, true, true, linuxSYNOptions, nil) }
+	ackPkt := func(sport uint16) []byte { return seg(t, true, sport, false, true, linuxACKOptions, nil) }
+
+	t.Run("full handshake, kernels never see a token", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(1), true)
+		if !v.accept || v.packet == nil {
+			t.Fatalf("client SYN: %+v", v)
+		}
+		w := pass(p.srv, v.packet, false)
+		if !w.accept || !bytes.Equal(w.or(v.packet), syn(1)) {
+			t.Fatalf("server did not get the original SYN back: %+v", w)
+		}
+		v = pass(p.srv, synack(1), true)
+		if !v.accept || v.mark != pending || v.packet == nil {
+			t.Fatalf("server SYN-ACK: %+v", v)
+		}
+		w = pass(p.cli, v.packet, false)
+		if !w.accept || w.mark != pending || !bytes.Equal(w.or(v.packet), synack(1)) {
+			t.Fatalf("client SYN-ACK: %+v", w)
+		}
+		v = pass(p.cli, ackPkt(1), true)
+		if !v.accept || v.packet == nil {
+			t.Fatalf("client ACK: %+v", v)
+		}
+		w = pass(p.srv, v.packet, false)
+		if !w.accept || w.mark != auth || !bytes.Equal(w.or(v.packet), ackPkt(1)) {
+			t.Fatalf("server ACK: %+v", w)
+		}
+		// A data packet queued behind the ACK passes, stripped.
+		d := seg(t, true, 1, false, true, linuxACKOptions, []byte("data"))
+		v = pass(p.cli, d, true)
+		w = pass(p.srv, v.or(d), false)
+		if !w.accept || !bytes.Equal(w.or(v.or(d)), d) {
+			t.Errorf("data after ACK: %+v", w)
+		}
+	})
+
+	t.Run("SYN retransmission: SYN-ACK to the first SYN still completes", func(t *testing.T) {
+		p := newPair(t, 0)
+		first := pass(p.cli, syn(2), true)
+		second := pass(p.cli, syn(2), true)
+		if bytes.Equal(first.packet, second.packet) {
+			t.Fatal("retransmitted SYN reused the nonce")
+		}
+		if w := pass(p.srv, first.packet, false); !w.accept {
+			t.Fatal("server refused first SYN")
+		}
+		sa := pass(p.srv, synack(2), true)
+		if w := pass(p.cli, sa.packet, false); !w.accept {
+			t.Fatalf("client refused SYN-ACK answering its first SYN: %s", p.flows.b.String())
+		}
+		// The second SYN reaching the server later is a new handshake
+		// that replaces the first; its SYN-ACK also verifies at the client
+		// (the retransmission of the SYN-ACK path).
+		if w := pass(p.srv, second.packet, false); !w.accept {
+			t.Fatal("server refused second SYN")
+		}
+	})
+
+	t.Run("lost ACK: retransmitted SYN-ACK, ACK again", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(3), true)
+		pass(p.srv, v.packet, false)
+		sa := pass(p.srv, synack(3), true)
+		pass(p.cli, sa.packet, false)
+		pass(p.cli, ackPkt(3), true) // lost
+		// Server data without proof is not accepted.
+		if w := pass(p.srv, seg(t, true, 3, false, true, linuxACKOptions, []byte("x")), false); w.accept {
+			t.Error("server accepted a packet without proof before the handshake completed")
+		}
+		sa2 := pass(p.srv, synack(3), true)
+		if !bytes.Equal(sa2.packet, sa.packet) {
+			t.Error("retransmitted SYN-ACK carries different bytes")
+		}
+		if w := pass(p.cli, sa2.packet, false); !w.accept || !bytes.Equal(w.or(sa2.packet), synack(3)) {
+			t.Fatalf("client refused the retransmitted SYN-ACK: %+v", w)
+		}
+		v = pass(p.cli, ackPkt(3), true)
+		if w := pass(p.srv, v.packet, false); !w.accept || w.mark != auth {
+			t.Fatalf("second ACK: %+v", w)
+		}
+	})
+
+	t.Run("tampered proof is refused with a typed reason", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(4), true)
+		pass(p.srv, v.packet, false)
+		sa := pass(p.srv, synack(4), true)
+		pass(p.cli, sa.packet, false)
+		v = pass(p.cli, ackPkt(4), true)
+		var q packet
+		if err := parsePacket(v.packet, &q); err != nil {
+			t.Fatal(err)
+		}
+		v.packet[q.proofOpt+6] ^= 1
+		setTCPChecksum(v.packet, false, q.tcpOff)
+		if w := pass(p.srv, v.packet, false); w.accept {
+			t.Fatal("tampered proof accepted")
+		}
+		r := findRecord(p.flows.records(t), "ingress", "ack", "deny")
+		if r == nil || r.TokenError != string(tokens.ReasonBadProof) {
+			t.Errorf("record: %+v", r)
+		}
+	})
+
+	t.Run("tampered or missing SYN token", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(5), true)
+		var q packet
+		if err := parsePacket(v.packet, &q); err != nil {
+			t.Fatal(err)
+		}
+		tok := q.token()
+		tok[len(tok)/2] ^= 0x20
+		setTCPChecksum(v.packet, false, q.tcpOff)
+		if w := pass(p.srv, v.packet, false); w.accept {
+			t.Fatal("tampered token accepted")
+		}
+		if r := findRecord(p.flows.records(t), "ingress", "syn", "deny"); r == nil || r.TokenError == "" {
+			t.Errorf("record: %+v", r)
+		}
+		// No token at all, from an address no ipBlock allows.
+		if w := pass(p.srv, syn(6), false); w.accept {
+			t.Error("SYN without token from 198.18.0.1 accepted")
+		}
+	})
+
+	t.Run("unsolicited SYN-ACK and ACK are dropped", func(t *testing.T) {
+		p := newPair(t, 0)
+		if w := pass(p.cli, synack(7), false); w.accept {
+			t.Error("client accepted a SYN-ACK it never asked for")
+		}
+		if w := pass(p.srv, ackPkt(7), false); w.accept {
+			t.Error("server accepted an ACK with no handshake")
+		}
+		if v := pass(p.srv, synack(7), true); v.accept {
+			t.Error("server sent a SYN-ACK for a SYN it never allowed")
+		}
+	})
+
+	t.Run("half-open handshakes expire and the table is bounded", func(t *testing.T) {
+		p := newPair(t, 2)
+		for _, port := range []uint16{10, 11} {
+			if v := pass(p.cli, syn(port), true); !v.accept {
+				t.Fatal("SYN refused")
+			}
+		}
+		if v := pass(p.cli, syn(12), true); v.accept {
+			t.Error("SYN beyond MaxHandshakes accepted")
+		}
+		p.cli.wl.conns.expire(time.Now().Add(p.e.cfg.HandshakeTimeout + time.Second))
+		if n := p.cli.wl.conns.len(); n != 0 {
+			t.Errorf("%d handshakes left after expiry", n)
+		}
+		if v := pass(p.cli, syn(12), true); !v.accept {
+			t.Error("SYN refused after expiry freed room")
+		}
+	})
+
+	t.Run("garbage never panics and is dropped", func(t *testing.T) {
+		p := newPair(t, 0)
+		for _, b := range [][]byte{nil, {0x45}, bytes.Repeat([]byte{0x60}, 60), syn(1)[:30]} {
+			for _, out := range []bool{true, false} {
+				if v := pass(p.srv, b, out); v.accept {
+					t.Errorf("accepted garbage %x", b)
+				}
+			}
+		}
+	})
+}
