@@ -112,7 +112,10 @@ func Compile(objs Objects) (*Engine, error) {
 		if err := check(objectRef(kindNetworkPolicy, np.Namespace, np.Name), validateNetworkPolicy(np)); err != nil {
 			return nil, err
 		}
-		cp := compilePolicy(np)
+		cp, err := compilePolicy(np)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", objectRef(kindNetworkPolicy, np.Namespace, np.Name), err)
+		}
 		e.byNamespace[np.Namespace] = append(e.byNamespace[np.Namespace], cp)
 	}
 	for _, list := range e.byNamespace {
@@ -126,7 +129,7 @@ func Compile(objs Objects) (*Engine, error) {
 func (e *Engine) Objects() Objects { return e.objs }
 
 // compilePolicy compiles a validated NetworkPolicy.
-func compilePolicy(np *networkingv1.NetworkPolicy) *compiledPolicy {
+func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 	cp := &compiledPolicy{
 		name:        np.Namespace + "/" + np.Name,
 		namespace:   np.Namespace,
@@ -147,16 +150,24 @@ func compilePolicy(np *networkingv1.NetworkPolicy) *compiledPolicy {
 		}
 	}
 	for _, r := range np.Spec.Ingress {
-		cp.ingressRules = append(cp.ingressRules, compileRule(r.From, r.Ports))
+		rule, err := compileRule(r.From, r.Ports)
+		if err != nil {
+			return nil, err
+		}
+		cp.ingressRules = append(cp.ingressRules, rule)
 	}
 	for _, r := range np.Spec.Egress {
-		cp.egressRules = append(cp.egressRules, compileRule(r.To, r.Ports))
+		rule, err := compileRule(r.To, r.Ports)
+		if err != nil {
+			return nil, err
+		}
+		cp.egressRules = append(cp.egressRules, rule)
 	}
-	return cp
+	return cp, nil
 }
 
 // compileRule compiles the peers and ports of one rule.
-func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) compiledRule {
+func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (compiledRule, error) {
 	r := compiledRule{allPeers: len(peers) == 0, allPorts: len(ports) == 0}
 	for _, p := range peers {
 		var cp compiledPeer
@@ -167,9 +178,17 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 			cp.namespaces = compileSelector(p.NamespaceSelector)
 		}
 		if p.IPBlock != nil {
-			b := &ipBlock{cidr: mustPrefix(p.IPBlock.CIDR)}
-			for _, ex := range p.IPBlock.Except {
-				b.except = append(b.except, mustPrefix(ex))
+			cidr, err := parsePrefix(p.IPBlock.CIDR)
+			if err != nil {
+				return compiledRule{}, err
+			}
+			b := &ipBlock{cidr: cidr}
+			for _, s := range p.IPBlock.Except {
+				ex, err := parsePrefix(s)
+				if err != nil {
+					return compiledRule{}, err
+				}
+				b.except = append(b.except, ex)
 			}
 			cp.block = b
 		}
@@ -192,16 +211,17 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 		}
 		r.ports = append(r.ports, cp)
 	}
-	return r
+	return r, nil
 }
 
-// mustPrefix parses a CIDR that validation has already accepted.
-func mustPrefix(s string) netip.Prefix {
+// parsePrefix parses a CIDR (validation has already accepted it) into the
+// masked form the matcher compares addresses against.
+func parsePrefix(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		panic(fmt.Sprintf("policy: validated CIDR %q does not parse: %v", s, err))
+		return netip.Prefix{}, fmt.Errorf("ipBlock %q: %w", s, err)
 	}
-	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+	return p.Masked(), nil
 }
 
 // protocol is a transport protocol as a small integer for cache keys.
