@@ -1,5 +1,49 @@
 // Package enforcer is Bireme's datapath: it reads the handshake packets
 // the supervisor's rules queue (NFQUEUE) in each protected workload's
 // network namespace, carries signed identities in them, asks policy, and
-// hands authorized connections back to the kernel.
+// hands authorized connections back to the kernel for good.
+//
+// One Enforcer serves every workload on a node:
+//
+//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Flows: w})
+//	e.Attach(ctx, enforcer.Workload{Identity: id, NetNS: "/run/netns/pod1"}) // open its queue(s)
+//	sup.Protect(ctx, "/run/netns/pod1")                                        // then the rules that feed them
+//	...
+//	e.Detach("/run/netns/pod1"); sup.Unprotect(ctx, "/run/netns/pod1")
+//
+// # The path of a SYN, file by file
+//
+//   - queue.go: Attach opened an NFQUEUE socket inside the workload's
+//     namespace (one per queue number). The library calls queue.handle for
+//     each packet on one goroutine per queue; handle recovers from any panic
+//     (the packet is dropped), and sends the verdict — accept or drop, with
+//     the rewritten packet and our mark bits when there are any.
+//   - packet.go: process parses the raw IPv4/IPv6 packet into offsets
+//     (parsePacket, no allocation) and finds Bireme's TCP options.
+//   - egress.go: a packet leaving the workload. Its SYN gets a fresh
+//     client handshake (tokens.Engine.NewSYN, pre-signed token from the
+//     engine's cache) inserted as payload behind an option marker; its
+//     SYN-ACK gets the server's answer; its ACK gets the client proof in an
+//     option.
+//   - ingress.go: a packet arriving. A SYN's token is verified
+//     (ConsumeSYN) and stripped, and the server workload's ingress policy is
+//     asked about the client identity; a SYN-ACK is verified against the
+//     client handshake (ConsumeSYNACK) and the client's egress policy
+//     decides; the ACK's proof is verified (ConsumeACK) and the connection
+//     marked Authorized. Deny means drop, never a reset.
+//   - handshake.go: per-workload table of handshakes in progress, keyed by
+//     the tuple as the namespace sees it, bounded, expired after
+//     Config.HandshakeTimeout.
+//   - flows.go: one flowlog.Record per decision and per token rejection.
+//   - checksum.go: the checksums a rewrite needs.
+//
+// After the handshake the connection carries the Authorized conntrack mark
+// and the supervisor's rules let its packets pass without visiting user
+// space; they keep passing if the enforcer stops or restarts. New
+// handshakes of a namespace whose queue nobody reads are dropped: the
+// rules have no --queue-bypass, so protection fails closed.
+//
+// docs/protocol.md ("Carrying tokens in TCP") has the wire format and the
+// state machine with its mark bits; the supervisor package doc has the
+// rules.
 package enforcer
