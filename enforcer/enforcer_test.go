@@ -67,6 +67,7 @@ type lab struct {
 	enf                 *Enforcer
 	sup                 *supervisor.Supervisor
 	flows               *syncBuffer
+	newEnforcer         func() *Enforcer
 }
 
 type syncBuffer struct {
@@ -90,7 +91,10 @@ func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
 	return rs
 }
 
-func newLab(t testing.TB) *lab {
+// newLab builds the lab with the given number of queues per workload.
+// IPv6 addresses come from 2001:2::/48, the IPv6 benchmarking range
+// (RFC 5180), the counterpart of 198.18.0.0/15.
+func newLab(t testing.TB, queues uint16) *lab {
 	netnstest.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -106,21 +110,26 @@ func newLab(t testing.TB) *lab {
 		aIf, bIf     string
 		aAddr, bAddr []string
 	}{
-		{l.web, l.client, p + "w0", p + "c0", []string{"198.18.7.1/24"}, []string{"198.18.7.2/24"}},
+		{l.web, l.client, p + "w0", p + "c0", []string{"198.18.7.1/24", "2001:2:0:7::1/64"}, []string{"198.18.7.2/24", "2001:2:0:7::2/64"}},
 		{l.web, l.legacy, p + "w1", p + "l0", []string{"198.18.8.1/24"}, []string{"198.18.8.2/24", "198.18.8.3/24"}},
 	}
 	for _, k := range links {
 		if err := netns.Veth(ctx, k.a, k.aIf, k.b, k.bIf); err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range k.aAddr {
-			if err := k.a.Exec(ctx, "ip", "addr", "add", a, "dev", k.aIf); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, a := range k.bAddr {
-			if err := k.b.Exec(ctx, "ip", "addr", "add", a, "dev", k.bIf); err != nil {
-				t.Fatal(err)
+		for _, end := range []struct {
+			ns    *netns.NS
+			dev   string
+			addrs []string
+		}{{k.a, k.aIf, k.aAddr}, {k.b, k.bIf, k.bAddr}} {
+			for _, a := range end.addrs {
+				args := []string{"addr", "add", a, "dev", end.dev}
+				if strings.Contains(a, ":") {
+					args = append(args, "nodad") // usable at once
+				}
+				if err := end.ns.Exec(ctx, "ip", args...); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
@@ -158,25 +167,35 @@ func newLab(t testing.TB) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.enf, err = New(Config{Node: "node1", Tokens: eng, Policy: pol, Flows: flowlog.NewWriter(l.flows), HandshakeTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.enf.Close() })
-	l.sup = supervisor.New(supervisor.Config{})
-	for _, w := range []struct {
-		ns  *netns.NS
-		pod string
-	}{{l.web, "web"}, {l.client, "client"}} {
-		if err := l.enf.Attach(ctx, Workload{Identity: l.ids[w.pod], NetNS: w.ns.Path()}); err != nil {
+	rules := supervisor.Config{Queues: queues}
+	l.sup = supervisor.New(rules)
+	// newEnforcer starts an enforcer attached to both workloads and
+	// (re)installs the rules, as the agent does at every start.
+	l.newEnforcer = func() *Enforcer {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		enf, err := New(Config{Node: "node1", Tokens: eng, Policy: pol, Flows: flowlog.NewWriter(l.flows),
+			HandshakeTimeout: 5 * time.Second, Rules: rules})
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := l.sup.Protect(ctx, w.ns.Path()); err != nil {
-			t.Fatal(err)
+		t.Cleanup(func() { _ = enf.Close() })
+		for _, w := range []struct {
+			ns  *netns.NS
+			pod string
+		}{{l.web, "web"}, {l.client, "client"}} {
+			if err := enf.Attach(ctx, Workload{Identity: l.ids[w.pod], NetNS: w.ns.Path()}); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.sup.Protect(ctx, w.ns.Path()); err != nil {
+				t.Fatal(err)
+			}
+			path := w.ns.Path()
+			t.Cleanup(func() { _ = l.sup.Unprotect(context.Background(), path) })
 		}
-		path := w.ns.Path()
-		t.Cleanup(func() { _ = l.sup.Unprotect(context.Background(), path) })
+		return enf
 	}
+	l.enf = l.newEnforcer()
 	return l
 }
 
@@ -260,7 +279,7 @@ func findRecord(rs []flowlog.Record, dir, stage, verdict string) *flowlog.Record
 }
 
 func TestEnforcerInNamespaces(t *testing.T) {
-	l := newLab(t)
+	l := newLab(t, 1)
 	srv := serve(t, l.web, "198.18.7.1:8080")
 	srv8081 := serve(t, l.web, "198.18.7.1:8081")
 	srvLegacy := serve(t, l.web, "198.18.8.1:8080")
@@ -384,4 +403,58 @@ func TestEnforcerInNamespaces(t *testing.T) {
 			t.Errorf("authorized connection cut when the enforcer stopped: %v", err)
 		}
 	})
+}
+
+// TestEnforcerRestartIPv6TwoQueues: two queues per workload, IPv4 and IPv6
+// connections, and an enforcer restart (stop, start, Attach, Protect again)
+// that keeps live connections and serves new ones.
+func TestEnforcerRestartIPv6TwoQueues(t *testing.T) {
+	l := newLab(t, 2)
+	serve(t, l.web, "198.18.7.1:8080")
+	srv6 := serve(t, l.web, "[2001:2:0:7::1]:8080")
+	deny6 := serve(t, l.web, "[2001:2:0:7::1]:8081")
+
+	live4, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live4.Close()
+	live6, err := dialFrom(l.client, "", "[2001:2:0:7::1]:8080", 5*time.Second)
+	if err != nil {
+		t.Fatalf("IPv6 allowed pair: %v", err)
+	}
+	defer live6.Close()
+	for _, c := range []net.Conn{live4, live6} {
+		if err := echoBytes(c, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, err := dialFrom(l.client, "", "[2001:2:0:7::1]:8081", 2*time.Second); err == nil {
+		c.Close()
+		t.Error("IPv6 connection to a denied port succeeded")
+	}
+	if deny6.accepted.Load() != 0 {
+		t.Error("server application saw a denied IPv6 connection")
+	}
+	if err := l.enf.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l.enf = l.newEnforcer()
+	for _, c := range []net.Conn{live4, live6} {
+		if err := echoBytes(c, 1<<20); err != nil {
+			t.Errorf("live connection across the restart: %v", err)
+		}
+	}
+	before := srv6.accepted.Load()
+	c, err := dialFrom(l.client, "", "[2001:2:0:7::1]:8080", 5*time.Second)
+	if err != nil {
+		t.Fatalf("new connection after restart: %v", err)
+	}
+	defer c.Close()
+	if err := echoBytes(c, 1000); err != nil {
+		t.Error(err)
+	}
+	if srv6.accepted.Load() != before+1 {
+		t.Error("new connection not accepted by the server")
+	}
 }
