@@ -97,6 +97,11 @@ func TestShortRun(t *testing.T) {
 			t.Errorf("case %d: enforcer figures %v, peak RSS %v", c.ID, s.HasEnforcer, s.PeakRSSMB)
 		}
 	}
+	for _, n := range res.Notes {
+		if strings.HasPrefix(n, "WRONG") {
+			t.Error(n)
+		}
+	}
 	if _, ok := report.Lookup(res.Ratios, 6, 1, "conn_per_s_c1"); !ok {
 		t.Error("no ratio of case 6 against case 1")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -228,15 +229,27 @@ func (r *runner) startProcess(ctx context.Context, name, bin string, args ...str
 	return w, nil
 }
 
-// waitQueueBound polls (bounded) until ns has an NFQUEUE rule and a queue
-// bound by a reader, or one of procs exits.
+// protectedJumps are the jumps the supervisor inserts last, after its
+// chains are complete (see package supervisor): while any is missing,
+// traffic in the namespace is not yet enforced.
+var protectedJumps = []struct{ table, rule string }{
+	{"mangle", "-A INPUT -p tcp -m comment --comment bireme -j BIREME-INPUT"},
+	{"mangle", "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-OUTPUT"},
+	{"filter", "-A INPUT -p tcp -m comment --comment bireme -j BIREME-SAVE"},
+	{"filter", "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-SAVE"},
+}
+
+// waitQueueBound polls (bounded) until ns is fully protected (every jump of
+// the supervisor in place) and a queue is bound by a reader, or one of procs
+// exits.
 func waitQueueBound(ctx context.Context, ns *netns.NS, procs []*worker) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		rules, _ := ns.Output(ctx, "iptables", "-w", "-S")
-		queues, _ := ns.Output(ctx, "cat", "/proc/net/netfilter/nfnetlink_queue")
-		if strings.Contains(string(rules), "NFQUEUE") && len(strings.TrimSpace(string(queues))) > 0 {
-			return nil
+		if protected(ctx, ns) {
+			queues, _ := ns.Output(ctx, "cat", "/proc/net/netfilter/nfnetlink_queue")
+			if len(strings.TrimSpace(string(queues))) > 0 {
+				return nil
+			}
 		}
 		for _, w := range procs {
 			select {
@@ -247,7 +260,7 @@ func waitQueueBound(ctx context.Context, ns *netns.NS, procs []*worker) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no NFQUEUE rule and bound queue in %s after 20s; enforcer logs: %s", ns.Name, tailAll(procs))
+			return fmt.Errorf("%s not protected (Bireme's jumps and a bound queue) after 20s; enforcer logs: %s", ns.Name, tailAll(procs))
 		}
 		select {
 		case <-ctx.Done():
@@ -255,6 +268,24 @@ func waitQueueBound(ctx context.Context, ns *netns.NS, procs []*worker) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// protected reports whether every jump of protectedJumps is in ns.
+func protected(ctx context.Context, ns *netns.NS) bool {
+	rules := map[string]string{}
+	for _, table := range []string{"mangle", "filter"} {
+		out, err := ns.Output(ctx, "iptables", "-w", "-t", table, "-S")
+		if err != nil {
+			return false
+		}
+		rules[table] = string(out)
+	}
+	for _, j := range protectedJumps {
+		if !strings.Contains(rules[j.table], j.rule) {
+			return false
+		}
+	}
+	return true
 }
 
 func tailAll(ws []*worker) string {
@@ -323,4 +354,43 @@ func countFreshDecisions(path string, gens []int) (int, error) {
 		}
 	}
 	return len(seen), nil
+}
+
+// fileSize is the size of path, 0 if it does not exist yet.
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// countIngress counts the ingress decisions in the flow records that follow
+// byte offset from in path.
+func countIngress(path string, from int64) (*report.FlowCount, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, err
+	}
+	recs, err := flowlog.Read(f)
+	if err != nil {
+		return nil, err
+	}
+	fc := &report.FlowCount{}
+	for _, rec := range recs {
+		if rec.Direction != "ingress" {
+			continue
+		}
+		switch rec.Verdict {
+		case "allow":
+			fc.Allow++
+		case "deny":
+			fc.Deny++
+		}
+	}
+	return fc, nil
 }

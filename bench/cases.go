@@ -76,6 +76,11 @@ func (r *runner) cases() []*benchCase {
 // samples), and removes it again.
 func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *report.Round, err error) {
 	r.flushConntrack(ctx)
+	rr = &report.Round{Round: round}
+	var flowsFrom int64
+	if c.needsBireme {
+		flowsFrom = fileSize(r.bireme.flowsFile(serverNode))
+	}
 	act, err := c.start(ctx)
 	if err != nil {
 		return nil, err
@@ -83,9 +88,18 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 	defer func() {
 		if serr := act.stop(); serr != nil {
 			err = errors.Join(err, fmt.Errorf("stop case %d: %w", c.id, serr))
+			return
+		}
+		if c.needsBireme && err == nil {
+			// After stop: the enforcer has written (and closed) its records.
+			fc, ferr := countIngress(r.bireme.flowsFile(serverNode), flowsFrom)
+			if ferr != nil {
+				err = fmt.Errorf("read server flow records: %w", ferr)
+				return
+			}
+			rr.ServerFlows = fc
 		}
 	}()
-	rr = &report.Round{Round: round}
 	if c.needsBireme || c.id == 3 {
 		// Warm up: the peer becomes known, and the path is proven to work.
 		if err := r.warmup(ctx); err != nil {

@@ -268,6 +268,22 @@ func checkResults(res *report.Results) []string {
 						c.ID, rd.Round, l.Concurrency, l.Result.Failed, l.Result.Attempts, l.Result.FirstError))
 				}
 			}
+			if fl := rd.ServerFlows; fl != nil {
+				var allowed, attempts int
+				for _, l := range append(append([]*report.Load{}, rd.Loads...), rd.Cold...) {
+					allowed += l.Result.Completed
+					attempts += l.Result.Attempts
+				}
+				if rd.Bulk != nil {
+					allowed++
+				}
+				switch {
+				case c.Key == "bireme-denied" && fl.Deny < attempts:
+					notes = append(notes, fmt.Sprintf("case %d round %d: %d denied attempts but only %d deny records at the server enforcer", c.ID, rd.Round, attempts, fl.Deny))
+				case c.Key != "bireme-denied" && fl.Allow < allowed:
+					notes = append(notes, fmt.Sprintf("WRONG: case %d round %d: %d connections completed but the server enforcer recorded only %d ingress allows", c.ID, rd.Round, allowed, fl.Allow))
+				}
+			}
 			if rd.BulkError != "" {
 				notes = append(notes, fmt.Sprintf("case %d round %d: bulk transfer failed: %s", c.ID, rd.Round, rd.BulkError))
 			}

@@ -89,11 +89,20 @@ type Round struct {
 	Cold []*Load `json:"cold,omitempty"`
 	// ColdVerified counts cold samples whose flow record shows the server
 	// enforcer saw the fresh client identity (proof the sample was cold).
-	ColdVerified int                  `json:"cold_verified,omitempty"`
-	Bulk         *workload.BulkResult `json:"bulk,omitempty"`
-	BulkError    string               `json:"bulk_error,omitempty"`
+	ColdVerified int `json:"cold_verified,omitempty"`
+	// ServerFlows counts the server enforcer's ingress decisions during the
+	// case (warm-up included): proof the measured connections went through it.
+	ServerFlows *FlowCount           `json:"server_flows,omitempty"`
+	Bulk        *workload.BulkResult `json:"bulk,omitempty"`
+	BulkError   string               `json:"bulk_error,omitempty"`
 	// Enforcer (or queue reader) processes charged for this case.
 	Procs []Proc `json:"procs,omitempty"`
+}
+
+// FlowCount counts flow records by verdict.
+type FlowCount struct {
+	Allow int `json:"allow"`
+	Deny  int `json:"deny"`
 }
 
 // Load is one load run at one concurrency, with the CPU the enforcer
