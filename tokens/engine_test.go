@@ -127,6 +127,11 @@ func TestConcurrentHandshakes(t *testing.T) {
 						t.Error(err)
 					}
 				}
+				if g == 1 && i == 5 {
+					if err := se.SetTrust(f.bundle); err != nil {
+						t.Error(err)
+					}
+				}
 			}
 		}()
 	}
