@@ -199,6 +199,10 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 	if err != nil {
 		return nil, err
 	}
+	id, err := claims.identity()
+	if err != nil {
+		return nil, err
+	}
 	// The token's own window first: an old captured token is turned away
 	// without an ECDSA verification.
 	if now.Add(skew).Before(claims.IssuedAt.Time) {
@@ -218,10 +222,6 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 	}
 	if claims.Cluster != vc.trustDomain {
 		return nil, reject(ReasonWrongTrustDomain, "identity token for cluster %q signed under trust domain %q", claims.Cluster, vc.trustDomain)
-	}
-	id, err := claims.identity()
-	if err != nil {
-		return nil, err
 	}
 	v := &verifiedToken{id: id, cert: vc, node: vc.node, notBefore: claims.IssuedAt.Time, notAfter: claims.ExpiresAt.Time}
 	if vc.notBefore.After(v.notBefore) {
