@@ -186,3 +186,45 @@ func TestWatchDir(t *testing.T) {
 		t.Fatal("zero interval accepted")
 	}
 }
+
+// TestLiveConcurrent: decisions from several goroutines while engines are
+// swapped always come whole from one engine or the other (run with -race).
+func TestLiveConcurrent(t *testing.T) {
+	open := compileWith(t)
+	closed := compileWith(t, np("x", "deny", "  podSelector: {}\n  ingress: []"))
+	live := NewLive(open)
+	objs := open.Objects()
+	server, client := ident(t, objs, "x/a"), ident(t, objs, "x/c")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				d := live.Decide(server, Peer{Identity: client}, Ingress, uint16(80+(i+g)%4), "TCP")
+				okOpen := d.Allowed && d.Reason == "allowed: no policy selects x/a for ingress"
+				okClosed := !d.Allowed && d.Reason == "denied: selected by x/deny and no rule allows"
+				if !okOpen && !okClosed {
+					errs <- d.Reason
+					return
+				}
+			}
+		}()
+	}
+	for i := range 200 {
+		if i%2 == 0 {
+			live.Swap(closed)
+		} else {
+			live.Swap(open)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("torn decision: %s", e)
+	}
+}
