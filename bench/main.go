@@ -78,7 +78,7 @@ func parseFlags(args []string) (config, error) {
 	var cfg config
 	fs.BoolVar(&cfg.short, "short", short, "short mode (also BENCH_SHORT=1): few samples, small bulk transfer, under a minute")
 	rounds := fs.Int("rounds", 0, "rounds; each runs every case once (default 3, short 1)")
-	loadDur := fs.Duration("load", 0, "duration of each load run (default 3s, short 700ms)")
+	loadDur := fs.Duration("load", 0, "duration of each load run (default 3s, short 500ms)")
 	conc := fs.String("concurrency", "1,8,64", "concurrent clients of the load runs")
 	bulk := fs.Int64("bulk-bytes", 0, "bytes of the bulk transfer (default 1 GiB, short 32 MiB)")
 	cold := fs.Int("cold", 0, "first-contact samples per round in case 5 (default 15, short 3)")
@@ -111,7 +111,7 @@ func parseFlags(args []string) (config, error) {
 		}
 	}
 	cfg.rounds = int(pick(int64(*rounds), 3, 1))
-	cfg.loadDur = time.Duration(pick(int64(*loadDur), int64(3*time.Second), int64(700*time.Millisecond)))
+	cfg.loadDur = time.Duration(pick(int64(*loadDur), int64(3*time.Second), int64(500*time.Millisecond)))
 	cfg.bulkBytes = pick(*bulk, 1<<30, 32<<20)
 	cfg.coldSamples = int(pick(int64(*cold), 15, 3))
 	cfg.limit = time.Duration(pick(int64(cfg.limit), int64(30*time.Minute), int64(3*time.Minute)))

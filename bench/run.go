@@ -162,6 +162,9 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 	res.Targets = report.Targets(res.Ratios, cfg.concurrency)
 	if cfg.micro {
 		res.Micro, res.MicroErr = runMicro(ctx)
+		if t, ok := report.HandshakeTarget(res.Micro); ok {
+			res.Targets = append(res.Targets, t)
+		}
 	}
 	res.Notes = append(res.Notes, checkResults(res)...)
 	return res, nil

@@ -29,7 +29,7 @@ func ParseGoBench(out string) []Micro {
 			continue
 		}
 		m := Micro{Package: pkg, Name: f[0], Iterations: iters, NsPerOp: ns, BytesPerOp: -1, AllocsPerOp: -1}
-		// Further "value unit" pairs; B/op and allocs/op are the ones kept.
+		// Further "value unit" pairs: B/op, allocs/op and custom metrics.
 		for i := 4; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {
@@ -40,9 +40,34 @@ func ParseGoBench(out string) []Micro {
 				m.BytesPerOp = int64(v)
 			case "allocs/op":
 				m.AllocsPerOp = int64(v)
+			default:
+				m.Extra = append(m.Extra, Metric{Value: v, Unit: f[i+1]})
 			}
 		}
 		res = append(res, m)
 	}
 	return res
+}
+
+// HandshakeTarget checks issue 6's goal "handshake crypto for a known peer
+// < 10 µs per side" on the tokens package's benchmark that reports per-side
+// times (client-ns/op and server-ns/op of a Handshake/known-peer benchmark).
+func HandshakeTarget(ms []Micro) (Target, bool) {
+	for _, m := range ms {
+		if m.Package != "tokens" || !strings.Contains(m.Name, "Handshake/known-peer") {
+			continue
+		}
+		worst := -1.0
+		for _, e := range m.Extra {
+			if e.Unit == "client-ns/op" || e.Unit == "server-ns/op" {
+				worst = max(worst, e.Value)
+			}
+		}
+		if worst < 0 {
+			continue
+		}
+		us := worst / 1000
+		return Target{Goal: "handshake crypto, known peer, slower side (µs, tokens " + m.Name + ") < 10", Measured: us, Limit: 10, Met: us < 10}, true
+	}
+	return Target{}, false
 }

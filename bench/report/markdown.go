@@ -130,7 +130,11 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 			if t.Met {
 				met = "yes"
 			}
-			p("| %s | %.2fx | %s |\n", t.Goal, t.Measured, met)
+			unit := "x"
+			if strings.Contains(t.Goal, "µs") {
+				unit = " µs"
+			}
+			p("| %s | %.2f%s | %s |\n", t.Goal, t.Measured, unit, met)
 		}
 	}
 	p("\n## Micro-benchmarks\n\n")
@@ -139,9 +143,13 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 		p("Problems: %s\n\n", r.MicroErr)
 	}
 	if len(r.Micro) > 0 {
-		p("| package | benchmark | ns/op | B/op | allocs/op |\n|---|---|---|---|---|\n")
+		p("| package | benchmark | ns/op | B/op | allocs/op | own metrics |\n|---|---|---|---|---|---|\n")
 		for _, mb := range r.Micro {
-			p("| %s | %s | %.0f | %d | %d |\n", mb.Package, mb.Name, mb.NsPerOp, mb.BytesPerOp, mb.AllocsPerOp)
+			var extra []string
+			for _, e := range mb.Extra {
+				extra = append(extra, fmt.Sprintf("%g %s", e.Value, e.Unit))
+			}
+			p("| %s | %s | %.0f | %s | %s | %s |\n", mb.Package, mb.Name, mb.NsPerOp, optInt(mb.BytesPerOp), optInt(mb.AllocsPerOp), strings.Join(extra, ", "))
 		}
 	} else if r.MicroErr == "" {
 		p("Not run (short mode, or `-micro=false`).\n")
@@ -222,3 +230,11 @@ func clip(s string, n int) string {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// optInt renders -1 (not reported) as a dash.
+func optInt(v int64) string {
+	if v < 0 {
+		return "—"
+	}
+	return fmt.Sprint(v)
+}

@@ -170,6 +170,14 @@ type Micro struct {
 	NsPerOp     float64 `json:"ns_per_op"`
 	BytesPerOp  int64   `json:"bytes_per_op"`
 	AllocsPerOp int64   `json:"allocs_per_op"`
+	// Extra holds the benchmark's own metrics (b.ReportMetric), in order.
+	Extra []Metric `json:"extra,omitempty"`
+}
+
+// Metric is one custom benchmark metric.
+type Metric struct {
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
 }
 
 // Median of xs (0 for none); it is the summary across rounds, robust to one

@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ pkg: github.com/bireme/bireme/tokens
 cpu: Some CPU
 BenchmarkSign-2        	   20000	     51234 ns/op	    1024 B/op	      12 allocs/op
 BenchmarkVerify/cached-2 	 1000000	      1050.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkHandshake/known-peer-2 	  102426	     11254 ns/op	      5581 client-ns/op	      5602 server-ns/op	    4686 B/op	      16 allocs/op
 PASS
 ok  	github.com/bireme/bireme/tokens	3.1s
 pkg: github.com/bireme/bireme/policy
@@ -23,17 +25,20 @@ BenchmarkBroken-2	x	250 ns/op
 `
 	got := ParseGoBench(out)
 	want := []Micro{
-		{"tokens", "BenchmarkSign-2", 20000, 51234, 1024, 12},
-		{"tokens", "BenchmarkVerify/cached-2", 1000000, 1050.5, 0, 0},
-		{"policy", "BenchmarkDecide-2", 5000000, 250, -1, -1},
+		{"tokens", "BenchmarkSign-2", 20000, 51234, 1024, 12, nil},
+		{"tokens", "BenchmarkVerify/cached-2", 1000000, 1050.5, 0, 0, nil},
+		{"tokens", "BenchmarkHandshake/known-peer-2", 102426, 11254, 4686, 16, []Metric{{5581, "client-ns/op"}, {5602, "server-ns/op"}}},
+		{"policy", "BenchmarkDecide-2", 5000000, 250, -1, -1, nil},
 	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d lines: %+v", len(got), got)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("line %d: got %+v want %+v", i, got[i], want[i])
-		}
+	tg, ok := HandshakeTarget(got)
+	if !ok || tg.Measured != 5.602 || !tg.Met {
+		t.Fatalf("handshake target %+v %v", tg, ok)
+	}
+	if _, ok := HandshakeTarget(got[:1]); ok {
+		t.Fatal("handshake target without the benchmark")
 	}
 }
 
