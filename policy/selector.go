@@ -77,8 +77,12 @@ func (s *selector) matches(labels map[string]string) bool {
 	return true
 }
 
-// contains is a search in a short sorted list.
+// contains is a search in a short sorted list; matchLabels entries are
+// lists of one.
 func contains(sorted []string, v string) bool {
+	if len(sorted) == 1 {
+		return sorted[0] == v
+	}
 	_, ok := slices.BinarySearch(sorted, v)
 	return ok
 }
