@@ -40,6 +40,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -207,7 +208,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 				return nil, err
 			}
 		}
-		if err := l.waitProtected(ctx, l.objs.Pods); err != nil {
+		if err := l.waitProtected(ctx, l.objs.Pods, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -496,35 +497,43 @@ func (l *Lab) enforcerAlive(node string) bool {
 
 // ProtectTimeout bounds how long the lab waits for enforcers to protect
 // new pods.
-const ProtectTimeout = 15 * time.Second
+const ProtectTimeout = 30 * time.Second
 
-// waitProtected waits until the enforcer of each pod's node has installed
-// its rules (a BIREME chain) in the pod's namespace; it fails early, with
-// the log's tail, when an enforcer exits.
-func (l *Lab) waitProtected(ctx context.Context, pods []*corev1.Pod) error {
+// logSizes returns the current size of every node's enforcer log, so that
+// waitProtected reads only what was logged after a change.
+func (l *Lab) logSizes() map[string]int64 {
+	sizes := map[string]int64{}
+	for _, n := range l.topo.Nodes() {
+		if st, err := os.Stat(l.enforcerLog(n.Name)); err == nil {
+			sizes[n.Name] = st.Size()
+		}
+	}
+	return sizes
+}
+
+func (l *Lab) enforcerLog(node string) string {
+	return l.cfg.path("logs", "enforce-"+node+".log")
+}
+
+// waitProtected waits until the enforcer of each pod's node has said, in
+// its log after offset since[node], that it protects the pod (the agent
+// logs `msg="workload protected" ... pod=NS/NAME` once the pod's queue is
+// open and its rules are complete). It fails early, with the log's tail,
+// when an enforcer exits.
+func (l *Lab) waitProtected(ctx context.Context, pods []*corev1.Pod, since map[string]int64) error {
 	ctx, cancel := context.WithTimeout(ctx, ProtectTimeout)
 	defer cancel()
 	for _, p := range pods {
-		h := l.topo.Host(hostName(p))
-		if h == nil {
-			continue
-		}
+		node := nodeOf(p)
 		for {
-			if !l.enforcerAlive(nodeOf(p)) {
-				return fmt.Errorf("enforcer of node %s exited: %s", nodeOf(p), tail(l.cfg.path("logs", "enforce-"+nodeOf(p)+".log")))
+			if !l.enforcerAlive(node) {
+				return fmt.Errorf("enforcer of node %s exited: %s", node, tail(l.enforcerLog(node)))
 			}
-			// Rules appear one by one: wait until the set is there and
-			// stable across two reads.
-			out, _ := h.NS.Output(ctx, "iptables-save")
-			if strings.Contains(string(out), "BIREME") {
-				time.Sleep(100 * time.Millisecond)
-				again, _ := h.NS.Output(ctx, "iptables-save")
-				if stripCounters(again) == stripCounters(out) {
-					break
-				}
+			if protectedSince(l.enforcerLog(node), since[node], podRef(p)) {
+				break
 			}
 			if ctx.Err() != nil {
-				return fmt.Errorf("pod %s: enforcer of node %s did not protect it within %s: %s", podRef(p), nodeOf(p), ProtectTimeout, tail(l.cfg.path("logs", "enforce-"+nodeOf(p)+".log")))
+				return fmt.Errorf("pod %s: enforcer of node %s did not protect it within %s: %s", podRef(p), node, ProtectTimeout, tail(l.enforcerLog(node)))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -532,23 +541,27 @@ func (l *Lab) waitProtected(ctx context.Context, pods []*corev1.Pod) error {
 	return nil
 }
 
-// stripCounters drops iptables-save's comment and counter lines, which
-// change with traffic, not with the rule set.
-func stripCounters(out []byte) string {
-	var b strings.Builder
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			if i := strings.IndexByte(line, '['); i > 0 {
-				line = line[:i]
-			}
-		}
-		b.WriteString(line)
-		b.WriteByte('\n')
+// protectedSince reports whether logFile, from offset on, has the line
+// saying ref is protected.
+func protectedSince(logFile string, offset int64, ref string) bool {
+	f, err := os.Open(logFile)
+	if err != nil {
+		return false
 	}
-	return b.String()
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return false
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, `msg="workload protected"`) && strings.Contains(line+" ", " pod="+ref+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // settle gives enforcers time to notice a store change: they poll it.
@@ -558,7 +571,7 @@ func (l *Lab) settle(ctx context.Context) {
 	}
 	select {
 	case <-ctx.Done():
-	case <-time.After(3*l.st.Options.Poll + 100*time.Millisecond):
+	case <-time.After(4*l.st.Options.Poll + 200*time.Millisecond):
 	}
 }
 
@@ -628,13 +641,14 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 	if err := l.startServers(ctx, fresh); err != nil {
 		return err
 	}
+	since := l.logSizes()
 	l.objs = l.annotate(next)
 	if err := syncStore(l.cfg.path("store"), l.objs); err != nil {
 		return err
 	}
 	l.settle(ctx)
 	if !l.st.Options.NoEnforce && len(fresh) > 0 {
-		return l.waitProtected(ctx, fresh)
+		return l.waitProtected(ctx, fresh, since)
 	}
 	return nil
 }
@@ -803,18 +817,29 @@ func (l *Lab) Status() Status {
 	return s
 }
 
+// StopGrace is how long an enforcer may take to remove its rules after
+// SIGTERM before it is killed.
+const StopGrace = 30 * time.Second
+
 // Down removes the lab in cfg.StateDir: it stops the enforcers (which
 // remove their rules), deletes every namespace with the lab's prefix (and
 // with them the servers), and removes the state directory. It works from
 // whatever a crash left behind and does nothing if there is no lab.
 func Down(ctx context.Context, cfg Config) error {
 	var errs []error
+	// Enforcers stop in parallel: each removes its own rules.
 	pids, _ := filepath.Glob(cfg.path("pids", "*.pid"))
-	for _, f := range pids {
-		if err := stopPID(ctx, f, cfg.StateDir, 10*time.Second); err != nil {
-			errs = append(errs, err)
-		}
+	stopErrs := make([]error, len(pids))
+	var wg sync.WaitGroup
+	for i, f := range pids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stopErrs[i] = stopPID(ctx, f, cfg.StateDir, StopGrace)
+		}()
 	}
+	wg.Wait()
+	errs = append(errs, stopErrs...)
 	if data, err := os.ReadFile(cfg.path("prefix")); err == nil {
 		if prefix := strings.TrimSpace(string(data)); prefix != "" {
 			if err := topology.DestroyPrefix(ctx, prefix); err != nil {
