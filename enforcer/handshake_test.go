@@ -3,6 +3,7 @@ package enforcer
 import (
 	"bytes"
 	"io"
+	"strings"
 	"net"
 	"net/netip"
 	"testing"
@@ -239,6 +240,44 @@ func TestHandshakeStates(t *testing.T) {
 		// No token at all, from an address no ipBlock allows.
 		if w := pass(p.srv, syn(6), false); w.accept {
 			t.Error("SYN without token from 198.18.0.1 accepted")
+		}
+	})
+
+	t.Run("replayed SYN is refused", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(20), true)
+		if w := pass(p.srv, v.packet, false); !w.accept {
+			t.Fatal("first SYN refused")
+		}
+		if w := pass(p.srv, v.packet, false); w.accept {
+			t.Fatal("replayed SYN accepted")
+		}
+		if r := findRecord(p.flows.records(t), "ingress", "syn", "deny"); r == nil || r.TokenError != string(tokens.ReasonReplayed) {
+			t.Errorf("record: %+v", r)
+		}
+	})
+
+	t.Run("token from a CA the server does not trust", func(t *testing.T) {
+		p := newPair(t, 0)
+		rogue := newPair(t, 0) // its own CA
+		v := pass(rogue.cli, syn(21), true)
+		if w := pass(p.srv, v.packet, false); w.accept {
+			t.Fatal("token of an untrusted CA accepted")
+		}
+		if r := findRecord(p.flows.records(t), "ingress", "syn", "deny"); r == nil || r.TokenError != string(tokens.ReasonUnknownCA) {
+			t.Errorf("record: %+v", r)
+		}
+	})
+
+	t.Run("token that would exceed the path MTU fails the connection with a record", func(t *testing.T) {
+		p := newPair(t, 0)
+		p.e.cfg.MaxPacket = 300
+		if v := pass(p.cli, syn(22), true); v.accept {
+			t.Fatal("oversized SYN sent")
+		}
+		r := findRecord(p.flows.records(t), "egress", "syn", "deny")
+		if r == nil || !strings.Contains(r.Reason, "does not fit") {
+			t.Errorf("record: %+v", r)
 		}
 	})
 
