@@ -3,9 +3,9 @@ package enforcer
 import (
 	"bytes"
 	"io"
-	"strings"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
