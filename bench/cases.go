@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"strconv"
 	"time"
@@ -81,12 +82,18 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 	if c.needsBireme {
 		flowsFrom = fileSize(r.bireme.flowsFile(serverNode))
 	}
+	t0 := time.Now()
 	act, err := c.start(ctx)
 	if err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	defer func() {
-		if serr := act.stop(); serr != nil {
+		t2 := time.Now()
+		serr := act.stop()
+		fmt.Fprintf(os.Stderr, "bench: case %d: set up in %.1fs, measured in %.1fs, removed in %.1fs\n",
+			c.id, t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), time.Since(t2).Seconds())
+		if serr != nil {
 			err = errors.Join(err, fmt.Errorf("stop case %d: %w", c.id, serr))
 			return
 		}
