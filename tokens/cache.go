@@ -85,25 +85,27 @@ func (c *byteCache[V]) len() int {
 type replayCache struct {
 	mu      sync.Mutex
 	max     int
-	width   time.Duration
+	width   int64 // bucket width in seconds
 	n       int
 	buckets map[int64]map[[NonceSize]byte]struct{}
 }
 
 func newReplayCache(max int, width time.Duration) *replayCache {
-	if width < time.Second {
-		width = time.Second
+	w := int64(width / time.Second)
+	if w < 1 {
+		w = 1
 	}
-	return &replayCache{max: max, width: width, buckets: map[int64]map[[NonceSize]byte]struct{}{}}
+	return &replayCache{max: max, width: w, buckets: map[int64]map[[NonceSize]byte]struct{}{}}
 }
 
 // check records nonce, to be remembered until expires, and reports whether
 // it was already there.
 func (r *replayCache) check(nonce [NonceSize]byte, expires, now time.Time) (replayed bool) {
-	idx := expires.UnixNano()/int64(r.width) + 1 // bucket ends at (idx)*width >= expires
+	// Whole seconds: Unix() is defined for every time, UnixNano() is not.
+	idx := floorDiv(expires.Unix(), r.width) + 1 // the bucket ends at idx*width > expires
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	nowIdx := now.UnixNano() / int64(r.width)
+	nowIdx := floorDiv(now.Unix(), r.width)
 	for i, b := range r.buckets {
 		if i <= nowIdx { // every nonce in it expired
 			r.n -= len(b)
@@ -138,4 +140,12 @@ func (r *replayCache) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.n
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
 }

@@ -79,3 +79,15 @@ func TestEngineReplayBound(t *testing.T) {
 		t.Fatalf("replay cache holds %d nonces, max 50", n)
 	}
 }
+
+// Far-future expiries (a token capped only by a long-lived certificate) are
+// remembered, not lost to an overflow.
+func TestReplayCacheFarFuture(t *testing.T) {
+	now := time.Now()
+	r := newReplayCache(10, time.Minute)
+	n := newNonce()
+	far := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+	if r.check(n, far, now) || !r.check(n, far, now.Add(time.Hour)) {
+		t.Fatal("a nonce with a far-future expiry was not remembered")
+	}
+}
