@@ -416,6 +416,28 @@ func TestReplayedSYN(t *testing.T) {
 	var guess [ACKSize]byte
 	guess[0] = typeACK
 	wantReason(t, sh2.ConsumeACK(guess[:]), ReasonBadProof)
+
+	// The token cut out of the captured SYN into a SYN with a fresh nonce:
+	// the server answers, but nobody without node-a's key can finish.
+	sh3, err := se.ConsumeSYN(withNewNonce(syn))
+	if err != nil {
+		t.Fatal("a fresh nonce with a valid token:", err)
+	}
+	if _, err := sh3.NewSYNACK(server); err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, sh3.ConsumeACK(ack), ReasonBadProof)
+	// An attacker holding another node's key (node-c) cannot check or
+	// answer the server's proof either.
+	forged := appendSYN(nil, &[NonceSize]byte{1}, syn[1+NonceSize:])
+	sh4, err := se.ConsumeSYN(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synack4, _ := sh4.NewSYNACK(server)
+	attacker := &ClientHandshake{e: other, keys: other.keys.Load(), nonce: [NonceSize]byte{1}, token: ch.token}
+	_, err = attacker.ConsumeSYNACK(synack4)
+	wantReason(t, err, ReasonBadProof)
 }
 
 // Two concurrent handshakes between the same pair: nothing from one is
