@@ -259,3 +259,28 @@ func TestLabUpRefusesAndCleansUp(t *testing.T) {
 	}
 	assertNothingLeft(t, prefix, failCfg.StateDir)
 }
+
+// `lab down` cleans up from what a crash leaves: no state.json, a lab
+// command killed while holding the lock.
+func TestLabDownAfterCrash(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := lab.Config{StateDir: filepath.Join(t.TempDir(), "lab"), Binary: biremeBinary(t)}
+	prefix := netnstest.Prefix()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t.Cleanup(func() { _ = lab.Down(context.Background(), cfg) })
+	if _, err := lab.Up(ctx, cfg, lab.Options{NoEnforce: true, Prefix: prefix}, "testdata/three.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	// The *Lab is never closed (its process "died"), and its state is lost.
+	if err := os.Remove(filepath.Join(cfg.StateDir, "state.json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.Open(cfg); err == nil {
+		t.Error("opened a lab without state")
+	}
+	if err := lab.Down(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, prefix, cfg.StateDir)
+}
