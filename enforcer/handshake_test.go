@@ -19,21 +19,23 @@ import (
 	"github.com/bireme/bireme/tokens"
 )
 
-// labelDecider allows ingress from peers labelled app=client, and any peer
-// without identity from 198.18.0.9 (the shape of an ipBlock rule). It
+// labelDecider allows ingress from peers labelled app=client, egress to
+// peers labelled app=web, and any peer without identity at 198.18.0.9 (the
+// shape of an ipBlock rule). It
 // exists only to drive the state machine without the policy package's
 // fixtures; the namespace tests use the real policy engine.
 type labelDecider struct{}
 
 func (labelDecider) Decide(local *identity.Identity, peer policy.Peer, dir policy.Direction, port uint16, proto string) policy.Decision {
-	if dir == policy.Egress {
-		return policy.Decision{Allowed: true, Reason: "egress open"}
-	}
 	if peer.Identity == nil {
 		ok := peer.Addr == netip.MustParseAddr("198.18.0.9")
 		return policy.Decision{Allowed: ok, Reason: "ipBlock"}
 	}
-	ok := peer.Identity.Labels["app"] == "client"
+	want := "client"
+	if dir == policy.Egress {
+		want = "web"
+	}
+	ok := peer.Identity.Labels["app"] == want
 	return policy.Decision{Allowed: ok, Policy: "t/p", Reason: "label"}
 }
 
@@ -347,4 +349,31 @@ func BenchmarkHandshakeProcess(b *testing.B) {
 			b.Fatal("handshake did not complete")
 		}
 	}
+}
+
+// FuzzProcess sends arbitrary bytes, as either direction, to both sides
+// of a pair in the middle of a handshake (client SYN sent and accepted by
+// the server): no input may panic, and no single packet may authorize a
+// connection (the only tokenless peer policy allows is 198.18.0.9, which
+// has no handshake in progress).
+func FuzzProcess(f *testing.F) {
+	t := &testing.T{}
+	p := newPair(t, 0)
+	p.e.cfg.Flows = flowlog.NewWriter(io.Discard) // records of millions of inputs
+	synBytes := seg(f, true, 1, true, false, linuxSYNOptions, nil)
+	v := p.cli.process(synBytes, true)
+	f.Add(append([]byte(nil), v.packet...), false)
+	f.Add(seg(f, false, 1, true, true, linuxSYNOptions, nil), true)
+	f.Add(seg(f, true, 1, false, true, linuxACKOptions, []byte("x")), false)
+	f.Fuzz(func(t *testing.T, b []byte, outgoing bool) {
+		p.cli.wl.conns = newConnTable(16)
+		p.srv.wl.conns = newConnTable(16)
+		v := p.cli.process(synBytes, true)
+		p.srv.process(v.packet, false)
+		for _, q := range []*queue{p.cli, p.srv} {
+			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized {
+				t.Fatalf("one packet authorized a connection (outgoing=%v): %x", outgoing, b)
+			}
+		}
+	})
 }
