@@ -23,14 +23,19 @@ import (
 // registered claims carry the issuing node ("iss"), issued-at ("iat", also
 // the start of validity) and expiry ("exp"), in whole seconds.
 type Claims struct {
-	Cluster         string            `json:"c"`
-	Namespace       string            `json:"ns"`
-	Pod             string            `json:"p"`
-	ServiceAccount  string            `json:"sa,omitempty"`
+	// Cluster is the trust domain; it must be the signing CA's.
+	Cluster string `json:"c"`
+	// Namespace and Pod name the workload.
+	Namespace string `json:"ns"`
+	Pod       string `json:"p"`
+	// ServiceAccount is the pod's service account.
+	ServiceAccount string `json:"sa,omitempty"`
+	// Labels and NamespaceLabels are what policies select on.
 	Labels          map[string]string `json:"l,omitempty"`
 	NamespaceLabels map[string]string `json:"nl,omitempty"`
 	// Ports are the named ports as [name, protocol, port] triples.
 	Ports [][3]any `json:"pt,omitempty"`
+	// RegisteredClaims carries iss (the node), iat and exp.
 	jwt.RegisteredClaims
 }
 

@@ -40,8 +40,10 @@ const (
 // RejectError is the error every Consume* method returns: a Reason for flow
 // records and the detailed cause for logs.
 type RejectError struct {
+	// Reason is the typed cause, for flow records and metrics.
 	Reason Reason
-	Err    error
+	// Err is the detail, for logs; it never holds key material or a whole token.
+	Err error
 }
 
 // Error returns "reason: detail".
