@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 )
 
 // Datapath is what the agent drives for each workload: the supervisor's
 // rules in the workload's namespace and the enforcer's queue reading them.
 type Datapath interface {
-	// Install makes the workload protected. It may be called again for a
+	// Install makes the workload protected. Install and Remove are called
+	// concurrently for different workloads. Install may be called again for a
 	// workload whose earlier Install failed, and after a restart on a
 	// namespace that still holds rules from the previous run.
 	Install(ctx context.Context, w Workload) error
@@ -20,7 +22,8 @@ type Datapath interface {
 }
 
 // reconciler keeps the set of installed workloads equal to the desired set,
-// retrying what failed. It is used from one goroutine.
+// retrying what failed. It is used from one goroutine; it calls the
+// Datapath's Install and Remove for different workloads concurrently.
 type reconciler struct {
 	dp        Datapath
 	log       *slog.Logger
@@ -44,13 +47,39 @@ func (r *reconciler) setDesired(sel Selection) {
 	r.desired = sel.Workloads
 }
 
+// parallelism bounds how many workloads are installed or removed at once.
+// Each install runs a few dozen iptables commands in the workload's
+// namespace; doing several namespaces at once cuts a node's start and stop
+// time roughly by this factor.
+const parallelism = 8
+
+// each runs fn on every workload, at most parallelism at a time, and
+// returns the errors by index.
+func each(ws []Workload, fn func(Workload) error) []error {
+	errs := make([]error, len(ws))
+	sem := make(chan struct{}, parallelism)
+	var wg sync.WaitGroup
+	for i, w := range ws {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = fn(w)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 // reconcile applies the difference between installed and desired, and
 // reports whether everything converged (false means: call again later).
 func (r *reconciler) reconcile(ctx context.Context) bool {
 	plan := Diff(r.installed, r.desired)
 	ok := true
-	for _, w := range plan.Remove {
-		if err := r.dp.Remove(ctx, w); err != nil {
+	removeErrs := each(plan.Remove, func(w Workload) error { return r.dp.Remove(ctx, w) })
+	for i, w := range plan.Remove {
+		if err := removeErrs[i]; err != nil {
 			r.fail(w, "release", err)
 			ok = false
 			continue
@@ -69,8 +98,9 @@ func (r *reconciler) reconcile(ctx context.Context) bool {
 		delete(r.failing, w.NetNS)
 		r.log.Info("workload identity updated", "pod", w.Ref, "netns", w.NetNS)
 	}
-	for _, w := range plan.Add {
-		if err := r.dp.Install(ctx, w); err != nil {
+	addErrs := each(plan.Add, func(w Workload) error { return r.dp.Install(ctx, w) })
+	for i, w := range plan.Add {
+		if err := addErrs[i]; err != nil {
 			r.fail(w, "protect", err)
 			ok = false
 			continue
@@ -115,9 +145,11 @@ func (r *reconciler) fail(w Workload, what string, err error) {
 // Every removal is tried; the errors are joined.
 func (r *reconciler) removeAll(ctx context.Context) error {
 	r.desired = nil
+	all := Diff(r.installed, nil).Remove
 	var errs []error
-	for _, w := range Diff(r.installed, nil).Remove {
-		if err := r.dp.Remove(ctx, w); err != nil {
+	for i, err := range each(all, func(w Workload) error { return r.dp.Remove(ctx, w) }) {
+		w := all[i]
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 // fakeDatapath records what the reconciler asked for; installs of the
 // namespaces in failInstall fail.
 type fakeDatapath struct {
+	mu          sync.Mutex
 	calls       []string
 	failInstall map[string]bool
 	failRemove  map[string]bool
@@ -29,6 +31,8 @@ type fakeDatapath struct {
 }
 
 func (f *fakeDatapath) Install(_ context.Context, w Workload) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, "install "+w.NetNS)
 	if f.failInstall[w.NetNS] {
 		return errors.New("no such namespace")
@@ -38,12 +42,16 @@ func (f *fakeDatapath) Install(_ context.Context, w Workload) error {
 }
 
 func (f *fakeDatapath) Update(w Workload) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, "update "+w.NetNS)
 	f.state[w.NetNS] = w.Ref
 	return nil
 }
 
 func (f *fakeDatapath) Remove(_ context.Context, w Workload) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, "remove "+w.NetNS)
 	if f.failRemove[w.NetNS] {
 		return errors.New("busy")
@@ -114,6 +122,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 		}
 		r.setDesired(Selection{Workloads: s.desired})
 		ok := r.reconcile(ctx)
+		sort.Strings(fd.calls) // installs and removals run concurrently
 		if ok != s.wantOK || !reflect.DeepEqual(fd.calls, s.wantCalls) || !reflect.DeepEqual(fd.state, s.wantState) {
 			t.Fatalf("%s: ok=%v calls=%v state=%v; want ok=%v calls=%v state=%v", s.name, ok, fd.calls, fd.state, s.wantOK, s.wantCalls, s.wantState)
 		}

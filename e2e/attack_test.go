@@ -1,0 +1,285 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/tokens"
+)
+
+// scapyPython is the interpreter that has scapy (python3-scapy from apt
+// installs it for the system python, not for a python on $PATH such as
+// pyenv's).
+func scapyPython(t *testing.T) string {
+	t.Helper()
+	for _, py := range []string{"/usr/bin/python3", "python3"} {
+		if exec.Command(py, "-c", "import scapy.all").Run() == nil {
+			return py
+		}
+	}
+	t.Skip("skipping: python3-scapy not installed (bash scripts/install-deps.sh)")
+	return ""
+}
+
+// scapy runs testdata/SCRIPT inside ns and returns its JSON summary line.
+func scapy(t *testing.T, py string, ns *netns.NS, script string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := ns.Output(ctx, py, append([]string{filepath.Join("testdata", script)}, args...)...)
+	if err != nil {
+		dump, _ := exec.CommandContext(ctx, "tcpdump", "-nr", args[0]).CombinedOutput()
+		t.Fatalf("%s %v: %v\n%s\ncapture:\n%s", script, args, err, out, tail(string(dump), 3000))
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// capture records TCP packets matching filter on iface inside ns with
+// tcpdump until the returned stop function is called; stop returns the
+// pcap file.
+func capture(t *testing.T, ns *netns.NS, iface, filter string) (stop func() string) {
+	t.Helper()
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Skip("skipping: tcpdump not installed (bash scripts/install-deps.sh)")
+	}
+	file := filepath.Join(t.TempDir(), "capture.pcap")
+	cmd := ns.Command(context.Background(), "tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-s", "0", "-w", file, filter)
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(stderr.String(), "listening on") {
+		if time.Now().After(deadline) {
+			t.Fatalf("tcpdump did not start: %s", stderr.String())
+		}
+		select {
+		case <-done:
+			t.Fatalf("tcpdump exited: %s", stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return func() string {
+		time.Sleep(100 * time.Millisecond) // let the last packets land
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("tcpdump did not stop")
+		}
+		t.Logf("tcpdump: %s", stderr.String())
+		return file
+	}
+}
+
+// exchange makes one connection from → to:port carrying a few bytes, and
+// closes it; the caller captures its packets.
+func (c *cluster) exchange(t *testing.T, from, to string, port uint16) {
+	t.Helper()
+	conn, err := c.dial(from, to, port, 3*time.Second)
+	if err != nil {
+		t.Fatalf("%s -> %s:%d: %v", from, to, port, err)
+	}
+	if err := echoCheck(conn, 1000); err != nil {
+		t.Fatalf("%s -> %s:%d: %v", from, to, port, err)
+	}
+	conn.Close()
+	time.Sleep(200 * time.Millisecond) // FIN exchange done: the replay hits a closed tuple
+}
+
+// noAccept checks the server application accepted nothing more than before.
+func noAccept(t *testing.T, what string, s *server, before int64) {
+	t.Helper()
+	time.Sleep(700 * time.Millisecond) // time for a handshake to complete, if one could
+	if got := s.accepts.Load() - before; got != 0 {
+		t.Errorf("%s: the server application accepted %d connections", what, got)
+	}
+}
+
+// expectTokenRejected waits for a deny record on node for local whose token
+// error is one of reasons.
+func (c *cluster) expectTokenRejected(t *testing.T, node, local, peerAddrHost string, reasons ...tokens.Reason) {
+	t.Helper()
+	_, ok := c.waitRecord(t, node, func(r flowlog.Record) bool {
+		if r.Verdict != flowlog.Deny || r.Local.Ref() != local || (peerAddrHost != "" && !hasHost(r.PeerAddr, peerAddrHost)) {
+			return false
+		}
+		for _, want := range reasons {
+			if r.TokenError == string(want) {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Errorf("node %s: no deny record for %s from %s with token error in %v; records:\n  %s", node, local, peerAddrHost, reasons, c.dumpFlows(t, node))
+	}
+}
+
+// TestAttacks sends what an attacker on the network can send — replayed,
+// spoofed, edited and foreign-signed handshakes — and checks that none of it
+// ever produces a connection the server application accepts, and that the
+// enforcer records why it refused.
+func TestAttacks(t *testing.T) {
+	py := scapyPython(t)
+	spec := modelSpec(false)
+	spec.Nodes = append(spec.Nodes, "n3")
+	// rogue runs on n3 under an enforcer whose CA the cluster does not
+	// trust; the honest store does not know it.
+	spec.Pods = append(spec.Pods, podSpec{Name: "rogue", Namespace: "x", Node: "n3", Labels: map[string]string{"app": "web"}, Unprotected: true})
+	c := newCluster(t, spec)
+	web, cache, db, intruder, mallory := c.host("web"), c.host("cache"), c.host("db"), c.host("intruder"), c.host("mallory")
+	cacheSrv, dbSrv := c.server(t, "cache", 8080), c.server(t, "db", 5432)
+	toN2 := "n" + strconv.Itoa(c.topo.Node("n2").Index) // router interface towards n2
+
+	// An allowed connection web -> cache, captured on the wire in the router.
+	stop := capture(t, c.topo.Router(), toN2, fmt.Sprintf("tcp and host %s and port 8080", cache.Addr))
+	c.exchange(t, "web", "cache", 8080)
+	wire := stop()
+
+	t.Run("captured SYN replayed from another namespace", func(t *testing.T) {
+		before := cacheSrv.accepts.Load()
+		out := scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080")
+		t.Log(out)
+		noAccept(t, "replayed SYN", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", "x/cache", web.Addr.String(), tokens.ReasonReplayed)
+	})
+	t.Run("captured SYN replayed with a fresh source port", func(t *testing.T) {
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080", "--new-sport"))
+		noAccept(t, "replayed SYN, new port", cacheSrv, before)
+	})
+	t.Run("captured handshake replayed", func(t *testing.T) {
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080", "--what", "handshake"))
+		noAccept(t, "replayed handshake", cacheSrv, before)
+	})
+	t.Run("SYN without token from an allowed peer's address", func(t *testing.T) {
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "spoof_syn.py", "--src", web.Addr.String(), "--dst", cache.Addr.String(), "--dport", "8080"))
+		noAccept(t, "spoofed SYN", cacheSrv, before)
+		_, ok := c.waitRecord(t, "n2", func(r flowlog.Record) bool {
+			return r.Verdict == flowlog.Deny && r.Local.Ref() == "x/cache" && r.Peer == nil && hasHost(r.PeerAddr, web.Addr.String())
+		})
+		if !ok {
+			t.Errorf("n2 recorded no denial of the tokenless SYN from %s; records:\n  %s", web.Addr, c.dumpFlows(t, "n2"))
+		}
+	})
+
+	// Tokens that honest clients sent to mallory (an unprotected machine):
+	// intruder's (allowed to connect to mallory) and web's (web's egress
+	// policy refuses mallory, but only after its SYN left with a token).
+	stop = capture(t, mallory.NS, "eth0", "tcp and port 8080")
+	c.exchange(t, "intruder", "mallory", 8080)
+	if conn, err := c.dial("web", "mallory", 8080, time.Second); err == nil {
+		conn.Close()
+		t.Error("web -> mallory connected; web's egress policy refuses it")
+	}
+	received := stop()
+
+	t.Run("token with edited labels", func(t *testing.T) {
+		// intruder is y/intruder; db admits app=web of namespace x only.
+		// Rewrite the signed claims to say namespace x and replay them.
+		before := dbSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "replay.py", received,
+			"--dst", mallory.Addr.String(), "--dport", "8080", "--src", intruder.Addr.String(), "--to", db.Addr.String(), "--to-port", "5432",
+			"--replace", `"ns":"y"="ns":"x"`,
+			"--replace", `"kubernetes.io/metadata.name":"y"="kubernetes.io/metadata.name":"x"`,
+			"--replace", `"team":"y"="team":"x"`))
+		noAccept(t, "edited token", dbSrv, before)
+		c.expectTokenRejected(t, "n1", "x/db", intruder.Addr.String(), tokens.ReasonBadSignature)
+	})
+	t.Run("token relayed by the machine it was sent to", func(t *testing.T) {
+		// mallory presents web's genuine token to cache, which admits web,
+		// from its own address; its kernel must not reset the handshake it
+		// does not know about.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := mallory.NS.Exec(ctx, "iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"); err != nil {
+			t.Fatal(err)
+		}
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "relay.py", received, "--captured-dport", "8080", "--dst", cache.Addr.String(), "--dport", "8080"))
+		noAccept(t, "relayed token", cacheSrv, before)
+	})
+
+	t.Run("token signed by a CA the cluster does not trust", func(t *testing.T) {
+		rogueCA, err := tokens.NewCA(trustDomain, time.Hour) // same name, other key
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		caFile := filepath.Join(dir, "ca.crt")
+		if err := rogueCA.Save(caFile, filepath.Join(dir, "ca.key")); err != nil {
+			t.Fatal(err)
+		}
+		store := filepath.Join(dir, "store")
+		if err := os.Mkdir(store, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeAtomic(t, filepath.Join(store, "rogue.yaml"), fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: x
+  labels: {team: x}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: rogue
+  namespace: x
+  labels: {app: web}
+  annotations: {bireme.io/netns: %s}
+spec:
+  nodeName: n3
+  containers: [{name: main, image: none}]
+`, c.host("rogue").NS.Name))
+		c.enf["rogue"] = c.startEnforcer("rogue", "n3", rogueCA, caFile, store)
+		c.enf["rogue"].waitProtected(1)
+		c.expectDenied(t, "rogue", "cache", 8080)
+		c.expectTokenRejected(t, "n2", "x/cache", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+		c.expectDenied(t, "rogue", "db", 5432)
+		c.expectTokenRejected(t, "n1", "x/db", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+	})
+
+	// After all of this the honest pair still works.
+	c.expectAllowed(t, "web", "cache", 8080)
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
