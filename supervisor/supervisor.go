@@ -50,7 +50,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
 
@@ -114,11 +117,31 @@ func (c Config) Mask() uint32 {
 // the kernel, so a restarted process picks up where the last one stopped.
 type Supervisor struct {
 	cfg Config
+
+	once    sync.Once
+	ipts    []*iptables.IPTables // IPv4 then IPv6
+	iptsErr error
 }
 
 // New returns a Supervisor for cfg.
 func New(cfg Config) *Supervisor {
 	return &Supervisor{cfg: cfg.withDefaults()}
+}
+
+// tables returns the iptables and ip6tables handles, made once: making one
+// runs "iptables --version", which does not depend on the namespace.
+func (s *Supervisor) tables() ([]*iptables.IPTables, error) {
+	s.once.Do(func() {
+		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+			if err != nil {
+				s.iptsErr = fmt.Errorf("%s: %w", protoName(proto), err)
+				return
+			}
+			s.ipts = append(s.ipts, ipt)
+		}
+	})
+	return s.ipts, s.iptsErr
 }
 
 // Config returns the configuration in effect, defaults filled in. The
@@ -148,6 +171,15 @@ type chainSpec struct {
 }
 
 func hex32(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
+
+// listed is the chain as "iptables -S CHAIN" prints it.
+func (c chainSpec) listed() []string {
+	out := []string{"-N " + c.name}
+	for _, r := range c.rules {
+		out = append(out, "-A "+c.name+" "+strings.Join(r, " "))
+	}
+	return out
+}
 
 // chains returns the full layout described in the package doc.
 func (s *Supervisor) chains() []chainSpec {
@@ -210,22 +242,32 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// Pass 1 before the jumps exist, pass 2 after: a connection that
-	// completed its handshake in between was not seen by the enforcer and
-	// would otherwise be cut. Neither pass touches a connection that
-	// carries one of our bits, so handshakes the enforcer handled (or
-	// refused before ESTABLISHED) are never promoted.
-	err := inNetNS(netnsPath, func() error {
-		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
-			if err != nil {
-				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
-			}
+	ipts, err := s.tables()
+	if err != nil {
+		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	}
+	// Pass 1 of the marking runs before the jumps exist, pass 2 after: a
+	// connection that completed its handshake in between was not seen by
+	// the enforcer and would otherwise be cut. Neither pass touches a
+	// connection that carries one of our bits, so handshakes the enforcer
+	// handled (or refused before ESTABLISHED) are never promoted.
+	var present [][]string // per family: the rules of the built-in chains, as listed
+	err = inNetNS(netnsPath, func() error {
+		for _, ipt := range ipts {
 			for _, c := range s.chains() {
 				if err := ensureChain(ipt, c); err != nil {
-					return fmt.Errorf("%s: %w", protoName(proto), err)
+					return fmt.Errorf("%s: %w", protoName(ipt.Proto()), err)
 				}
 			}
+			var listed []string
+			for _, j := range jumps {
+				rules, err := ipt.List(j.table, j.from)
+				if err != nil {
+					return fmt.Errorf("%s: list %s/%s: %w", protoName(ipt.Proto()), j.table, j.from, err)
+				}
+				listed = append(listed, rules...)
+			}
+			present = append(present, listed)
 		}
 		return nil
 	})
@@ -241,21 +283,20 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
 	err = inNetNS(netnsPath, func() error {
-		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
-			if err != nil {
-				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
-			}
+		for i, ipt := range ipts {
 			for _, j := range jumps {
+				if slices.Contains(present[i], "-A "+j.from+" "+strings.Join(j.rule(), " ")) {
+					continue
+				}
 				ok, err := ipt.Exists(j.table, j.from, j.rule()...)
 				if err != nil {
-					return fmt.Errorf("%s: check jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+					return fmt.Errorf("%s: check jump %s/%s: %w", protoName(ipt.Proto()), j.table, j.from, err)
 				}
 				if !ok {
 					// First in the chain: our verdicts must not depend on
 					// what rules others placed before us.
 					if err := ipt.Insert(j.table, j.from, 1, j.rule()...); err != nil {
-						return fmt.Errorf("%s: add jump %s/%s: %w", protoName(proto), j.table, j.from, err)
+						return fmt.Errorf("%s: add jump %s/%s: %w", protoName(ipt.Proto()), j.table, j.from, err)
 					}
 				}
 			}
@@ -283,6 +324,11 @@ func ensureChain(ipt *iptables.IPTables, c chainSpec) error {
 		if err != nil {
 			return fmt.Errorf("list %s/%s: %w", c.table, c.name, err)
 		}
+		if slices.Equal(current, c.listed()) {
+			return nil // the common case, one exec
+		}
+		// iptables may print a rule differently from how we wrote it;
+		// ask it to compare each rule before concluding they differ.
 		same := len(current) == len(c.rules)+1 // the first line is "-N CHAIN"
 		for i := 0; same && i < len(c.rules); i++ {
 			ok, err := ipt.Exists(c.table, c.name, c.rules[i]...)
@@ -317,49 +363,73 @@ func (s *Supervisor) Unprotect(ctx context.Context, netnsPath string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := inNetNS(netnsPath, func() error {
-		for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-			ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
-			if err != nil {
-				return fmt.Errorf("iptables (%s): %w", protoName(proto), err)
-			}
-			for _, j := range jumps {
-				// iptables -C fails when the target chain is missing; then
-				// no jump to it can exist either.
-				exists, err := ipt.ChainExists(j.table, j.to)
-				if err != nil {
-					return fmt.Errorf("%s: check chain %s/%s: %w", protoName(proto), j.table, j.to, err)
-				}
-				// A jump may have been added more than once by hand; remove all.
-				for exists {
-					ok, err := ipt.Exists(j.table, j.from, j.rule()...)
-					if err != nil {
-						return fmt.Errorf("%s: check jump %s/%s: %w", protoName(proto), j.table, j.from, err)
-					}
-					if !ok {
-						break
-					}
-					if err := ipt.Delete(j.table, j.from, j.rule()...); err != nil {
-						return fmt.Errorf("%s: delete jump %s/%s: %w", protoName(proto), j.table, j.from, err)
-					}
-				}
-			}
-			for _, c := range s.chains() {
-				exists, err := ipt.ChainExists(c.table, c.name)
-				if err != nil {
-					return fmt.Errorf("%s: check chain %s/%s: %w", protoName(proto), c.table, c.name, err)
-				}
-				if exists {
-					if err := ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
-						return fmt.Errorf("%s: delete chain %s/%s: %w", protoName(proto), c.table, c.name, err)
-					}
-				}
+	ipts, err := s.tables()
+	if err != nil {
+		return fmt.Errorf("unprotect %s: %w", netnsPath, err)
+	}
+	err = inNetNS(netnsPath, func() error {
+		for _, ipt := range ipts {
+			if err := s.unprotectFamily(ipt); err != nil {
+				return fmt.Errorf("%s: %w", protoName(ipt.Proto()), err)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("unprotect %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// unprotectFamily removes our jumps, then our chains, for one family.
+func (s *Supervisor) unprotectFamily(ipt *iptables.IPTables) error {
+	existing := map[string][]string{}
+	for _, table := range []string{"mangle", "filter"} {
+		names, err := ipt.ListChains(table)
+		if err != nil {
+			return fmt.Errorf("list chains of %s: %w", table, err)
+		}
+		existing[table] = names
+	}
+	for _, j := range jumps {
+		if !slices.Contains(existing[j.table], j.to) {
+			continue // no chain, so no jump to it
+		}
+		rules, err := ipt.List(j.table, j.from)
+		if err != nil {
+			return fmt.Errorf("list %s/%s: %w", j.table, j.from, err)
+		}
+		// A jump may have been added more than once by hand; remove all.
+		want := "-A " + j.from + " " + strings.Join(j.rule(), " ")
+		n := 0
+		for _, r := range rules {
+			if r == want {
+				n++
+			}
+		}
+		if n == 0 {
+			// Printed differently by this iptables: ask it.
+			ok, err := ipt.Exists(j.table, j.from, j.rule()...)
+			if err != nil {
+				return fmt.Errorf("check jump %s/%s: %w", j.table, j.from, err)
+			}
+			if ok {
+				n = 1
+			}
+		}
+		for range n {
+			if err := ipt.Delete(j.table, j.from, j.rule()...); err != nil {
+				return fmt.Errorf("delete jump %s/%s: %w", j.table, j.from, err)
+			}
+		}
+	}
+	for _, c := range s.chains() {
+		if !slices.Contains(existing[c.table], c.name) {
+			continue
+		}
+		if err := ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
+			return fmt.Errorf("delete chain %s/%s: %w", c.table, c.name, err)
+		}
 	}
 	return nil
 }
