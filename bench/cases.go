@@ -112,6 +112,9 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 		if err := r.warmup(ctx); err != nil {
 			return nil, err
 		}
+		if rr.IdleCPUPerS, err = r.idleCPU(ctx, act); err != nil {
+			return nil, err
+		}
 	}
 	if c.cold {
 		if err := r.measureCold(ctx, act, rr); err != nil {
@@ -164,6 +167,7 @@ func (r *runner) chargedLoad(ctx context.Context, act *active, n int, args []str
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	var res workload.LoadResult
 	if err := r.runOnce(ctx, r.client.NS, roleLoad, r.cfg.loadDur+r.cfg.connectTimeout+30*time.Second, &res, args...); err != nil {
 		return nil, err
@@ -172,7 +176,27 @@ func (r *runner) chargedLoad(ctx context.Context, act *active, n int, args []str
 	if err != nil {
 		return nil, err
 	}
-	return &report.Load{Concurrency: n, Result: res, EnforcerCPU: (after - before).Seconds()}, nil
+	return &report.Load{Concurrency: n, Result: res, EnforcerCPU: (after - before).Seconds(), WindowS: time.Since(start).Seconds()}, nil
+}
+
+// idleCPU measures the enforcer processes' CPU use over one second without
+// traffic, in CPU seconds per second.
+func (r *runner) idleCPU(ctx context.Context, act *active) (float64, error) {
+	before, err := r.cpu(act)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(time.Second):
+	}
+	after, err := r.cpu(act)
+	if err != nil {
+		return 0, err
+	}
+	return (after - before).Seconds() / time.Since(start).Seconds(), nil
 }
 
 // cpu is the total CPU time of the case's enforcer processes.

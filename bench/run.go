@@ -280,6 +280,9 @@ func checkResults(res *report.Results) []string {
 				if rd.Bulk != nil {
 					allowed++
 				}
+				if c.Key != "bireme-denied" && fl.Deny > 0 {
+					notes = append(notes, fmt.Sprintf("case %d round %d: the server enforcer denied %d connections the policy allows: %v", c.ID, rd.Round, fl.Deny, fl.DenyReasons))
+				}
 				switch {
 				case c.Key == "bireme-denied" && fl.Deny < attempts:
 					notes = append(notes, fmt.Sprintf("case %d round %d: %d denied attempts but only %d deny records at the server enforcer", c.ID, rd.Round, attempts, fl.Deny))

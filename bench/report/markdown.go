@@ -39,12 +39,14 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	p("A connection is connect, a 1-byte request, a 1-byte response, close. Connect latency comes from the single-client run ")
 	p("(until `connect()` returns; for case 6 until the TLS handshake completes); txn is the whole connection. ")
 	p("Enforcer CPU is user+system time of the `bireme enforce` processes (case 3: the accept-only readers) from `/proc/PID/stat` ")
-	p("during the load runs, per 10,000 connections (case 7: per 10,000 attempts); peak RSS is the largest VmHWM of one such process.\n\n")
+	p("during the load runs, per 10,000 connections (case 7: per 10,000 attempts), minus what they use idle over the same wall time ")
+	p("(idle: CPU ms per second with no traffic, both processes together, measured for 1 s after warm-up; the JSON also has the gross figure); ")
+	p("peak RSS is the largest VmHWM of one such process.\n\n")
 	head := []string{"#", "case"}
 	for _, n := range st.Concurrency {
 		head = append(head, fmt.Sprintf("conn/s c=%d", n))
 	}
-	head = append(head, "connect p50 µs", "connect p99 µs", "txn p50 µs", "bulk Gbit/s", "enforcer CPU s / 10k conns", "enforcer peak RSS MB")
+	head = append(head, "connect p50 µs", "connect p99 µs", "txn p50 µs", "bulk Gbit/s", "enforcer CPU s / 10k conns", "enforcer idle CPU ms/s", "enforcer peak RSS MB")
 	p("%s\n", row(head))
 	p("%s\n", row(repeat("---", len(head))))
 	for _, c := range r.Cases {
@@ -82,9 +84,9 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 			cells = append(cells, "—")
 		}
 		if s.HasEnforcer {
-			cells = append(cells, fmt.Sprintf("%.3f", s.CPUPer10k), fmt.Sprintf("%.1f", s.PeakRSSMB))
+			cells = append(cells, fmt.Sprintf("%.3f", s.CPUPer10kNet), fmt.Sprintf("%.1f", s.IdleCPUms), fmt.Sprintf("%.1f", s.PeakRSSMB))
 		} else {
-			cells = append(cells, "—", "—")
+			cells = append(cells, "—", "—", "—")
 		}
 		p("%s\n", row(cells))
 	}

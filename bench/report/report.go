@@ -97,12 +97,17 @@ type Round struct {
 	BulkError   string               `json:"bulk_error,omitempty"`
 	// Enforcer (or queue reader) processes charged for this case.
 	Procs []Proc `json:"procs,omitempty"`
+	// IdleCPUPerS is the enforcer processes' CPU seconds per second of wall
+	// time with no traffic (store polling, timers), measured after warm-up.
+	IdleCPUPerS float64 `json:"idle_cpu_s_per_s"`
 }
 
 // FlowCount counts flow records by verdict.
 type FlowCount struct {
 	Allow int `json:"allow"`
 	Deny  int `json:"deny"`
+	// DenyReasons counts denials by reason (and token error).
+	DenyReasons map[string]int `json:"deny_reasons,omitempty"`
 }
 
 // Load is one load run at one concurrency, with the CPU the enforcer
@@ -111,6 +116,8 @@ type Load struct {
 	Concurrency int                 `json:"concurrency"`
 	Result      workload.LoadResult `json:"result"`
 	EnforcerCPU float64             `json:"enforcer_cpu_s"`
+	// WindowS is the wall time between the two CPU samples around the run.
+	WindowS float64 `json:"window_s"`
 }
 
 // Proc is an enforcer process as seen at the end of a case.
@@ -139,10 +146,13 @@ type Summary struct {
 	BulkGbps    float64 `json:"bulk_gbit_per_s,omitempty"`
 	HasBulk     bool    `json:"has_bulk"`
 	// CPUPer10k is enforcer CPU seconds per 10,000 connections (attempts
-	// for the denied case), over all load runs.
-	CPUPer10k   float64 `json:"enforcer_cpu_s_per_10k"`
-	HasEnforcer bool    `json:"has_enforcer"`
-	PeakRSSMB   float64 `json:"enforcer_peak_rss_mb,omitempty"`
+	// for the denied case), over all load runs. CPUPer10kNet subtracts the
+	// idle CPU the enforcers use over the same wall time anyway.
+	CPUPer10k    float64 `json:"enforcer_cpu_s_per_10k"`
+	CPUPer10kNet float64 `json:"enforcer_cpu_s_per_10k_net_of_idle"`
+	IdleCPUms    float64 `json:"enforcer_idle_cpu_ms_per_s"`
+	HasEnforcer  bool    `json:"has_enforcer"`
+	PeakRSSMB    float64 `json:"enforcer_peak_rss_mb,omitempty"`
 }
 
 // Ratio is a headline comparison: metric of case Case divided by the same

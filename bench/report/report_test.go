@@ -67,7 +67,7 @@ func TestMedianAndPercentiles(t *testing.T) {
 func sampleResults() *Results {
 	conc := []int{1, 8}
 	load := func(c int, rate, p50 float64, completed, attempts int, cpu float64) *Load {
-		return &Load{Concurrency: c, EnforcerCPU: cpu, Result: workload.LoadResult{
+		return &Load{Concurrency: c, EnforcerCPU: cpu, WindowS: 1, Result: workload.LoadResult{
 			Attempts: attempts, Completed: completed, Failed: attempts - completed, ConnPerS: rate,
 			ConnectP50us: p50, ConnectP99us: 2 * p50, TxnP50us: 3 * p50, TxnP99us: 4 * p50,
 			FailP50us: 500000, FailP99us: 510000,
@@ -80,7 +80,7 @@ func sampleResults() *Results {
 		{Round: 1, Loads: []*Load{load(1, 250, 1000, 250, 250, 0), load(8, 500, 2000, 500, 500, 0)}, Bulk: &workload.BulkResult{Gbps: 5}},
 	}}
 	allowed := &Case{ID: 4, Key: "bireme-allowed", Name: "Bireme allowed", Rounds: []*Round{
-		{Round: 1, Loads: []*Load{load(1, 500, 200, 500, 500, 0.5), load(8, 2000, 400, 2000, 2000, 2)}, Bulk: &workload.BulkResult{Gbps: 9.9},
+		{Round: 1, IdleCPUPerS: 0.1, Loads: []*Load{load(1, 500, 200, 500, 500, 0.5), load(8, 2000, 400, 2000, 2000, 2)}, Bulk: &workload.BulkResult{Gbps: 9.9},
 			Procs: []Proc{{Name: "enforce n1", PeakRSSMB: 30}, {Name: "enforce n2", PeakRSSMB: 40}}},
 	}}
 	denied := &Case{ID: 7, Key: "bireme-denied", Name: "Bireme denied", Rounds: []*Round{
@@ -107,6 +107,10 @@ func TestSummaryRatiosTargets(t *testing.T) {
 	// 2.5 CPU seconds over 2500 connections.
 	if got := allowed.CPUPer10k; got < 9.99 || got > 10.01 {
 		t.Fatalf("CPU per 10k = %v, want 10", got)
+	}
+	// Idle 0.1 CPU-s/s over two 1 s windows: 0.2 s of the 2.5 s are idle cost.
+	if got := allowed.CPUPer10kNet; got < 9.19 || got > 9.21 || allowed.IdleCPUms != 100 {
+		t.Fatalf("net CPU per 10k = %v (want 9.2), idle %v ms/s", got, allowed.IdleCPUms)
 	}
 	denied := r.Cases[4].Summary
 	if denied.GiveUpP50us != 500000 || denied.Attempts[1] != 16 || denied.Connected != 0 {

@@ -14,11 +14,14 @@ func Summarize(c *Case, concurrency []int, denied bool) {
 	}
 	s := &Summary{ConnPerS: make([]float64, len(concurrency)), Attempts: make([]int, len(concurrency))}
 	var p50s, p99s, t50s, t99s, g50s, g99s, bulks []float64
-	var cpu float64
+	var cpu, idle float64
+	var idles []float64
 	var charged int
 	for _, r := range c.Rounds {
+		idles = append(idles, r.IdleCPUPerS)
 		for _, l := range r.Loads {
 			cpu += l.EnforcerCPU
+			idle += r.IdleCPUPerS * l.WindowS
 			s.Connected += l.Result.Completed
 			s.Failed += l.Result.Failed
 			if denied {
@@ -48,6 +51,7 @@ func Summarize(c *Case, concurrency []int, denied bool) {
 		}
 		for _, l := range r.Cold {
 			cpu += l.EnforcerCPU
+			idle += r.IdleCPUPerS * l.WindowS
 			s.Connected += l.Result.Completed
 			s.Failed += l.Result.Failed
 			charged += l.Result.Completed
@@ -91,6 +95,8 @@ func Summarize(c *Case, concurrency []int, denied bool) {
 	}
 	if s.HasEnforcer && charged > 0 {
 		s.CPUPer10k = cpu / float64(charged) * 10000
+		s.CPUPer10kNet = max(0, cpu-idle) / float64(charged) * 10000
+		s.IdleCPUms = Median(idles) * 1000
 	}
 	c.Summary = s
 }
