@@ -80,6 +80,7 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 	res = &report.Results{
 		Date:    start.UTC().Format(time.RFC3339),
 		Command: cfg.command,
+		Commit:  gitCommit(ctx),
 		Short:   cfg.short,
 		Machine: describeMachine(),
 		Settings: report.Settings{
@@ -167,6 +168,20 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 		}
 	}
 	res.Notes = append(res.Notes, checkResults(res)...)
+	for _, c := range cases {
+		if !c.cold {
+			continue
+		}
+		var samples, verified int
+		for _, rd := range c.result.Rounds {
+			samples += len(rd.Cold)
+			verified += rd.ColdVerified
+		}
+		if samples > 0 {
+			c.result.Notes = append(c.result.Notes, fmt.Sprintf("%d of %d first-contact samples verified in the server enforcer's flow records as decided on a fresh client identity; "+
+				"each sample is a single connection, so the case has latencies but no connection rate", verified, samples))
+		}
+	}
 	return res, nil
 }
 
@@ -344,4 +359,17 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// gitCommit names the tree the benchmark ran on.
+func gitCommit(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	commit := strings.TrimSpace(string(out))
+	if st, err := exec.CommandContext(ctx, "git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		commit += "+dirty"
+	}
+	return commit
 }

@@ -22,7 +22,7 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 		p("**The run failed**: %s\n\n", r.Failure)
 	}
 	p("- Date: %s (run took %.0f s)\n", r.Date, r.Duration)
-	p("- Command: `%s`\n", r.Command)
+	p("- Command: `%s` (tree at commit %s)\n", r.Command, r.Commit)
 	m := r.Machine
 	p("- Machine: %s, %d CPUs, %d MB RAM, Linux %s, %s, %s; load average at start %s, at end %s\n",
 		m.CPUModel, m.CPUs, m.MemoryMB, m.Kernel, m.GoVersion, m.Iptables, m.LoadAvgStart, m.LoadAvgEnd)

@@ -11,8 +11,10 @@ import (
 
 // Results is one benchmark run; it is what the JSON file holds.
 type Results struct {
-	Date     string     `json:"date"`
-	Command  string     `json:"command"`
+	Date    string `json:"date"`
+	Command string `json:"command"`
+	// Commit is the work tree's git commit, "+dirty" when it had changes.
+	Commit   string     `json:"commit"`
 	Short    bool       `json:"short"`
 	Machine  Machine    `json:"machine"`
 	Settings Settings   `json:"settings"`
