@@ -34,6 +34,7 @@ func (q *queue) egressSYN(p *packet, key connKey) verdict {
 		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "", "denied: cannot sign the SYN token: "+err.Error(), err)
 		return drop
 	}
+	dropData(p)
 	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
 	if err != nil {
 		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "",
@@ -70,6 +71,7 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "", "denied: cannot build the SYN-ACK token: "+err.Error(), err)
 		return drop
 	}
+	dropData(p)
 	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
 	if err != nil {
 		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "",
@@ -95,4 +97,13 @@ func (q *queue) egressACK(p *packet, key connKey) verdict {
 		return verdict{accept: true}
 	}
 	return verdict{accept: true, packet: out}
+}
+
+// dropData removes data a SYN or SYN-ACK carries (TCP Fast Open): with the
+// token it could not fit the path, and the peer kernel must not take data
+// before the handshake is authorized. The SYN-ACK then does not acknowledge
+// it and the sender's kernel sends it again after the handshake, as it does
+// when a server declines Fast Open data.
+func dropData(p *packet) {
+	p.b = p.b[:p.payloadOff()]
 }

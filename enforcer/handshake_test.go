@@ -283,6 +283,19 @@ func TestHandshakeStates(t *testing.T) {
 		}
 	})
 
+	t.Run("Fast Open data in a SYN is left for the kernel to resend", func(t *testing.T) {
+		p := newPair(t, 0)
+		tfo := seg(t, true, 23, true, false, linuxSYNOptions, []byte("GET / HTTP/1.1\r\n"))
+		v := pass(p.cli, tfo, true)
+		if !v.accept {
+			t.Fatal("TFO SYN refused")
+		}
+		w := pass(p.srv, v.packet, false)
+		if !w.accept || !bytes.Equal(w.or(v.packet), syn(23)) {
+			t.Errorf("server kernel should get the SYN without its data: %+v", w)
+		}
+	})
+
 	t.Run("unsolicited SYN-ACK and ACK are dropped", func(t *testing.T) {
 		p := newPair(t, 0)
 		if w := pass(p.cli, synack(7), false); w.accept {

@@ -1,8 +1,11 @@
 package enforcer
 
-// HandshakesInFlight returns how many handshakes the enforcer has seen
-// start and not yet seen complete or expire, over every attached workload
-// (the agent exports it as the bireme_handshakes_in_flight gauge).
+// HandshakesInFlight returns how many handshakes the enforcer remembers,
+// over every attached workload: those in progress, and those that
+// completed less than Config.HandshakeTimeout after they started (kept so
+// that packets queued behind the completing ACK, and the client's proof
+// retransmissions, are still recognized). The agent exports it as the
+// bireme_handshakes_in_flight gauge.
 func (e *Enforcer) HandshakesInFlight() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
