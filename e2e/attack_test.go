@@ -116,11 +116,15 @@ func noAccept(t *testing.T, what string, s *server, before int64) {
 	}
 }
 
-// expectTokenRejected waits for a deny record on node for local whose token
-// error is one of reasons.
-func (c *cluster) expectTokenRejected(t *testing.T, node, local, peerAddrHost string, reasons ...tokens.Reason) {
+// mark returns how many records node has written so far, for
+// expectTokenRejected's since.
+func (c *cluster) mark(t *testing.T, node string) int { return len(c.enf[node].records(t)) }
+
+// expectTokenRejected waits for a deny record on node for local, written
+// after the first since records, whose token error is one of reasons.
+func (c *cluster) expectTokenRejected(t *testing.T, node string, since int, local, peerAddrHost string, reasons ...tokens.Reason) {
 	t.Helper()
-	_, ok := c.waitRecord(t, node, func(r flowlog.Record) bool {
+	_, ok := c.waitRecordSince(t, node, since, func(r flowlog.Record) bool {
 		if r.Verdict != flowlog.Deny || r.Local.Ref() != local || (peerAddrHost != "" && !hasHost(r.PeerAddr, peerAddrHost)) {
 			return false
 		}
@@ -132,7 +136,7 @@ func (c *cluster) expectTokenRejected(t *testing.T, node, local, peerAddrHost st
 		return false
 	})
 	if !ok {
-		t.Errorf("node %s: no deny record for %s from %s with token error in %v; records:\n  %s", node, local, peerAddrHost, reasons, c.dumpFlows(t, node))
+		t.Errorf("node %s: no new deny record for %s from %s with token error in %v; records:\n  %s", node, local, peerAddrHost, reasons, c.dumpFlows(t, node))
 	}
 }
 
@@ -158,21 +162,26 @@ func TestAttacks(t *testing.T) {
 	wire := stop()
 
 	t.Run("captured SYN replayed from another namespace", func(t *testing.T) {
+		since := c.mark(t, "n2")
 		before := cacheSrv.accepts.Load()
 		out := scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080")
 		t.Log(out)
 		noAccept(t, "replayed SYN", cacheSrv, before)
-		c.expectTokenRejected(t, "n2", "x/cache", web.Addr.String(), tokens.ReasonReplayed)
+		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
 	})
 	t.Run("captured SYN replayed with a fresh source port", func(t *testing.T) {
+		since := c.mark(t, "n2")
 		before := cacheSrv.accepts.Load()
 		t.Log(scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080", "--new-sport"))
 		noAccept(t, "replayed SYN, new port", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
 	})
 	t.Run("captured handshake replayed", func(t *testing.T) {
+		since := c.mark(t, "n2")
 		before := cacheSrv.accepts.Load()
 		t.Log(scapy(t, py, mallory.NS, "replay.py", wire, "--dst", cache.Addr.String(), "--dport", "8080", "--what", "handshake"))
 		noAccept(t, "replayed handshake", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
 	})
 	t.Run("SYN without token from an allowed peer's address", func(t *testing.T) {
 		before := cacheSrv.accepts.Load()
@@ -200,6 +209,7 @@ func TestAttacks(t *testing.T) {
 	t.Run("token with edited labels", func(t *testing.T) {
 		// intruder is y/intruder; db admits app=web of namespace x only.
 		// Rewrite the signed claims to say namespace x and replay them.
+		since := c.mark(t, "n1")
 		before := dbSrv.accepts.Load()
 		t.Log(scapy(t, py, mallory.NS, "replay.py", received,
 			"--dst", mallory.Addr.String(), "--dport", "8080", "--src", intruder.Addr.String(), "--to", db.Addr.String(), "--to-port", "5432",
@@ -207,7 +217,7 @@ func TestAttacks(t *testing.T) {
 			"--replace", `"kubernetes.io/metadata.name":"y"="kubernetes.io/metadata.name":"x"`,
 			"--replace", `"team":"y"="team":"x"`))
 		noAccept(t, "edited token", dbSrv, before)
-		c.expectTokenRejected(t, "n1", "x/db", intruder.Addr.String(), tokens.ReasonBadSignature)
+		c.expectTokenRejected(t, "n1", since, "x/db", intruder.Addr.String(), tokens.ReasonBadSignature)
 	})
 	t.Run("token relayed by the machine it was sent to", func(t *testing.T) {
 		// mallory presents web's genuine token to cache, which admits web,
@@ -218,9 +228,11 @@ func TestAttacks(t *testing.T) {
 		if err := mallory.NS.Exec(ctx, "iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"); err != nil {
 			t.Fatal(err)
 		}
+		since := c.mark(t, "n2")
 		before := cacheSrv.accepts.Load()
-		t.Log(scapy(t, py, mallory.NS, "relay.py", received, "--captured-dport", "8080", "--dst", cache.Addr.String(), "--dport", "8080"))
+		t.Log(scapy(t, py, mallory.NS, "relay.py", received, "--captured-dport", "8080", "--captured-src", web.Addr.String(), "--proof-pcap", wire, "--dst", cache.Addr.String(), "--dport", "8080"))
 		noAccept(t, "relayed token", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", since, "x/cache", mallory.Addr.String(), tokens.ReasonBadProof)
 	})
 
 	t.Run("token signed by a CA the cluster does not trust", func(t *testing.T) {
@@ -256,14 +268,41 @@ spec:
 `, c.host("rogue").NS.Name))
 		c.enf["rogue"] = c.startEnforcer("rogue", "n3", rogueCA, caFile, store)
 		c.enf["rogue"].waitProtected(1)
+		since2, since1 := c.mark(t, "n2"), c.mark(t, "n1")
 		c.expectDenied(t, "rogue", "cache", 8080)
-		c.expectTokenRejected(t, "n2", "x/cache", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+		c.expectTokenRejected(t, "n2", since2, "x/cache", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
 		c.expectDenied(t, "rogue", "db", 5432)
-		c.expectTokenRejected(t, "n1", "x/db", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+		c.expectTokenRejected(t, "n1", since1, "x/db", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
 	})
 
 	// After all of this the honest pair still works.
 	c.expectAllowed(t, "web", "cache", 8080)
+
+	t.Run("metrics count what was refused and why", func(t *testing.T) {
+		for _, m := range []struct {
+			node, name string
+			labels     []string
+			atLeast    float64
+		}{
+			{"n2", "bireme_token_failures_total", []string{`reason="replayed-nonce"`}, 3},
+			{"n2", "bireme_token_failures_total", []string{`reason="bad-proof"`}, 1},
+			{"n2", "bireme_token_failures_total", []string{`reason="unknown-ca"`}, 1},
+			{"n1", "bireme_token_failures_total", []string{`reason="bad-signature"`}, 1},
+			{"n2", "bireme_decisions_total", []string{`verdict="deny"`, `direction="ingress"`, `reason="unknown-ca"`}, 1},
+			{"n2", "bireme_decisions_total", []string{`verdict="allow"`, `direction="ingress"`, `reason="policy-rule"`}, 2},
+			{"n1", "bireme_decisions_total", []string{`verdict="allow"`, `direction="egress"`, `reason="policy-rule"`}, 2},
+		} {
+			v, err := c.enf[m.node].metricWith(m.name, m.labels...)
+			if err != nil || v < m.atLeast {
+				t.Errorf("%s %s%v = %v (%v), want at least %v", m.node, m.name, m.labels, v, err, m.atLeast)
+			}
+		}
+		for _, n := range []string{"n1", "n2"} {
+			if v, err := c.enf[n].metric("bireme_handshakes_in_flight"); err != nil || v < 0 {
+				t.Errorf("%s bireme_handshakes_in_flight = %v (%v)", n, v, err)
+			}
+		}
+	})
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.

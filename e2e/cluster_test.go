@@ -422,6 +422,32 @@ func (e *enforcerProc) metric(name string) (float64, error) {
 	return 0, fmt.Errorf("metric %s not exported", name)
 }
 
+// metricWith returns the value of the series of metric name whose labels
+// include every one of labels (written as `key="value"`), or an error.
+func (e *enforcerProc) metricWith(name string, labels ...string) (float64, error) {
+	resp, err := (&http.Client{Timeout: time.Second}).Get("http://" + e.metricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		f := strings.Fields(line)
+		match := len(f) == 2
+		for _, l := range labels {
+			match = match && strings.Contains(f[0], l)
+		}
+		if match {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("no series %s%v", name, labels)
+}
+
 // waitProtected waits until the enforcer reports n protected workloads.
 func (e *enforcerProc) waitProtected(n int) {
 	e.t.Helper()
@@ -611,9 +637,19 @@ func (c *cluster) waitFlow(t *testing.T, node string, m flowMatch) (flowlog.Reco
 // satisfies pred.
 func (c *cluster) waitRecord(t *testing.T, node string, pred func(flowlog.Record) bool) (flowlog.Record, bool) {
 	t.Helper()
+	return c.waitRecordSince(t, node, 0, pred)
+}
+
+// waitRecordSince is waitRecord ignoring the first since records.
+func (c *cluster) waitRecordSince(t *testing.T, node string, since int, pred func(flowlog.Record) bool) (flowlog.Record, bool) {
+	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		for _, r := range c.enf[node].records(t) {
+		recs := c.enf[node].records(t)
+		if since > len(recs) {
+			since = len(recs)
+		}
+		for _, r := range recs[since:] {
 			if pred(r) {
 				return r, true
 			}
