@@ -16,6 +16,7 @@ import (
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/netns/netnstest"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -24,6 +25,10 @@ import (
 // pyenv's).
 func scapyPython(t *testing.T) string {
 	t.Helper()
+	netnstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("skipping: end-to-end attack tests (not in -short)")
+	}
 	for _, py := range []string{"/usr/bin/python3", "python3"} {
 		if exec.Command(py, "-c", "import scapy.all").Run() == nil {
 			return py

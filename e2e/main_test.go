@@ -9,6 +9,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,8 +26,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		// Every test skips (netnstest.RequireRoot); nothing to build.
+	flag.Parse()
+	if os.Geteuid() != 0 || testing.Short() {
+		// Every test skips (netnstest.RequireRoot, -short); nothing to build.
 		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "bireme-e2e-")
