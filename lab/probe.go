@@ -33,7 +33,7 @@ type Result struct {
 	// Reason says why: for a refused connection the deny flow record of an
 	// enforcer when one matches, else "timeout", "refused" or the error;
 	// for a connection, the allow record's reason when one matches.
-	Reason string `json:"reason,omitempty"`
+	Reason string `json:"reason"`
 
 	// Where the probe ran, to match it with flow records.
 	local  netip.AddrPort
