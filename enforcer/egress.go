@@ -10,7 +10,7 @@ import (
 
 // egress handles a packet the workload sends: its SYN (client), its
 // SYN-ACK (server), or — while the connection is Pending on the client —
-// its ACK and first data, which carry the proof.
+// the ACK that carries the proof.
 func (q *queue) egress(p *packet) verdict {
 	key := connKey{local: p.srcPort(), remote: p.dstPort()}
 	switch {
@@ -82,9 +82,12 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 }
 
 // egressACK attaches the client proof to the handshake-completing ACK and
-// to any packet sent before the server's first answer (in case the ACK is
-// lost). The proof rides in a TCP option, so it never enters the byte
-// stream; a packet with no room for it goes without.
+// marks the connection Authorized on the client, so its data never visits
+// the queue. The proof rides in a TCP option, so it never enters the byte
+// stream. A packet with no room for it goes without, and the connection
+// stays Pending so the next one carries it. If the ACK is lost, the server
+// retransmits its SYN-ACK, ingressSYNACK sets the connection back to
+// Pending, and the kernel's answering ACK carries the proof again.
 func (q *queue) egressACK(p *packet, key connKey) verdict {
 	c := q.wl.conns.get(key)
 	if c == nil || c.proof == nil {
@@ -96,7 +99,7 @@ func (q *queue) egressACK(p *packet, key connKey) verdict {
 	if err != nil {
 		return verdict{accept: true}
 	}
-	return verdict{accept: true, packet: out}
+	return verdict{accept: true, packet: out, mark: q.e.cfg.Rules.MarkAuthorized}
 }
 
 // dropData removes data a SYN or SYN-ACK carries (TCP Fast Open): with the

@@ -139,7 +139,7 @@ func TestHandshakeStates(t *testing.T) {
 			t.Fatalf("client SYN-ACK: %+v", w)
 		}
 		v = pass(p.cli, ackPkt(1), true)
-		if !v.accept || v.packet == nil {
+		if !v.accept || v.packet == nil || v.mark != auth {
 			t.Fatalf("client ACK: %+v", v)
 		}
 		w = pass(p.srv, v.packet, false)
@@ -192,8 +192,8 @@ func TestHandshakeStates(t *testing.T) {
 		if !bytes.Equal(sa2.packet, sa.packet) {
 			t.Error("retransmitted SYN-ACK carries different bytes")
 		}
-		if w := pass(p.cli, sa2.packet, false); !w.accept || !bytes.Equal(w.or(sa2.packet), synack(3)) {
-			t.Fatalf("client refused the retransmitted SYN-ACK: %+v", w)
+		if w := pass(p.cli, sa2.packet, false); !w.accept || w.mark != pending || !bytes.Equal(w.or(sa2.packet), synack(3)) {
+			t.Fatalf("client must accept the retransmitted SYN-ACK and go back to Pending: %+v", w)
 		}
 		v = pass(p.cli, ackPkt(3), true)
 		if w := pass(p.srv, v.packet, false); !w.accept || w.mark != auth {

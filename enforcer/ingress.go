@@ -64,7 +64,8 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	tok := p.token()
 	if c.synack != nil {
 		// A retransmission of the SYN-ACK already verified: our ACK was
-		// lost. Let it through so the kernel answers with the ACK again.
+		// lost. Let it through so the kernel answers with the ACK again,
+		// and make the connection Pending so that ACK gets the proof.
 		if tok != nil && bytes.Equal(tok, c.synack) {
 			return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
 		}
