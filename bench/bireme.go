@@ -15,6 +15,8 @@ import (
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/topology"
 )
 
 // How the enforcers run.
@@ -190,6 +192,9 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 		}
 		return errors.Join(errs...)
 	}
+	// Whatever happened to the enforcers, no rule of theirs may outlive the
+	// case: the next case would measure through it.
+	undo = append(undo, r.removeLeftoverRules)
 	for _, node := range []string{clientNode, serverNode} {
 		args := []string{"enforce", "--node", node, "--store", env.store, "--cluster", trustDomain,
 			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
@@ -208,6 +213,35 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 		}
 	}
 	return act, nil
+}
+
+// removeLeftoverRules removes Bireme's chains from both workloads if a
+// stopped enforcer left any (it should remove them itself on SIGTERM), and
+// says so.
+func (r *runner) removeLeftoverRules() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var errs []error
+	for _, h := range []*topology.Host{r.client, r.server} {
+		var left bool
+		for _, table := range []string{"mangle", "filter"} {
+			out, err := h.NS.Output(ctx, "iptables", "-w", "-t", table, "-S")
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			left = left || strings.Contains(string(out), supervisor.ChainPrefix)
+		}
+		if !left {
+			continue
+		}
+		err := supervisor.New(supervisor.Config{}).Unprotect(ctx, h.NS.Path())
+		errs = append(errs, fmt.Errorf("the enforcer left %s* rules in %s (removed: %v)", supervisor.ChainPrefix, h.NS.Name, err == nil))
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // startProcess starts a non-worker program (the enforcer) with its output in

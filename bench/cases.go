@@ -94,8 +94,8 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 		fmt.Fprintf(os.Stderr, "bench: case %d: set up in %.1fs, measured in %.1fs, removed in %.1fs\n",
 			c.id, t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), time.Since(t2).Seconds())
 		if serr != nil {
-			err = errors.Join(err, fmt.Errorf("stop case %d: %w", c.id, serr))
-			return
+			// The measurements stand; how the case ended is worth knowing.
+			c.result.Notes = append(c.result.Notes, fmt.Sprintf("round %d: stopping: %v", round, serr))
 		}
 		if c.needsBireme && err == nil {
 			// After stop: the enforcer has written (and closed) its records.
