@@ -383,6 +383,53 @@ func TestEnforcerInNamespaces(t *testing.T) {
 		}
 	})
 
+	t.Run("lost handshake ACK is recovered", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// Drop, before anything else sees it, every non-SYN packet that
+		// carries our option: the ACK with the client's proof.
+		rule := []string{"-t", "raw", "PREROUTING", "-p", "tcp", "-m", "tcp", "!", "--tcp-flags", "SYN", "SYN", "--tcp-option", "253", "-j", "DROP"}
+		add := append([]string{rule[0], rule[1], "-I"}, rule[2:]...)
+		del := append([]string{rule[0], rule[1], "-D"}, rule[2:]...)
+		if err := l.web.Exec(ctx, "iptables", add...); err != nil {
+			t.Fatal(err)
+		}
+		removed := false
+		defer func() {
+			if !removed {
+				_ = l.web.Exec(context.Background(), "iptables", del...)
+			}
+		}()
+		c, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+		if err != nil {
+			t.Fatal(err) // the client's kernel completes at once
+		}
+		defer c.Close()
+		time.Sleep(300 * time.Millisecond) // the ACK is gone by now
+		out, err := l.web.Output(ctx, "iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dropped := false
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[2] == "DROP" && f[0] != "0" {
+				dropped = true
+			}
+		}
+		if !dropped {
+			t.Fatalf("the test rule dropped nothing:\n%s", out)
+		}
+		if err := l.web.Exec(ctx, "iptables", del...); err != nil {
+			t.Fatal(err)
+		}
+		removed = true
+		// The server's SYN-ACK retransmission (after ~1s) makes the
+		// client send its proof again; the data follows.
+		if err := echoBytes(c, 10000); err != nil {
+			t.Fatalf("connection did not recover from the lost ACK: %v", err)
+		}
+	})
+
 	t.Run("fail closed, authorized connection keeps flowing", func(t *testing.T) {
 		live, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
 		if err != nil {
