@@ -96,6 +96,9 @@ func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
 // (RFC 5180), the counterpart of 198.18.0.0/15.
 func newLab(t testing.TB, queues uint16) *lab {
 	netnstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("skipping namespace test in -short mode")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := netnstest.Prefix()

@@ -69,6 +69,9 @@ func TestChainsLayout(t *testing.T) {
 // another owner in the same built-in chains, are exactly as before.
 func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 	netnstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("skipping namespace test in -short mode")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ns := netnstest.NewNS(t, netnstest.Prefix()+"-sv")
@@ -127,6 +130,9 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 // before keeps carrying data both ways, a new one cannot be made.
 func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 	netnstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("skipping namespace test in -short mode")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := netnstest.Prefix()
