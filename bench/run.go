@@ -118,8 +118,10 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 		{Role: "client", Node: r.client.Node, NS: r.client.NS.Name, Addr: r.client.Addr.String()},
 		{Role: "server", Node: r.server.Node, NS: r.server.NS.Name, Addr: r.server.Addr.String()},
 	}
-	if r.bireme != nil {
-		res.Settings.BiremeBinary = r.bireme.bin
+	if r.bireme != nil && cfg.bireme == "" {
+		res.Settings.BiremeBinary = "`bireme` built from ./cmd/bireme of this tree"
+	} else if r.bireme != nil {
+		res.Settings.BiremeBinary = "`" + r.bireme.bin + "`"
 	} else {
 		res.Settings.BiremeBinary = "not available: " + r.noBire
 	}

@@ -30,10 +30,16 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	p("- Settings: %d round(s); each round runs every case once, in a rotated order (%s); load runs of %.1f s with %s concurrent clients; bulk %s in one stream; connect timeout %d ms (denied case: %d ms)\n",
 		st.Rounds, st.AlternationPattern, st.LoadSeconds, joinInts(st.Concurrency), humanBytes(st.BulkBytes), st.ConnectTimeoutMS, st.DeniedTimeoutMS)
 	p("- Processes: %s\n", st.ProcessModel)
-	p("- Bireme: `%s`, `--queues %d --poll %s`; %d warm-up connections before measuring case 4\n", st.BiremeBinary, st.EnforcerQueues, st.EnforcerPoll, st.WarmupConnections)
+	p("- Bireme: %s, `--queues %d --poll %s`; %d warm-up connections before measuring cases 3, 4, 5 and 7\n", st.BiremeBinary, st.EnforcerQueues, st.EnforcerPoll, st.WarmupConnections)
 	p("- Cold caches (case 5): %s\n", st.ColdCacheMethod)
 	for _, h := range r.Topology {
 		p("- %s: netns `%s` on node `%s`, %s\n", h.Role, h.NS, h.Node, h.Addr)
+	}
+	if h := headline(r); len(h) > 0 {
+		p("\n## Headline\n\n")
+		for _, line := range h {
+			p("- %s\n", line)
+		}
 	}
 	p("\n## Results (median over rounds)\n\n")
 	p("A connection is connect, a 1-byte request, a 1-byte response, close. Connect latency comes from the single-client run ")
@@ -239,4 +245,54 @@ func optInt(v int64) string {
 		return "—"
 	}
 	return fmt.Sprint(v)
+}
+
+// headline states the comparisons issue 6 asks for in sentences, from the
+// computed ratios; a sentence whose numbers are missing is left out.
+func headline(r *Results) []string {
+	var out []string
+	conc := r.Settings.Concurrency
+	if len(conc) == 0 {
+		return nil
+	}
+	top := conc[len(conc)-1]
+	rate := fmt.Sprintf("conn_per_s_c%d", top)
+	get := func(c, base int, metric string) (float64, bool) { return Lookup(r.Ratios, c, base, metric) }
+	if v1, ok1 := get(4, 1, rate); ok1 {
+		line := fmt.Sprintf("Bireme, allowed, known peer (case 4): %.2fx the connection rate of plain TCP with %d clients", v1, top)
+		if v6, ok := get(4, 6, rate); ok {
+			line += fmt.Sprintf(", %.2fx that of mutual TLS", v6)
+		}
+		if p6, ok := get(4, 6, "connect_p50"); ok {
+			line += fmt.Sprintf("; connect p50 %.2fx mutual TLS's", p6)
+		}
+		if b, ok := get(4, 1, "bulk_gbps"); ok {
+			line += fmt.Sprintf("; bulk throughput %.2fx plain TCP's", b)
+		}
+		out = append(out, line+".")
+	}
+	if f, ok := get(3, 1, rate); ok {
+		line := fmt.Sprintf("The NFQUEUE floor (case 3, accept-only) alone reaches %.2fx plain TCP's rate with %d clients", f, top)
+		if b, ok := get(4, 1, rate); ok && f > 0 {
+			line += fmt.Sprintf("; Bireme keeps %.2fx of the floor", b/f)
+		}
+		out = append(out, line+".")
+	}
+	if p6, ok := get(5, 6, "connect_p50"); ok {
+		out = append(out, fmt.Sprintf("First contact with a new identity (case 5): connect p50 %.2fx mutual TLS's.", p6))
+	}
+	for _, c := range r.Cases {
+		if c.Key == "bireme-denied" && c.Summary != nil {
+			out = append(out, fmt.Sprintf("Denied (case 7): the client hears nothing and gives up at its %d ms connect timeout; the enforcers spend %.3f CPU s per 10,000 denied attempts.",
+				r.Settings.DeniedTimeoutMS, c.Summary.CPUPer10kNet))
+		}
+	}
+	if la := strings.Fields(r.Machine.LoadAvgStart); len(la) > 0 && r.Machine.CPUs > 0 {
+		var l float64
+		if _, err := fmt.Sscan(la[0], &l); err == nil && l > float64(r.Machine.CPUs) {
+			out = append(out, fmt.Sprintf("The machine was busy with other work during the run (load average %s at the start, %s at the end, on %d CPUs): absolute figures are low and noisy; ratios between cases of the same round hold better.",
+				r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Machine.CPUs))
+		}
+	}
+	return out
 }
