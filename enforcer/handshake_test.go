@@ -97,6 +97,20 @@ func seg(t testing.TB, toServer bool, sport uint16, syn, ack bool, opts []layers
 	return buf.Bytes()
 }
 
+// segBetween builds a segment from src:sport to dst:dport with Linux's
+// SYN options.
+func segBetween(t testing.TB, src, dst net.IP, sport, dport uint16, syn, ack bool) []byte {
+	t.Helper()
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1, Ack: 2, SYN: syn, ACK: ack, Window: 1000, Options: linuxSYNOptions}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src, DstIP: dst}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 // pass runs b through q and returns the verdict, with the packet copied
 // out of q's scratch buffer.
 func pass(q *queue, b []byte, outgoing bool) verdict {
@@ -293,6 +307,25 @@ func TestHandshakeStates(t *testing.T) {
 		w := pass(p.srv, v.packet, false)
 		if !w.accept || !bytes.Equal(w.or(v.packet), syn(23)) {
 			t.Errorf("server kernel should get the SYN without its data: %+v", w)
+		}
+	})
+
+	t.Run("server without enforcer: egress allowed only by ipBlock", func(t *testing.T) {
+		p := newPair(t, 0)
+		for _, tc := range []struct {
+			server string
+			allow  bool
+		}{{"198.18.0.9", true}, {"198.18.0.2", false}} {
+			srv := net.ParseIP(tc.server)
+			c := net.IPv4(198, 18, 0, 1)
+			out := segBetween(t, c, srv, 30, 80, true, false)
+			if v := pass(p.cli, out, true); !v.accept {
+				t.Fatal("SYN refused")
+			}
+			w := pass(p.cli, segBetween(t, srv, c, 80, 30, true, true), false) // no token
+			if w.accept != tc.allow || (tc.allow && w.mark != auth) {
+				t.Errorf("tokenless SYN-ACK from %s: %+v, want allow=%v and Authorized", tc.server, w, tc.allow)
+			}
 		}
 	})
 
