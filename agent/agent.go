@@ -200,7 +200,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if cerr := dp.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close enforcer: %w", cerr))
 		}
-		log.Info("stopped; every rule and queue removed")
+		if err != nil {
+			log.Error("stopped; cleanup incomplete", "err", err)
+		} else {
+			log.Info("stopped; every rule and queue removed")
+		}
 	}()
 
 	// The watcher runs in its own goroutine; the reconciler only ever runs
@@ -221,6 +225,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer func() { <-watchDone }()
 
 	keys := newKeyWatcher(cfg.CertFile, cfg.KeyFile)
+	lastKeyErr := ""
 	rec.setDesired(SelectWorkloads(objs, cfg.Cluster, cfg.Node))
 	converged := rec.reconcile(ctx)
 	log.Info("started", "workloads", len(rec.installed), "store", cfg.StoreDir)
@@ -239,8 +244,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				converged = rec.reconcile(ctx)
 			}
 			if newCreds, changed, err := keys.check(); err != nil {
-				log.Error("reload node credentials; keeping the current ones", "err", err)
+				// Logged once per distinct error, not at every poll.
+				if msg := err.Error(); msg != lastKeyErr {
+					lastKeyErr = msg
+					log.Error("reload node credentials; keeping the current ones", "err", err)
+				}
 			} else if changed {
+				lastKeyErr = ""
 				if err := engine.Rotate(newCreds); err != nil {
 					log.Error("rotate node credentials; keeping the current ones", "err", err)
 				} else {
