@@ -131,6 +131,8 @@ func TestParseFlags(t *testing.T) {
 		{"concurrency must start at 1", []string{"-concurrency", "8,64"}, true},
 		{"bad concurrency", []string{"-concurrency", "1,x"}, true},
 		{"bad case", []string{"-cases", "1,9"}, true},
+		{"queues", []string{"-queues", "2"}, false},
+		{"bad queues", []string{"-queues", "0"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

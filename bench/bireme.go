@@ -21,11 +21,10 @@ import (
 
 // How the enforcers run.
 const (
-	enforcerQueues = 1
-	enforcerPoll   = 100 * time.Millisecond
-	trustDomain    = "bench.local"
-	benchNS        = "bench"
-	generationKey  = "bench-generation"
+	enforcerPoll  = 100 * time.Millisecond
+	trustDomain   = "bench.local"
+	benchNS       = "bench"
+	generationKey = "bench-generation"
 )
 
 // coldMethod is recorded in the results: how case 5 gets cold caches.
@@ -199,7 +198,7 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 		args := []string{"enforce", "--node", node, "--store", env.store, "--cluster", trustDomain,
 			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
 			"--cert", filepath.Join(env.dir, node, "node.crt"), "--key", filepath.Join(env.dir, node, "node.key"),
-			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(enforcerQueues), "--poll", enforcerPoll.String()}
+			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(r.cfg.queues), "--poll", enforcerPoll.String()}
 		w, err := r.startProcess(ctx, "bireme enforce "+node, env.bin, args...)
 		if err != nil {
 			return nil, errors.Join(err, act.stop())

@@ -179,8 +179,8 @@ func (r *runner) chargedLoad(ctx context.Context, act *active, n int, args []str
 	return &report.Load{Concurrency: n, Result: res, EnforcerCPU: (after - before).Seconds(), WindowS: time.Since(start).Seconds()}, nil
 }
 
-// idleCPU measures the enforcer processes' CPU use over one second without
-// traffic, in CPU seconds per second.
+// idleCPU measures the enforcer processes' CPU use over one second (short
+// mode: one load-run duration) without traffic, in CPU seconds per second.
 func (r *runner) idleCPU(ctx context.Context, act *active) (float64, error) {
 	before, err := r.cpu(act)
 	if err != nil {
@@ -190,7 +190,7 @@ func (r *runner) idleCPU(ctx context.Context, act *active) (float64, error) {
 	select {
 	case <-ctx.Done():
 		return 0, ctx.Err()
-	case <-time.After(time.Second):
+	case <-time.After(min(time.Second, r.cfg.loadDur)):
 	}
 	after, err := r.cpu(act)
 	if err != nil {

@@ -46,6 +46,7 @@ type config struct {
 	connectTimeout time.Duration
 	deniedTimeout  time.Duration
 	warmup         int
+	queues         int
 	out, jsonOut   string
 	bireme         string
 	micro          bool
@@ -87,6 +88,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.warmup, "warmup", 20, "connections made before measuring a Bireme or NFQUEUE case")
 	fs.StringVar(&cfg.out, "out", "", "markdown output (default docs/benchmarks.md; short: a temporary directory)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "JSON output (default: the markdown path with .json)")
+	fs.IntVar(&cfg.queues, "queues", 1, "NFQUEUE queues per workload for `bireme enforce --queues`")
 	fs.StringVar(&cfg.bireme, "bireme", "", "bireme binary (default: built from ./cmd/bireme)")
 	fs.BoolVar(&cfg.micro, "micro", true, "run the tokens/policy/enforcer Go micro-benchmarks at the end (default off in short mode)")
 	casesFlag := fs.String("cases", "1,2,3,4,5,6,7", "cases to run")
@@ -121,6 +123,9 @@ func parseFlags(args []string) (config, error) {
 			return cfg, fmt.Errorf("-concurrency: %q is not a client count in 1..1024", f)
 		}
 		cfg.concurrency = append(cfg.concurrency, n)
+	}
+	if cfg.queues < 1 || cfg.queues > 64 {
+		return cfg, fmt.Errorf("-queues %d: want 1..64", cfg.queues)
 	}
 	if cfg.concurrency[0] != 1 {
 		return cfg, fmt.Errorf("-concurrency must start with 1 (latencies come from the single-client run)")

@@ -93,7 +93,7 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 			DeniedTimeoutMS:    cfg.deniedTimeout.Milliseconds(),
 			ProcessModel:       processModel,
 			ColdCacheMethod:    coldMethod,
-			EnforcerQueues:     enforcerQueues,
+			EnforcerQueues:     cfg.queues,
 			EnforcerPoll:       enforcerPoll.String(),
 			WarmupConnections:  cfg.warmup,
 			ConntrackFlushed:   true,

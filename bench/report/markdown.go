@@ -46,7 +46,7 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 	p("(until `connect()` returns; for case 6 until the TLS handshake completes); txn is the whole connection. ")
 	p("Enforcer CPU is user+system time of the `bireme enforce` processes (case 3: the accept-only readers) from `/proc/PID/stat` ")
 	p("during the load runs, per 10,000 connections (case 7: per 10,000 attempts), minus what they use idle over the same wall time ")
-	p("(idle: CPU ms per second with no traffic, both processes together, measured for 1 s after warm-up; the JSON also has the gross figure); ")
+	p("(idle: CPU ms per second with no traffic, both processes together, measured for 1 s (short mode: 0.5 s) after warm-up; the JSON also has the gross figure); ")
 	p("peak RSS is the largest VmHWM of one such process.\n\n")
 	head := []string{"#", "case"}
 	for _, n := range st.Concurrency {
