@@ -94,7 +94,7 @@ func moduleRoot(ctx context.Context) (string, error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	gomod := strings.TrimSpace(string(out))
 	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("find the module root (go env GOMOD): %v %q", err, gomod)
+		return "", fmt.Errorf("not inside the Bireme module (go env GOMOD: %q, %v): run from the module root or pass -bireme", gomod, err)
 	}
 	return filepath.Dir(gomod), nil
 }

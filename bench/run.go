@@ -133,6 +133,25 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 			c.result.Unavailable = r.noBire
 		}
 	}
+	if err := r.rounds(ctx, cases); err != nil {
+		// Summarize what was measured so the document shows it with the failure.
+		finish(res, cases, cfg)
+		return res, err
+	}
+	finish(res, cases, cfg)
+	if cfg.micro {
+		res.Micro, res.MicroErr = runMicro(ctx)
+		if t, ok := report.HandshakeTarget(res.Micro); ok {
+			res.Targets = append(res.Targets, t)
+		}
+	}
+	return res, nil
+}
+
+// rounds runs every case once per round, in an order rotated by one case per
+// round. A failing case round becomes a note; only the end of ctx stops it.
+func (r *runner) rounds(ctx context.Context, cases []*benchCase) error {
+	cfg := r.cfg
 	for round := 1; round <= cfg.rounds; round++ {
 		for i := range cases {
 			c := cases[(i+round-1)%len(cases)]
@@ -140,13 +159,13 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
-				return res, fmt.Errorf("stopped in round %d: %w", round, err)
+				return fmt.Errorf("stopped in round %d: %w", round, err)
 			}
 			fmt.Fprintf(os.Stderr, "bench: round %d/%d case %d (%s)\n", round, cfg.rounds, c.id, c.result.Name)
 			rr, err := r.measure(ctx, c, round)
 			if err != nil {
 				if ctx.Err() != nil {
-					return res, fmt.Errorf("round %d case %d: %w", round, c.id, err)
+					return fmt.Errorf("round %d case %d: %w", round, c.id, err)
 				}
 				c.result.Notes = append(c.result.Notes, fmt.Sprintf("round %d failed: %v", round, err))
 				fmt.Fprintf(os.Stderr, "bench: round %d case %d failed: %v\n", round, c.id, err)
@@ -155,20 +174,23 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 			c.result.Rounds = append(c.result.Rounds, rr)
 		}
 	}
+	return nil
+}
+
+// finish summarizes every case, computes ratios and targets, and adds the
+// notes about numbers that should not be trusted.
+func finish(res *report.Results, cases []*benchCase, cfg config) {
 	for _, c := range cases {
 		if c.result.Unavailable == "" && len(c.result.Rounds) == 0 {
 			c.result.Unavailable = "every round failed (see notes)"
+			if len(c.result.Notes) == 0 {
+				c.result.Unavailable = "not measured: the run stopped before this case"
+			}
 		}
 		report.Summarize(c.result, cfg.concurrency, c.denied)
 	}
 	res.Ratios = report.Ratios(res.Cases, cfg.concurrency, 1, 6)
 	res.Targets = report.Targets(res.Ratios, cfg.concurrency)
-	if cfg.micro {
-		res.Micro, res.MicroErr = runMicro(ctx)
-		if t, ok := report.HandshakeTarget(res.Micro); ok {
-			res.Targets = append(res.Targets, t)
-		}
-	}
 	res.Notes = append(res.Notes, checkResults(res)...)
 	for _, c := range cases {
 		if !c.cold {
@@ -184,7 +206,6 @@ func run(ctx context.Context, cfg config) (res *report.Results, err error) {
 				"each sample is a single connection, so the case has latencies but no connection rate", verified, samples))
 		}
 	}
-	return res, nil
 }
 
 // setup builds the topology, the server workload, the TLS material and, if it
