@@ -203,7 +203,7 @@ func finish(res *report.Results, cases []*benchCase, cfg config) {
 		}
 		if samples > 0 {
 			c.result.Notes = append(c.result.Notes, fmt.Sprintf("%d of %d first-contact samples verified in the server enforcer's flow records as decided on a fresh client identity; "+
-				"each sample is a single connection, so the case has latencies but no connection rate", verified, samples))
+				"each sample is a single connection, so the case has latencies but no connection rate, and its CPU figure sums %d short windows read in 10 ms clock ticks: an estimate", verified, samples, samples))
 		}
 	}
 }
