@@ -79,6 +79,9 @@ func (f *labFlags) checkOutput() error {
 }
 
 func (f *labFlags) config(cmd *cobra.Command) (lab.Config, error) {
+	if os.Geteuid() != 0 {
+		return lab.Config{}, fmt.Errorf("bireme lab %s needs root: it builds network namespaces", cmd.Name())
+	}
 	bin, err := os.Executable()
 	if err != nil {
 		return lab.Config{}, fmt.Errorf("find the bireme binary: %w", err)
