@@ -240,6 +240,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			rec.setDesired(SelectWorkloads(o, cfg.Cluster, cfg.Node))
 			converged = rec.reconcile(ctx)
 		case <-tick.C:
+			if rec.dropVanished(ctx) {
+				converged = false
+			}
 			if !converged {
 				converged = rec.reconcile(ctx)
 			}

@@ -152,8 +152,13 @@ func TestRunFollowsStore(t *testing.T) {
 		}
 	}
 	waitFor("start", []string{"ns-a=x/a app=web", "ns-b=x/b app=db"})
-	if got := metricValue(t, reg, "bireme_workloads_protected"); got != 2 {
-		t.Errorf("bireme_workloads_protected = %v, want 2", got)
+	// The gauge is set once the whole reconcile is done, just after the
+	// datapath saw the installs.
+	for deadline := time.Now().Add(2 * time.Second); metricValue(t, reg, "bireme_workloads_protected") != 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("bireme_workloads_protected = %v, want 2", metricValue(t, reg, "bireme_workloads_protected"))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 
 	writeStore(t, store, ns, storePod("a", "n1", "ns-a", "api"), storePod("c", "n2", "ns-c", "web"))

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // Datapath is what the agent drives for each workload: the supervisor's
@@ -33,10 +35,58 @@ type reconciler struct {
 	// failing at every poll is logged once per distinct error, not forever.
 	failing map[string]string
 	desired []Workload
+	// nsIDs identifies the namespace each installed workload's path named
+	// when it was installed, so that a namespace deleted (or deleted and
+	// made again under the same name, rules and queue gone) is noticed.
+	nsIDs map[string]nsID
+	stat  func(path string) (nsID, error)
+}
+
+// nsID identifies a network namespace: the device and inode of its file.
+type nsID struct{ dev, ino uint64 }
+
+func statNS(path string) (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{uint64(st.Dev), st.Ino}, nil
 }
 
 func newReconciler(dp Datapath, log *slog.Logger, m *Metrics) *reconciler {
-	return &reconciler{dp: dp, log: log, metrics: m, installed: map[string]Workload{}, failing: map[string]string{}}
+	return &reconciler{
+		dp: dp, log: log, metrics: m,
+		installed: map[string]Workload{}, failing: map[string]string{},
+		nsIDs: map[string]nsID{}, stat: statNS,
+	}
+}
+
+// dropVanished forgets installed workloads whose namespace is gone or is
+// no longer the one installed (its rules and the enforcer's queue went
+// with the old one), releasing what is left of them, so that the next
+// reconcile installs them afresh. It reports whether it dropped any.
+func (r *reconciler) dropVanished(ctx context.Context) bool {
+	dropped := false
+	for path, id := range r.nsIDs {
+		now, err := r.stat(path)
+		if err == nil && now == id {
+			continue
+		}
+		w := r.installed[path]
+		// The old queue is detached; rules in a namespace that replaced
+		// the old one are not ours to keep either way.
+		if rerr := r.dp.Remove(ctx, w); rerr != nil {
+			r.log.Warn("release of a vanished namespace", "pod", w.Ref, "netns", path, "err", rerr)
+		}
+		delete(r.installed, path)
+		delete(r.nsIDs, path)
+		dropped = true
+		r.log.Warn("workload namespace gone or replaced; protecting it again when it exists", "pod", w.Ref, "netns", path)
+	}
+	if dropped && r.metrics != nil {
+		r.metrics.workloads.Set(float64(len(r.installed)))
+	}
+	return dropped
 }
 
 // setDesired records the selection to converge to and logs its problems.
@@ -85,6 +135,7 @@ func (r *reconciler) reconcile(ctx context.Context) bool {
 			continue
 		}
 		delete(r.installed, w.NetNS)
+		delete(r.nsIDs, w.NetNS)
 		delete(r.failing, w.NetNS)
 		r.log.Info("workload released", "pod", w.Ref, "netns", w.NetNS)
 	}
@@ -106,6 +157,9 @@ func (r *reconciler) reconcile(ctx context.Context) bool {
 			continue
 		}
 		r.installed[w.NetNS] = w
+		if id, err := r.stat(w.NetNS); err == nil {
+			r.nsIDs[w.NetNS] = id
+		}
 		delete(r.failing, w.NetNS)
 		r.log.Info("workload protected", "pod", w.Ref, "netns", w.NetNS)
 	}
@@ -154,6 +208,7 @@ func (r *reconciler) removeAll(ctx context.Context) error {
 			continue
 		}
 		delete(r.installed, w.NetNS)
+		delete(r.nsIDs, w.NetNS)
 		r.log.Info("workload released", "pod", w.Ref, "netns", w.NetNS)
 	}
 	if r.metrics != nil {

@@ -226,3 +226,44 @@ func TestCountingWriterSplitWrites(t *testing.T) {
 		t.Errorf("output altered: %q", out.String())
 	}
 }
+
+func TestReconcilerNoticesReplacedNamespaces(t *testing.T) {
+	fd := &fakeDatapath{failRemove: map[string]bool{}, state: map[string]string{}}
+	r := newReconciler(fd, slog.New(slog.DiscardHandler), nil)
+	ids := map[string]nsID{"/n/a": {1, 10}, "/n/b": {1, 11}, "/n/c": {1, 12}}
+	r.stat = func(path string) (nsID, error) {
+		id, ok := ids[path]
+		if !ok {
+			return nsID{}, errors.New("no such file")
+		}
+		return id, nil
+	}
+	ctx := context.Background()
+	r.setDesired(Selection{Workloads: []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil), wl("/n/c", "x/c", nil)}})
+	if !r.reconcile(ctx) {
+		t.Fatal("first reconcile did not converge")
+	}
+	fd.calls = nil
+	if r.dropVanished(ctx) {
+		t.Fatalf("nothing changed, yet dropVanished dropped (calls %v)", fd.calls)
+	}
+
+	delete(ids, "/n/a")        // namespace deleted
+	ids["/n/b"] = nsID{1, 99} // deleted and made again under the same name
+	if !r.dropVanished(ctx) {
+		t.Fatal("dropVanished missed a deleted and a replaced namespace")
+	}
+	sort.Strings(fd.calls)
+	if want := []string{"remove /n/a", "remove /n/b"}; !reflect.DeepEqual(fd.calls, want) {
+		t.Errorf("calls %v, want %v", fd.calls, want)
+	}
+	fd.calls = nil
+	r.reconcile(ctx)
+	sort.Strings(fd.calls)
+	if want := []string{"install /n/a", "install /n/b"}; !reflect.DeepEqual(fd.calls, want) {
+		t.Errorf("after the drop, reconcile called %v, want %v", fd.calls, want)
+	}
+	if got := r.nsIDs["/n/b"]; got != (nsID{1, 99}) {
+		t.Errorf("replaced namespace recorded as %v, want the new one", got)
+	}
+}

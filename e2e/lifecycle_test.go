@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/topology"
 )
 
 // TestEnforcerRestartAndStop proves the promises about the enforcer process
@@ -128,6 +131,21 @@ func TestStoreChanges(t *testing.T) {
 		}
 	})
 
+	t.Run("namespace made again under the same name is protected again", func(t *testing.T) {
+		c.recreateHost(t, "cache", 8080)
+		// Protected again once its rules are the complete set every
+		// protected namespace of the node has, and its queue is bound.
+		deadline := time.Now().Add(10 * time.Second)
+		for c.rules("cache") != c.rules("intruder") || c.queues("cache") == "" {
+			if time.Now().After(deadline) {
+				t.Fatalf("the new cache namespace got no rules or queue:\n%s\nn2 log:\n%s", c.rules("cache"), c.enf["n2"].log())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		c.expectDenied(t, "intruder", "cache", 8080)
+		c.expectAllowed(t, "web", "cache", 8080)
+	})
+
 	t.Run("pod removed from the store is released, and protected when back", func(t *testing.T) {
 		saved := c.spec.Pods
 		var without []podSpec
@@ -151,6 +169,41 @@ func TestStoreChanges(t *testing.T) {
 		c.expectDenied(t, "intruder", "cache", 8080)
 		c.expectAllowed(t, "web", "cache", 8080)
 	})
+}
+
+// recreateHost deletes host's namespace and makes a new one under the same
+// name on the same node, as a restarted pod sandbox would, with a fresh
+// server on port.
+func (c *cluster) recreateHost(t *testing.T, host string, port uint16) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	node := c.host(host).Node
+	// A socket keeps its namespace (and so its veth) alive: close ours.
+	// The enforcer's queue socket goes when the agent sees the namespace gone.
+	c.server(t, host, port).ln.Close()
+	if err := c.topo.RemoveHost(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	// The node-side end of the old veth pair disappears asynchronously
+	// after the namespace is deleted; until then its name is taken.
+	var h *topology.Host
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if h, err = c.topo.AddHost(ctx, node, host); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node may still map the address to the old veth's MAC address;
+	// a real sandbox restart announces itself, this one is forgotten.
+	if err := c.topo.Node(node).NS.Exec(ctx, "ip", "neigh", "flush", "dev", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	// The server lives as long as the cluster, not just this subtest.
+	c.servers[host+":"+strconv.Itoa(int(port))] = startServer(c.t, h, port)
 }
 
 func (c *cluster) setLabels(pod string, labels map[string]string) {
