@@ -248,7 +248,7 @@ func TestReconcilerNoticesReplacedNamespaces(t *testing.T) {
 		t.Fatalf("nothing changed, yet dropVanished dropped (calls %v)", fd.calls)
 	}
 
-	delete(ids, "/n/a")        // namespace deleted
+	delete(ids, "/n/a")       // namespace deleted
 	ids["/n/b"] = nsID{1, 99} // deleted and made again under the same name
 	if !r.dropVanished(ctx) {
 		t.Fatal("dropVanished missed a deleted and a replaced namespace")
