@@ -97,7 +97,8 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 		p("%s\n", row(cells))
 	}
 	p("\n## Headline ratios\n\n")
-	p("Each case against plain TCP (case 1) and against mutual TLS (case 6). Connection rates: higher is better; latencies: lower is better.\n\n")
+	p("Each case against plain TCP (case 1) and against mutual TLS (case 6): the median over rounds of the ratio within each round ")
+	p("(cases of one round ran minutes apart, so drift of a shared machine cancels out). Connection rates: higher is better; latencies: lower is better.\n\n")
 	rh := []string{"#", "case"}
 	type col struct {
 		base   int

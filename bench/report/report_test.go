@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -159,5 +160,34 @@ func TestWriteMarkdown(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestRatiosPairRounds checks that ratios pair cases within a round: the base
+// ran fast in round 1 only, which would skew a ratio of medians.
+func TestRatiosPairRounds(t *testing.T) {
+	mk := func(id int, rates ...float64) *Case {
+		c := &Case{ID: id, Key: fmt.Sprint(id)}
+		for i, r := range rates {
+			c.Rounds = append(c.Rounds, &Round{Round: i + 1, Loads: []*Load{{Concurrency: 1, Result: workload.LoadResult{
+				Attempts: 1, Completed: 1, ConnPerS: r, ConnectP50us: 1000 / r}}}})
+		}
+		Summarize(c, []int{1}, false)
+		return c
+	}
+	a, base := mk(4, 100, 200, 900), mk(1, 1000, 200, 900)
+	rs := Ratios([]*Case{base, a}, []int{1}, 1)
+	if v, ok := Lookup(rs, 4, 1, "conn_per_s_c1"); !ok || v != 1 {
+		t.Fatalf("paired ratio = %v %v, want 1 (a ratio of medians would give %v)", v, ok, 200.0/900)
+	}
+	if v, ok := Lookup(rs, 4, 1, "connect_p50"); !ok || v != 1 {
+		t.Fatalf("paired latency ratio = %v %v, want 1", v, ok)
+	}
+	// No common round: the summaries are compared.
+	b2 := mk(6, 50)
+	b2.Rounds[0].Round = 9
+	rs = Ratios([]*Case{b2, a}, []int{1}, 6)
+	if v, ok := Lookup(rs, 4, 6, "conn_per_s_c1"); !ok || v != 4 {
+		t.Fatalf("fallback ratio = %v %v, want 4", v, ok)
 	}
 }

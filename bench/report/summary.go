@@ -116,8 +116,11 @@ func Percentiles(xs []float64) (p50, p99 float64) {
 }
 
 // Ratios computes the headline comparisons of every measured case against
-// the bases (plain TCP and mutual TLS). A ratio is left out when either side
-// was not measured.
+// the bases (plain TCP and mutual TLS). Each ratio is the median over rounds
+// of the ratio within a round: cases of one round ran minutes apart, so a
+// machine that slows down or speeds up between rounds moves both sides. When
+// the two cases share no round with the metric, the ratio of the summaries
+// is used. A ratio is left out when either side was not measured.
 func Ratios(cases []*Case, concurrency []int, bases ...int) []Ratio {
 	byID := map[int]*Case{}
 	for _, c := range cases {
@@ -125,6 +128,11 @@ func Ratios(cases []*Case, concurrency []int, bases ...int) []Ratio {
 			byID[c.ID] = c
 		}
 	}
+	metrics := []string{}
+	for _, n := range concurrency {
+		metrics = append(metrics, fmt.Sprintf("conn_per_s_c%d", n))
+	}
+	metrics = append(metrics, "connect_p50", "txn_p50", "bulk_gbps")
 	var out []Ratio
 	for _, base := range bases {
 		b := byID[base]
@@ -135,20 +143,95 @@ func Ratios(cases []*Case, concurrency []int, bases ...int) []Ratio {
 			if c.Summary == nil || c.ID == base {
 				continue
 			}
-			add := func(metric string, num, den float64) {
-				if num > 0 && den > 0 {
-					out = append(out, Ratio{Case: c.ID, Base: base, Metric: metric, Value: num / den})
+			for _, m := range metrics {
+				var per []float64
+				for _, rc := range c.Rounds {
+					for _, rb := range b.Rounds {
+						if rc.Round != rb.Round {
+							continue
+						}
+						num, ok1 := roundMetric(rc, m)
+						den, ok2 := roundMetric(rb, m)
+						if ok1 && ok2 {
+							per = append(per, num/den)
+						}
+					}
+				}
+				if len(per) > 0 {
+					out = append(out, Ratio{Case: c.ID, Base: base, Metric: m, Value: Median(per)})
+					continue
+				}
+				num, ok1 := summaryMetric(c.Summary, concurrency, m)
+				den, ok2 := summaryMetric(b.Summary, concurrency, m)
+				if ok1 && ok2 {
+					out = append(out, Ratio{Case: c.ID, Base: base, Metric: m, Value: num / den})
 				}
 			}
-			for i, n := range concurrency {
-				add(fmt.Sprintf("conn_per_s_c%d", n), c.Summary.ConnPerS[i], b.Summary.ConnPerS[i])
-			}
-			add("connect_p50", c.Summary.ConnectP50us, b.Summary.ConnectP50us)
-			add("txn_p50", c.Summary.TxnP50us, b.Summary.TxnP50us)
-			add("bulk_gbps", c.Summary.BulkGbps, b.Summary.BulkGbps)
 		}
 	}
 	return out
+}
+
+// roundMetric is metric m of one round, if measured and positive. Latencies
+// come from the single-client run, or from the round's cold samples.
+func roundMetric(r *Round, m string) (float64, bool) {
+	var v float64
+	switch m {
+	case "bulk_gbps":
+		if r.Bulk != nil {
+			v = r.Bulk.Gbps
+		}
+	case "connect_p50", "txn_p50":
+		var xs []float64
+		for _, l := range r.Cold {
+			if l.Result.Completed > 0 {
+				xs = append(xs, pick(l, m))
+			}
+		}
+		if len(xs) > 0 {
+			v = Median(xs)
+			break
+		}
+		for _, l := range r.Loads {
+			if l.Concurrency == 1 && l.Result.Completed > 0 {
+				v = pick(l, m)
+			}
+		}
+	default:
+		for _, l := range r.Loads {
+			if fmt.Sprintf("conn_per_s_c%d", l.Concurrency) == m {
+				v = l.Result.ConnPerS
+			}
+		}
+	}
+	return v, v > 0
+}
+
+func pick(l *Load, m string) float64 {
+	if m == "txn_p50" {
+		return l.Result.TxnP50us
+	}
+	return l.Result.ConnectP50us
+}
+
+// summaryMetric is metric m of a summary, if measured and positive.
+func summaryMetric(s *Summary, concurrency []int, m string) (float64, bool) {
+	var v float64
+	switch m {
+	case "bulk_gbps":
+		v = s.BulkGbps
+	case "connect_p50":
+		v = s.ConnectP50us
+	case "txn_p50":
+		v = s.TxnP50us
+	default:
+		for i, n := range concurrency {
+			if fmt.Sprintf("conn_per_s_c%d", n) == m {
+				v = s.ConnPerS[i]
+			}
+		}
+	}
+	return v, v > 0
 }
 
 // Lookup returns the ratio for (case, base, metric), if computed.
