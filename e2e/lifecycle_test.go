@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -92,11 +93,13 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 	check("after the enforcers stopped")
 }
 
-// TestStoreChanges proves the agent follows the store while it runs: a pod
-// relabelled in the store is signed with its new labels (decisions change),
-// a pod removed from the store is released (its namespace left as found)
-// and protected again when it comes back, and an invalid edit keeps the
-// last good set.
+// TestStoreChanges proves the agent follows its inputs while it runs: a pod
+// relabelled in the store is signed with its new labels (decisions change);
+// an invalid edit keeps the last good set; a workload namespace deleted and
+// made again under the same name is protected again; a renewed node
+// certificate on disk is used without a restart; a pod removed from the
+// store is released (its namespace left as found) and protected again when
+// it comes back.
 func TestStoreChanges(t *testing.T) {
 	spec := modelSpec(false)
 	spec.Pods = append(spec.Pods, podSpec{Name: "batch", Namespace: "x", Node: "n2", Labels: map[string]string{"app": "batch"}})
@@ -144,6 +147,33 @@ func TestStoreChanges(t *testing.T) {
 		}
 		c.expectDenied(t, "intruder", "cache", 8080)
 		c.expectAllowed(t, "web", "cache", 8080)
+	})
+
+	t.Run("renewed node certificate is picked up without a restart", func(t *testing.T) {
+		live, err := c.dial("web", "cache", 8080, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer live.Close()
+		creds, err := c.ca.IssueNode("n2", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := creds.Save(filepath.Join(c.dir, "n2.crt"), filepath.Join(c.dir, "n2.key")); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.enf["n2"].log(), "node credentials rotated"); {
+			if time.Now().After(deadline) {
+				t.Fatalf("n2 did not rotate its credentials:\n%s", c.enf["n2"].log())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := echoCheck(live, 1<<20); err != nil {
+			t.Errorf("connection made before the rotation: %v", err)
+		}
+		c.expectAllowed(t, "web", "cache", 8080)      // n2 answers with the new key
+		c.expectAllowed(t, "cache", "intruder", 8080) // n2 signs with the new key
+		c.expectDenied(t, "intruder", "cache", 8080)
 	})
 
 	t.Run("pod removed from the store is released, and protected when back", func(t *testing.T) {
