@@ -13,11 +13,13 @@
 //
 // # The path of a SYN, file by file
 //
-//   - queue.go: Attach opened an NFQUEUE socket inside the workload's
-//     namespace (one per queue number). The library calls queue.handle for
-//     each packet on one goroutine per queue; handle recovers from any panic
-//     (the packet is dropped), and sends the verdict — accept or drop, with
-//     the rewritten packet and our mark bits when there are any.
+//   - nfqueue.go: Attach opened an NFQUEUE netlink socket inside the
+//     workload's namespace (one per queue number), spoken to directly with
+//     reused buffers: no allocation per packet.
+//   - queue.go: one goroutine per queue calls queue.handle for each
+//     packet; handle recovers from any panic (the packet is dropped), and
+//     sends the verdict — accept or drop, with the rewritten packet and our
+//     mark bits when there are any.
 //   - packet.go: process parses the raw IPv4/IPv6 packet into offsets
 //     (parsePacket, no allocation) and finds Bireme's TCP options.
 //   - egress.go: a packet leaving the workload. Its SYN gets a fresh
@@ -45,5 +47,6 @@
 //
 // docs/protocol.md ("Carrying tokens in TCP") has the wire format and the
 // state machine with its mark bits; the supervisor package doc has the
-// rules.
+// rules; docs/performance.md has what was measured and tried to make the
+// datapath fast.
 package enforcer

@@ -34,7 +34,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if tok := p.token(); tok == nil {
 		c.noToken = true
 	} else {
-		sh, err := q.e.cfg.Tokens.ConsumeSYN(tok)
+		// The packet lives in the reader's reused buffer: the tokens
+		// engine may keep what it parsed (certificate, cache key).
+		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok))
 		if err != nil {
 			q.record(p, false, policy.Ingress, stageSYN, local, nil, false, "", "denied: client token rejected: "+err.Error(), err)
 			return drop
@@ -86,7 +88,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 			ch = match
 		}
 	}
-	id, err := ch.ConsumeSYNACK(tok)
+	id, err := ch.ConsumeSYNACK(bytes.Clone(tok)) // see ingressSYN
 	if err != nil {
 		q.record(p, false, policy.Egress, stageSYNACK, local, nil, false, "", "denied: server token rejected: "+err.Error(), err)
 		return drop

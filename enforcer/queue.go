@@ -2,14 +2,8 @@ package enforcer
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"runtime/debug"
-
-	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Netfilter hooks a queued packet can come from (NF_INET_*).
@@ -18,15 +12,16 @@ const (
 	hookLocalOut = 3
 )
 
-// queue is one NFQUEUE queue in one workload's namespace. The library
-// delivers its packets one at a time on one goroutine, so the scratch
-// buffer is reused without locking.
+// queue is one NFQUEUE queue in one workload's namespace. One goroutine
+// reads it (nfqueue.go) and decides its packets one at a time, so the
+// scratch buffer is reused without locking.
 type queue struct {
-	e   *Enforcer
-	wl  *workload
-	num uint16
-	nfq *nfqueue.Nfqueue
-	buf []byte // rewritten packets are built here
+	e    *Enforcer
+	wl   *workload
+	num  uint16
+	sock *nfqSocket
+	done chan struct{} // closed when the reader has returned
+	buf  []byte        // rewritten packets are built here
 }
 
 // verdict is what to tell the kernel about one packet.
@@ -38,62 +33,44 @@ type verdict struct {
 
 var drop = verdict{}
 
-// openQueue opens queue num inside wl's namespace and starts reading it.
+// openQueue opens queue num inside wl's namespace and starts reading it
+// until ctx ends or the queue is closed.
 func (e *Enforcer) openQueue(ctx context.Context, wl *workload, num uint16) (*queue, error) {
-	f, err := os.Open(wl.netns)
+	sock, err := openNFQ(wl.netns, num)
 	if err != nil {
-		return nil, fmt.Errorf("open netns: %w", err)
+		return nil, err
 	}
-	defer f.Close() // the netlink socket keeps its namespace
-	nfq, err := nfqueue.Open(&nfqueue.Config{
-		NetNS:        int(f.Fd()),
-		NfQueue:      num,
-		MaxPacketLen: 0xffff,
-		MaxQueueLen:  4096,
-		Copymode:     nfqueue.NfQnlCopyPacket,
-		AfFamily:     unix.AF_UNSPEC,
-		// No NfQaCfgFlagFailOpen: a full queue drops, it never lets a
-		// handshake through unchecked.
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open nfqueue: %w", err)
-	}
-	// Under a burst, losing a notification must not stop the reader.
-	_ = nfq.SetOption(netlink.NoENOBUFS, true)
-	q := &queue{e: e, wl: wl, num: num, nfq: nfq, buf: make([]byte, 0x10000+tokenOptSpace)}
-	err = nfq.RegisterWithErrorFunc(ctx, q.handle, func(err error) int {
-		if ctx.Err() != nil {
-			return 1
+	q := &queue{e: e, wl: wl, num: num, sock: sock, done: make(chan struct{}),
+		buf: make([]byte, 0x10000+tokenOptSpace)}
+	go func() {
+		defer close(q.done)
+		q.sock.serve(q.handle, func(err error) {
+			e.log.Warn("queue read error", "netns", wl.netns, "queue", num, "err", err)
+		})
+	}()
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = q.sock.close()
+		case <-q.done:
 		}
-		var opErr *netlink.OpError
-		if errors.As(err, &opErr) && (opErr.Timeout() || opErr.Temporary()) {
-			return 0
-		}
-		e.log.Warn("queue read error", "netns", wl.netns, "queue", num, "err", err)
-		return 0
-	})
-	if err != nil {
-		nfq.Close()
-		return nil, fmt.Errorf("register nfqueue: %w", err)
-	}
+	}()
 	return q, nil
 }
 
 func (q *queue) close() error {
-	if err := q.nfq.Close(); err != nil {
+	err := q.sock.close()
+	<-q.done
+	if err != nil {
 		return fmt.Errorf("close queue %d of %s: %w", q.num, q.wl.netns, err)
 	}
 	return nil
 }
 
-// handle is called by the library for every queued packet: it decides
-// and sends the verdict. A panic while deciding drops the packet and is
+// handle is called by the reader for every queued packet: it decides and
+// sends the verdict. A panic while deciding drops the packet and is
 // logged; it never takes the enforcer down.
-func (q *queue) handle(a nfqueue.Attribute) int {
-	if a.PacketID == nil {
-		return 0
-	}
-	id := *a.PacketID
+func (q *queue) handle(a *queuedPacket) {
 	v := drop
 	func() {
 		defer func() {
@@ -102,38 +79,26 @@ func (q *queue) handle(a nfqueue.Attribute) int {
 				v = drop
 			}
 		}()
-		if a.Payload == nil || a.Hook == nil {
+		if a.payload == nil {
 			return
 		}
-		v = q.process(*a.Payload, *a.Hook == hookLocalOut)
+		v = q.process(a.payload, a.hook == hookLocalOut)
 	}()
-	var err error
-	switch {
-	case !v.accept:
-		err = q.nfq.SetVerdict(id, nfqueue.NfDrop)
-	case v.packet == nil && v.mark == 0:
-		err = q.nfq.SetVerdict(id, nfqueue.NfAccept)
-	default:
-		var opts [2]nfqueue.VerdictOption
-		o := opts[:0]
-		if v.mark != 0 {
-			var old uint32
-			if a.Mark != nil {
-				old = *a.Mark
-			}
-			// Keep the packet's other mark bits; BIREME-SAVE copies
-			// ours to the connection.
-			o = append(o, nfqueue.WithMark(old&^q.e.cfg.Rules.Mask()|v.mark))
-		}
-		if v.packet != nil {
-			o = append(o, nfqueue.WithAlteredPacket(v.packet))
-		}
-		err = q.nfq.SetVerdictWithOption(id, nfqueue.NfAccept, o...)
+	var mark uint32
+	if v.mark != 0 {
+		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
+		// the connection.
+		mark = a.mark&^q.e.cfg.Rules.Mask() | v.mark
+	}
+	err := q.sock.verdict(a.id, v.accept, mark, v.mark != 0, v.packet)
+	if err != nil && v.accept {
+		// A packet without a verdict would wait in the kernel until the
+		// socket closes: drop it instead (its sender retransmits).
+		err = q.sock.verdict(a.id, false, 0, false, nil)
 	}
 	if err != nil {
 		q.e.log.Warn("verdict failed", "netns", q.wl.netns, "queue", q.num, "err", err)
 	}
-	return 0
 }
 
 // process decides one packet. Outgoing packets leave the workload
