@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer, handshakesInFlight func() float64) (*
 	if handshakesInFlight != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "bireme_handshakes_in_flight",
-			Help: "Handshakes the enforcer has seen start and not yet seen complete or time out.",
+			Help: "Handshake states the enforcer holds: handshakes in progress, and handshakes completed less than the handshake timeout (10s) ago.",
 		}, handshakesInFlight))
 	}
 	for _, c := range cs {

@@ -199,7 +199,7 @@ func TestMetricsCountFlowRecords(t *testing.T) {
 	if got := testutil.ToFloat64(m.tokenFailures.WithLabelValues("unknown-ca")); got != 2 {
 		t.Errorf("bireme_token_failures_total{unknown-ca} = %v, want 2", got)
 	}
-	expected := fmt.Sprintf("# HELP bireme_handshakes_in_flight Handshakes the enforcer has seen start and not yet seen complete or time out.\n# TYPE bireme_handshakes_in_flight gauge\nbireme_handshakes_in_flight %v\n", inFlight)
+	expected := fmt.Sprintf("# HELP bireme_handshakes_in_flight Handshake states the enforcer holds: handshakes in progress, and handshakes completed less than the handshake timeout (10s) ago.\n# TYPE bireme_handshakes_in_flight gauge\nbireme_handshakes_in_flight %v\n", inFlight)
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "bireme_handshakes_in_flight"); err != nil {
 		t.Error(err)
 	}
