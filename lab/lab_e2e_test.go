@@ -220,6 +220,31 @@ spec:
 			if len(l2.Status().Nodes) != 3 {
 				t.Errorf("nodes after adding y/d: %+v", l2.Status().Nodes)
 			}
+			// Moving a pod to another node with other ports rebuilds it.
+			if err := os.WriteFile(newPod, []byte(`apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: "y", labels: {pod: d}}
+spec:
+  nodeName: node1
+  containers: [{name: m, image: i, ports: [{containerPort: 8081}]}]
+`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := l2.Apply(ctx, newPod); err != nil {
+				t.Fatal(err)
+			}
+			got = probe(t, l2)
+			if r := got["x/a>y/d:8081"]; !r.Connected {
+				t.Errorf("x/a -> y/d:8081 after the move: %+v", r)
+			}
+			if _, ok := got["x/a>y/d:8080"]; ok {
+				t.Error("y/d still probed on its old port 8080")
+			}
+			for _, p := range l2.Status().Pods {
+				if p.Pod == "y/d" && (p.Node != "node1" || p.Addr.As4()[2] != 1) {
+					t.Errorf("y/d after the move: %+v", p)
+				}
+			}
 			if err := l2.Delete(ctx, newPod); err != nil {
 				t.Fatal(err)
 			}
