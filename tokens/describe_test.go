@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/identity"
 )
 
 func TestDescribePEM(t *testing.T) {
@@ -82,5 +84,22 @@ func TestNilHandshakes(t *testing.T) {
 	}
 	if s.Peer() != nil || s.PeerNode() != "" || c.PeerNode() != "" {
 		t.Error("nil peers")
+	}
+	// Zero values (not made by the engine) fail the same way.
+	c, s = new(ClientHandshake), new(ServerHandshake)
+	if _, err := c.ConsumeSYNACK([]byte{typeSYNACK}); err == nil {
+		t.Error("zero ConsumeSYNACK")
+	}
+	if _, err := c.NewACK(); err == nil {
+		t.Error("zero NewACK")
+	}
+	if _, err := s.NewSYNACK(&identity.Identity{Namespace: "a", Pod: "b"}); err == nil {
+		t.Error("zero NewSYNACK")
+	}
+	if err := s.ConsumeACK(make([]byte, ACKSize)); err == nil {
+		t.Error("zero ConsumeACK")
+	}
+	if s.Peer() != nil || s.PeerNode() != "" || c.PeerNode() != "" {
+		t.Error("zero peers")
 	}
 }

@@ -395,8 +395,8 @@ func (c *ClientHandshake) Nonce() [NonceSize]byte { return c.nonce }
 // proof is bound to both nonces and both tokens under the key only the two
 // nodes share. It returns the verified server identity.
 func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, error) {
-	if c == nil {
-		return nil, reject(ReasonBadProof, "no client handshake")
+	if c == nil || c.e == nil || c.keys == nil || c.token == nil {
+		return nil, reject(ReasonBadProof, "no client handshake (not made by NewSYN)")
 	}
 	m, err := parseSYNACK(payload)
 	if err != nil {
@@ -410,11 +410,11 @@ func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, err
 	if err != nil {
 		return nil, err
 	}
-	prk, err := c.keys.pairKey(p, now)
+	k, err := c.keys.pairKey(p, now)
 	if err != nil {
 		return nil, reject(ReasonBadProof, "%v", err)
 	}
-	serverProof, clientProof, err := handshakeProofs(prk, &c.nonce, &m.serverNonce, &c.token.digest, &p.digest)
+	serverProof, clientProof, err := handshakeProofs(k, &c.nonce, &m.serverNonce, &c.token.digest, &p.digest)
 	if err != nil {
 		return nil, reject(ReasonBadProof, "%v", err)
 	}
@@ -489,7 +489,7 @@ func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
 
 // Peer returns a copy of the verified client identity.
 func (s *ServerHandshake) Peer() *identity.Identity {
-	if s == nil {
+	if s == nil || s.client == nil {
 		return nil
 	}
 	return s.client.v.id.Clone()
@@ -497,7 +497,7 @@ func (s *ServerHandshake) Peer() *identity.Identity {
 
 // PeerNode returns the node name of the verified client.
 func (s *ServerHandshake) PeerNode() string {
-	if s == nil {
+	if s == nil || s.client == nil {
 		return ""
 	}
 	return s.client.v.node
@@ -507,8 +507,8 @@ func (s *ServerHandshake) PeerNode() string {
 // token, a fresh server nonce, the echoed client nonce and the server proof.
 // Called again (a retransmitted SYN-ACK) it returns the same bytes.
 func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
-	if s == nil {
-		return nil, errors.New("new SYN-ACK: no server handshake")
+	if s == nil || s.e == nil || s.client == nil {
+		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -521,12 +521,12 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new SYN-ACK: %w", err)
 	}
-	prk, err := keys.pairKey(s.client, now)
+	k, err := keys.pairKey(s.client, now)
 	if err != nil {
 		return nil, fmt.Errorf("new SYN-ACK: %w", err)
 	}
 	ns := newNonce()
-	serverProof, clientProof, err := handshakeProofs(prk, &s.clientNonce, &ns, &s.client.digest, &t.digest)
+	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
 	if err != nil {
 		return nil, fmt.Errorf("new SYN-ACK: %w", err)
 	}
@@ -537,8 +537,8 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 
 // ConsumeACK verifies the client's proof in the ACK payload.
 func (s *ServerHandshake) ConsumeACK(payload []byte) error {
-	if s == nil {
-		return reject(ReasonBadProof, "no server handshake")
+	if s == nil || s.client == nil {
+		return reject(ReasonBadProof, "no server handshake (not made by ConsumeSYN)")
 	}
 	proof, err := parseACK(payload)
 	if err != nil {
