@@ -36,7 +36,9 @@ type Config struct {
 	Tokens *tokens.Engine
 	// Policy decides each connection.
 	Policy policy.Decider
-	// Flows receives one record per decision; nil discards them.
+	// Flows receives one record per decision; nil discards them. Records
+	// are written by a goroutine of the enforcer's, never on the packet
+	// path; Close writes those still queued.
 	Flows *flowlog.Writer
 	// Log receives operational messages; nil discards them.
 	Log *slog.Logger
@@ -73,6 +75,8 @@ type Enforcer struct {
 	workloads map[string]*workload // by netns path
 	closed    bool
 
+	flows *flowQueue
+
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
 }
@@ -86,8 +90,8 @@ type workload struct {
 	cancel context.CancelFunc
 }
 
-// New returns an Enforcer. It starts the goroutine that forgets expired
-// handshakes; Close stops it.
+// New returns an Enforcer. It starts the goroutines that forget expired
+// handshakes and write flow records; Close stops them.
 func New(cfg Config) (*Enforcer, error) {
 	if cfg.Tokens == nil {
 		return nil, errors.New("enforcer: Config.Tokens is required")
@@ -113,6 +117,7 @@ func New(cfg Config) (*Enforcer, error) {
 	e := &Enforcer{cfg: cfg, log: log, workloads: map[string]*workload{}, stop: cancel}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
+	e.flows = newFlowQueue(ctx, cfg.Flows, log)
 	return e, nil
 }
 
@@ -205,8 +210,11 @@ func (e *Enforcer) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	// The queues are closed: no more records come; the writer writes
+	// what is queued and stops.
 	e.stop()
 	e.janitor.Wait()
+	e.flows.wait()
 	return errors.Join(errs...)
 }
 

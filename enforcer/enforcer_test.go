@@ -71,8 +71,9 @@ type lab struct {
 }
 
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu    sync.Mutex
+	b     bytes.Buffer
+	flush func() // waits for the enforcer's queued flow records; may be nil
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
@@ -82,6 +83,9 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 
 func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
+	if s.flush != nil {
+		s.flush()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rs, err := flowlog.Read(bytes.NewReader(s.b.Bytes()))
@@ -183,6 +187,7 @@ func newLab(t testing.TB, queues uint16) *lab {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = enf.Close() })
+		l.flows.flush = enf.flows.flush
 		for _, w := range []struct {
 			ns  *netns.NS
 			pod string

@@ -45,9 +45,7 @@ func (q *queue) record(p *packet, outgoing bool, dir policy.Direction, stage str
 	if allowed {
 		r.Verdict = flowlog.Allow
 	}
-	if err := q.e.cfg.Flows.Write(r); err != nil {
-		q.e.log.Warn("flow record not written", "err", err)
-	}
+	q.e.flows.send(r)
 }
 
 // decide asks policy and records the decision.

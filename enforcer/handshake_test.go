@@ -70,6 +70,7 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
+	flows.flush = e.flows.flush
 	mk := func(pod, app string) *queue {
 		wl := &workload{netns: pod, conns: newConnTable(e.cfg.MaxHandshakes)}
 		wl.id.Store(&identity.Identity{Namespace: "t", Pod: pod, Labels: map[string]string{"app": app}})
@@ -381,6 +382,7 @@ func BenchmarkHandshakeProcess(b *testing.B) {
 	t := &testing.T{}
 	p := newPair(t, 0)
 	p.e.cfg.Flows = flowlog.NewWriter(io.Discard)
+	p.e.flows = newFlowQueue(b.Context(), p.e.cfg.Flows, p.e.log)
 	syn := seg(b, true, 1, true, false, linuxSYNOptions, nil)
 	synack := seg(b, false, 1, true, true, linuxSYNOptions, nil)
 	ack := seg(b, true, 1, false, true, linuxACKOptions, nil)

@@ -228,7 +228,7 @@ func (s *nfqSocket) recv() (int, error) {
 
 func (s *nfqSocket) doRead(fd uintptr) bool {
 	for {
-		s.n, _, s.err = unix.Recvfrom(int(fd), s.rbuf, 0)
+		s.n, s.err = unix.Read(int(fd), s.rbuf) // recvfrom would allocate the sender's address
 		switch s.err {
 		case unix.EINTR:
 			continue

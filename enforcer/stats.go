@@ -15,3 +15,11 @@ func (e *Enforcer) HandshakesInFlight() int {
 	}
 	return n
 }
+
+// FlowRecordsDropped returns how many flow records were dropped because
+// the output (Config.Flows) fell behind by more than the enforcer's
+// buffer. The packet path never waits for the output; a non-zero value
+// means the flow log is incomplete.
+func (e *Enforcer) FlowRecordsDropped() uint64 {
+	return e.flows.dropped.Load()
+}
