@@ -16,7 +16,8 @@ import (
 // BenchmarkConnect measures connection setup between two namespaces on a
 // veth: connect, 1-byte request, 1-byte response, close. "plain" has no
 // rules and no enforcer; "bireme" is the lab with mutual authentication
-// and policy (peer already seen). Reported: conn/s, and the connect()
+// and policy (peer already seen); "bireme-q2" the same with two queues per
+// workload. Reported: conn/s, and the connect()
 // latency p50/p99 in microseconds. Run with
 //
 //	go test -run XXX -bench Connect -benchtime 2000x ./enforcer
@@ -40,6 +41,14 @@ func BenchmarkConnect(b *testing.B) {
 	})
 	b.Run("bireme", func(b *testing.B) {
 		l := newLab(b, 1)
+		benchConnect(b, l.web, l.client)
+	})
+	// Two queues per workload (--queue-balance). The kernel picks the
+	// queue by a hash of the address pair only, so one client talking to
+	// one server stays on one queue: this measures the cost of the second
+	// reader, not a speed-up (which needs many peers).
+	b.Run("bireme-q2", func(b *testing.B) {
+		l := newLab(b, 2)
 		benchConnect(b, l.web, l.client)
 	})
 }
