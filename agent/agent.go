@@ -157,13 +157,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	var metrics *Metrics
 	flowsOut := cfg.Flows
-	var dpRef atomic.Pointer[nodeDatapath] // read by the in-flight gauge
+	var dpRef atomic.Pointer[nodeDatapath] // read by the enforcer metrics
 	if cfg.Metrics != nil {
-		metrics, err = NewMetrics(cfg.Metrics, func() float64 {
-			if d := dpRef.Load(); d != nil {
-				return d.handshakesInFlight()
+		// The enforcer does not exist yet: read it through dpRef.
+		fromEnforcer := func(read func(*nodeDatapath) float64) func() float64 {
+			return func() float64 {
+				if d := dpRef.Load(); d != nil {
+					return read(d)
+				}
+				return 0
 			}
-			return 0
+		}
+		metrics, err = NewMetrics(cfg.Metrics, EnforcerStats{
+			HandshakesInFlight: fromEnforcer(func(d *nodeDatapath) float64 { return float64(d.enf.HandshakesInFlight()) }),
+			FlowRecordsDropped: fromEnforcer(func(d *nodeDatapath) float64 { return float64(d.enf.FlowRecordsDropped()) }),
 		})
 		if err != nil {
 			return err

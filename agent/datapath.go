@@ -88,6 +88,3 @@ func (d *nodeDatapath) Remove(ctx context.Context, w Workload) error {
 }
 
 func (d *nodeDatapath) Close() error { return d.enf.Close() }
-
-// handshakesInFlight is read by the bireme_handshakes_in_flight gauge.
-func (d *nodeDatapath) handshakesInFlight() float64 { return float64(d.enf.HandshakesInFlight()) }

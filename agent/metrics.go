@@ -37,9 +37,15 @@ const (
 	reasonNoRule      = "no-rule-allows" // selected, and no rule allows
 )
 
-// NewMetrics registers the agent's metrics in reg. handshakesInFlight, when
-// not nil, is read at every scrape for bireme_handshakes_in_flight.
-func NewMetrics(reg prometheus.Registerer, handshakesInFlight func() float64) (*Metrics, error) {
+// EnforcerStats are read from the enforcer at every scrape; a nil field
+// leaves its metric out.
+type EnforcerStats struct {
+	HandshakesInFlight func() float64 // bireme_handshakes_in_flight
+	FlowRecordsDropped func() float64 // bireme_flow_records_dropped_total
+}
+
+// NewMetrics registers the agent's metrics in reg.
+func NewMetrics(reg prometheus.Registerer, stats EnforcerStats) (*Metrics, error) {
 	m := &Metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bireme_decisions_total",
@@ -59,11 +65,17 @@ func NewMetrics(reg prometheus.Registerer, handshakesInFlight func() float64) (*
 		}),
 	}
 	cs := []prometheus.Collector{m.decisions, m.tokenFailures, m.workloads, m.reconcileErrors}
-	if handshakesInFlight != nil {
+	if stats.HandshakesInFlight != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "bireme_handshakes_in_flight",
 			Help: "Handshake states the enforcer holds: handshakes in progress, and handshakes completed less than the handshake timeout (10s) ago.",
-		}, handshakesInFlight))
+		}, stats.HandshakesInFlight))
+	}
+	if stats.FlowRecordsDropped != nil {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "bireme_flow_records_dropped_total",
+			Help: "Flow records dropped because the flow output fell behind (the packet path never waits for it); non-zero means the flow log is incomplete.",
+		}, stats.FlowRecordsDropped))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

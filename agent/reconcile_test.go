@@ -64,7 +64,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	var logBuf bytes.Buffer
 	fd := &fakeDatapath{failInstall: map[string]bool{"/n/b": true}, failRemove: map[string]bool{}, state: map[string]string{}}
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, nil)
+	m, err := NewMetrics(reg, EnforcerStats{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 func TestMetricsCountFlowRecords(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	inFlight := 3.0
-	m, err := NewMetrics(reg, func() float64 { return inFlight })
+	m, err := NewMetrics(reg, EnforcerStats{HandshakesInFlight: func() float64 { return inFlight }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestMetricsCountFlowRecords(t *testing.T) {
 }
 
 func TestCountingWriterSplitWrites(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry(), nil)
+	m, err := NewMetrics(prometheus.NewRegistry(), EnforcerStats{})
 	if err != nil {
 		t.Fatal(err)
 	}

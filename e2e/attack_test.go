@@ -306,6 +306,10 @@ spec:
 			if v, err := c.enf[n].metric("bireme_handshakes_in_flight"); err != nil || v < 0 {
 				t.Errorf("%s bireme_handshakes_in_flight = %v (%v)", n, v, err)
 			}
+			// Every assertion on flow records above relies on none lost.
+			if v, err := c.enf[n].metric("bireme_flow_records_dropped_total"); err != nil || v != 0 {
+				t.Errorf("%s bireme_flow_records_dropped_total = %v (%v), want 0", n, v, err)
+			}
 		}
 	})
 }
