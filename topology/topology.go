@@ -447,9 +447,20 @@ func (t *Topology) RemoveHost(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("remove host %q: no such host", name)
 	}
-	// Deleting the namespace destroys eth0 and with it the node-side veth.
 	if err := h.NS.Delete(ctx); err != nil {
 		return fmt.Errorf("remove host %q: %w", name, err)
+	}
+	// A socket or queue still open in the host's namespace keeps it, and
+	// its veth, alive after the name is gone; deleting the node-side end
+	// removes the pair now, so the name and address can be reused at once.
+	// The node's neighbour entry goes too, or a new host on the same
+	// address would be unreachable until the old MAC ages out.
+	t.mu.Lock()
+	n := t.nodes[h.Node]
+	t.mu.Unlock()
+	if n != nil {
+		_ = n.NS.Exec(ctx, "ip", "link", "del", hostIf(h))
+		_ = n.NS.Exec(ctx, "ip", "neigh", "flush", "to", h.Addr.String())
 	}
 	t.mu.Lock()
 	delete(t.hosts, name)

@@ -172,6 +172,24 @@ func TestAddRemoveRestoreDestroy(t *testing.T) {
 	if netns.Exists(d.NS.Name) {
 		t.Errorf("namespace %s still exists after RemoveHost", d.NS.Name)
 	}
+	// The old listener still holds the removed namespace open; the name and
+	// address must be reusable at once all the same.
+	d2, err := again.AddHost(ctx, "n2", "d")
+	if err != nil {
+		t.Fatalf("re-adding d while the old namespace is still held: %v", err)
+	}
+	if d2.Addr != d.Addr {
+		t.Fatalf("re-added d got %s, want the freed %s", d2.Addr, d.Addr)
+	}
+	serveSource(t, d2, "8081")
+	c, err := topo.Host("a").NS.Dial("tcp", netip.AddrPortFrom(d2.Addr, 8081).String(), 2*time.Second)
+	if err != nil {
+		t.Fatalf("a -> re-added d: %v", err)
+	}
+	c.Close()
+	if err := again.RemoveHost(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
 	if err := again.Destroy(ctx); err != nil {
 		t.Fatal(err)
 	}
