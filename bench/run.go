@@ -325,7 +325,9 @@ func checkResults(res *report.Results) []string {
 				case c.Key == "bireme-denied" && fl.Deny < attempts:
 					notes = append(notes, fmt.Sprintf("case %d round %d: %d denied attempts but only %d deny records at the server enforcer", c.ID, rd.Round, attempts, fl.Deny))
 				case c.Key != "bireme-denied" && fl.Allow < allowed:
-					notes = append(notes, fmt.Sprintf("WRONG: case %d round %d: %d connections completed but the server enforcer recorded only %d ingress allows", c.ID, rd.Round, allowed, fl.Allow))
+					// Not proof of a bypass: the enforcer drops (and counts) flow
+					// records when their output falls behind.
+					notes = append(notes, fmt.Sprintf("case %d round %d: %d connections completed and the server enforcer wrote %d ingress allow records (it drops records when their output falls behind)", c.ID, rd.Round, allowed, fl.Allow))
 				}
 			}
 			if rd.BulkError != "" {
