@@ -235,8 +235,31 @@ func (e *Enforcer) expireLoop(ctx context.Context) {
 			}
 			e.mu.Unlock()
 			for _, wl := range wls {
-				wl.conns.expire(now)
+				e.expire(wl, now)
 			}
 		}
+	}
+}
+
+// expire forgets wl's handshakes that did not complete by now and writes
+// a deny record for each half-open one it served.
+func (e *Enforcer) expire(wl *workload, now time.Time) {
+	for _, h := range wl.conns.expire(now) {
+		if e.cfg.Flows == nil {
+			continue
+		}
+		e.flows.send(&flowlog.Record{
+			Time:      now.UTC(),
+			Node:      e.cfg.Node,
+			Direction: policy.Ingress.String(),
+			Stage:     stageACK,
+			Protocol:  "TCP",
+			LocalAddr: h.key.local.String(),
+			PeerAddr:  h.key.remote.String(),
+			Local:     wl.id.Load(),
+			Peer:      h.peer,
+			Verdict:   flowlog.Deny,
+			Reason:    fmt.Sprintf("handshake not completed: no valid client proof within %s; the connection was never authorized", e.cfg.HandshakeTimeout),
+		})
 	}
 }

@@ -89,13 +89,28 @@ func (t *connTable) len() int {
 	return len(t.m)
 }
 
-// expire forgets handshakes whose time is up.
-func (t *connTable) expire(now time.Time) {
+// expire forgets handshakes whose time is up and returns those in which
+// this workload was the server, had accepted the SYN and never saw a valid
+// client proof: the connection was half-open and never authorized, and the
+// flow log must say so (its only other record is the SYN's allow).
+func (t *connTable) expire(now time.Time) []expiredHandshake {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var unfinished []expiredHandshake
 	for k, c := range t.m {
 		if now.After(c.expires) {
 			delete(t.m, k)
+			if c.server != nil && c.verified == nil && !c.authorized && !c.noToken {
+				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer})
+			}
 		}
 	}
+	return unfinished
+}
+
+// expiredHandshake is a server-side handshake that timed out before the
+// client proved its half.
+type expiredHandshake struct {
+	key  connKey
+	peer *identity.Identity
 }

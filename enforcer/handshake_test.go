@@ -425,3 +425,48 @@ func FuzzProcess(f *testing.F) {
 		}
 	})
 }
+
+func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
+	syn := func(sport uint16) []byte { return seg(t, true, sport, true, false, linuxSYNOptions, nil) }
+	synack := func(sport uint16) []byte { return seg(t, false, sport, true, true, linuxSYNOptions, nil) }
+	ackPkt := func(sport uint16) []byte { return seg(t, true, sport, false, true, linuxACKOptions, nil) }
+	p := newPair(t, 0)
+
+	// Port 20: the client's proof never arrives (an attacker replaying a
+	// SYN, or a lost ACK never repaired). Port 21: a complete handshake.
+	for _, sport := range []uint16{20, 21} {
+		v := pass(p.cli, syn(sport), true)
+		if w := pass(p.srv, v.packet, false); !w.accept {
+			t.Fatalf("port %d: server refused the SYN", sport)
+		}
+		sa := pass(p.srv, synack(sport), true)
+		pass(p.cli, sa.packet, false)
+		if sport == 21 {
+			a := pass(p.cli, ackPkt(sport), true)
+			if w := pass(p.srv, a.packet, false); !w.accept {
+				t.Fatal("server refused a valid ACK")
+			}
+		}
+	}
+	later := time.Now().Add(p.e.cfg.HandshakeTimeout + time.Second)
+	p.e.expire(p.srv.wl, later)
+	p.e.expire(p.cli.wl, later)
+	if n := p.srv.wl.conns.len() + p.cli.wl.conns.len(); n != 0 {
+		t.Fatalf("%d handshakes left after expiry", n)
+	}
+
+	var expired []flowlog.Record
+	for _, r := range p.flows.records(t) {
+		if strings.Contains(r.Reason, "handshake not completed") {
+			expired = append(expired, r)
+		}
+	}
+	if len(expired) != 1 {
+		t.Fatalf("got %d expiry records, want 1 (only the half-open server side): %+v", len(expired), expired)
+	}
+	r := expired[0]
+	if r.Verdict != flowlog.Deny || r.Direction != "ingress" || r.Stage != stageACK ||
+		r.PeerAddr != "198.18.0.1:20" || r.Local == nil || r.Local.Pod != "srv" || r.Peer == nil || r.Peer.Pod != "cli" {
+		t.Errorf("expiry record = %+v", r)
+	}
+}
