@@ -28,8 +28,12 @@ type conn struct {
 	synack  []byte // the SYN-ACK token verified; a retransmission is recognized by its bytes
 	proof   []byte // the ACK proof to attach until the server answers
 
-	// Server side (the workload received the SYN).
+	// Server side (the workload received the SYN). server answers the
+	// newest SYN; earlier holds the handshakes of earlier transmissions of
+	// the SYN, still unfinished when it came: the client may have taken
+	// the SYN-ACK to any of them, so the ACK's proof may be for any.
 	server   *tokens.ServerHandshake
+	earlier  []*tokens.ServerHandshake
 	peer     *identity.Identity
 	verified []byte // the client proof accepted
 
@@ -52,6 +56,18 @@ func (c *conn) clientFor(nonce [tokens.NonceSize]byte) *tokens.ClientHandshake {
 		}
 	}
 	return nil
+}
+
+// earlierAccepts says whether proof completes the handshake of an earlier
+// transmission of the SYN; the peer identity becomes that handshake's.
+func (c *conn) earlierAccepts(proof []byte) bool {
+	for _, sh := range c.earlier {
+		if sh.ConsumeACK(proof) == nil {
+			c.peer = sh.Peer()
+			return true
+		}
+	}
+	return false
 }
 
 // connTable holds the handshakes in progress of one workload, bounded.

@@ -48,6 +48,13 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
 		return drop
 	}
+	if old := q.wl.conns.get(key); c.server != nil && old != nil && old.server != nil && !old.authorized &&
+		len(old.earlier) < maxSYNRetries {
+		// A retransmitted SYN arriving after the server answered an
+		// earlier one: the client may complete either handshake. Each was
+		// verified and allowed on its own SYN.
+		c.earlier = append(append(old.earlier[:0:0], old.earlier...), old.server)
+	}
 	if !q.wl.conns.put(key, c) {
 		q.record(p, false, policy.Ingress, stageSYN, local, peer.Identity, false, "", "denied: too many handshakes in progress", nil)
 		return drop
@@ -127,8 +134,10 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 		return drop // the client's retransmissions carry it
 	}
 	if err := c.server.ConsumeACK(proof); err != nil {
-		q.record(p, false, policy.Ingress, stageACK, q.wl.id.Load(), c.peer, false, "", "denied: client proof rejected: "+err.Error(), err)
-		return drop
+		if !c.earlierAccepts(proof) {
+			q.record(p, false, policy.Ingress, stageACK, q.wl.id.Load(), c.peer, false, "", "denied: client proof rejected: "+err.Error(), err)
+			return drop
+		}
 	}
 	c.authorized = true
 	c.verified = append([]byte(nil), proof...)
