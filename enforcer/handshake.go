@@ -26,7 +26,9 @@ type conn struct {
 	// echoed nonce which one it answers.
 	clients []*tokens.ClientHandshake
 	synack  []byte // the SYN-ACK token verified; a retransmission is recognized by its bytes
-	proof   []byte // the ACK proof to attach until the server answers
+	// answered is the handshake that SYN-ACK completed.
+	answered *tokens.ClientHandshake
+	proof    []byte // the ACK proof to attach until the server answers
 
 	// Server side (the workload received the SYN). server answers the
 	// newest SYN; earlier holds the handshakes of earlier transmissions of

@@ -78,7 +78,21 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		if tok != nil && bytes.Equal(tok, c.synack) {
 			return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
 		}
-		return drop
+		// It may answer another transmission of our SYN: one that reached
+		// the server after it had answered the first, so the server now
+		// waits for that handshake's proof, and our ACK with the first
+		// proof was lost. Verified in full below, like a first SYN-ACK;
+		// anything else is dropped.
+		if tok == nil {
+			return drop
+		}
+		nonce, ok := tokens.SYNACKClientNonce(tok)
+		if !ok {
+			return drop
+		}
+		if match := c.clientFor(nonce); match == nil || match == c.answered {
+			return drop
+		}
 	}
 	local := q.wl.id.Load()
 	peer := policy.Peer{Addr: p.src}
@@ -110,6 +124,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		return drop
 	}
 	c.peer = id
+	c.answered = ch
 	c.proof = proof
 	c.synack = append([]byte(nil), tok...)
 	return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)

@@ -1,6 +1,8 @@
 package enforcer
 
 import (
+	"bytes"
+
 	"testing"
 
 	"github.com/bireme/bireme/supervisor"
@@ -71,5 +73,48 @@ func TestLateRetransmittedSYN(t *testing.T) {
 	ack = pass(q.cli, ackPkt, true)
 	if w := pass(q.srv, ack.packet, false); !w.accept || w.mark != auth {
 		t.Fatalf("server rejected the proof of the second handshake: %+v\n%s", w, q.flows.b.String())
+	}
+}
+
+// TestLostACKAfterLateSYN: as above, but the client's ACK is lost. The
+// server's retransmitted SYN-ACK answers the newest SYN, not the one whose
+// SYN-ACK the client took; the client must verify it and send that
+// handshake's proof, or the connection hangs.
+func TestLostACKAfterLateSYN(t *testing.T) {
+	auth, pending := supervisor.DefaultMarkAuthorized, supervisor.DefaultMarkPending
+	const sport = 8
+	syn := seg(t, true, sport, true, false, linuxSYNOptions, nil)
+	synack := seg(t, false, sport, true, true, linuxSYNOptions, nil)
+	ackPkt := seg(t, true, sport, false, true, linuxACKOptions, nil)
+
+	p := newPair(t, 0)
+	first := pass(p.cli, syn, true)
+	second := pass(p.cli, syn, true)
+	pass(p.srv, first.packet, false)
+	sa1 := pass(p.srv, synack, true)
+	pass(p.srv, second.packet, false)
+	if w := pass(p.cli, sa1.packet, false); !w.accept {
+		t.Fatal("client refused the SYN-ACK to its first SYN")
+	}
+	pass(p.cli, ackPkt, true) // lost
+	sa2 := pass(p.srv, synack, true)
+	if !sa2.accept {
+		t.Fatal("server's retransmitted SYN-ACK dropped")
+	}
+	w := pass(p.cli, sa2.packet, false)
+	if !w.accept || w.mark != pending || !bytes.Equal(w.or(sa2.packet), synack) {
+		t.Fatalf("client must take the SYN-ACK to its second SYN and go back to Pending: %+v\n%s", w, p.flows.b.String())
+	}
+	ack := pass(p.cli, ackPkt, true)
+	if w := pass(p.srv, ack.packet, false); !w.accept || w.mark != auth {
+		t.Fatalf("server rejected the proof sent after its retransmitted SYN-ACK: %+v\n%s", w, p.flows.b.String())
+	}
+	// A SYN-ACK answering no SYN the client sent is still refused.
+	other := newPair(t, 0)
+	o1 := pass(other.cli, syn, true)
+	pass(other.srv, o1.packet, false)
+	foreign := pass(other.srv, synack, true)
+	if w := pass(p.cli, foreign.packet, false); w.accept {
+		t.Fatal("client accepted a SYN-ACK answering a SYN it never sent")
 	}
 }
