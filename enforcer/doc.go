@@ -31,8 +31,10 @@
 //     (ConsumeSYN) and stripped, and the server workload's ingress policy is
 //     asked about the client identity; a SYN-ACK is verified against the
 //     client handshake (ConsumeSYNACK) and the client's egress policy
-//     decides; the ACK's proof is verified (ConsumeACK) and the connection
-//     marked Authorized. Deny means drop, never a reset.
+//     decides; the ACK's proof is verified (ConsumeACK), the ACK passes
+//     still Pending and, once its verdict is given, the connection is marked
+//     Authorized in conntrack (queue.go, supervisor.ConnMarker). Deny means
+//     drop, never a reset.
 //   - handshake.go: per-workload table of handshakes in progress, keyed by
 //     the tuple as the namespace sees it, bounded, expired after
 //     Config.HandshakeTimeout.

@@ -84,6 +84,7 @@ type Enforcer struct {
 // workload is the enforcer's state for one attached namespace.
 type workload struct {
 	netns  string
+	marker *supervisor.ConnMarker // nil in tests without a namespace
 	id     atomic.Pointer[identity.Identity]
 	conns  *connTable
 	queues []*queue
@@ -141,6 +142,12 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 	qctx, cancel := context.WithCancel(context.Background())
 	wl := &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
+	marker, err := supervisor.NewConnMarker(w.NetNS, e.cfg.Rules.Mask())
+	if err != nil {
+		cancel()
+		return fmt.Errorf("attach %s: %w", w.NetNS, err)
+	}
+	wl.marker = marker
 	for i := range e.cfg.Rules.Queues {
 		num := e.cfg.Rules.QueueBase + i
 		q, err := e.openQueue(qctx, wl, num)
@@ -149,6 +156,7 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 			for _, q := range wl.queues {
 				q.close()
 			}
+			marker.Close()
 			return fmt.Errorf("attach %s: queue %d: %w", w.NetNS, num, err)
 		}
 		wl.queues = append(wl.queues, q)
@@ -192,6 +200,11 @@ func (wl *workload) close() error {
 	for _, q := range wl.queues {
 		if err := q.close(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if wl.marker != nil {
+		if err := wl.marker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close conntrack socket of %s: %w", wl.netns, err))
 		}
 	}
 	return errors.Join(errs...)

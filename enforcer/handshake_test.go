@@ -158,7 +158,7 @@ func TestHandshakeStates(t *testing.T) {
 			t.Fatalf("client ACK: %+v", v)
 		}
 		w = pass(p.srv, v.packet, false)
-		if !w.accept || w.mark != auth || !bytes.Equal(w.or(v.packet), ackPkt(1)) {
+		if !w.accept || !authorizedAfter(w) || !bytes.Equal(w.or(v.packet), ackPkt(1)) {
 			t.Fatalf("server ACK: %+v", w)
 		}
 		// A data packet queued behind the ACK passes, stripped.
@@ -211,7 +211,7 @@ func TestHandshakeStates(t *testing.T) {
 			t.Fatalf("client must accept the retransmitted SYN-ACK and go back to Pending: %+v", w)
 		}
 		v = pass(p.cli, ackPkt(3), true)
-		if w := pass(p.srv, v.packet, false); !w.accept || w.mark != auth {
+		if w := pass(p.srv, v.packet, false); !w.accept || !authorizedAfter(w) {
 			t.Fatalf("second ACK: %+v", w)
 		}
 	})
@@ -469,4 +469,11 @@ func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
 		r.PeerAddr != "198.18.0.1:20" || r.Local == nil || r.Local.Pod != "srv" || r.Peer == nil || r.Peer.Pod != "cli" {
 		t.Errorf("expiry record = %+v", r)
 	}
+}
+
+// authorizedAfter reports whether v is the server's acceptance of a valid
+// client proof: the ACK passes still Pending and the connection is marked
+// Authorized in conntrack only after the verdict (see ingressACK).
+func authorizedAfter(v verdict) bool {
+	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize != nil
 }

@@ -156,7 +156,17 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 	}
 	c.authorized = true
 	c.verified = append([]byte(nil), proof...)
-	return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+	// The ACK itself leaves the connection Pending, and the Authorized
+	// mark is set only after this verdict (handle): had the ACK carried
+	// it, the client's first data could bypass the queue on another CPU
+	// while the kernel was still turning the ACK into a socket, meet only
+	// the listener and be answered with a reset. Data arriving meanwhile
+	// is queued behind the ACK and authorized above.
+	v := q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+	if v.accept {
+		v.authorize = &key
+	}
+	return v
 }
 
 // acceptStripped accepts p without Bireme's token and options (copied

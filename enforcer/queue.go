@@ -29,6 +29,10 @@ type verdict struct {
 	accept bool
 	packet []byte // replacement packet, nil to keep the original
 	mark   uint32 // mark bits to set (Authorized or Pending), 0 for none
+	// authorize, when set, is the connection (original direction) to mark
+	// Authorized in conntrack once the verdict has been given: see
+	// ingressACK for why the server's ACK cannot carry that mark itself.
+	authorize *connKey
 }
 
 var drop = verdict{}
@@ -98,6 +102,17 @@ func (q *queue) handle(a *queuedPacket) {
 	}
 	if err != nil {
 		q.e.log.Warn("verdict failed", "netns", q.wl.netns, "queue", q.num, "err", err)
+		return
+	}
+	if v.authorize != nil && q.wl.marker != nil {
+		// The kernel processed the accepted packet inside the verdict
+		// call, so the connection's socket exists by now.
+		k := v.authorize
+		if err := q.wl.marker.Set(k.remote, k.local, q.e.cfg.Rules.MarkAuthorized); err != nil {
+			// The connection stays Pending: its next packet from the
+			// client is queued and authorized by ingressACK instead.
+			q.e.log.Warn("authorize in conntrack failed", "netns", q.wl.netns, "err", err)
+		}
 	}
 }
 

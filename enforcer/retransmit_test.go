@@ -50,7 +50,7 @@ func TestLateRetransmittedSYN(t *testing.T) {
 	if !ack.accept || ack.mark != auth {
 		t.Fatalf("client ACK: %+v", ack)
 	}
-	if w := pass(p.srv, ack.packet, false); !w.accept || w.mark != auth {
+	if w := pass(p.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
 		t.Fatalf("server rejected the proof of the handshake the client completed: %+v\n%s", w, p.flows.b.String())
 	}
 	// The retransmitted SYN-ACK arriving after the ACK is harmless.
@@ -71,7 +71,7 @@ func TestLateRetransmittedSYN(t *testing.T) {
 		t.Fatalf("client refused the SYN-ACK to its second SYN: %s", q.flows.b.String())
 	}
 	ack = pass(q.cli, ackPkt, true)
-	if w := pass(q.srv, ack.packet, false); !w.accept || w.mark != auth {
+	if w := pass(q.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
 		t.Fatalf("server rejected the proof of the second handshake: %+v\n%s", w, q.flows.b.String())
 	}
 }
@@ -81,7 +81,7 @@ func TestLateRetransmittedSYN(t *testing.T) {
 // SYN-ACK the client took; the client must verify it and send that
 // handshake's proof, or the connection hangs.
 func TestLostACKAfterLateSYN(t *testing.T) {
-	auth, pending := supervisor.DefaultMarkAuthorized, supervisor.DefaultMarkPending
+	pending := supervisor.DefaultMarkPending
 	const sport = 8
 	syn := seg(t, true, sport, true, false, linuxSYNOptions, nil)
 	synack := seg(t, false, sport, true, true, linuxSYNOptions, nil)
@@ -106,7 +106,7 @@ func TestLostACKAfterLateSYN(t *testing.T) {
 		t.Fatalf("client must take the SYN-ACK to its second SYN and go back to Pending: %+v\n%s", w, p.flows.b.String())
 	}
 	ack := pass(p.cli, ackPkt, true)
-	if w := pass(p.srv, ack.packet, false); !w.accept || w.mark != auth {
+	if w := pass(p.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
 		t.Fatalf("server rejected the proof sent after its retransmitted SYN-ACK: %+v\n%s", w, p.flows.b.String())
 	}
 	// A SYN-ACK answering no SYN the client sent is still refused.

@@ -296,3 +296,61 @@ func ctTuple(src, dst netip.AddrPort) []byte {
 	})
 	return t
 }
+
+// ctaMarkMask is CTA_MARK_MASK: with it, an update changes only the mark
+// bits in the mask and keeps everyone else's.
+const ctaMarkMask = 21
+
+// ConnMarker sets Bireme's mark bits on single conntrack entries of one
+// workload namespace, over one ctnetlink socket opened in it. It is safe
+// for concurrent use.
+type ConnMarker struct {
+	c    *netlink.Conn
+	mask uint32
+}
+
+// NewConnMarker opens a ctnetlink socket in the namespace at netnsPath.
+// mask names the bits Set may change (Config.Mask()).
+func NewConnMarker(netnsPath string, mask uint32) (*ConnMarker, error) {
+	f, err := os.Open(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("conn marker: open netns: %w", err)
+	}
+	defer f.Close()
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		return nil, fmt.Errorf("conn marker: dial ctnetlink: %w", err)
+	}
+	return &ConnMarker{c: c, mask: mask}, nil
+}
+
+// Set replaces the masked bits of the mark of the TCP connection whose
+// original direction is src -> dst with bits.
+func (m *ConnMarker) Set(src, dst netip.AddrPort, bits uint32) error {
+	family := uint8(unix.AF_INET)
+	if src.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: netlink.Nested | ctaTupleOrig, Data: ctTuple(src, dst)},
+		{Type: ctaMark, Data: binary.BigEndian.AppendUint32(nil, bits&m.mask)},
+		{Type: ctaMarkMask, Data: binary.BigEndian.AppendUint32(nil, m.mask)},
+	})
+	if err != nil {
+		return fmt.Errorf("mark %s-%s: %w", src, dst, err)
+	}
+	_, err = m.c.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(nfnlSubsysCtnetlnk<<8 | ctMsgNew),
+			Flags: netlink.Request | netlink.Acknowledge,
+		},
+		Data: append(nfgenmsg(family), attrs...),
+	})
+	if err != nil {
+		return fmt.Errorf("mark %s-%s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// Close closes the socket.
+func (m *ConnMarker) Close() error { return m.c.Close() }

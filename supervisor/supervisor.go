@@ -15,7 +15,9 @@
 //	Authorized  the enforcer verified the handshake: every packet passes in the kernel
 //	Pending     the enforcer accepted the SYN-ACK: the handshake-completing
 //	            ACK (client: with proof attached; server: proof verified) still
-//	            has to pass the queue
+//	            has to pass the queue. The server's enforcer sets Authorized
+//	            only after the ACK's verdict, with ConnMarker (ctnetlink), so
+//	            that no data can overtake the ACK while its socket is made.
 //
 // mangle table (runs before filter, priority -150):
 //

@@ -1,0 +1,79 @@
+package enforcer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestServerAuthorizedAfterACK checks the server side's two-step
+// authorization: the ACK that carries a valid proof passes still Pending,
+// and the enforcer then marks the connection Authorized in conntrack, so a
+// server that speaks first is not held back and a client that stays silent
+// is not left Pending (where it would depend on the handshake table, which
+// forgets after HandshakeTimeout).
+func TestServerAuthorizedAfterACK(t *testing.T) {
+	l := newLab(t, 1)
+	ln, err := l.web.Listen("tcp", "198.18.7.1:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = c.Write([]byte("hello from the server\n"))
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+
+	port := 30000 + int(time.Now().UnixNano()%10000)
+	var c net.Conn
+	err = l.client.Do(func() error {
+		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(fmt.Sprintf("198.18.7.2:%d", port)))}
+		var err error
+		c, err = d.Dial("tcp", "198.18.7.1:8080")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The server speaks first; the client has sent nothing but the ACK.
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil || !strings.HasPrefix(string(buf[:n]), "hello") {
+		t.Fatalf("client read %q, %v: the server's first bytes did not arrive", buf[:n], err)
+	}
+
+	auth, mask := l.sup.Config().MarkAuthorized, l.sup.Config().Mask()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := l.web.Output(ctx, "conntrack", "-L", "-p", "tcp", "--orig-port-src", fmt.Sprint(port))
+	if err != nil {
+		t.Fatalf("conntrack -L: %v", err)
+	}
+	var marks []uint32
+	for _, f := range strings.Fields(string(out)) {
+		var m uint32
+		if _, err := fmt.Sscanf(f, "mark=%d", &m); err == nil {
+			marks = append(marks, m)
+		}
+	}
+	if len(marks) != 1 || marks[0]&mask != auth {
+		t.Fatalf("server conntrack marks for the connection = %#x, want exactly one entry with our bits = Authorized (%#x)\n%s", marks, auth, out)
+	}
+}
