@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -48,13 +47,7 @@ spec:
 // runPolicy runs `bireme policy ARGS...` and returns its output and error.
 func runPolicy(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := newPolicyCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return runCommand(t, newPolicyCmd(), args...)
 }
 
 func policyDir(t *testing.T, files map[string]string) string {
