@@ -235,15 +235,17 @@ func (e *Engine) localToken(keys *localKeys, local *identity.Identity, now time.
 	if local == nil {
 		return nil, errors.New("no local identity")
 	}
-	id := *local // shallow copy: only read
+	// A shallow copy, only read. Errors format id.String(), not &id, so the
+	// copy stays on the stack of this per-connection call.
+	id := *local
 	if id.Cluster == "" {
 		id.Cluster = keys.creds.TrustDomain
 	}
 	if id.Cluster != keys.creds.TrustDomain {
-		return nil, fmt.Errorf("identity %s: this node signs for cluster %q only", &id, keys.creds.TrustDomain)
+		return nil, fmt.Errorf("identity %s: this node signs for cluster %q only", id.String(), keys.creds.TrustDomain)
 	}
 	if id.Namespace == "" || id.Pod == "" {
-		return nil, fmt.Errorf("identity %s: namespace and pod are required", &id)
+		return nil, fmt.Errorf("identity %s: namespace and pod are required", id.String())
 	}
 	// Comparing with what was signed is cheaper than a digest of the
 	// identity, and catches any change (labels, ports, service account).
@@ -265,10 +267,10 @@ func (e *Engine) localToken(keys *localKeys, local *identity.Identity, now time.
 	}
 	jwtString, payload, sig, err := signClaims(claimsFor(&id, keys.creds.Node, iat, exp), keys.creds.Key)
 	if err != nil {
-		return nil, fmt.Errorf("identity %s: %w", &id, err)
+		return nil, fmt.Errorf("identity %s: %w", id.String(), err)
 	}
 	if len(payload) > 0xffff {
-		return nil, fmt.Errorf("identity %s: claims too large (%d bytes)", &id, len(payload))
+		return nil, fmt.Errorf("identity %s: claims too large (%d bytes)", id.String(), len(payload))
 	}
 	wire := encodeToken(keys.certDER, payload, sig)
 	t = &localToken{
