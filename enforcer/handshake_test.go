@@ -393,7 +393,7 @@ func BenchmarkHandshakeProcess(b *testing.B) {
 		v = p.srv.process(synack, true)
 		p.cli.process(v.packet, false)
 		v = p.cli.process(ack, true)
-		if w := p.srv.process(v.packet, false); w.mark != supervisor.DefaultMarkAuthorized {
+		if w := p.srv.process(v.packet, false); !authorizedAfter(w) {
 			b.Fatal("handshake did not complete")
 		}
 	}
@@ -419,7 +419,7 @@ func FuzzProcess(f *testing.F) {
 		v := p.cli.process(synBytes, true)
 		p.srv.process(v.packet, false)
 		for _, q := range []*queue{p.cli, p.srv} {
-			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized {
+			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized || v.authorize != nil {
 				t.Fatalf("one packet authorized a connection (outgoing=%v): %x", outgoing, b)
 			}
 		}
