@@ -466,8 +466,13 @@ type ServerHandshake struct {
 	clientNonce [NonceSize]byte
 	client      *peerToken
 
+	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
+	// carries the same bytes; the payload itself is rebuilt from them rather
+	// than stored and copied, one allocation less per connection.
 	mu          sync.Mutex
-	synack      []byte // built once: a retransmitted SYN-ACK carries the same bytes
+	token       *localToken // nil until a SYN-ACK was built
+	serverNonce [NonceSize]byte
+	serverProof [ProofSize]byte
 	clientProof [ProofSize]byte
 }
 
@@ -514,27 +519,35 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.synack != nil {
-		return append([]byte(nil), s.synack...), nil
+	if s.token == nil {
+		if err := s.prepareSYNACK(local); err != nil {
+			return nil, fmt.Errorf("new SYN-ACK: %w", err)
+		}
 	}
+	t := s.token
+	return appendSYNACK(make([]byte, 0, 1+2*NonceSize+len(t.wire)+ProofSize), &s.clientNonce, &s.serverNonce, t.wire, &s.serverProof), nil
+}
+
+// prepareSYNACK signs (or finds) the local token, draws the server nonce and
+// computes both proofs; s.mu is held.
+func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
 	now := s.e.now()
 	keys := s.e.keys.Load()
 	t, err := s.e.localToken(keys, local, now)
 	if err != nil {
-		return nil, fmt.Errorf("new SYN-ACK: %w", err)
+		return err
 	}
 	k, err := keys.pairKey(s.client, now)
 	if err != nil {
-		return nil, fmt.Errorf("new SYN-ACK: %w", err)
+		return err
 	}
 	ns := newNonce()
 	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
 	if err != nil {
-		return nil, fmt.Errorf("new SYN-ACK: %w", err)
+		return err
 	}
-	s.clientProof = clientProof
-	s.synack = appendSYNACK(make([]byte, 0, 1+2*NonceSize+len(t.wire)+ProofSize), &s.clientNonce, &ns, t.wire, &serverProof)
-	return append([]byte(nil), s.synack...), nil
+	s.token, s.serverNonce, s.serverProof, s.clientProof = t, ns, serverProof, clientProof
+	return nil
 }
 
 // ConsumeACK verifies the client's proof in the ACK payload.
@@ -548,7 +561,7 @@ func (s *ServerHandshake) ConsumeACK(payload []byte) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.synack == nil {
+	if s.token == nil {
 		return reject(ReasonBadProof, "ACK before any SYN-ACK was sent")
 	}
 	if subtle.ConstantTimeCompare(proof[:], s.clientProof[:]) != 1 {
