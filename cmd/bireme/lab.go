@@ -166,28 +166,23 @@ func withLab(cmd *cobra.Command, f *labFlags, fn func(*lab.Lab) error) error {
 }
 
 func newLabApplyCmd() *cobra.Command {
-	var f labFlags
-	cmd := &cobra.Command{
-		Use:   "apply -f FILE... [--state DIR]",
-		Short: "Add or change Namespaces, Pods and NetworkPolicies on the running lab",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withLab(cmd, &f, func(l *lab.Lab) error { return l.Apply(cmd.Context(), f.files...) })
-		},
-	}
-	f.addFiles(cmd)
-	f.addState(cmd)
-	return cmd
+	return newLabFilesCmd("apply", "Add or change Namespaces, Pods and NetworkPolicies on the running lab", (*lab.Lab).Apply)
 }
 
 func newLabDeleteCmd() *cobra.Command {
+	return newLabFilesCmd("delete", "Remove the objects named in FILE from the running lab", (*lab.Lab).Delete)
+}
+
+// newLabFilesCmd is a lab command that hands the objects in -f FILE... to
+// change, a method of the running lab.
+func newLabFilesCmd(name, short string, change func(*lab.Lab, context.Context, ...string) error) *cobra.Command {
 	var f labFlags
 	cmd := &cobra.Command{
-		Use:   "delete -f FILE... [--state DIR]",
-		Short: "Remove the objects named in FILE from the running lab",
+		Use:   name + " -f FILE... [--state DIR]",
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withLab(cmd, &f, func(l *lab.Lab) error { return l.Delete(cmd.Context(), f.files...) })
+			return withLab(cmd, &f, func(l *lab.Lab) error { return change(l, cmd.Context(), f.files...) })
 		},
 	}
 	f.addFiles(cmd)
@@ -224,11 +219,16 @@ func printResults(w io.Writer, output string, pods []string, results []lab.Resul
 		if results == nil {
 			results = []lab.Result{}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(results)
+		return writeJSON(w, results)
 	}
 	return lab.WriteTable(w, pods, results)
+}
+
+// writeJSON writes v to w as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func newLabStatusCmd() *cobra.Command {
@@ -244,9 +244,7 @@ func newLabStatusCmd() *cobra.Command {
 			return withLab(cmd, &f, func(l *lab.Lab) error {
 				st := l.Status()
 				if f.output == "json" {
-					enc := json.NewEncoder(cmd.OutOrStdout())
-					enc.SetIndent("", "  ")
-					return enc.Encode(st)
+					return writeJSON(cmd.OutOrStdout(), st)
 				}
 				return printStatus(cmd.OutOrStdout(), st)
 			})

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -86,9 +85,7 @@ whenever a verdict was printed, allowed or not.`,
 				return err
 			}
 			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(x)
+				return writeJSON(cmd.OutOrStdout(), x)
 			}
 			_, err = fmt.Fprint(cmd.OutOrStdout(), x.String())
 			return err
