@@ -241,7 +241,9 @@ func (w *worker) stop() error {
 func (r *runner) workerCmd(ns *netns.NS, role string, args ...string) *exec.Cmd {
 	var cmd *exec.Cmd
 	if ns != nil {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", ns.Name, r.exe}, args...)...)
+		// Not CommandContext: workers are stopped with SIGTERM by stop,
+		// not killed when a context ends.
+		cmd = ns.Command(context.Background(), r.exe, args...)
 	} else {
 		cmd = exec.Command(r.exe, args...)
 	}

@@ -12,13 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
+
+	"github.com/bireme/bireme/internal/testbin"
 )
 
-// biremeBin is the binary under test, built once by TestMain.
+// biremeBin is the binary under test: $BIREME_BIN, or built once by TestMain.
 var biremeBin string
 
 func TestMain(m *testing.M) {
@@ -31,22 +30,12 @@ func run(m *testing.M) int {
 		// Every test skips (netnstest.RequireRoot, -short); nothing to build.
 		return m.Run()
 	}
-	dir, err := os.MkdirTemp("", "bireme-e2e-")
+	bin, err := testbin.Bireme()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	biremeBin = filepath.Join(dir, "bireme")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = "go"
-	}
-	build := exec.Command(goTool, "build", "-o", biremeBin, "github.com/bireme/bireme/cmd/bireme")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: build bireme:", err)
-		return 1
-	}
+	defer testbin.Cleanup()
+	biremeBin = bin
 	return m.Run()
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"testing"
 )
 
@@ -153,5 +154,6 @@ func checkModel(t *testing.T, c *cluster) {
 }
 
 func hasHost(addrPort, host string) bool {
-	return len(addrPort) > len(host) && addrPort[:len(host)] == host && addrPort[len(host)] == ':'
+	ap, err := netip.ParseAddrPort(addrPort)
+	return err == nil && ap.Addr().String() == host
 }

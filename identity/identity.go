@@ -9,7 +9,6 @@ package identity
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"sort"
 	"strings"
 )
@@ -118,7 +117,9 @@ func (id *Identity) Digest() Digest {
 	for _, p := range ports {
 		put(p.Name)
 		put(p.Protocol)
-		put(fmt.Sprint(p.Port))
+		var port [2]byte
+		binary.BigEndian.PutUint16(port[:], p.Port)
+		h.Write(port[:])
 	}
 	var d Digest
 	h.Sum(d[:0])
