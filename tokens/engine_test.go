@@ -54,18 +54,8 @@ func TestMessageSizes(t *testing.T) {
 	ce := newTestEngine(t, f.a, f.bundle, nil)
 	se := newTestEngine(t, f.b, f.bundle, nil)
 	client := workload("frontend", "web-7d9f8c6b5-abcde", 10)
-	syn, ch, err := ce.NewSYN(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sh, err := se.ConsumeSYN(syn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	synack, err := sh.NewSYNACK(workload("backend", "api-5c6d7e8f9-fghij", 10))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := startHandshake(t, ce, se, client, workload("backend", "api-5c6d7e8f9-fghij", 10))
+	syn, ch, synack := h.syn, h.ch, h.synack
 	if _, err := ch.ConsumeSYNACK(synack); err != nil {
 		t.Fatal(err)
 	}

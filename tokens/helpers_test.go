@@ -87,23 +87,39 @@ func workload(ns, pod string, n int) *identity.Identity {
 	return id
 }
 
+// halfHandshake is a handshake up to the server's answer: the messages sent
+// so far and both sides' state.
+type halfHandshake struct {
+	syn, synack []byte
+	ch          *ClientHandshake
+	sh          *ServerHandshake
+}
+
+// startHandshake runs NewSYN, ConsumeSYN and NewSYNACK from client engine ce
+// to server engine se and fails the test on any error.
+func startHandshake(t testing.TB, ce, se *Engine, client, server *identity.Identity) halfHandshake {
+	t.Helper()
+	var h halfHandshake
+	var err error
+	if h.syn, h.ch, err = ce.NewSYN(client); err != nil {
+		t.Fatal("NewSYN:", err)
+	}
+	if h.sh, err = se.ConsumeSYN(h.syn); err != nil {
+		t.Fatal("ConsumeSYN:", err)
+	}
+	if h.synack, err = h.sh.NewSYNACK(server); err != nil {
+		t.Fatal("NewSYNACK:", err)
+	}
+	return h
+}
+
 // handshake runs a full handshake from client engine ce to server engine se
 // and fails the test on any error.
 func handshake(t testing.TB, ce, se *Engine, client, server *identity.Identity) (clientSaw, serverSaw *identity.Identity) {
 	t.Helper()
-	syn, ch, err := ce.NewSYN(client)
-	if err != nil {
-		t.Fatal("NewSYN:", err)
-	}
-	sh, err := se.ConsumeSYN(syn)
-	if err != nil {
-		t.Fatal("ConsumeSYN:", err)
-	}
-	synack, err := sh.NewSYNACK(server)
-	if err != nil {
-		t.Fatal("NewSYNACK:", err)
-	}
-	peer, err := ch.ConsumeSYNACK(synack)
+	h := startHandshake(t, ce, se, client, server)
+	ch, sh := h.ch, h.sh
+	peer, err := ch.ConsumeSYNACK(h.synack)
 	if err != nil {
 		t.Fatal("ConsumeSYNACK:", err)
 	}

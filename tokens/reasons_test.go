@@ -149,18 +149,8 @@ func TestConsumeSYNACKAndACKMalformed(t *testing.T) {
 	f := newFixture(t, "cluster.local")
 	ce := newTestEngine(t, f.a, f.bundle, nil)
 	se := newTestEngine(t, f.b, f.bundle, nil)
-	syn, ch, err := ce.NewSYN(workload("ns", "c", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sh, err := se.ConsumeSYN(syn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	synack, err := sh.NewSYNACK(workload("ns", "s", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := startHandshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
+	syn, ch, sh, synack := h.syn, h.ch, h.sh, h.synack
 	for name, p := range map[string][]byte{
 		"empty":          nil,
 		"a SYN":          syn,
@@ -448,19 +438,8 @@ func TestBadProof(t *testing.T) {
 	se := newTestEngine(t, f.b, f.bundle, nil)
 	client, server := workload("ns", "c", 1), workload("ns", "s", 1)
 	start := func() (*ClientHandshake, *ServerHandshake, []byte) {
-		syn, ch, err := ce.NewSYN(client)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sh, err := se.ConsumeSYN(syn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		synack, err := sh.NewSYNACK(server)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, sh, synack
+		h := startHandshake(t, ce, se, client, server)
+		return h.ch, h.sh, h.synack
 	}
 	ch1, sh1, synack1 := start()
 	ch2, sh2, synack2 := start()
@@ -490,22 +469,11 @@ func TestBadProof(t *testing.T) {
 	})
 	t.Run("server token cut into another SYN-ACK", func(t *testing.T) {
 		// A valid token of another server workload with the right nonces and proof.
-		syn3, _, err := ce.NewSYN(client)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sh3, err := se.ConsumeSYN(syn3)
-		if err != nil {
-			t.Fatal(err)
-		}
-		other, err := sh3.NewSYNACK(workload("ns", "other-server", 1))
-		if err != nil {
-			t.Fatal(err)
-		}
+		other := startHandshake(t, ce, se, client, workload("ns", "other-server", 1)).synack
 		b := append([]byte(nil), synack1[:1+2*NonceSize]...)
 		b = append(b, other[1+2*NonceSize:len(other)-ProofSize]...)
 		b = append(b, synack1[len(synack1)-ProofSize:]...)
-		_, err = ch1.ConsumeSYNACK(b)
+		_, err := ch1.ConsumeSYNACK(b)
 		wantReason(t, err, ReasonBadProof)
 	})
 	if _, err := ch1.ConsumeSYNACK(synack1); err != nil {
