@@ -68,8 +68,9 @@ type Workload struct {
 // Enforcer serves the queues of every protected workload on a node. Its
 // methods are safe for concurrent use.
 type Enforcer struct {
-	cfg Config
-	log *slog.Logger
+	cfg  Config
+	log  *slog.Logger
+	mask uint32 // cfg.Rules.Mask(), fixed by New: read for every marked packet
 
 	mu        sync.Mutex
 	workloads map[string]*workload // by netns path
@@ -115,7 +116,7 @@ func New(cfg Config) (*Enforcer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Enforcer{cfg: cfg, log: log, workloads: map[string]*workload{}, stop: cancel}
+	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Rules.Mask(), workloads: map[string]*workload{}, stop: cancel}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -142,7 +143,7 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 	qctx, cancel := context.WithCancel(context.Background())
 	wl := &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
-	marker, err := supervisor.NewConnMarker(w.NetNS, e.cfg.Rules.Mask())
+	marker, err := supervisor.NewConnMarker(w.NetNS, e.mask)
 	if err != nil {
 		cancel()
 		return fmt.Errorf("attach %s: %w", w.NetNS, err)

@@ -419,7 +419,7 @@ func FuzzProcess(f *testing.F) {
 		v := p.cli.process(synBytes, true)
 		p.srv.process(v.packet, false)
 		for _, q := range []*queue{p.cli, p.srv} {
-			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized || v.authorize != nil {
+			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized || v.authorize {
 				t.Fatalf("one packet authorized a connection (outgoing=%v): %x", outgoing, b)
 			}
 		}
@@ -475,5 +475,5 @@ func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
 // client proof: the ACK passes still Pending and the connection is marked
 // Authorized in conntrack only after the verdict (see ingressACK).
 func authorizedAfter(v verdict) bool {
-	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize != nil
+	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize
 }

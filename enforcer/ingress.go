@@ -164,7 +164,7 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 	// is queued behind the ACK and authorized above.
 	v := q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
 	if v.accept {
-		v.authorize = &key
+		v.authorize, v.key = true, key
 	}
 	return v
 }

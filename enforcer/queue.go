@@ -29,10 +29,12 @@ type verdict struct {
 	accept bool
 	packet []byte // replacement packet, nil to keep the original
 	mark   uint32 // mark bits to set (Authorized or Pending), 0 for none
-	// authorize, when set, is the connection (original direction) to mark
+	// authorize asks to mark the connection key (original direction)
 	// Authorized in conntrack once the verdict has been given: see
 	// ingressACK for why the server's ACK cannot carry that mark itself.
-	authorize *connKey
+	// A value, not a pointer, so no packet's key escapes to the heap.
+	authorize bool
+	key       connKey
 }
 
 var drop = verdict{}
@@ -92,7 +94,7 @@ func (q *queue) handle(a *queuedPacket) {
 	if v.mark != 0 {
 		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
 		// the connection.
-		mark = a.mark&^q.e.cfg.Rules.Mask() | v.mark
+		mark = a.mark&^q.e.mask | v.mark
 	}
 	err := q.sock.verdict(a.id, v.accept, mark, v.mark != 0, v.packet)
 	if err != nil && v.accept {
@@ -104,10 +106,10 @@ func (q *queue) handle(a *queuedPacket) {
 		q.e.log.Warn("verdict failed", "netns", q.wl.netns, "queue", q.num, "err", err)
 		return
 	}
-	if v.authorize != nil && q.wl.marker != nil {
+	if v.authorize && q.wl.marker != nil {
 		// The kernel processed the accepted packet inside the verdict
 		// call, so the connection's socket exists by now.
-		k := v.authorize
+		k := v.key
 		if err := q.wl.marker.Set(k.remote, k.local, q.e.cfg.Rules.MarkAuthorized); err != nil {
 			// The connection stays Pending: its next packet from the
 			// client is queued and authorized by ingressACK instead.
