@@ -69,15 +69,24 @@ func TestEngineReplayBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syn, _, _ := ce.NewSYN(workload("ns", "c", 1))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last []byte
 	for i := 0; i < 500; i++ {
-		if _, err := se.ConsumeSYN(withNewNonce(syn)); err != nil {
+		last = withNewNonce(syn)
+		if _, err := se.ConsumeSYN(last); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := se.replay.len(); n > 50 {
 		t.Fatalf("replay cache holds %d nonces, max 50", n)
 	}
+	// Bounded, not disabled: the newest nonce is still remembered (an empty
+	// cache would pass the bound above).
+	_, err = se.ConsumeSYN(last)
+	wantReason(t, err, ReasonReplayed)
 }
 
 // Far-future expiries (a token capped only by a long-lived certificate) are

@@ -143,15 +143,20 @@ func TestRetransmissions(t *testing.T) {
 	f := newFixture(t, "cluster.local")
 	ce := newTestEngine(t, f.a, f.bundle, nil)
 	se := newTestEngine(t, f.b, f.bundle, nil)
-	syn, ch, _ := ce.NewSYN(workload("ns", "c", 1))
-	sh, err := se.ConsumeSYN(syn)
+	h := startHandshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
+	ch, sh, s1 := h.ch, h.sh, h.synack
+	s2, err := sh.NewSYNACK(workload("ns", "s", 1))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatal("retransmitted NewSYNACK:", err)
 	}
-	s1, _ := sh.NewSYNACK(workload("ns", "s", 1))
-	s2, _ := sh.NewSYNACK(workload("ns", "s", 1))
 	if string(s1) != string(s2) {
 		t.Fatal("a retransmitted SYN-ACK differs")
+	}
+	// Each call returns its own bytes: what a caller does with one (the
+	// datapath writes into packets) does not change the next.
+	s2[len(s2)-1] ^= 1
+	if s3, err := sh.NewSYNACK(workload("ns", "s", 1)); err != nil || string(s3) != string(s1) {
+		t.Fatalf("SYN-ACK after a caller changed an earlier one: %v, same bytes %v", err, string(s3) == string(s1))
 	}
 	if n, ok := SYNACKClientNonce(s1); !ok || n != ch.Nonce() {
 		t.Fatal("SYNACKClientNonce does not return the echoed nonce")
