@@ -72,7 +72,10 @@ func TestKeysCommands(t *testing.T) {
 			t.Errorf("show output lacks %q:\n%s", want, out)
 		}
 	}
-	keyPEM, _ := os.ReadFile(filepath.Join(nodeDir, "node.key"))
+	keyPEM, err := os.ReadFile(filepath.Join(nodeDir, "node.key"))
+	if err != nil || len(keyPEM) == 0 {
+		t.Fatalf("read node.key (%d bytes): %v", len(keyPEM), err)
+	}
 	for _, line := range strings.Split(string(keyPEM), "\n") {
 		if len(line) > 16 && !strings.HasPrefix(line, "-----") && strings.Contains(out, line) {
 			t.Fatal("show printed private key material")
@@ -96,9 +99,14 @@ func TestKeysCommandErrors(t *testing.T) {
 	if _, err := runKeys(t, "init-ca", "--trust-domain", "cluster.local", "--out", caDir); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadFile(filepath.Join(caDir, "ca.key"))
+	before, err := os.ReadFile(filepath.Join(caDir, "ca.key"))
+	if err != nil || len(before) == 0 {
+		t.Fatalf("read ca.key (%d bytes): %v", len(before), err)
+	}
 	garbage := filepath.Join(dir, "garbage")
-	os.WriteFile(garbage, []byte("hello"), 0o600)
+	if err := os.WriteFile(garbage, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -120,7 +128,10 @@ func TestKeysCommandErrors(t *testing.T) {
 			}
 		})
 	}
-	after, _ := os.ReadFile(filepath.Join(caDir, "ca.key"))
+	after, err := os.ReadFile(filepath.Join(caDir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Equal(before, after) {
 		t.Fatal("a refused init-ca changed the CA key")
 	}
