@@ -21,7 +21,6 @@ import (
 	"github.com/bireme/bireme/netns/netnstest"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/tokens"
 )
 
 // testPolicy: in namespace prod, web accepts app=client on port 8080, and
@@ -158,22 +157,7 @@ func newLab(t testing.TB, queues uint16) *lab {
 		l.ids[pod.Name] = policy.IdentityOf("lab", objs.Namespace(pod.Namespace), pod)
 	}
 
-	ca, err := tokens.NewCA("lab", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := ca.IssueNode("node1", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := tokens.NewTrustBundle(ca.Cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := newTokenEngine(t, "lab", "node1")
 	rules := supervisor.Config{Queues: queues}
 	l.sup = supervisor.New(rules)
 	// newEnforcer starts an enforcer attached to both workloads and

@@ -47,16 +47,19 @@ type pair struct {
 	flows    *syncBuffer
 }
 
-func newPair(t *testing.T, maxHandshakes int) *pair {
-	ca, err := tokens.NewCA("unit", time.Hour)
+// newTokenEngine is a tokens engine for node, signed by a fresh CA named
+// ca that it alone trusts.
+func newTokenEngine(t testing.TB, ca, node string) *tokens.Engine {
+	t.Helper()
+	authority, err := tokens.NewCA(ca, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := ca.IssueNode("n1", time.Hour)
+	creds, err := authority.IssueNode(node, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	trust, err := tokens.NewTrustBundle(ca.Cert)
+	trust, err := tokens.NewTrustBundle(authority.Cert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +67,11 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return eng
+}
+
+func newPair(t *testing.T, maxHandshakes int) *pair {
+	eng := newTokenEngine(t, "unit", "n1")
 	flows := &syncBuffer{}
 	e, err := New(Config{Node: "n1", Tokens: eng, Policy: labelDecider{}, Flows: flowlog.NewWriter(flows), MaxHandshakes: maxHandshakes})
 	if err != nil {
