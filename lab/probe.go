@@ -101,6 +101,23 @@ func ProbeAll(ctx context.Context, targets []Target) []Result {
 	return out
 }
 
+// bindSource binds the socket fd to addr on a port the kernel picks and
+// returns the address and port it got (zero if the socket is not IPv4).
+func bindSource(fd int, addr netip.Addr) (netip.AddrPort, error) {
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: addr.As4()}); err != nil {
+		return netip.AddrPort{}, err
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	in4, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		return netip.AddrPort{}, nil
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)), nil
+}
+
 // probeOne connects from inside from's namespace, learning the local port
 // before the SYN leaves so the enforcers' records can be matched later.
 func probeOne(ctx context.Context, from, to Target, r *Result) {
@@ -111,19 +128,7 @@ func probeOne(ctx context.Context, from, to Target, r *Result) {
 			Timeout: ProbeTimeout,
 			Control: func(_, _ string, rc syscall.RawConn) error {
 				var berr error
-				if err := rc.Control(func(fd uintptr) {
-					if berr = unix.Bind(int(fd), &unix.SockaddrInet4{Addr: from.Addr.As4()}); berr != nil {
-						return
-					}
-					sa, err := unix.Getsockname(int(fd))
-					if err != nil {
-						berr = err
-						return
-					}
-					if in4, ok := sa.(*unix.SockaddrInet4); ok {
-						r.local = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
-					}
-				}); err != nil {
+				if err := rc.Control(func(fd uintptr) { r.local, berr = bindSource(int(fd), from.Addr) }); err != nil {
 					return err
 				}
 				return berr
