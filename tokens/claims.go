@@ -91,11 +91,6 @@ func signClaims(c *Claims, key *ecdsa.PrivateKey) (jwtString string, payload, si
 	return s, payload, sig, nil
 }
 
-// compactToJWT rebuilds the JWT from the carried payload and signature.
-func compactToJWT(payload, sig []byte) string {
-	return jwtHeaderB64 + "." + base64.RawURLEncoding.EncodeToString(payload) + "." + base64.RawURLEncoding.EncodeToString(sig)
-}
-
 // verifyClaimsSignature checks the ES256 signature of the JWT rebuilt from
 // payload with the node's public key.
 func verifyClaimsSignature(payload, sig []byte, pub *ecdsa.PublicKey) error {
@@ -239,16 +234,6 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 		return nil, err
 	}
 	return v, nil
-}
-
-// verifyToken verifies a whole token without any cache (the JWT form and
-// benchmarks use it).
-func (b *TrustBundle) verifyToken(certDER, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
-	vc, err := b.verifyCert(certDER, now, skew)
-	if err != nil {
-		return nil, err
-	}
-	return verifyClaims(vc, payload, sig, now, skew)
 }
 
 // checkTime rejects a token outside its validity window (± skew).

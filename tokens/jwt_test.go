@@ -79,3 +79,9 @@ func otherJWT(t *testing.T, e *Engine) string {
 	}
 	return tok
 }
+
+// compactToJWT rebuilds the JWT from the payload and signature a SYN
+// carries (the header is fixed, so it is not carried).
+func compactToJWT(payload, sig []byte) string {
+	return jwtHeaderB64 + "." + base64.RawURLEncoding.EncodeToString(payload) + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
