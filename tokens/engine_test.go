@@ -10,9 +10,7 @@ import (
 )
 
 func TestHandshake(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	client := workload("frontend", "web-1", 3)
 	server := workload("backend", "api-1", 2)
 	for i := 0; i < 3; i++ { // cold, then cached
@@ -35,9 +33,7 @@ func TestHandshake(t *testing.T) {
 
 // Returned identities are copies: changing one changes no later result.
 func TestPeerIdentityIsACopy(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	client, server := workload("x", "c", 1), workload("y", "s", 1)
 	_, seen := handshake(t, ce, se, client, server)
 	seen.Labels["example.com/label-00"] = "tampered"
@@ -50,9 +46,7 @@ func TestPeerIdentityIsACopy(t *testing.T) {
 // The brief's size budget: with 10 labels of 30 bytes, SYN < 1000 bytes,
 // SYN-ACK similar, ACK <= 20.
 func TestMessageSizes(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	f, ce, se := newPair(t)
 	client := workload("frontend", "web-7d9f8c6b5-abcde", 10)
 	h := startHandshake(t, ce, se, client, workload("backend", "api-5c6d7e8f9-fghij", 10))
 	syn, ch, synack := h.syn, h.ch, h.synack
@@ -77,9 +71,7 @@ func TestMessageSizes(t *testing.T) {
 
 // Many goroutines share two engines; run with -race.
 func TestConcurrentHandshakes(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	f, ce, se := newPair(t)
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
@@ -140,9 +132,7 @@ func mustIssue(t testing.TB, ca *CA, node string) *NodeCredentials {
 // Retransmissions: a retransmitted SYN-ACK carries the same bytes, and a
 // duplicate SYN-ACK or ACK is accepted again.
 func TestRetransmissions(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	h := startHandshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
 	ch, sh, s1 := h.ch, h.sh, h.synack
 	s2, err := sh.NewSYNACK(workload("ns", "s", 1))

@@ -87,6 +87,14 @@ func workload(ns, pod string, n int) *identity.Identity {
 	return id
 }
 
+// newPair returns a fixture of cluster.local and two engines on it: the
+// client node's (node-a) and the server node's (node-b), on the real clock.
+func newPair(t testing.TB) (f *fixture, ce, se *Engine) {
+	t.Helper()
+	f = newFixture(t, "cluster.local")
+	return f, newTestEngine(t, f.a, f.bundle, nil), newTestEngine(t, f.b, f.bundle, nil)
+}
+
 // halfHandshake is a handshake up to the server's answer: the messages sent
 // so far and both sides' state.
 type halfHandshake struct {

@@ -100,9 +100,7 @@ func testClaims(cluster, node string, iat time.Time) *Claims {
 }
 
 func TestConsumeSYNMalformed(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	f, ce, se := newPair(t)
 	good, _, err := ce.NewSYN(workload("ns", "pod", 2))
 	if err != nil {
 		t.Fatal(err)
@@ -146,9 +144,7 @@ func TestConsumeSYNMalformed(t *testing.T) {
 }
 
 func TestConsumeSYNACKAndACKMalformed(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	h := startHandshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
 	syn, ch, sh, synack := h.syn, h.ch, h.sh, h.synack
 	for name, p := range map[string][]byte{
@@ -329,9 +325,7 @@ func TestWrongTrustDomain(t *testing.T) {
 }
 
 func TestBadSignature(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	f, ce, se := newPair(t)
 	syn, _, err := ce.NewSYN(workload("ns", "c", 3))
 	if err != nil {
 		t.Fatal(err)
@@ -433,9 +427,7 @@ func TestReplayedSYN(t *testing.T) {
 // Two concurrent handshakes between the same pair: nothing from one is
 // accepted in the other.
 func TestBadProof(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	client, server := workload("ns", "c", 1), workload("ns", "s", 1)
 	start := func() (*ClientHandshake, *ServerHandshake, []byte) {
 		h := startHandshake(t, ce, se, client, server)
@@ -608,9 +600,7 @@ func TestFederation(t *testing.T) {
 
 // A token whose labels change is re-signed; the server sees the new labels.
 func TestLabelChangeResigns(t *testing.T) {
-	f := newFixture(t, "cluster.local")
-	ce := newTestEngine(t, f.a, f.bundle, nil)
-	se := newTestEngine(t, f.b, f.bundle, nil)
+	_, ce, se := newPair(t)
 	id := workload("ns", "c", 1)
 	handshake(t, ce, se, id, workload("ns", "s", 0))
 	changed := id.Clone()
