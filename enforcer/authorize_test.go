@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/netns"
 )
 
 // TestServerAuthorizedAfterACK checks the server side's two-step
@@ -60,9 +62,20 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 	}
 
 	auth, mask := l.sup.Config().MarkAuthorized, l.sup.Config().Mask()
+	marks, out := conntrackMarks(t, l.web, port)
+	if len(marks) != 1 || marks[0]&mask != auth {
+		t.Fatalf("server conntrack marks for the connection = %#x, want exactly one entry with our bits = Authorized (%#x)\n%s", marks, auth, out)
+	}
+}
+
+// conntrackMarks lists the marks of ns's conntrack entries of TCP
+// connections from source port port, with conntrack's output for
+// failure messages.
+func conntrackMarks(t *testing.T, ns *netns.NS, port int) ([]uint32, []byte) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	out, err := l.web.Output(ctx, "conntrack", "-L", "-p", "tcp", "--orig-port-src", fmt.Sprint(port))
+	out, err := ns.Output(ctx, "conntrack", "-L", "-p", "tcp", "--orig-port-src", fmt.Sprint(port))
 	if err != nil {
 		t.Fatalf("conntrack -L: %v", err)
 	}
@@ -73,7 +86,5 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 			marks = append(marks, m)
 		}
 	}
-	if len(marks) != 1 || marks[0]&mask != auth {
-		t.Fatalf("server conntrack marks for the connection = %#x, want exactly one entry with our bits = Authorized (%#x)\n%s", marks, auth, out)
-	}
+	return marks, out
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -56,18 +55,10 @@ func TestReusedTupleRedoesHandshake(t *testing.T) {
 	// the Authorized bit.
 	staleMark := func(t *testing.T, ns *netns.NS) bool {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		out, err := ns.Output(ctx, "conntrack", "-L", "-p", "tcp", "--orig-port-src", fmt.Sprint(port))
-		if err != nil {
-			t.Fatalf("conntrack -L: %v", err)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			for _, f := range strings.Fields(line) {
-				var m uint32
-				if _, err := fmt.Sscanf(f, "mark=%d", &m); err == nil && m&auth != 0 {
-					return true
-				}
+		marks, _ := conntrackMarks(t, ns, port)
+		for _, m := range marks {
+			if m&auth != 0 {
+				return true
 			}
 		}
 		return false
