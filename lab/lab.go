@@ -614,21 +614,8 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 			rebuilt = append(rebuilt, p)
 		}
 	}
-	// Rebuilt pods leave the store first, so their enforcer lets go of the
-	// namespace before it is deleted.
 	if len(rebuilt) > 0 {
-		interim := without(l.objs, policy.Objects{Pods: rebuilt})
-		if err := syncStore(l.cfg.path("store"), interim); err != nil {
-			return err
-		}
-		l.objs = interim
-		l.settle(ctx)
-		for _, p := range rebuilt {
-			if err := l.topo.RemoveHost(ctx, hostName(p)); err != nil {
-				return err
-			}
-		}
-		if err := l.saveState(); err != nil {
+		if err := l.shrinkTo(ctx, without(l.objs, policy.Objects{Pods: rebuilt})); err != nil {
 			return err
 		}
 	}
@@ -684,7 +671,13 @@ func (l *Lab) Delete(ctx context.Context, files ...string) error {
 	if err != nil {
 		return err
 	}
-	next := without(l.objs, del)
+	return l.shrinkTo(ctx, without(l.objs, del))
+}
+
+// shrinkTo makes next, the lab's objects less some, current and deletes the
+// namespaces of the pods it no longer has. Those pods leave the store first,
+// so their enforcer lets go of each namespace before it is deleted.
+func (l *Lab) shrinkTo(ctx context.Context, next policy.Objects) error {
 	if err := syncStore(l.cfg.path("store"), next); err != nil {
 		return err
 	}
