@@ -13,13 +13,7 @@ import (
 // runKeys runs `bireme keys ARGS...` and returns its output.
 func runKeys(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := newKeysCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return runCommand(t, newKeysCmd(), args...)
 }
 
 func TestKeysCommands(t *testing.T) {
