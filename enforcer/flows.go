@@ -28,22 +28,26 @@ func (q *queue) record(p *packet, outgoing bool, dir policy.Direction, stage str
 		localAP, peerAP = peerAP, localAP
 	}
 	r := &flowlog.Record{
-		Time:       time.Now().UTC(),
-		Node:       q.e.cfg.Node,
-		Direction:  dir.String(),
-		Stage:      stage,
-		Protocol:   "TCP",
-		LocalAddr:  localAP.String(),
-		PeerAddr:   peerAP.String(),
-		Local:      local,
-		Peer:       peer,
-		Verdict:    flowlog.Deny,
-		Policy:     pol,
-		TokenError: string(tokens.ReasonOf(tokenErr)),
-		Reason:     reason,
+		Time:      time.Now().UTC(),
+		Node:      q.e.cfg.Node,
+		Direction: dir.String(),
+		Stage:     stage,
+		Protocol:  "TCP",
+		LocalAddr: localAP.String(),
+		PeerAddr:  peerAP.String(),
+		Local:     local,
+		Peer:      peer,
+		Verdict:   flowlog.Deny,
+		Policy:    pol,
+		Reason:    reason,
 	}
 	if allowed {
 		r.Verdict = flowlog.Allow
+	}
+	if tokenErr != nil {
+		// Only here: ReasonOf's errors.As target is a heap allocation,
+		// and most records (every policy decision) have no token error.
+		r.TokenError = string(tokens.ReasonOf(tokenErr))
 	}
 	q.e.flows.send(r)
 }
