@@ -35,14 +35,9 @@ const (
 // always carries one of our bits by the time it is established, so it is
 // never promoted here.
 func markEstablished(netnsPath string, authorized, mask uint32) error {
-	f, err := os.Open(netnsPath)
+	c, err := dialCtnetlink(netnsPath)
 	if err != nil {
-		return fmt.Errorf("mark established connections: open netns: %w", err)
-	}
-	defer f.Close()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
-	if err != nil {
-		return fmt.Errorf("mark established connections: dial ctnetlink: %w", err)
+		return fmt.Errorf("mark established connections: %w", err)
 	}
 	defer c.Close()
 
@@ -226,14 +221,9 @@ func trackEstablishedSockets(netnsPath string, authorized uint32) error {
 	if err != nil || len(socks) == 0 {
 		return err
 	}
-	f, err := os.Open(netnsPath)
+	c, err := dialCtnetlink(netnsPath)
 	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	defer f.Close()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
-	if err != nil {
-		return fmt.Errorf("dial ctnetlink: %w", err)
+		return err
 	}
 	defer c.Close()
 	for _, s := range socks {
@@ -312,16 +302,26 @@ type ConnMarker struct {
 // NewConnMarker opens a ctnetlink socket in the namespace at netnsPath.
 // mask names the bits Set may change (Config.Mask()).
 func NewConnMarker(netnsPath string, mask uint32) (*ConnMarker, error) {
+	c, err := dialCtnetlink(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("conn marker: %w", err)
+	}
+	return &ConnMarker{c: c, mask: mask}, nil
+}
+
+// dialCtnetlink opens a ctnetlink socket inside the namespace at
+// netnsPath; the socket stays there once the namespace file is closed.
+func dialCtnetlink(netnsPath string) (*netlink.Conn, error) {
 	f, err := os.Open(netnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("conn marker: open netns: %w", err)
+		return nil, fmt.Errorf("open netns: %w", err)
 	}
 	defer f.Close()
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
 	if err != nil {
-		return nil, fmt.Errorf("conn marker: dial ctnetlink: %w", err)
+		return nil, fmt.Errorf("dial ctnetlink: %w", err)
 	}
-	return &ConnMarker{c: c, mask: mask}, nil
+	return c, nil
 }
 
 // Set replaces the masked bits of the mark of the TCP connection whose
