@@ -8,44 +8,24 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/internal/testbin"
 	"github.com/bireme/bireme/lab"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
-)
-
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
 )
 
 // biremeBinary returns the bireme executable the lab runs: $BIREME_BIN
 // (set by `make test`), or one built once for this test binary.
 func biremeBinary(t *testing.T) string {
 	t.Helper()
-	if bin := os.Getenv("BIREME_BIN"); bin != "" {
-		return bin
+	bin, err := testbin.Bireme()
+	if err != nil {
+		t.Fatal(err)
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bireme-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "bireme")
-		out, err := exec.Command("go", "build", "-o", builtBin, "github.com/bireme/bireme/cmd/bireme").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
+	return bin
 }
 
 // requireLab skips a lab test in short mode (`make unit`) and when not
