@@ -73,6 +73,19 @@ func (w *Writer) Write(r *Record) error {
 	return w.w.Flush()
 }
 
+// WriteBatch appends records in order with one flush at the end, for a
+// writer that collects records and writes them periodically.
+func (w *Writer) WriteBatch(rs []*Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range rs {
+		if err := w.enc.Encode(r); err != nil {
+			return fmt.Errorf("encode flow record: %w", err)
+		}
+	}
+	return w.w.Flush()
+}
+
 // Read decodes every record in r. A line that does not decode is an error
 // naming its line number.
 func Read(r io.Reader) ([]Record, error) {

@@ -40,3 +40,30 @@ func TestWriteRead(t *testing.T) {
 		t.Fatalf("want line 2 error, got %v", err)
 	}
 }
+
+func TestWriteBatchKeepsOrder(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	var batch []*Record
+	for _, pod := range []string{"a", "b", "c"} {
+		batch = append(batch, &Record{Time: time.Unix(1, 0).UTC(), Node: "n1", Verdict: Allow,
+			Local: &identity.Identity{Cluster: "c", Namespace: "x", Pod: pod}})
+	}
+	if err := w.WriteBatch(batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteBatch(nil); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Local.Pod)
+	}
+	if strings.Join(got, ",") != "a,b,c" {
+		t.Fatalf("records %v, want a,b,c in order", got)
+	}
+}
