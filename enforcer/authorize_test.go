@@ -15,10 +15,10 @@ import (
 
 // TestServerAuthorizedAfterACK checks the server side's two-step
 // authorization: the ACK that carries a valid proof passes still Pending,
-// and the enforcer then marks the connection Authorized in conntrack, so a
-// server that speaks first is not held back and a client that stays silent
-// is not left Pending (where it would depend on the handshake table, which
-// forgets after HandshakeTimeout).
+// and the enforcer then marks the connection Authorized in conntrack while
+// both sides are still silent, so a client that stays silent is not left
+// Pending (where it would depend on the handshake table, which forgets
+// after HandshakeTimeout); then the server speaks first and is heard.
 func TestServerAuthorizedAfterACK(t *testing.T) {
 	l := newLab(t, 1)
 	ln, err := l.web.Listen("tcp", "198.18.7.1:8080")
@@ -26,6 +26,7 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	speak := make(chan struct{})
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -34,6 +35,10 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 			}
 			go func() {
 				defer c.Close()
+				select {
+				case <-speak:
+				case <-time.After(10 * time.Second):
+				}
 				_, _ = c.Write([]byte("hello from the server\n"))
 				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 				_, _ = io.Copy(io.Discard, c)
@@ -53,18 +58,30 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+
+	// Nobody has sent a byte: only the enforcer's conntrack update can
+	// have made the connection Authorized.
+	auth, mask := l.sup.Config().MarkAuthorized, l.sup.Config().Mask()
+	var marks []uint32
+	var out []byte
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		marks, out = conntrackMarks(t, l.web, port)
+		if len(marks) == 1 && marks[0]&mask == auth {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server conntrack marks for the silent connection = %#x, want exactly one entry with our bits = Authorized (%#x)\n%s", marks, auth, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	// The server speaks first; the client has sent nothing but the ACK.
+	close(speak)
 	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 64)
 	n, err := c.Read(buf)
 	if err != nil || !strings.HasPrefix(string(buf[:n]), "hello") {
 		t.Fatalf("client read %q, %v: the server's first bytes did not arrive", buf[:n], err)
-	}
-
-	auth, mask := l.sup.Config().MarkAuthorized, l.sup.Config().Mask()
-	marks, out := conntrackMarks(t, l.web, port)
-	if len(marks) != 1 || marks[0]&mask != auth {
-		t.Fatalf("server conntrack marks for the connection = %#x, want exactly one entry with our bits = Authorized (%#x)\n%s", marks, auth, out)
 	}
 }
 

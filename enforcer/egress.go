@@ -9,8 +9,8 @@ import (
 )
 
 // egress handles a packet the workload sends: its SYN (client), its
-// SYN-ACK (server), or — while the connection is Pending on the client —
-// the ACK that carries the proof.
+// SYN-ACK (server), or — while the connection is Pending — the client's
+// ACK that carries the proof or the server's first bytes.
 func (q *queue) egress(p *packet) verdict {
 	key := connKey{local: p.srcPort(), remote: p.dstPort()}
 	switch {
@@ -90,6 +90,15 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 // Pending, and the kernel's answering ACK carries the proof again.
 func (q *queue) egressACK(p *packet, key connKey) verdict {
 	c := q.wl.conns.get(key)
+	if c != nil && c.server != nil {
+		// The server's first bytes, sent before the connection was marked
+		// Authorized (right after the verdict on the client's ACK). The
+		// server has its socket only once that ACK was accepted.
+		if !c.authorized {
+			return drop
+		}
+		return verdict{accept: true, mark: q.e.cfg.Rules.MarkAuthorized}
+	}
 	if c == nil || c.proof == nil {
 		// The client already decided (policy allowed the SYN-ACK); without
 		// state there is no proof to add and the server will judge.

@@ -259,7 +259,10 @@ func (e *Enforcer) expireLoop(ctx context.Context) {
 // a deny record for each half-open one it served.
 func (e *Enforcer) expire(wl *workload, now time.Time) {
 	for _, h := range wl.conns.expire(now) {
-		if e.cfg.Flows == nil {
+		for _, p := range h.held {
+			p.q.release(p, false, 0)
+		}
+		if e.cfg.Flows == nil || h.completed {
 			continue
 		}
 		e.flows.send(&flowlog.Record{

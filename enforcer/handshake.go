@@ -45,7 +45,32 @@ type conn struct {
 	// authorized: the handshake completed; later queued packets of the
 	// connection (already in the queue when it was marked) pass.
 	authorized bool
+
+	// held are the server's queued packets of the connection that arrived
+	// before the client's proof and wait for it without a verdict: the
+	// client's first data can overtake its ACK on the way (the ACK is
+	// re-injected by the client's enforcer on one CPU while the data,
+	// already Authorized on the client, leaves from another). Dropping
+	// them cost a 200 ms retransmission. Guarded by the table's lock.
+	held []heldPacket
 }
+
+// heldPacket is a queued packet whose verdict waits for its connection's
+// handshake to finish.
+type heldPacket struct {
+	q    *queue
+	id   uint32
+	mark uint32 // the packet's mark when it was queued
+}
+
+// Bounds on held packets: per connection (a sender has a window in
+// flight, but only the first segments can overtake the ACK) and per
+// workload (the kernel queue holds 4096 packets in all). Beyond them a
+// packet is dropped and its sender retransmits.
+const (
+	maxHeldPerConn = 8
+	maxHeld        = 512
+)
 
 // maxSYNRetries bounds the client handshakes kept for one connection.
 const maxSYNRetries = 8
@@ -77,6 +102,7 @@ type connTable struct {
 	mu    sync.Mutex
 	m     map[connKey]*conn
 	limit int
+	held  int // packets held in all of m's conns
 }
 
 func newConnTable(limit int) *connTable {
@@ -90,15 +116,50 @@ func (t *connTable) get(k connKey) *conn {
 }
 
 // put installs c for k, replacing any previous handshake of the tuple (a
-// retransmitted SYN starts over). It refuses when the table is full.
+// retransmitted SYN starts over; packets held for the tuple now wait for
+// the new handshake). It refuses when the table is full.
 func (t *connTable) put(k connKey, c *conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.m[k]; !ok && len(t.m) >= t.limit {
+	old, ok := t.m[k]
+	if !ok && len(t.m) >= t.limit {
 		return false
+	}
+	if old != nil && old != c {
+		c.held = append(c.held, old.held...)
+		old.held = nil
 	}
 	t.m[k] = c
 	return true
+}
+
+// hold keeps p waiting for the handshake of k. It says false when k has
+// no handshake in progress or a bound is reached: the caller drops p.
+func (t *connTable) hold(k connKey, p heldPacket) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.m[k]
+	if c == nil || len(c.held) >= maxHeldPerConn || t.held >= maxHeld {
+		return false
+	}
+	c.held = append(c.held, p)
+	t.held++
+	return true
+}
+
+// takeHeld returns the packets held for k, in arrival order, and forgets
+// them.
+func (t *connTable) takeHeld(k connKey) []heldPacket {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.m[k]
+	if c == nil {
+		return nil
+	}
+	ps := c.held
+	c.held = nil
+	t.held -= len(ps)
+	return ps
 }
 
 func (t *connTable) len() int {
@@ -118,8 +179,11 @@ func (t *connTable) expire(now time.Time) []expiredHandshake {
 	for k, c := range t.m {
 		if now.After(c.expires) {
 			delete(t.m, k)
+			t.held -= len(c.held)
 			if c.server != nil && c.verified == nil && !c.authorized && !c.noToken {
-				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer})
+				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer, held: c.held})
+			} else if len(c.held) > 0 {
+				unfinished = append(unfinished, expiredHandshake{key: k, held: c.held, completed: true})
 			}
 		}
 	}
@@ -127,8 +191,11 @@ func (t *connTable) expire(now time.Time) []expiredHandshake {
 }
 
 // expiredHandshake is a server-side handshake that timed out before the
-// client proved its half.
+// client proved its half, or (completed) one that finished but still
+// held packets; those must now be dropped.
 type expiredHandshake struct {
-	key  connKey
-	peer *identity.Identity
+	key       connKey
+	peer      *identity.Identity
+	held      []heldPacket
+	completed bool
 }

@@ -178,6 +178,54 @@ func TestHandshakeStates(t *testing.T) {
 		}
 	})
 
+	t.Run("data that overtakes the proof ACK waits for it", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(5), true)
+		pass(p.srv, v.packet, false)
+		v = pass(p.srv, synack(5), true)
+		pass(p.cli, v.packet, false)
+		ackv := pass(p.cli, ackPkt(5), true)
+		// The server's own bytes cannot leave before the proof.
+		out := seg(t, false, 5, false, true, linuxACKOptions, []byte("hello"))
+		if w := pass(p.srv, out, true); w.accept {
+			t.Fatalf("server data before the proof: %+v, want drop", w)
+		}
+		// The client's first data, already Authorized on the client,
+		// reaches the server before the ACK with the proof.
+		d := seg(t, true, 5, false, true, linuxACKOptions, []byte("data"))
+		w := pass(p.srv, d, false)
+		if w.accept || !w.hold || w.key.remote.Port() != 5 {
+			t.Fatalf("early data: %+v, want held for the handshake", w)
+		}
+		if w = pass(p.srv, ackv.packet, false); !w.accept || !authorizedAfter(w) || w.key.remote.Port() != 5 {
+			t.Fatalf("proof ACK after the data: %+v", w)
+		}
+		if w = pass(p.srv, out, true); !w.accept || w.mark != auth {
+			t.Fatalf("server data after the proof: %+v, want accept, Authorized", w)
+		}
+	})
+
+	t.Run("held data is dropped with a rejected proof", func(t *testing.T) {
+		p := newPair(t, 0)
+		v := pass(p.cli, syn(6), true)
+		pass(p.srv, v.packet, false)
+		v = pass(p.srv, synack(6), true)
+		pass(p.cli, v.packet, false)
+		ackv := pass(p.cli, ackPkt(6), true)
+		if w := pass(p.srv, seg(t, true, 6, false, true, linuxACKOptions, []byte("data")), false); !w.hold {
+			t.Fatalf("early data: %+v, want held", w)
+		}
+		var q packet
+		if err := parsePacket(ackv.packet, &q); err != nil {
+			t.Fatal(err)
+		}
+		ackv.packet[q.proofOpt+6] ^= 1
+		setTCPChecksum(ackv.packet, false, q.tcpOff)
+		if w := pass(p.srv, ackv.packet, false); w.accept || !w.dropHeld || w.key.remote.Port() != 6 {
+			t.Fatalf("forged proof: %+v, want drop with the held packets", w)
+		}
+	})
+
 	t.Run("SYN retransmission: SYN-ACK to the first SYN still completes", func(t *testing.T) {
 		p := newPair(t, 0)
 		first := pass(p.cli, syn(2), true)
@@ -484,4 +532,56 @@ func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
 // Authorized in conntrack only after the verdict (see ingressACK).
 func authorizedAfter(v verdict) bool {
 	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize
+}
+
+func TestConnTableHeldPackets(t *testing.T) {
+	key := func(port uint16) connKey {
+		return connKey{local: netip.MustParseAddrPort("198.18.0.2:80"), remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), port)}
+	}
+	tab := newConnTable(maxHeld)
+	if tab.hold(key(1), heldPacket{id: 1}) {
+		t.Fatal("held a packet of a connection with no handshake")
+	}
+	now := time.Now()
+	for port := uint16(1); port <= maxHeld/maxHeldPerConn+1; port++ {
+		tab.put(key(port), &conn{expires: now.Add(time.Minute), server: &tokens.ServerHandshake{}})
+	}
+	for i := uint32(0); i < maxHeldPerConn; i++ {
+		if !tab.hold(key(1), heldPacket{id: i}) {
+			t.Fatalf("packet %d of %d refused", i, maxHeldPerConn)
+		}
+	}
+	if tab.hold(key(1), heldPacket{id: 99}) {
+		t.Fatal("held more than maxHeldPerConn packets for one connection")
+	}
+	// A retransmitted SYN replaces the handshake: its packets stay held.
+	tab.put(key(1), &conn{expires: now.Add(time.Minute), server: &tokens.ServerHandshake{}})
+	got := tab.takeHeld(key(1))
+	if len(got) != maxHeldPerConn || got[0].id != 0 || got[len(got)-1].id != maxHeldPerConn-1 {
+		t.Fatalf("takeHeld = %+v, want ids 0..%d in order", got, maxHeldPerConn-1)
+	}
+	if len(tab.takeHeld(key(1))) != 0 {
+		t.Fatal("takeHeld returned the packets twice")
+	}
+	// The workload-wide bound.
+	n := 0
+	for port := uint16(2); port <= maxHeld/maxHeldPerConn+1; port++ {
+		for i := 0; i < maxHeldPerConn; i++ {
+			if tab.hold(key(port), heldPacket{id: uint32(i)}) {
+				n++
+			}
+		}
+	}
+	if n != maxHeld {
+		t.Fatalf("held %d packets in all, want the bound %d", n, maxHeld)
+	}
+	// Expiry hands every held packet back to be dropped and frees the bound.
+	expired := tab.expire(now.Add(time.Hour))
+	dropped := 0
+	for _, h := range expired {
+		dropped += len(h.held)
+	}
+	if dropped != maxHeld || tab.held != 0 {
+		t.Fatalf("expire returned %d held packets (count left %d), want %d (0)", dropped, tab.held, maxHeld)
+	}
 }

@@ -146,12 +146,14 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 		return drop
 	}
 	if proof == nil {
-		return drop // the client's retransmissions carry it
+		// Data that overtook the ACK carrying the proof, or an ACK with no
+		// room for it: it waits for the proof (conn.held).
+		return verdict{hold: true, key: key}
 	}
 	if err := c.server.ConsumeACK(proof); err != nil {
 		if !c.earlierAccepts(proof) {
 			q.record(p, false, policy.Ingress, stageACK, q.wl.id.Load(), c.peer, false, "", "denied: client proof rejected: "+err.Error(), err)
-			return drop
+			return verdict{dropHeld: true, key: key}
 		}
 	}
 	c.authorized = true

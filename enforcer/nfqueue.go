@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -84,8 +85,8 @@ type queuedPacket struct {
 }
 
 // nfqSocket is a netlink socket bound to one NFQUEUE queue in one network
-// namespace. read and verdict are used by one goroutine; close may be
-// called from any.
+// namespace. One goroutine reads; verdict may be called from any (a packet
+// held for its handshake is dropped by the expiry timer), and so may close.
 type nfqSocket struct {
 	file   *os.File // owns the descriptor; closing it wakes a waiting read
 	raw    syscall.RawConn
@@ -94,7 +95,10 @@ type nfqSocket struct {
 	seq    uint32
 
 	rbuf []byte // receive buffer, reused
-	wbuf []byte // verdict message buffer, reused
+
+	wmu  sync.Mutex // guards wbuf and werr: a message is built and sent whole
+	wbuf []byte     // verdict message buffer, reused
+	werr error
 
 	// The callbacks handed to raw, made once so a read or write does not
 	// allocate a closure, and their results.
@@ -245,13 +249,13 @@ func (s *nfqSocket) send(b []byte) error {
 	if err := s.raw.Write(s.writeFn); err != nil {
 		return err
 	}
-	return s.err
+	return s.werr
 }
 
 func (s *nfqSocket) doWrite(fd uintptr) bool {
 	for {
-		_, s.err = unix.Write(int(fd), s.wbuf)
-		switch s.err {
+		_, s.werr = unix.Write(int(fd), s.wbuf)
+		switch s.werr {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
@@ -353,6 +357,8 @@ func parsePacketMsg(msg []byte) (p queuedPacket, ok bool) {
 // verdict tells the kernel what to do with packet id: accept or drop,
 // optionally with a new packet mark and a replacement packet.
 func (s *nfqSocket) verdict(id uint32, accept bool, mark uint32, setMark bool, packet []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	b := s.startMsg(nfqnlMsgVerdict, unix.NLM_F_REQUEST, 0)
 	var hdr [8]byte
 	if accept {

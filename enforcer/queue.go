@@ -35,6 +35,10 @@ type verdict struct {
 	// A value, not a pointer, so no packet's key escapes to the heap.
 	authorize bool
 	key       connKey
+	// hold keeps the packet without a verdict until the handshake of key
+	// decides (see conn.held); dropHeld drops what was held for key.
+	hold     bool
+	dropHeld bool
 }
 
 var drop = verdict{}
@@ -90,6 +94,12 @@ func (q *queue) handle(a *queuedPacket) {
 		}
 		v = q.process(a.payload, a.hook == hookLocalOut)
 	}()
+	if v.hold {
+		if q.wl.conns.hold(v.key, heldPacket{q: q, id: a.id, mark: a.mark}) {
+			return // the verdict comes with the handshake's (releaseHeld)
+		}
+		v = drop
+	}
 	var mark uint32
 	if v.mark != 0 {
 		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
@@ -115,6 +125,28 @@ func (q *queue) handle(a *queuedPacket) {
 			// client is queued and authorized by ingressACK instead.
 			q.e.log.Warn("authorize in conntrack failed", "netns", q.wl.netns, "err", err)
 		}
+	}
+	if v.authorize || v.dropHeld {
+		// After the ACK's own verdict, so that the held data reaches the
+		// socket the ACK created.
+		for _, p := range q.wl.conns.takeHeld(v.key) {
+			p.q.release(p, v.authorize, q.e.cfg.Rules.MarkAuthorized)
+		}
+	}
+}
+
+// release gives a held packet its verdict: accepted with mark (the
+// connection is authorized) or dropped. It may run on any goroutine.
+func (q *queue) release(p heldPacket, accept bool, mark uint32) {
+	if accept {
+		mark = p.mark&^q.e.mask | mark
+	}
+	err := p.q.sock.verdict(p.id, accept, mark, accept, nil)
+	if err != nil && accept {
+		err = p.q.sock.verdict(p.id, false, 0, false, nil)
+	}
+	if err != nil && !p.q.sock.closed.Load() {
+		q.e.log.Warn("verdict of a held packet failed", "netns", q.wl.netns, "queue", p.q.num, "err", err)
 	}
 }
 

@@ -98,8 +98,8 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 	if !strings.Contains(once, ":BIREME-INPUT") || !strings.Contains(once, "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-SAVE") {
 		t.Fatalf("rules not installed in the namespace:\n%s", once)
 	}
-	if strings.Count(once, "-j NFQUEUE") != 8 { // 2 chains x 2 rules x 2 families
-		t.Errorf("want 4 NFQUEUE rules per family, got:\n%s", once)
+	if strings.Count(once, "-j NFQUEUE") != 10 { // (2 in BIREME-INPUT + 3 in BIREME-OUTPUT) x 2 families
+		t.Errorf("want 5 NFQUEUE rules per family, got:\n%s", once)
 	}
 	if err := s.Protect(ctx, ns.Path()); err != nil {
 		t.Fatal(err)
