@@ -30,7 +30,7 @@
 //	SYN (incl. SYN-ACK)        NFQUEUE            SYN (incl. SYN-ACK)        NFQUEUE
 //	Pending, original dir      NFQUEUE (server)   Pending, original dir      NFQUEUE (client)
 //	Pending, reply dir, no SYN set Authorized     Pending, reply dir, no SYN NFQUEUE (server)
-//	Authorized                 RETURN             Authorized, not SYN        RETURN
+//	Authorized                 RETURN             Authorized                 RETURN
 //	DROP                                          DROP
 //
 // Every chain reads the connection mark once per rule, and an enforcer's
@@ -241,7 +241,8 @@ func (s *Supervisor) chains() []chainSpec {
 			// on the ACK can turn Pending into Authorized between two of
 			// them: a packet that missed both the first RETURN and the
 			// queue sees Authorized here rather than being dropped.
-			r(tcp, isAuth, notSYN, []string{"-j", "RETURN"}),
+			// (Every SYN was queued above.)
+			r(isAuth, []string{"-j", "RETURN"}),
 			{"-j", "DROP"},
 		}},
 		{"filter", chainSave, [][]string{
