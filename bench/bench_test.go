@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,5 +146,18 @@ func TestParseFlags(t *testing.T) {
 				t.Fatalf("config %+v", cfg)
 			}
 		})
+	}
+}
+
+func TestUndoStackRunsNewestFirstAndKeepsErrors(t *testing.T) {
+	var undo undoStack
+	run := undo.run // bound before the pushes, as the setups do
+	var order []int
+	errA := errors.New("a")
+	undo.push(func() error { order = append(order, 1); return errA })
+	undo.push(func() error { order = append(order, 2); return nil })
+	err := run()
+	if fmt.Sprint(order) != "[2 1]" || !errors.Is(err, errA) {
+		t.Fatalf("order %v, err %v; want [2 1] and the first step's error", order, err)
 	}
 }

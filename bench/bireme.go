@@ -181,19 +181,11 @@ func (env *biremeEnv) flowsFile(node string) string {
 func (r *runner) startBireme(ctx context.Context) (*active, error) {
 	env := r.bireme
 	act := &active{}
-	var undo []func() error
-	act.stop = func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
-	}
+	var undo undoStack
+	act.stop = undo.run
 	// Whatever happened to the enforcers, no rule of theirs may outlive the
 	// case: the next case would measure through it.
-	undo = append(undo, r.removeLeftoverRules)
+	undo.push(r.removeLeftoverRules)
 	for _, node := range []string{clientNode, serverNode} {
 		args := []string{"enforce", "--node", node, "--store", env.store, "--cluster", trustDomain,
 			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
@@ -204,7 +196,7 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 			return nil, errors.Join(err, act.stop())
 		}
 		act.procs = append(act.procs, w)
-		undo = append(undo, w.stop)
+		undo.push(w.stop)
 	}
 	for _, ns := range []*netns.NS{r.client.NS, r.server.NS} {
 		if err := waitQueueBound(ctx, ns, act.procs); err != nil {

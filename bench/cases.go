@@ -281,16 +281,8 @@ func (r *runner) startFloor(ctx context.Context) (*active, error) {
 	sup := supervisor.New(supervisor.Config{QueueBase: floorQueue})
 	marks := sup.Config()
 	act := &active{}
-	var undo []func() error
-	act.stop = func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
-	}
+	var undo undoStack
+	act.stop = undo.run
 	for _, h := range []*topology.Host{r.client, r.server} {
 		w, err := r.startWorker(ctx, "nfq-accept "+h.Node, nil, roleNFQ,
 			"-netns", h.NS.Path(), "-queue", strconv.Itoa(floorQueue),
@@ -300,11 +292,11 @@ func (r *runner) startFloor(ctx context.Context) (*active, error) {
 			return nil, errors.Join(err, act.stop())
 		}
 		act.procs = append(act.procs, w)
-		undo = append(undo, w.stop)
+		undo.push(w.stop)
 	}
 	for _, h := range []*topology.Host{r.client, r.server} {
 		path := h.NS.Path()
-		undo = append(undo, func() error {
+		undo.push(func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			return sup.Unprotect(ctx, path)

@@ -212,16 +212,8 @@ func finish(res *report.Results, cases []*benchCase, cfg config) {
 // can, the Bireme environment. The returned cleanup undoes all of it and is
 // safe to call whatever setup managed to do.
 func (r *runner) setup(ctx context.Context) (cleanup func() error, err error) {
-	var undo []func() error
-	cleanup = func() error {
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
-	}
+	var undo undoStack
+	cleanup = undo.run
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	prefix := "bb" + hex.EncodeToString(b[:])
@@ -236,7 +228,7 @@ func (r *runner) setup(ctx context.Context) (cleanup func() error, err error) {
 		return cleanup, fmt.Errorf("build topology: %w", err)
 	}
 	r.topo = topo
-	undo = append(undo, func() error {
+	undo.push(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		return topo.Destroy(ctx)
@@ -270,7 +262,7 @@ func (r *runner) setup(ctx context.Context) (cleanup func() error, err error) {
 	if err != nil {
 		return cleanup, err
 	}
-	undo = append(undo, srv.stop)
+	undo.push(srv.stop)
 
 	if r.cfg.cases[4] || r.cfg.cases[5] || r.cfg.cases[7] {
 		env, err := prepareBireme(ctx, r)
