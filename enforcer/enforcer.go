@@ -258,11 +258,12 @@ func (e *Enforcer) expireLoop(ctx context.Context) {
 // expire forgets wl's handshakes that did not complete by now and writes
 // a deny record for each half-open one it served.
 func (e *Enforcer) expire(wl *workload, now time.Time) {
-	for _, h := range wl.conns.expire(now) {
-		for _, p := range h.held {
-			p.q.release(p, false, 0)
-		}
-		if e.cfg.Flows == nil || h.completed {
+	unfinished, held := wl.conns.expire(now)
+	for _, p := range held {
+		p.release(false)
+	}
+	for _, h := range unfinished {
+		if e.cfg.Flows == nil {
 			continue
 		}
 		e.flows.send(&flowlog.Record{

@@ -168,34 +168,31 @@ func (t *connTable) len() int {
 	return len(t.m)
 }
 
-// expire forgets handshakes whose time is up and returns those in which
+// expire forgets handshakes whose time is up. It returns those in which
 // this workload was the server, had accepted the SYN and never saw a valid
 // client proof: the connection was half-open and never authorized, and the
-// flow log must say so (its only other record is the SYN's allow).
-func (t *connTable) expire(now time.Time) []expiredHandshake {
+// flow log must say so (its only other record is the SYN's allow). It also
+// returns the packets still held for the forgotten handshakes, which must
+// now be dropped.
+func (t *connTable) expire(now time.Time) (unfinished []expiredHandshake, held []heldPacket) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var unfinished []expiredHandshake
 	for k, c := range t.m {
 		if now.After(c.expires) {
 			delete(t.m, k)
+			held = append(held, c.held...)
 			t.held -= len(c.held)
 			if c.server != nil && c.verified == nil && !c.authorized && !c.noToken {
-				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer, held: c.held})
-			} else if len(c.held) > 0 {
-				unfinished = append(unfinished, expiredHandshake{key: k, held: c.held, completed: true})
+				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer})
 			}
 		}
 	}
-	return unfinished
+	return unfinished, held
 }
 
 // expiredHandshake is a server-side handshake that timed out before the
-// client proved its half, or (completed) one that finished but still
-// held packets; those must now be dropped.
+// client proved its half.
 type expiredHandshake struct {
-	key       connKey
-	peer      *identity.Identity
-	held      []heldPacket
-	completed bool
+	key  connKey
+	peer *identity.Identity
 }

@@ -96,24 +96,11 @@ func (q *queue) handle(a *queuedPacket) {
 	}()
 	if v.hold {
 		if q.wl.conns.hold(v.key, heldPacket{q: q, id: a.id, mark: a.mark}) {
-			return // the verdict comes with the handshake's (releaseHeld)
+			return // the verdict comes with the handshake's (heldPacket.release)
 		}
 		v = drop
 	}
-	var mark uint32
-	if v.mark != 0 {
-		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
-		// the connection.
-		mark = a.mark&^q.e.mask | v.mark
-	}
-	err := q.sock.verdict(a.id, v.accept, mark, v.mark != 0, v.packet)
-	if err != nil && v.accept {
-		// A packet without a verdict would wait in the kernel until the
-		// socket closes: drop it instead (its sender retransmits).
-		err = q.sock.verdict(a.id, false, 0, false, nil)
-	}
-	if err != nil {
-		q.e.log.Warn("verdict failed", "netns", q.wl.netns, "queue", q.num, "err", err)
+	if q.give(a.id, a.mark, v.accept, v.mark, v.packet) != nil {
 		return
 	}
 	if v.authorize && q.wl.marker != nil {
@@ -130,24 +117,40 @@ func (q *queue) handle(a *queuedPacket) {
 		// After the ACK's own verdict, so that the held data reaches the
 		// socket the ACK created.
 		for _, p := range q.wl.conns.takeHeld(v.key) {
-			p.q.release(p, v.authorize, q.e.cfg.Rules.MarkAuthorized)
+			p.release(v.authorize)
 		}
 	}
 }
 
-// release gives a held packet its verdict: accepted with mark (the
-// connection is authorized) or dropped. It may run on any goroutine.
-func (q *queue) release(p heldPacket, accept bool, mark uint32) {
-	if accept {
-		mark = p.mark&^q.e.mask | mark
+// give sends the verdict on packet id, queued with mark pktMark: accept,
+// with our mark bits set to mark (0 leaves the mark alone) and the packet
+// replaced when packet is not nil, or drop. It may run on any goroutine.
+func (q *queue) give(id, pktMark uint32, accept bool, mark uint32, packet []byte) error {
+	if mark != 0 {
+		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
+		// the connection.
+		mark |= pktMark &^ q.e.mask
 	}
-	err := p.q.sock.verdict(p.id, accept, mark, accept, nil)
+	err := q.sock.verdict(id, accept, mark, mark != 0, packet)
 	if err != nil && accept {
-		err = p.q.sock.verdict(p.id, false, 0, false, nil)
+		// A packet without a verdict would wait in the kernel until the
+		// socket closes: drop it instead (its sender retransmits).
+		err = q.sock.verdict(id, false, 0, false, nil)
 	}
-	if err != nil && !p.q.sock.closed.Load() {
-		q.e.log.Warn("verdict of a held packet failed", "netns", q.wl.netns, "queue", p.q.num, "err", err)
+	if err != nil && !q.sock.closed.Load() {
+		q.e.log.Warn("verdict failed", "netns", q.wl.netns, "queue", q.num, "err", err)
 	}
+	return err
+}
+
+// release gives a held packet its verdict: accepted as Authorized (the
+// handshake completed) or dropped.
+func (p heldPacket) release(accept bool) {
+	var mark uint32
+	if accept {
+		mark = p.q.e.cfg.Rules.MarkAuthorized
+	}
+	_ = p.q.give(p.id, p.mark, accept, mark, nil)
 }
 
 // process decides one packet. Outgoing packets leave the workload

@@ -64,14 +64,7 @@ func NewWriter(w io.Writer) *Writer {
 }
 
 // Write appends one record.
-func (w *Writer) Write(r *Record) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if err := w.enc.Encode(r); err != nil {
-		return fmt.Errorf("encode flow record: %w", err)
-	}
-	return w.w.Flush()
-}
+func (w *Writer) Write(r *Record) error { return w.WriteBatch([]*Record{r}) }
 
 // WriteBatch appends records in order with one flush at the end, for a
 // writer that collects records and writes them periodically.
