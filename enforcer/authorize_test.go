@@ -21,34 +21,20 @@ import (
 // after HandshakeTimeout); then the server speaks first and is heard.
 func TestServerAuthorizedAfterACK(t *testing.T) {
 	l := newLab(t, 1)
-	ln, err := l.web.Listen("tcp", "198.18.7.1:8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	speak := make(chan struct{})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				select {
-				case <-speak:
-				case <-time.After(10 * time.Second):
-				}
-				_, _ = c.Write([]byte("hello from the server\n"))
-				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.Copy(io.Discard, c)
-			}()
+	serveWith(t, l.web, "198.18.7.1:8080", func(c net.Conn) {
+		select {
+		case <-speak:
+		case <-time.After(10 * time.Second):
 		}
-	}()
+		_, _ = c.Write([]byte("hello from the server\n"))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.Copy(io.Discard, c)
+	})
 
 	port := 30000 + int(time.Now().UnixNano()%10000)
 	var c net.Conn
-	err = l.client.Do(func() error {
+	err := l.client.Do(func() error {
 		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(fmt.Sprintf("198.18.7.2:%d", port)))}
 		var err error
 		c, err = d.Dial("tcp", "198.18.7.1:8080")

@@ -3,7 +3,7 @@ package enforcer
 import (
 	"context"
 	"io"
-
+	"net"
 	"sort"
 	"sync"
 	"testing"
@@ -54,26 +54,12 @@ func BenchmarkConnect(b *testing.B) {
 }
 
 func benchConnect(b *testing.B, srv, cli *netns.NS) {
-	ln, err := srv.Listen("tcp", "198.18.7.1:8080")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var one [1]byte
-				if _, err := io.ReadFull(c, one[:]); err == nil {
-					_, _ = c.Write(one[:])
-				}
-			}()
+	serveWith(b, srv, "198.18.7.1:8080", func(c net.Conn) {
+		var one [1]byte
+		if _, err := io.ReadFull(c, one[:]); err == nil {
+			_, _ = c.Write(one[:])
 		}
-	}()
+	})
 	for _, clients := range []int{1, 8} {
 		b.Run(map[int]string{1: "c1", 8: "c8"}[clients], func(b *testing.B) {
 			var mu sync.Mutex

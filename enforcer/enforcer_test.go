@@ -198,7 +198,15 @@ type server struct {
 	accepted atomic.Int64
 }
 
+// serve runs an echo server on addr in ns until the test ends.
 func serve(t testing.TB, ns *netns.NS, addr string) *server {
+	t.Helper()
+	return serveWith(t, ns, addr, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
+
+// serveWith accepts on addr in ns until the test ends and runs handle
+// for each connection, closing it afterwards.
+func serveWith(t testing.TB, ns *netns.NS, addr string, handle func(net.Conn)) *server {
 	t.Helper()
 	ln, err := ns.Listen("tcp", addr)
 	if err != nil {
@@ -215,7 +223,7 @@ func serve(t testing.TB, ns *netns.NS, addr string) *server {
 			s.accepted.Add(1)
 			go func() {
 				defer c.Close()
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()

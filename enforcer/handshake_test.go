@@ -180,11 +180,7 @@ func TestHandshakeStates(t *testing.T) {
 
 	t.Run("data that overtakes the proof ACK waits for it", func(t *testing.T) {
 		p := newPair(t, 0)
-		v := pass(p.cli, syn(5), true)
-		pass(p.srv, v.packet, false)
-		v = pass(p.srv, synack(5), true)
-		pass(p.cli, v.packet, false)
-		ackv := pass(p.cli, ackPkt(5), true)
+		ackv := p.proofACK(t, 5)
 		// The server's own bytes cannot leave before the proof.
 		out := seg(t, false, 5, false, true, linuxACKOptions, []byte("hello"))
 		if w := pass(p.srv, out, true); w.accept {
@@ -207,20 +203,11 @@ func TestHandshakeStates(t *testing.T) {
 
 	t.Run("held data is dropped with a rejected proof", func(t *testing.T) {
 		p := newPair(t, 0)
-		v := pass(p.cli, syn(6), true)
-		pass(p.srv, v.packet, false)
-		v = pass(p.srv, synack(6), true)
-		pass(p.cli, v.packet, false)
-		ackv := pass(p.cli, ackPkt(6), true)
+		ackv := p.proofACK(t, 6)
 		if w := pass(p.srv, seg(t, true, 6, false, true, linuxACKOptions, []byte("data")), false); !w.hold {
 			t.Fatalf("early data: %+v, want held", w)
 		}
-		var q packet
-		if err := parsePacket(ackv.packet, &q); err != nil {
-			t.Fatal(err)
-		}
-		ackv.packet[q.proofOpt+6] ^= 1
-		setTCPChecksum(ackv.packet, false, q.tcpOff)
+		tamperProof(t, ackv.packet)
 		if w := pass(p.srv, ackv.packet, false); w.accept || !w.dropHeld || w.key.remote.Port() != 6 {
 			t.Fatalf("forged proof: %+v, want drop with the held packets", w)
 		}
@@ -274,17 +261,8 @@ func TestHandshakeStates(t *testing.T) {
 
 	t.Run("tampered proof is refused with a typed reason", func(t *testing.T) {
 		p := newPair(t, 0)
-		v := pass(p.cli, syn(4), true)
-		pass(p.srv, v.packet, false)
-		sa := pass(p.srv, synack(4), true)
-		pass(p.cli, sa.packet, false)
-		v = pass(p.cli, ackPkt(4), true)
-		var q packet
-		if err := parsePacket(v.packet, &q); err != nil {
-			t.Fatal(err)
-		}
-		v.packet[q.proofOpt+6] ^= 1
-		setTCPChecksum(v.packet, false, q.tcpOff)
+		v := p.proofACK(t, 4)
+		tamperProof(t, v.packet)
 		if w := pass(p.srv, v.packet, false); w.accept {
 			t.Fatal("tampered proof accepted")
 		}
@@ -532,6 +510,30 @@ func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
 // Authorized in conntrack only after the verdict (see ingressACK).
 func authorizedAfter(v verdict) bool {
 	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize
+}
+
+// proofACK runs a handshake from client port sport up to the client's
+// ACK: SYN out and in, SYN-ACK out and in, ACK out. It returns the ACK's
+// verdict, whose packet carries the proof the server has not yet seen.
+func (p *pair) proofACK(t *testing.T, sport uint16) verdict {
+	t.Helper()
+	v := pass(p.cli, seg(t, true, sport, true, false, linuxSYNOptions, nil), true)
+	pass(p.srv, v.packet, false)
+	v = pass(p.srv, seg(t, false, sport, true, true, linuxSYNOptions, nil), true)
+	pass(p.cli, v.packet, false)
+	return pass(p.cli, seg(t, true, sport, false, true, linuxACKOptions, nil), true)
+}
+
+// tamperProof flips a bit of the proof in ack (a packet with the proof
+// option) and fixes the TCP checksum, as an attacker on the path would.
+func tamperProof(t *testing.T, ack []byte) {
+	t.Helper()
+	var q packet
+	if err := parsePacket(ack, &q); err != nil {
+		t.Fatal(err)
+	}
+	ack[q.proofOpt+6] ^= 1
+	setTCPChecksum(ack, false, q.tcpOff)
 }
 
 func TestConnTableHeldPackets(t *testing.T) {
