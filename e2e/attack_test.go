@@ -297,7 +297,7 @@ spec:
 			{"n2", "bireme_decisions_total", []string{`verdict="allow"`, `direction="ingress"`, `reason="policy-rule"`}, 2},
 			{"n1", "bireme_decisions_total", []string{`verdict="allow"`, `direction="egress"`, `reason="policy-rule"`}, 2},
 		} {
-			v, err := c.enf[m.node].metricWith(m.name, m.labels...)
+			v, err := c.enf[m.node].metric(m.name, m.labels...)
 			if err != nil || v < m.atLeast {
 				t.Errorf("%s %s%v = %v (%v), want at least %v", m.node, m.name, m.labels, v, err, m.atLeast)
 			}

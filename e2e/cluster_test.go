@@ -408,8 +408,10 @@ func (e *enforcerProc) kill9() {
 	<-e.done
 }
 
-// metric returns the value of an unlabelled metric, or an error.
-func (e *enforcerProc) metric(name string) (float64, error) {
+// metric returns the value of the first series of metric name whose
+// labels include every one of labels (written as `key="value"`), or an
+// error.
+func (e *enforcerProc) metric(name string, labels ...string) (float64, error) {
 	resp, err := (&http.Client{Timeout: time.Second}).Get("http://" + e.metricsAddr + "/metrics")
 	if err != nil {
 		return 0, err
@@ -418,29 +420,13 @@ func (e *enforcerProc) metric(name string) (float64, error) {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) == 2 && f[0] == name {
-			return strconv.ParseFloat(f[1], 64)
-		}
-	}
-	return 0, fmt.Errorf("metric %s not exported", name)
-}
-
-// metricWith returns the value of the series of metric name whose labels
-// include every one of labels (written as `key="value"`), or an error.
-func (e *enforcerProc) metricWith(name string, labels ...string) (float64, error) {
-	resp, err := (&http.Client{Timeout: time.Second}).Get("http://" + e.metricsAddr + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") {
+		if len(f) != 2 {
 			continue
 		}
-		f := strings.Fields(line)
-		match := len(f) == 2
+		if series, _, _ := strings.Cut(f[0], "{"); series != name {
+			continue
+		}
+		match := true
 		for _, l := range labels {
 			match = match && strings.Contains(f[0], l)
 		}
