@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/internal/syncbuf"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -124,7 +125,7 @@ func TestRunFollowsStore(t *testing.T) {
 
 	dp := &recordingDatapath{state: map[string]Workload{}}
 	reg := prometheus.NewRegistry()
-	var logBuf syncBuffer
+	var logBuf syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -244,23 +245,4 @@ func TestRunRefusesBadStart(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the agent's log writes and the
-// test's reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,10 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/internal/syncbuf"
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/netns"
@@ -61,7 +61,7 @@ func capture(t *testing.T, ns *netns.NS, iface, filter string) (stop func() stri
 	}
 	file := filepath.Join(t.TempDir(), "capture.pcap")
 	cmd := ns.Command(context.Background(), "tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-s", "0", "-w", file, filter)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -312,22 +312,4 @@ spec:
 			}
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/internal/syncbuf"
+
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/netns"
@@ -69,25 +71,17 @@ type lab struct {
 	newEnforcer         func() *Enforcer
 }
 
+// syncBuffer receives an enforcer's flow records.
 type syncBuffer struct {
-	mu    sync.Mutex
-	b     bytes.Buffer
+	syncbuf.Buffer
 	flush func() // waits for the enforcer's queued flow records; may be nil
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
 }
 
 func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
 	if s.flush != nil {
 		s.flush()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	rs, err := flowlog.Read(bytes.NewReader(s.b.Bytes()))
+	rs, err := flowlog.Read(bytes.NewReader(s.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}

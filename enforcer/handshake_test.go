@@ -225,7 +225,7 @@ func TestHandshakeStates(t *testing.T) {
 		}
 		sa := pass(p.srv, synack(2), true)
 		if w := pass(p.cli, sa.packet, false); !w.accept {
-			t.Fatalf("client refused SYN-ACK answering its first SYN: %s", p.flows.b.String())
+			t.Fatalf("client refused SYN-ACK answering its first SYN: %s", p.flows.String())
 		}
 		// The second SYN reaching the server later is a new handshake
 		// that replaces the first; its SYN-ACK also verifies at the client

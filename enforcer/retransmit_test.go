@@ -44,14 +44,14 @@ func TestLateRetransmittedSYN(t *testing.T) {
 		t.Fatal("server's retransmitted SYN-ACK dropped")
 	}
 	if w := pass(p.cli, sa1.packet, false); !w.accept {
-		t.Fatalf("client refused the SYN-ACK to its first SYN: %s", p.flows.b.String())
+		t.Fatalf("client refused the SYN-ACK to its first SYN: %s", p.flows.String())
 	}
 	ack := pass(p.cli, ackPkt, true)
 	if !ack.accept || ack.mark != auth {
 		t.Fatalf("client ACK: %+v", ack)
 	}
 	if w := pass(p.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
-		t.Fatalf("server rejected the proof of the handshake the client completed: %+v\n%s", w, p.flows.b.String())
+		t.Fatalf("server rejected the proof of the handshake the client completed: %+v\n%s", w, p.flows.String())
 	}
 	// The retransmitted SYN-ACK arriving after the ACK is harmless.
 	if w := pass(p.cli, sa2.packet, false); w.accept && w.mark == auth {
@@ -68,11 +68,11 @@ func TestLateRetransmittedSYN(t *testing.T) {
 	pass(q.srv, second.packet, false)
 	sa2 = pass(q.srv, synack, true)
 	if w := pass(q.cli, sa2.packet, false); !w.accept {
-		t.Fatalf("client refused the SYN-ACK to its second SYN: %s", q.flows.b.String())
+		t.Fatalf("client refused the SYN-ACK to its second SYN: %s", q.flows.String())
 	}
 	ack = pass(q.cli, ackPkt, true)
 	if w := pass(q.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
-		t.Fatalf("server rejected the proof of the second handshake: %+v\n%s", w, q.flows.b.String())
+		t.Fatalf("server rejected the proof of the second handshake: %+v\n%s", w, q.flows.String())
 	}
 }
 
@@ -103,11 +103,11 @@ func TestLostACKAfterLateSYN(t *testing.T) {
 	}
 	w := pass(p.cli, sa2.packet, false)
 	if !w.accept || w.mark != pending || !bytes.Equal(w.or(sa2.packet), synack) {
-		t.Fatalf("client must take the SYN-ACK to its second SYN and go back to Pending: %+v\n%s", w, p.flows.b.String())
+		t.Fatalf("client must take the SYN-ACK to its second SYN and go back to Pending: %+v\n%s", w, p.flows.String())
 	}
 	ack := pass(p.cli, ackPkt, true)
 	if w := pass(p.srv, ack.packet, false); !w.accept || !authorizedAfter(w) {
-		t.Fatalf("server rejected the proof sent after its retransmitted SYN-ACK: %+v\n%s", w, p.flows.b.String())
+		t.Fatalf("server rejected the proof sent after its retransmitted SYN-ACK: %+v\n%s", w, p.flows.String())
 	}
 	// A SYN-ACK answering no SYN the client sent is still refused.
 	other := newPair(t, 0)

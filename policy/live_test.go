@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bireme/bireme/internal/syncbuf"
 )
 
 // TestLiveSwap: a swap applies to the next decision; label changes of the
@@ -78,24 +79,6 @@ func TestLiveSwap(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the watcher goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWatchDir: a valid change is compiled and reported; a bad edit is
 // logged with file, object and field and keeps the previous set; fixing it
 // is picked up.
@@ -106,7 +89,7 @@ func TestWatchDir(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	changes := make(chan *Engine, 10)
 	done := make(chan error, 1)
