@@ -30,10 +30,7 @@ func TestMain(m *testing.M) {
 // case was either measured or says why not, that allowed connections
 // completed and denied ones did not.
 func TestShortRun(t *testing.T) {
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping: the short benchmark takes about a minute")
-	}
+	netnstest.RequireNamespaces(t)
 	dir := t.TempDir()
 	cfg, err := parseFlags([]string{"-short", "-out", filepath.Join(dir, "b.md")})
 	if err != nil {

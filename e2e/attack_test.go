@@ -25,10 +25,7 @@ import (
 // pyenv's).
 func scapyPython(t *testing.T) string {
 	t.Helper()
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping: end-to-end attack tests (not in -short)")
-	}
+	netnstest.RequireNamespaces(t)
 	for _, py := range []string{"/usr/bin/python3", "python3"} {
 		if exec.Command(py, "-c", "import scapy.all").Run() == nil {
 			return py

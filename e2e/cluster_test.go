@@ -124,10 +124,7 @@ func (c *cluster) queues(host string) string {
 // ends.
 func newCluster(t testing.TB, spec clusterSpec) *cluster {
 	t.Helper()
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping: end-to-end cluster tests take seconds each (not in -short)")
-	}
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	flag.Parse()
 	if os.Geteuid() != 0 || testing.Short() {
-		// Every test skips (netnstest.RequireRoot, -short); nothing to build.
+		// Every test skips (netnstest.RequireNamespaces, -short); nothing to build.
 		return m.Run()
 	}
 	bin, err := testbin.Bireme()

@@ -22,7 +22,7 @@ import (
 //
 //	go test -run XXX -bench Connect -benchtime 2000x ./enforcer
 func BenchmarkConnect(b *testing.B) {
-	netnstest.RequireRoot(b)
+	netnstest.RequireNamespaces(b)
 	b.Run("plain", func(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()

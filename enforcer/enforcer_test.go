@@ -92,10 +92,7 @@ func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
 // IPv6 addresses come from 2001:2::/48, the IPv6 benchmarking range
 // (RFC 5180), the counterpart of 198.18.0.0/15.
 func newLab(t testing.TB, queues uint16) *lab {
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping namespace test in -short mode")
-	}
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := netnstest.Prefix()

@@ -28,16 +28,6 @@ func biremeBinary(t *testing.T) string {
 	return bin
 }
 
-// requireLab skips a lab test in short mode (`make unit`) and when not
-// root.
-func requireLab(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("skipping lab test in short mode")
-	}
-	netnstest.RequireRoot(t)
-}
-
 // upLab starts a lab in a fresh state directory and registers its teardown,
 // which also checks that nothing is left behind.
 func upLab(t *testing.T, opts lab.Options, files ...string) (*lab.Lab, lab.Config) {
@@ -146,7 +136,7 @@ func all(string, string) bool { return true }
 // A lab without enforcers: build, status, change, probe, tear down, with
 // and without NAT. Everything connects; pods come and go.
 func TestLabLifecycle(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	for _, nat := range []bool{false, true} {
 		t.Run(fmt.Sprintf("nat=%v", nat), func(t *testing.T) {
 			l, cfg := upLab(t, lab.Options{NoEnforce: true, NAT: nat}, "testdata/three.yaml")
@@ -257,7 +247,7 @@ func netnsOf(l *lab.Lab, pod string) string {
 // Two labs of the same files cannot share a state directory, and a failed
 // build leaves nothing.
 func TestLabUpRefusesAndCleansUp(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	_, cfg := upLab(t, lab.Options{NoEnforce: true}, "testdata/three.yaml")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -278,7 +268,7 @@ func TestLabUpRefusesAndCleansUp(t *testing.T) {
 // `lab down` cleans up from what a crash leaves: no state.json, a lab
 // command killed while holding the lock.
 func TestLabDownAfterCrash(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	cfg := lab.Config{StateDir: filepath.Join(t.TempDir(), "lab"), Binary: biremeBinary(t)}
 	prefix := netnstest.Prefix()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bireme/bireme/lab"
+	"github.com/bireme/bireme/netns/netnstest"
 )
 
 // world is the test's own model of the lab's labels and policies: the
@@ -62,7 +63,7 @@ func apply(t *testing.T, l *lab.Lab, files ...string) {
 // enforcer: deny-all, allow-from-namespace, allow-from-pod and egress
 // policies, then label changes on the running lab, then policies removed.
 func TestLabPolicies(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	l, _ := upLab(t, lab.Options{}, "testdata/three.yaml")
 	pods := l.Pods()
 	w := newWorld()
@@ -99,7 +100,7 @@ func TestLabPolicies(t *testing.T) {
 // With NAT between the nodes the decisions are the same: they never
 // depended on addresses.
 func TestLabPoliciesNAT(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	l, _ := upLab(t, lab.Options{NAT: true}, "testdata/three.yaml", "testdata/deny-all-x.yaml", "testdata/allow-from-ns-y.yaml", "testdata/allow-from-pod.yaml")
 	w := newWorld()
 	w.xDenyAll, w.xFromY, w.aFromB = true, true, true
@@ -108,7 +109,7 @@ func TestLabPoliciesNAT(t *testing.T) {
 
 // The README's demo command runs to its matrices and its refused attack.
 func TestDemoScript(t *testing.T) {
-	requireLab(t)
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	state := filepath.Join(t.TempDir(), "demo")

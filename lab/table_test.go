@@ -5,8 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bireme/bireme/flowlog"
 	"net/netip"
+
+	"github.com/bireme/bireme/flowlog"
 )
 
 func TestWriteTable(t *testing.T) {

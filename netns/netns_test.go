@@ -11,7 +11,7 @@ import (
 )
 
 func TestVethDialAcrossNamespaces(t *testing.T) {
-	netnstest.RequireRoot(t)
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p := netnstest.Prefix()

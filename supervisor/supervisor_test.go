@@ -68,10 +68,7 @@ func TestChainsLayout(t *testing.T) {
 // then removes, and checks that the namespace's rules, including rules of
 // another owner in the same built-in chains, are exactly as before.
 func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping namespace test in -short mode")
-	}
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ns := netnstest.NewNS(t, netnstest.Prefix()+"-sv")
@@ -129,10 +126,7 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 // namespace with no enforcer reading the queue: a connection established
 // before keeps carrying data both ways, a new one cannot be made.
 func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
-	netnstest.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("skipping namespace test in -short mode")
-	}
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := netnstest.Prefix()

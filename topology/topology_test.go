@@ -94,7 +94,7 @@ func build(t *testing.T, spec topology.Spec) *topology.Topology {
 }
 
 func TestReachability(t *testing.T) {
-	netnstest.RequireRoot(t)
+	netnstest.RequireNamespaces(t)
 	for _, nat := range []bool{false, true} {
 		t.Run(map[bool]string{false: "routed", true: "nat"}[nat], func(t *testing.T) {
 			prefix := netnstest.Prefix()
@@ -134,7 +134,7 @@ func TestReachability(t *testing.T) {
 }
 
 func TestAddRemoveRestoreDestroy(t *testing.T) {
-	netnstest.RequireRoot(t)
+	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	prefix := netnstest.Prefix()
@@ -202,7 +202,7 @@ func TestAddRemoveRestoreDestroy(t *testing.T) {
 }
 
 func TestFailedBuildCleansUp(t *testing.T) {
-	netnstest.RequireRoot(t)
+	netnstest.RequireNamespaces(t)
 	prefix := netnstest.Prefix()
 	t.Cleanup(func() { _ = topology.DestroyPrefix(context.Background(), prefix) })
 	// Cancel the build as soon as its router exists: it then fails halfway,
@@ -229,7 +229,7 @@ func TestFailedBuildCleansUp(t *testing.T) {
 }
 
 func TestBuildRefusesExistingPrefix(t *testing.T) {
-	netnstest.RequireRoot(t)
+	netnstest.RequireNamespaces(t)
 	prefix := netnstest.Prefix()
 	netnstest.NewNS(t, prefix+"-a")
 	_, err := topology.Build(context.Background(), topology.Spec{Prefix: prefix, Nodes: []topology.NodeSpec{{Name: "n1", Hosts: []string{"b"}}}})

@@ -14,10 +14,15 @@ import (
 	"github.com/bireme/bireme/netns"
 )
 
-// RequireRoot skips the test, with a message saying why, unless it runs as
-// root on a machine with iproute2 and iptables.
-func RequireRoot(t testing.TB) {
+// RequireNamespaces skips the test, with a message saying why, unless it
+// may build network namespaces: not in -short mode (`make unit`: no root,
+// no namespaces, seconds), and only as root on a machine with iproute2 and
+// iptables.
+func RequireNamespaces(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping: builds network namespaces (not in -short mode)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to create network namespaces (run the suite as root, as CI does)")
 	}
