@@ -36,7 +36,7 @@
 // Every chain reads the connection mark once per rule, and an enforcer's
 // verdict on another CPU can move it from Pending to Authorized between
 // two rules; the second Authorized check makes a packet caught in between
-// pass instead of being dropped (seen about once in 3,000 connections, a
+// pass instead of being dropped (seen about once in 3,600 connections, a
 // 200 ms retransmission each).
 //
 // filter table (priority 0):
