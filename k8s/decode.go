@@ -1,4 +1,4 @@
-package policy
+package k8s
 
 import (
 	"bufio"
@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,39 +16,9 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/bireme/bireme/policy"
 )
-
-// Objects is the input of [Compile]: the Kubernetes objects that policy is
-// decided from. The same shape comes from the file store or from informers.
-type Objects struct {
-	Namespaces []*corev1.Namespace
-	Pods       []*corev1.Pod
-	Policies   []*networkingv1.NetworkPolicy
-}
-
-// Namespace returns the Namespace object called name, or, when the objects
-// declare none, a synthesized one with no labels (Kubernetes adds
-// kubernetes.io/metadata.name itself; [IdentityOf] does the same).
-func (o Objects) Namespace(name string) *corev1.Namespace {
-	for _, ns := range o.Namespaces {
-		if ns.Name == name {
-			return ns
-		}
-	}
-	ns := &corev1.Namespace{}
-	ns.Name = name
-	return ns
-}
-
-// Pod returns the pod namespace/name, or nil.
-func (o Objects) Pod(namespace, name string) *corev1.Pod {
-	for _, p := range o.Pods {
-		if p.Namespace == namespace && p.Name == name {
-			return p
-		}
-	}
-	return nil
-}
 
 // The apiVersion/kind pairs the store accepts. Anything else is an error
 // rather than silently ignored: a misspelt kind would otherwise drop a
@@ -63,80 +31,49 @@ const (
 	apiNetworkingV1   = "networking.k8s.io/v1"
 )
 
-// LoadDir reads every *.yaml, *.yml and *.json file directly in dir (not in
-// subdirectories; names starting with "." are skipped, so editors' and
-// atomic writers' temporary files are never half-read), in name order.
-func LoadDir(dir string) (Objects, error) {
-	files, err := storeFiles(dir)
-	if err != nil {
-		return Objects{}, err
-	}
-	return LoadFiles(files...)
-}
-
-// storeFiles lists the files LoadDir reads, sorted.
-func storeFiles(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("read policy store: %w", err)
-	}
-	var files []string
-	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || strings.HasPrefix(name, ".") {
-			continue
-		}
-		switch strings.ToLower(filepath.Ext(name)) {
-		case ".yaml", ".yml", ".json":
-			files = append(files, filepath.Join(dir, name))
-		}
-	}
-	sort.Strings(files)
-	return files, nil
-}
-
-// LoadFiles parses files of Namespace, Pod and NetworkPolicy objects (and
-// their List kinds, or a v1 List of them). YAML files may hold several
-// documents separated by "---"; JSON files may hold one object or a stream
-// of objects. Decoding is strict: an unknown or duplicated field is an error,
-// because a misspelt selector silently dropped would widen a policy.
-//
-// Every object is validated as it is read; the first bad one is reported as
-// "FILE: Kind namespace/name: field.path: problem". Namespaces of Pods and
-// NetworkPolicies default to "default", as kubectl does.
-func LoadFiles(files ...string) (Objects, error) {
-	var l loader
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return Objects{}, fmt.Errorf("read policy file: %w", err)
-		}
-		if err := l.loadBytes(f, data); err != nil {
-			return Objects{}, err
-		}
-	}
-	return l.objs, nil
-}
-
-// loader accumulates objects across files and remembers where each came
-// from, to report duplicates by file.
-type loader struct {
-	objs Objects
+// Decoder reads Namespace, Pod and NetworkPolicy objects (and their List
+// kinds, or a v1 List of them) from one or more files' contents and
+// accumulates them, remembering which file each came from so that an object
+// defined twice is reported with both files. The zero Decoder is ready.
+type Decoder struct {
+	objs policy.Objects
 	seen map[string]string // "Kind ns/name" -> file
 }
 
-// loadBytes parses one file's content; name is used in errors only.
-func (l *loader) loadBytes(name string, data []byte) error {
+// Decode parses one file's content; name is the file's name, used to choose
+// the format (".json": one object or a stream of objects; anything else:
+// YAML, several documents separated by "---") and to name the file in errors.
+//
+// Decoding is strict: an unknown or duplicated field is an error, because a
+// misspelt selector silently dropped would widen a policy. Every object is
+// validated as it is read; the first bad one is reported as
+// "FILE: Kind namespace/name: field.path: problem" (or
+// "FILE: document N: problem" before the object is known). Namespaces of
+// Pods and NetworkPolicies default to "default", as kubectl does. After an
+// error the Decoder's objects are incomplete: discard it.
+func (d *Decoder) Decode(name string, data []byte) error {
 	docs, err := splitDocuments(name, data)
 	if err != nil {
 		return err
 	}
 	for i, doc := range docs {
-		if err := l.loadDocument(name, i+1, doc); err != nil {
+		if err := d.decodeDocument(name, i+1, doc); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// Objects returns everything decoded so far.
+func (d *Decoder) Objects() policy.Objects { return d.objs }
+
+// Decode is a [Decoder] used for one file's content.
+func Decode(name string, data []byte) (policy.Objects, error) {
+	var d Decoder
+	if err := d.Decode(name, data); err != nil {
+		return policy.Objects{}, err
+	}
+	return d.Objects(), nil
 }
 
 // splitDocuments returns each document of a file as JSON. Empty documents
@@ -185,8 +122,8 @@ type header struct {
 	} `json:"metadata"`
 }
 
-// loadDocument decodes, defaults and validates one object (or List).
-func (l *loader) loadDocument(file string, n int, doc []byte) error {
+// decodeDocument decodes, defaults and validates one object (or List).
+func (d *Decoder) decodeDocument(file string, n int, doc []byte) error {
 	var h header
 	if err := json.Unmarshal(doc, &h); err != nil {
 		return fmt.Errorf("%s: document %d: not a Kubernetes object: %w", file, n, err)
@@ -204,7 +141,7 @@ func (l *loader) loadDocument(file string, n int, doc []byte) error {
 			return fmt.Errorf("%s: document %d: %s: %w", file, n, h.Kind, err)
 		}
 		for i, item := range list.Items {
-			if err := l.loadDocument(file, n, item); err != nil {
+			if err := d.decodeDocument(file, n, item); err != nil {
 				return fmt.Errorf("%w (%s items[%d])", err, h.Kind, i)
 			}
 		}
@@ -225,7 +162,7 @@ func (l *loader) loadDocument(file string, n int, doc []byte) error {
 		if err := validateNamespace(obj).ToAggregate(); err != nil {
 			return wrap(err)
 		}
-		l.objs.Namespaces = append(l.objs.Namespaces, obj)
+		d.objs.Namespaces = append(d.objs.Namespaces, obj)
 	case h.Kind == kindPod && h.APIVersion == apiCoreV1:
 		obj := &corev1.Pod{}
 		if err := decodeStrict(doc, obj); err != nil {
@@ -235,7 +172,7 @@ func (l *loader) loadDocument(file string, n int, doc []byte) error {
 		if err := validatePod(obj).ToAggregate(); err != nil {
 			return wrap(err)
 		}
-		l.objs.Pods = append(l.objs.Pods, obj)
+		d.objs.Pods = append(d.objs.Pods, obj)
 	case h.Kind == kindNetworkPolicy && h.APIVersion == apiNetworkingV1:
 		obj := &networkingv1.NetworkPolicy{}
 		if err := decodeStrict(doc, obj); err != nil {
@@ -245,18 +182,18 @@ func (l *loader) loadDocument(file string, n int, doc []byte) error {
 		if err := validateNetworkPolicy(obj).ToAggregate(); err != nil {
 			return wrap(err)
 		}
-		l.objs.Policies = append(l.objs.Policies, obj)
+		d.objs.Policies = append(d.objs.Policies, obj)
 	default:
 		return fmt.Errorf("%s: document %d: unsupported apiVersion/kind %q/%q (the store holds v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy and their Lists)",
 			file, n, h.APIVersion, h.Kind)
 	}
-	if l.seen == nil {
-		l.seen = map[string]string{}
+	if d.seen == nil {
+		d.seen = map[string]string{}
 	}
-	if first, dup := l.seen[ref]; dup {
+	if first, dup := d.seen[ref]; dup {
 		return fmt.Errorf("%s: %s: duplicate object (first defined in %s)", file, ref, first)
 	}
-	l.seen[ref] = file
+	d.seen[ref] = file
 	return nil
 }
 
