@@ -1,4 +1,4 @@
-package policy
+package filestore
 
 import (
 	"context"
@@ -10,33 +10,51 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/policy"
 )
 
-// WatchDir polls dir every interval. When the store's content changes and
-// the new set is valid, it compiles it and calls onChange with the objects
-// and the new Engine (typically to [Live.Swap] it). On invalid input it logs
-// the error (file, Kind namespace/name, field) to slog's default logger and
-// keeps the previous set: onChange is not called. The first valid set found
-// at start is reported too, so a caller may rely on WatchDir alone. A change
-// is acted on once the store has not changed for one interval (so a change
-// takes effect within two intervals); writers should still replace files
-// atomically (write a ".name" temporary, then rename), which LoadDir's
-// skipping of dot files makes safe.
+// Watch polls dir every interval. When the store's content changes and the
+// new set is valid, it compiles it and calls onChange with the objects and
+// the new Engine. On invalid input it logs the error (file, Kind
+// namespace/name, field) to log once and keeps the previous set: onChange
+// is not called. The first valid set found at start is reported too, so a
+// caller may rely on Watch alone. A change is acted on once the store has
+// not changed for one interval (so a change takes effect within two
+// intervals); writers should still replace files atomically (write a
+// ".name" temporary, then rename), which LoadDir's skipping of dot files
+// makes safe.
 // It returns nil when ctx ends; an error only for a bad interval.
-func WatchDir(ctx context.Context, dir string, interval time.Duration, onChange func(Objects, *Engine)) error {
-	return WatchDirLog(ctx, dir, interval, slog.Default(), onChange)
-}
-
-// WatchDirLog is [WatchDir] with an explicit logger.
-func WatchDirLog(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(Objects, *Engine)) error {
+func Watch(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
 	if interval <= 0 {
 		return fmt.Errorf("watch %s: interval must be > 0, got %v", dir, interval)
 	}
-	w := &dirWatcher{dir: dir, log: log, onChange: onChange}
+	return (&dirWatcher{dir: dir}).watch(ctx, interval, log, onChange)
+}
+
+// dirWatcher remembers what it last saw, to act only on changes.
+type dirWatcher struct {
+	dir string
+
+	seen    string   // stat stamp (names, sizes, mtimes) at the previous poll
+	done    string   // stat stamp of the set last loaded or rejected
+	content [32]byte // hash of names and contents last loaded or rejected
+	started bool
+}
+
+// watch polls until ctx ends; see [Watch].
+func (w *dirWatcher) watch(ctx context.Context, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		w.poll()
+		objs, eng, changed, err := w.check()
+		switch {
+		case err != nil:
+			log.Error("policy store rejected; keeping the previous policy set", "dir", w.dir, "err", err)
+		case changed:
+			onChange(objs, eng)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -45,53 +63,41 @@ func WatchDirLog(ctx context.Context, dir string, interval time.Duration, log *s
 	}
 }
 
-// dirWatcher remembers what it last saw, to act only on changes.
-type dirWatcher struct {
-	dir      string
-	log      *slog.Logger
-	onChange func(Objects, *Engine)
-
-	seen    string   // stat stamp (names, sizes, mtimes) at the previous poll
-	done    string   // stat stamp of the set last loaded or rejected
-	content [32]byte // hash of names and contents last loaded or rejected
-	started bool
-}
-
-// poll does one cheap stat pass. A changed stamp is acted on only once it
+// check does one cheap stat pass. A changed stamp is acted on only once it
 // has stayed the same for one interval, so a file caught half-written (and
 // perhaps still valid YAML, minus its last documents) is not put in force.
 // Then contents are hashed, and only if they differ from what was last
-// processed is the set loaded and compiled.
-func (w *dirWatcher) poll() {
+// processed is the set loaded and compiled. It reports a new valid set
+// (changed) or the error of a new invalid one, each once; the first check
+// always loads.
+func (w *dirWatcher) check() (objs policy.Objects, eng *policy.Engine, changed bool, err error) {
 	stamp, files, err := w.stamp()
 	prev := w.seen
 	w.seen = stamp
 	if w.started && (stamp == w.done || stamp != prev) {
-		return
+		return policy.Objects{}, nil, false, nil
 	}
 	if err != nil {
-		w.reject(stamp, [32]byte{}, err)
-		return
+		w.done, w.content, w.started = stamp, [32]byte{}, true
+		return policy.Objects{}, nil, false, err
 	}
 	sum, err := hashFiles(files)
 	if err != nil {
-		return // a file vanished mid-read; the next pass sees the new state
+		return policy.Objects{}, nil, false, nil // a file vanished mid-read; the next pass sees the new state
 	}
 	if w.started && sum == w.content {
 		w.done = stamp
-		return
-	}
-	objs, err := LoadFiles(files...)
-	var eng *Engine
-	if err == nil {
-		eng, err = Compile(objs)
-	}
-	if err != nil {
-		w.reject(stamp, sum, err)
-		return
+		return policy.Objects{}, nil, false, nil
 	}
 	w.done, w.content, w.started = stamp, sum, true
-	w.onChange(objs, eng)
+	objs, err = LoadFiles(files...)
+	if err == nil {
+		eng, err = k8s.Compile(objs)
+	}
+	if err != nil {
+		return policy.Objects{}, nil, false, err
+	}
+	return objs, eng, true, nil
 }
 
 // stamp lists the store and returns its stat stamp.
@@ -109,12 +115,6 @@ func (w *dirWatcher) stamp() (string, []string, error) {
 		fmt.Fprintf(&b, "%s\x00%d\x00%d\x00", f, st.Size(), st.ModTime().UnixNano())
 	}
 	return b.String(), files, nil
-}
-
-// reject logs a bad store once and keeps the previous set.
-func (w *dirWatcher) reject(stamp string, sum [32]byte, err error) {
-	w.done, w.content, w.started = stamp, sum, true
-	w.log.Error("policy store rejected; keeping the previous policy set", "dir", w.dir, "err", err)
 }
 
 // hashFiles hashes the names and contents of files.
