@@ -46,6 +46,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
@@ -122,11 +124,11 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if len(files) == 0 {
 		return nil, errors.New("lab up: no files (-f FILE)")
 	}
-	objs, err := policy.LoadFiles(files...)
+	objs, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := policy.Compile(objs); err != nil {
+	if _, err := k8s.Compile(objs); err != nil {
 		return nil, fmt.Errorf("lab up: %w", err)
 	}
 	if err := checkPods(objs); err != nil {
@@ -283,7 +285,7 @@ func Open(cfg Config) (*Lab, error) {
 		l.unlock()
 		return nil, fmt.Errorf("open lab (run `bireme lab down` to clean up): %w", err)
 	}
-	if l.objs, err = policy.LoadDir(cfg.path("store")); err != nil {
+	if l.objs, err = filestore.LoadDir(cfg.path("store")); err != nil {
 		l.unlock()
 		return nil, fmt.Errorf("open lab: %w", err)
 	}
@@ -593,7 +595,7 @@ func tail(file string) string {
 // policy changes only update the store, which the enforcers reload. Invalid
 // input changes nothing.
 func (l *Lab) Apply(ctx context.Context, files ...string) error {
-	upd, err := policy.LoadFiles(files...)
+	upd, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return err
 	}
@@ -601,7 +603,7 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 		return err
 	}
 	next := merge(l.objs, upd)
-	if _, err := policy.Compile(next); err != nil {
+	if _, err := k8s.Compile(next); err != nil {
 		return fmt.Errorf("lab apply: %w", err)
 	}
 	var added, rebuilt []*corev1.Pod
@@ -667,7 +669,7 @@ func (l *Lab) addPod(ctx context.Context, p *corev1.Pod) error {
 // pods and policies. Removed pods leave the store before their namespace
 // is deleted.
 func (l *Lab) Delete(ctx context.Context, files ...string) error {
-	del, err := policy.LoadFiles(files...)
+	del, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return err
 	}
