@@ -64,10 +64,11 @@ is removed and it exits 0.`,
 
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel() // also stops the metrics server when the node fails
-			var reg *prometheus.Registry
+			var metricsReg prometheus.Registerer // nil: no metrics
 			if metricsAddr != "" {
-				reg = prometheus.NewRegistry()
+				reg := prometheus.NewRegistry()
 				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				metricsReg = reg
 				served, err := agent.ServeMetrics(ctx, metricsAddr, reg)
 				if err != nil {
 					return err
@@ -79,7 +80,7 @@ is removed and it exits 0.`,
 					}
 				}()
 			}
-			return runNode(ctx, opts, out, reg, log)
+			return runNode(ctx, opts, out, metricsReg, log)
 		},
 	}
 	f := cmd.Flags()
