@@ -9,15 +9,17 @@
 //
 // # Rule layout
 //
-// Two connection-mark bits, owned by Bireme, carry the state of each TCP
+// Two connection-mark bits, owned by Bireme and named by the marks.Layout
+// the supervisor and the enforcer share, carry the state of each TCP
 // connection in the namespace's conntrack table:
 //
 //	Authorized  the enforcer verified the handshake: every packet passes in the kernel
 //	Pending     the enforcer accepted the SYN-ACK: the handshake-completing
 //	            ACK (client: with proof attached; server: proof verified) still
 //	            has to pass the queue. The server's enforcer sets Authorized
-//	            only after the ACK's verdict, with ConnMarker (ctnetlink), so
-//	            that no data can overtake the ACK while its socket is made.
+//	            only after the ACK's verdict, with a ctnetlink update of its
+//	            own, so that no data can overtake the ACK while its socket
+//	            is made.
 //
 // mangle table (runs before filter, priority -150):
 //
@@ -51,7 +53,8 @@
 // connection. NFQUEUE rules carry no --queue-bypass: with no enforcer
 // reading the queue, handshake packets are dropped and protection fails
 // closed. Connections that were already established when protection starts
-// are marked Authorized by Protect (see conntrack.go).
+// are marked Authorized by Protect (see conntrack.go, which goes through
+// github.com/ti-mo/conntrack).
 package supervisor
 
 import (
