@@ -172,5 +172,5 @@ func (b *TrustBundle) verifyToken(certDER, payload, sig []byte, now time.Time, s
 	if err != nil {
 		return nil, err
 	}
-	return verifyClaims(vc, payload, sig, now, skew)
+	return verifyClaims(vc, payload, sig, now, skew, 2*DefaultTokenLifetime)
 }

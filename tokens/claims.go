@@ -17,7 +17,9 @@ import (
 //
 // Claim names are short because the payload rides in every SYN. The JWT
 // registered claims carry the issuing node ("iss"), issued-at ("iat", also
-// the start of validity) and expiry ("exp"), in whole seconds.
+// the start of validity) and expiry ("exp"), in whole seconds. Bireme never
+// sets not-before ("nbf"), but honours it in a peer's token: validity then
+// starts at the later of iat and nbf.
 type Claims struct {
 	// Cluster is the trust domain; it must be the signing CA's.
 	Cluster string `json:"c"`
@@ -31,7 +33,8 @@ type Claims struct {
 	NamespaceLabels map[string]string `json:"nl,omitempty"`
 	// Ports are the named ports as [name, protocol, port] triples.
 	Ports [][3]any `json:"pt,omitempty"`
-	// RegisteredClaims carries iss (the node), iat and exp.
+	// RegisteredClaims carries iss (the node), iat, exp and, if a peer set
+	// it, nbf.
 	jwt.RegisteredClaims
 }
 
@@ -145,10 +148,26 @@ type verifiedToken struct {
 	notAfter  time.Time // earliest end of token, certificate and CA validity
 }
 
+// window returns when the token's validity starts, the later of iat and
+// nbf, and how long it claims to last: exp minus the earlier of the two, so
+// that neither claim can hide a longer span from the lifetime cap.
+func (c *Claims) window() (start time.Time, span time.Duration) {
+	start, earliest := c.IssuedAt.Time, c.IssuedAt.Time
+	if nbf := c.NotBefore; nbf != nil {
+		if nbf.After(start) {
+			start = nbf.Time
+		} else {
+			earliest = nbf.Time
+		}
+	}
+	return start, c.ExpiresAt.Sub(earliest)
+}
+
 // verifyClaims checks a claims payload and its signature under a verified
-// node certificate at now: signature, that the token names the
-// certificate's node and trust domain, validity with skew.
-func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
+// node certificate at now: a lifetime of at most maxLifetime, validity with
+// skew, signature, that the token names the certificate's node and trust
+// domain.
+func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew, maxLifetime time.Duration) (*verifiedToken, error) {
 	claims, err := parseClaims(payload)
 	if err != nil {
 		return nil, err
@@ -157,10 +176,15 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 	if err != nil {
 		return nil, err
 	}
-	// The token's own window first: an old captured token is turned away
-	// without an ECDSA verification.
-	if now.Add(skew).Before(claims.IssuedAt.Time) {
-		return nil, reject(ReasonNotYetValid, "identity token of %s/%s/%s issued at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.IssuedAt.UTC().Format(time.RFC3339))
+	// The token's own window first: an old captured token, or one valid for
+	// too long, is turned away without an ECDSA verification. The span needs
+	// no skew: iat, nbf and exp all come from the signer's clock.
+	start, span := claims.window()
+	if span > maxLifetime {
+		return nil, reject(ReasonLifetimeTooLong, "identity token of %s/%s/%s valid for %s (until %s), longer than the %s this node accepts", claims.Cluster, claims.Namespace, claims.Pod, span, claims.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime)
+	}
+	if now.Add(skew).Before(start) {
+		return nil, reject(ReasonNotYetValid, "identity token of %s/%s/%s not valid before %s (iat or nbf)", claims.Cluster, claims.Namespace, claims.Pod, start.UTC().Format(time.RFC3339))
 	}
 	if now.Add(-skew).After(claims.ExpiresAt.Time) {
 		return nil, reject(ReasonExpired, "identity token of %s/%s/%s expired at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.ExpiresAt.UTC().Format(time.RFC3339))
@@ -177,7 +201,7 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew tim
 	if claims.Cluster != vc.trustDomain {
 		return nil, reject(ReasonWrongTrustDomain, "identity token for cluster %q signed under trust domain %q", claims.Cluster, vc.trustDomain)
 	}
-	v := &verifiedToken{id: id, cert: vc, node: vc.node, notBefore: claims.IssuedAt.Time, notAfter: claims.ExpiresAt.Time}
+	v := &verifiedToken{id: id, cert: vc, node: vc.node, notBefore: start, notAfter: claims.ExpiresAt.Time}
 	if vc.notBefore.After(v.notBefore) {
 		v.notBefore = vc.notBefore
 	}

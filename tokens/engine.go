@@ -38,7 +38,10 @@ type Config struct {
 	// TokenLifetime is how long a signed identity token is valid (default 5m).
 	// Tokens are re-signed when half of it has passed.
 	TokenLifetime time.Duration
-	// ClockSkew is the tolerated difference between nodes' clocks (default 30s).
+	// ClockSkew is the tolerated difference between nodes' clocks (default
+	// 30s), the one allowance for it: a peer's token is accepted up to
+	// ClockSkew before its iat or nbf and after its exp, and certificates
+	// likewise around their NotBefore and NotAfter.
 	ClockSkew time.Duration
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
@@ -48,6 +51,16 @@ type Config struct {
 	// ReplayCacheSize bounds the client nonces remembered (default 524288,
 	// about 20 MB when full).
 	ReplayCacheSize int
+	// MaxPeerTokenLifetime is the longest validity accepted in a peer's
+	// token, from the earlier of its iat and nbf to its exp (default twice
+	// TokenLifetime: 10 minutes with the default lifetime). It bounds how
+	// long a token that a node signed wrongly, or that leaked, stays usable;
+	// honest peers sign for TokenLifetime. Being relative to TokenLifetime,
+	// the default keeps a cluster working while a rollout doubles the
+	// lifetime at most; raise the lifetime more than that in steps. It may
+	// not be below TokenLifetime, or peers configured alike would refuse
+	// each other's tokens.
+	MaxPeerTokenLifetime time.Duration
 }
 
 // Engine signs this node's workload identities, verifies peers', and runs
@@ -59,10 +72,11 @@ type Config struct {
 // handshake with a known peer costs each side a few HMACs, two 16-byte
 // random nonces and map lookups.
 type Engine struct {
-	lifetime time.Duration
-	skew     time.Duration
-	now      func() time.Time
-	cacheMax int
+	lifetime        time.Duration
+	maxPeerLifetime time.Duration
+	skew            time.Duration
+	now             func() time.Time
+	cacheMax        int
 
 	keys     atomic.Pointer[localKeys]
 	verifier atomic.Pointer[verifier]
@@ -76,8 +90,8 @@ type verifier struct {
 	trust *TrustBundle
 	certs *byteCache[*verifiedCert] // by certificate DER
 	// badCerts remembers certificates that can never verify (unknown CA,
-	// wrong trust domain, malformed) so a misconfigured peer node costs one
-	// ECDSA verification per minute, not one per SYN.
+	// wrong trust domain, wrong key usage, malformed) so a misconfigured
+	// peer node costs one ECDSA verification per minute, not one per SYN.
 	badCerts *byteCache[error]
 	peers    *byteCache[*peerToken] // by token encoding
 }
@@ -137,16 +151,23 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, errors.New("tokens engine: no trust bundle")
 	}
 	e := &Engine{
-		lifetime: cfg.TokenLifetime,
-		skew:     cfg.ClockSkew,
-		now:      cfg.Now,
-		cacheMax: cfg.PeerCacheSize,
+		lifetime:        cfg.TokenLifetime,
+		maxPeerLifetime: cfg.MaxPeerTokenLifetime,
+		skew:            cfg.ClockSkew,
+		now:             cfg.Now,
+		cacheMax:        cfg.PeerCacheSize,
 	}
 	if e.lifetime <= 0 {
 		e.lifetime = DefaultTokenLifetime
 	}
 	if e.lifetime < 2*time.Second {
 		return nil, fmt.Errorf("tokens engine: token lifetime %s is below 2s (tokens carry whole seconds)", e.lifetime)
+	}
+	if e.maxPeerLifetime <= 0 {
+		e.maxPeerLifetime = 2 * e.lifetime
+	}
+	if e.maxPeerLifetime < e.lifetime {
+		return nil, fmt.Errorf("tokens engine: max peer token lifetime %s is below the token lifetime %s: peers configured alike would refuse this node's tokens", e.maxPeerLifetime, e.lifetime)
 	}
 	if e.skew <= 0 {
 		e.skew = DefaultClockSkew
@@ -184,6 +205,10 @@ func (e *Engine) newLocalKeys(creds *NodeCredentials) (*localKeys, error) {
 	}
 	if !sameKey(creds.Cert, creds.Key) {
 		return nil, errors.New("node credentials: key does not match certificate")
+	}
+	// Peers would refuse every token of such a certificate; say so at start.
+	if err := checkNodeCertUsage(creds.Cert); err != nil {
+		return nil, fmt.Errorf("node credentials: %w", err)
 	}
 	if len(creds.Cert.Raw) > 0xffff {
 		return nil, errors.New("node credentials: certificate too large")
@@ -330,14 +355,14 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 		var err error
 		if vc, err = vf.trust.verifyCert(t.cert, now, e.skew); err != nil {
 			switch ReasonOf(err) {
-			case ReasonUnknownCA, ReasonWrongTrustDomain, ReasonMalformed:
+			case ReasonUnknownCA, ReasonWrongTrustDomain, ReasonWrongCertUsage, ReasonMalformed:
 				vf.badCerts.put(t.cert, err, now.Add(badCertMemory), now)
 			}
 			return nil, err
 		}
 		vf.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
 	}
-	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew)
+	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
 	if err != nil {
 		return nil, err
 	}

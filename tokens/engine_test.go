@@ -176,6 +176,8 @@ func TestNewEngineErrors(t *testing.T) {
 		"name mismatch":  {Trust: f.bundle, Credentials: &NodeCredentials{Node: "node-x", TrustDomain: "cluster.local", Cert: f.a.Cert, Key: f.a.Key}},
 		"CA as node":     {Trust: f.bundle, Credentials: &NodeCredentials{Node: "", TrustDomain: "cluster.local", Cert: f.ca.Cert, Key: f.ca.Key}},
 		"tiny lifetime":  {Trust: f.bundle, Credentials: f.a, TokenLifetime: time.Second},
+		// A peer configured alike would refuse this node's own tokens.
+		"peer lifetime cap below own": {Trust: f.bundle, Credentials: f.a, TokenLifetime: 5 * time.Minute, MaxPeerTokenLifetime: 4 * time.Minute},
 	} {
 		if _, err := NewEngine(cfg); err == nil {
 			t.Errorf("%s: NewEngine accepted", name)

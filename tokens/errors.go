@@ -17,14 +17,21 @@ const (
 	// ReasonExpired: the token, the node certificate or its CA expired
 	// (beyond the allowed clock skew).
 	ReasonExpired Reason = "expired"
-	// ReasonNotYetValid: the token or a certificate starts in the future
-	// (beyond the allowed clock skew).
+	// ReasonNotYetValid: the token (its iat or nbf) or a certificate starts
+	// in the future (beyond the allowed clock skew).
 	ReasonNotYetValid Reason = "not-yet-valid"
+	// ReasonLifetimeTooLong: the token is valid for longer (exp minus the
+	// earlier of iat and nbf) than the verifier's MaxPeerTokenLifetime.
+	ReasonLifetimeTooLong Reason = "lifetime-too-long"
 	// ReasonUnknownCA: no CA in the trust bundle signed the node certificate.
 	ReasonUnknownCA Reason = "unknown-ca"
 	// ReasonWrongTrustDomain: the CA that signed the node certificate belongs
 	// to a different trust domain than the certificate or the token claims.
 	ReasonWrongTrustDomain Reason = "wrong-trust-domain"
+	// ReasonWrongCertUsage: a node certificate lacks key usage
+	// digitalSignature or keyAgreement, or is a CA; or a certificate offered
+	// as a CA is not one (basic constraints CA:TRUE and key usage certSign).
+	ReasonWrongCertUsage Reason = "wrong-cert-usage"
 	// ReasonBadSignature: the token's signature does not verify under the
 	// node certificate's key, or the token names another node than the
 	// certificate.

@@ -48,7 +48,7 @@ func (e *Engine) VerifyJWT(token string, nodeCert *x509.Certificate) (*identity.
 	if err != nil {
 		return nil, "", err
 	}
-	v, err := verifyClaims(vc, payload, sig, now, e.skew)
+	v, err := verifyClaims(vc, payload, sig, now, e.skew, e.maxPeerLifetime)
 	if err != nil {
 		return nil, "", err
 	}

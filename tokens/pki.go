@@ -254,8 +254,8 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !cert.IsCA {
-		return nil, fmt.Errorf("load CA %s: not a CA certificate", certFile)
+	if err := checkCAUsage(cert); err != nil {
+		return nil, fmt.Errorf("load CA %s: %w", certFile, err)
 	}
 	td, node, err := CertTrustDomain(cert)
 	if err != nil || node != "" {
@@ -396,8 +396,8 @@ func NewTrustBundle(cas ...*x509.Certificate) (*TrustBundle, error) {
 		if c == nil {
 			return nil, fmt.Errorf("trust bundle: certificate %d is nil", i)
 		}
-		if !c.BasicConstraintsValid || !c.IsCA {
-			return nil, fmt.Errorf("trust bundle: certificate %d (%s) is not a CA", i, c.Subject)
+		if err := checkCAUsage(c); err != nil {
+			return nil, fmt.Errorf("trust bundle: certificate %d (%s): %w", i, certName(c), err)
 		}
 		if _, ok := c.PublicKey.(*ecdsa.PublicKey); !ok {
 			return nil, fmt.Errorf("trust bundle: certificate %d (%s) has no ECDSA key", i, c.Subject)
@@ -453,8 +453,9 @@ func (b *TrustBundle) CAs(trustDomain string) []*x509.Certificate {
 }
 
 // verifyNodeCert checks that cert was signed by a CA of the bundle, that the
-// CA and cert are valid at now (± skew), and that the CA's trust domain is
-// the one the certificate names. It returns the trust domain and node name.
+// CA's trust domain is the one the certificate names, that cert is fit to be
+// a node's (checkNodeCertUsage), and that the CA and cert are valid at now
+// (± skew). It returns the trust domain and node name.
 func (b *TrustBundle) verifyNodeCert(cert *x509.Certificate, now time.Time, skew time.Duration) (trustDomain, node string, ca *x509.Certificate, err error) {
 	td, node, err := CertTrustDomain(cert)
 	if err != nil || node == "" {
@@ -473,6 +474,9 @@ func (b *TrustBundle) verifyNodeCert(cert *x509.Certificate, now time.Time, skew
 	if signer.domain != td {
 		return "", "", nil, reject(ReasonWrongTrustDomain, "node certificate names trust domain %q but its CA vouches for %q", td, signer.domain)
 	}
+	if err := checkNodeCertUsage(cert); err != nil {
+		return "", "", nil, err
+	}
 	for _, c := range []*x509.Certificate{signer.cert, cert} {
 		if now.Add(skew).Before(c.NotBefore) {
 			return "", "", nil, reject(ReasonNotYetValid, "certificate %s valid from %s", certName(c), c.NotBefore.UTC().Format(time.RFC3339))
@@ -482,6 +486,51 @@ func (b *TrustBundle) verifyNodeCert(cert *x509.Certificate, now time.Time, skew
 		}
 	}
 	return td, node, signer.cert, nil
+}
+
+// nodeKeyUsage is what a node key does, so what its certificate must allow:
+// sign the node's identity tokens (digitalSignature) and be the static ECDH
+// key of handshake proofs (keyAgreement). IssueNode sets exactly these.
+const nodeKeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement
+
+// checkNodeCertUsage refuses a certificate unfit to be a node's: one that
+// does not allow both uses of the node key, or one that is a CA, so that a
+// CA's certificate (whose key may sit with an operator, not a node) never
+// speaks for a node, and a node certificate can never be taken for a CA.
+func checkNodeCertUsage(cert *x509.Certificate) error {
+	if cert.IsCA {
+		return reject(ReasonWrongCertUsage, "node certificate %s is a CA certificate (basic constraints CA:TRUE)", certName(cert))
+	}
+	if missing := nodeKeyUsage &^ cert.KeyUsage; missing != 0 {
+		return reject(ReasonWrongCertUsage, "node certificate %s lacks key usage %s", certName(cert), keyUsageNames(missing))
+	}
+	return nil
+}
+
+// checkCAUsage refuses a certificate offered as a CA that is not one: it
+// must say so in its basic constraints and allow certificate signing. Go's
+// signature check refuses a parent without certSign only when the key usage
+// extension is present, so this is checked here for every CA.
+func checkCAUsage(cert *x509.Certificate) error {
+	if !cert.BasicConstraintsValid || !cert.IsCA {
+		return reject(ReasonWrongCertUsage, "certificate %s is not a CA (no basic constraints CA:TRUE)", certName(cert))
+	}
+	if cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return reject(ReasonWrongCertUsage, "CA certificate %s lacks key usage certSign", certName(cert))
+	}
+	return nil
+}
+
+// keyUsageNames names the node key usages set in u, as RFC 5280 spells them.
+func keyUsageNames(u x509.KeyUsage) string {
+	var names []string
+	if u&x509.KeyUsageDigitalSignature != 0 {
+		names = append(names, "digitalSignature")
+	}
+	if u&x509.KeyUsageKeyAgreement != 0 {
+		names = append(names, "keyAgreement")
+	}
+	return strings.Join(names, " and ")
 }
 
 func certName(c *x509.Certificate) string {

@@ -6,10 +6,17 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"math/big"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -63,8 +70,17 @@ func craftSYN(t *testing.T, certDER []byte, c *Claims, key *ecdsa.PrivateKey) []
 	return appendSYN(nil, &n, encodeToken(certDER, payload, sig))
 }
 
-// issueRaw issues a node certificate with arbitrary URIs signed by ca.
+// issueRaw issues a node certificate with arbitrary URIs signed by ca, with
+// the key usage of a real node certificate.
 func issueRaw(t *testing.T, ca *CA, uri string) *NodeCredentials {
+	t.Helper()
+	return issueNodeWith(t, ca, uri, nil)
+}
+
+// issueNodeWith issues a certificate naming uri, signed by ca, from a node
+// certificate template that edit (if not nil) changes first: what a
+// misconfigured or hostile CA operator could produce.
+func issueNodeWith(t *testing.T, ca *CA, uri string, edit func(*x509.Certificate)) *NodeCredentials {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -78,8 +94,11 @@ func issueRaw(t *testing.T, ca *CA, uri string) *NodeCredentials {
 		SerialNumber: big.NewInt(7),
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
 		URIs:         []*url.URL{u},
+	}
+	if edit != nil {
+		edit(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
@@ -91,6 +110,38 @@ func issueRaw(t *testing.T, ca *CA, uri string) *NodeCredentials {
 	}
 	td, node, _ := CertTrustDomain(cert)
 	return &NodeCredentials{Node: node, TrustDomain: td, Cert: cert, Key: key}
+}
+
+// selfSignedCA makes a CA of domain from the template NewCA uses, after
+// edit (if not nil) changed it.
+func selfSignedCA(t *testing.T, domain string, edit func(*x509.Certificate)) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(3),
+		Subject:               pkix.Name{CommonName: domain},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: domain}},
+	}
+	if edit != nil {
+		edit(tmpl)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{TrustDomain: domain, Cert: cert, Key: key}
 }
 
 func testClaims(cluster, node string, iat time.Time) *Claims {
@@ -680,5 +731,44 @@ func TestBadCertificateRemembered(t *testing.T) {
 	wantReason(t, err, ReasonUnknownCA)
 	if se.SetTrust(nil) == nil {
 		t.Fatal("SetTrust(nil) accepted")
+	}
+}
+
+// Every Reason the package declares is explained in docs/protocol.md (as
+// **reason**), since operators read it off flow records.
+func TestReasonsDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "protocol.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := parser.ParseFile(token.NewFileSet(), "errors.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, decl := range file.Decls {
+		gen, ok := decl.(*ast.GenDecl)
+		if !ok || gen.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gen.Specs {
+			vs := spec.(*ast.ValueSpec)
+			if typ, ok := vs.Type.(*ast.Ident); !ok || typ.Name != "Reason" {
+				continue
+			}
+			for _, v := range vs.Values {
+				if lit, ok := v.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					reasons = append(reasons, strings.Trim(lit.Value, `"`))
+				}
+			}
+		}
+	}
+	if len(reasons) < 8 {
+		t.Fatalf("found %d reasons in errors.go (%v): the parse is broken", len(reasons), reasons)
+	}
+	for _, r := range reasons {
+		if !strings.Contains(string(doc), "**"+r+"**") {
+			t.Errorf("reason %q is not explained in docs/protocol.md (want **%s**)", r, r)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -54,6 +55,17 @@ func TestKeysCommands(t *testing.T) {
 	if len(bundle.CAs("cluster.local")) != 1 {
 		t.Fatal("the copied ca.crt is not the cluster CA")
 	}
+	// Both carry what the engine checks (node: key usage digitalSignature
+	// and keyAgreement, not a CA; CA: a CA with certSign).
+	node2Dir := filepath.Join(dir, "node-2")
+	if out, err := runKeys(t, "issue-node", "--ca-dir", caDir, "--node", "node-2", "--out", node2Dir); err != nil {
+		t.Fatalf("issue-node node-2: %v\n%s", err, out)
+	}
+	creds2, err := tokens.LoadNodeCredentials(filepath.Join(node2Dir, "node.crt"), filepath.Join(node2Dir, "node.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	handshakeWith(t, creds, creds2, bundle)
 
 	// show: the facts, and never the private key.
 	out, err := runKeys(t, "show", filepath.Join(nodeDir, "node.crt"), filepath.Join(nodeDir, "node.key"), filepath.Join(caDir, "ca.crt"))
@@ -131,5 +143,41 @@ func TestKeysCommandErrors(t *testing.T) {
 	}
 	if _, err := runKeys(t, "init-ca", "--trust-domain", "cluster.local", "--out", caDir, "--force"); err != nil {
 		t.Fatal("--force:", err)
+	}
+}
+
+// handshakeWith runs a full handshake between an engine on client and one on
+// server, both trusting bundle, and fails the test on any error.
+func handshakeWith(t *testing.T, client, server *tokens.NodeCredentials, bundle *tokens.TrustBundle) {
+	t.Helper()
+	ce, err := tokens.NewEngine(tokens.Config{Credentials: client, Trust: bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	se, err := tokens.NewEngine(tokens.Config{Credentials: server, Trust: bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syn, ch, err := ce.NewSYN(&identity.Identity{Namespace: "ns", Pod: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := se.ConsumeSYN(syn)
+	if err != nil {
+		t.Fatal("ConsumeSYN:", err)
+	}
+	synack, err := sh.NewSYNACK(&identity.Identity{Namespace: "ns", Pod: "server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+		t.Fatal("ConsumeSYNACK:", err)
+	}
+	ack, err := ch.NewACK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.ConsumeACK(ack); err != nil {
+		t.Fatal("ConsumeACK:", err)
 	}
 }
