@@ -14,9 +14,9 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/topology"
 )
 
 // How the enforcers run.

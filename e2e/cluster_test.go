@@ -25,9 +25,9 @@ import (
 	"time"
 
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/netns/netnstest"
 	"github.com/bireme/bireme/tokens"
-	"github.com/bireme/bireme/topology"
 )
 
 // trustDomain is the cluster name every honest node is issued for.

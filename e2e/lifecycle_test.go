@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bireme/bireme/topology"
+	"github.com/bireme/bireme/lab/topology"
 )
 
 // TestEnforcerRestartAndStop proves the promises about the enforcer process

@@ -46,10 +46,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
-	"github.com/bireme/bireme/topology"
 )
 
 // DefaultStateDir is where `bireme lab up` keeps a lab unless told otherwise.
