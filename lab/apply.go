@@ -12,9 +12,10 @@ import (
 
 // Apply adds or replaces the objects in files on the running lab: new pods
 // get a namespace, a server and (on a new node) an enforcer; pods whose node
-// or ports changed are rebuilt; label changes of pods and namespaces and
-// policy changes only update the store, which the enforcers reload. Invalid
-// input changes nothing.
+// or ports changed are rebuilt; label changes of pods and namespaces,
+// UnprotectedAnnotation and policy changes only update the store, which the
+// enforcers reload. It returns once the enforcers protect exactly the pods
+// they should and have had time to reload. Invalid input changes nothing.
 func (l *Lab) Apply(ctx context.Context, files ...string) error {
 	upd, err := policy.LoadFiles(files...)
 	if err != nil {
@@ -51,15 +52,14 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 	if err := l.startServers(ctx, fresh); err != nil {
 		return err
 	}
-	since := l.logSizes()
 	l.objs = l.annotate(next)
 	if err := syncStore(l.cfg.path("store"), l.objs); err != nil {
 		return err
 	}
-	l.settle(ctx)
-	if !l.st.Options.NoEnforce && len(fresh) > 0 {
-		return l.waitProtected(ctx, fresh, since)
+	if err := l.waitProtected(ctx); err != nil {
+		return err
 	}
+	l.settle(ctx)
 	return nil
 }
 
@@ -99,7 +99,7 @@ func (l *Lab) Delete(ctx context.Context, files ...string) error {
 
 // shrinkTo makes next, the lab's objects less some, current and deletes the
 // namespaces of the pods it no longer has. Those pods leave the store first,
-// so their enforcer lets go of each namespace before it is deleted.
+// and their enforcer has let go of each namespace before it is deleted.
 func (l *Lab) shrinkTo(ctx context.Context, next policy.Objects) error {
 	if err := syncStore(l.cfg.path("store"), next); err != nil {
 		return err
@@ -111,6 +111,9 @@ func (l *Lab) shrinkTo(ctx context.Context, next policy.Objects) error {
 		}
 	}
 	l.objs = next
+	if err := l.waitProtected(ctx); err != nil {
+		return err
+	}
 	l.settle(ctx)
 	for _, h := range gone {
 		if err := l.topo.RemoveHost(ctx, h); err != nil {
@@ -120,4 +123,26 @@ func (l *Lab) shrinkTo(ctx context.Context, next policy.Objects) error {
 	return l.saveState()
 }
 
-// targets lists the lab's pods as probe targets, sorted by reference.
+// RestartPodSandbox deletes pod ref's network namespace and makes a new one
+// under the same name, node and address, as a container runtime does when
+// it restarts a pod's sandbox; the pod's lab server starts again. The store
+// does not change: the pod's enforcer finds the new namespace at its next
+// poll and protects it. The number of protected pods stays the same, so
+// this cannot wait for that and returns at once.
+func (l *Lab) RestartPodSandbox(ctx context.Context, ref string) error {
+	i := slices.IndexFunc(l.objs.Pods, func(p *corev1.Pod) bool { return podRef(p) == ref })
+	if i < 0 {
+		return fmt.Errorf("restart sandbox: no pod %s in the lab", ref)
+	}
+	pod := l.objs.Pods[i]
+	if err := l.topo.RemoveHost(ctx, hostName(pod)); err != nil {
+		return fmt.Errorf("restart sandbox of %s: %w", ref, err)
+	}
+	if _, err := l.topo.AddHost(ctx, nodeOf(pod), hostName(pod)); err != nil {
+		return fmt.Errorf("restart sandbox of %s: %w", ref, err)
+	}
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	return l.startServers(ctx, []*corev1.Pod{pod})
+}

@@ -35,30 +35,48 @@ func (l *Lab) initKeys() error {
 	return nil
 }
 
-// issueNode gives node its credentials (as `bireme keys issue-node`) from
-// the cluster CA, or from the untrusted CA for an untrusted node; it
-// returns the directory of the issuing CA.
-func (l *Lab) issueNode(node string) (caDir, keyDir string, err error) {
-	caDir = l.cfg.path("keys", "ca")
+// caDir is the directory of the CA that issues node's credentials: the
+// cluster CA, or the untrusted CA for an untrusted node.
+func (l *Lab) caDir(node string) string {
 	if l.untrusted(node) {
-		caDir = l.cfg.path("keys", "untrusted-ca")
+		return l.cfg.path("keys", "untrusted-ca")
 	}
-	keyDir = l.cfg.path("keys", "nodes", node)
+	return l.cfg.path("keys", "ca")
+}
+
+// keyDir holds node's credentials, node.crt and node.key.
+func (l *Lab) keyDir(node string) string { return l.cfg.path("keys", "nodes", node) }
+
+// issueNode gives node fresh credentials (as `bireme keys issue-node`)
+// from its CA, replacing any it had.
+func (l *Lab) issueNode(node string) error {
+	caDir, keyDir := l.caDir(node), l.keyDir(node)
 	ca, err := tokens.LoadCA(filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key"))
 	if err != nil {
-		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+		return fmt.Errorf("node %s keys: %w", node, err)
 	}
 	creds, err := ca.IssueNode(node, nodeValidity)
 	if err != nil {
-		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+		return fmt.Errorf("node %s keys: %w", node, err)
 	}
 	if err := os.MkdirAll(keyDir, 0o700); err != nil {
-		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+		return fmt.Errorf("node %s keys: %w", node, err)
 	}
 	if err := creds.Save(filepath.Join(keyDir, "node.crt"), filepath.Join(keyDir, "node.key")); err != nil {
-		return "", "", fmt.Errorf("node %s keys: %w", node, err)
+		return fmt.Errorf("node %s keys: %w", node, err)
 	}
-	return caDir, keyDir, nil
+	return nil
+}
+
+// RenewNodeCredentials issues node new credentials from its CA, as an
+// operator rotating a node's key would. A running enforcer picks the new
+// files up at its next poll, without a restart; connections made before
+// the rotation stay up.
+func (l *Lab) RenewNodeCredentials(node string) error {
+	if l.st.Options.NoEnforce || l.topo.Node(node) == nil {
+		return fmt.Errorf("renew credentials: no enforced node %q in the lab", node)
+	}
+	return l.issueNode(node)
 }
 
 func (l *Lab) untrusted(node string) bool {

@@ -73,6 +73,10 @@ type Options struct {
 	Prefix string
 	// Cluster is the trust domain (DefaultCluster if empty).
 	Cluster string
+	// NoServers starts no `bireme lab serve` in the pods: the caller runs
+	// its own servers in the pods' namespaces (Lab.Pod gives them), and
+	// Probe, which expects the lab's answers, is of no use.
+	NoServers bool
 	// Poll is the enforcers' store poll interval (200ms if zero).
 	Poll time.Duration
 }
@@ -81,6 +85,8 @@ type Options struct {
 type state struct {
 	Options  Options        `json:"options"`
 	Topology topology.State `json:"topology"`
+	// MetricsAddrs holds each enforcer's metrics address (host:port).
+	MetricsAddrs map[string]string `json:"metricsAddrs,omitempty"`
 }
 
 // Lab is a running lab, opened by one command. It is not safe for
@@ -91,6 +97,8 @@ type Lab struct {
 	topo *topology.Topology
 	objs policy.Objects // what the store holds
 	lock *os.File
+	// enforcers this process started, by node, to learn their exit status.
+	enforcers map[string]*child
 }
 
 func (c Config) path(parts ...string) string {
@@ -113,7 +121,7 @@ func Open(cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open lab: %w", err)
 	}
-	l := &Lab{cfg: cfg}
+	l := &Lab{cfg: cfg, enforcers: map[string]*child{}}
 	if err := json.Unmarshal(data, &l.st); err != nil {
 		return nil, fmt.Errorf("open lab: %s: %w", cfg.path("state.json"), err)
 	}

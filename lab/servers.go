@@ -29,7 +29,7 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error
 	// its namespace.
 	cmd := h.NS.Command(context.Background(), l.cfg.Binary, args...)
 	logFile := l.cfg.path("logs", "serve-"+h.Name+".log")
-	exited, err := startDetached(cmd, logFile)
+	server, err := startDetached(cmd, logFile)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s: %w", podRef(p), err)
 	}
@@ -44,7 +44,7 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error
 					break
 				}
 				select {
-				case <-exited:
+				case <-server.exited:
 					return fmt.Errorf("pod %s: server exited: %s", podRef(p), tail(logFile))
 				default:
 				}
@@ -63,7 +63,11 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error
 const ServerTimeout = 10 * time.Second
 
 // startServers starts the servers of pods, then waits for all of them.
+// With Options.NoServers it does nothing.
 func (l *Lab) startServers(ctx context.Context, pods []*corev1.Pod) error {
+	if l.st.Options.NoServers {
+		return nil
+	}
 	var waits []func() error
 	for _, p := range pods {
 		wait, err := l.startServer(ctx, p)

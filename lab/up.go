@@ -55,7 +55,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 			return nil, fmt.Errorf("lab up: %w", err)
 		}
 	}
-	l := &Lab{cfg: cfg, st: state{Options: opts}}
+	l := &Lab{cfg: cfg, st: state{Options: opts}, enforcers: map[string]*child{}}
 	if err := l.takeLock(); err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 				return nil, err
 			}
 		}
-		if err := l.waitProtected(ctx, l.objs.Pods, nil); err != nil {
+		if err := l.waitProtected(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -146,8 +146,9 @@ func nodesOf(objs policy.Objects) []string {
 	return nodes
 }
 
-// annotate returns objs with every pod placed on its node and annotated
-// with its network namespace, as the enforcers expect.
+// annotate returns objs with every pod placed on its node and, unless it
+// is to stay unprotected, annotated with its network namespace, as the
+// enforcers expect.
 func (l *Lab) annotate(objs policy.Objects) policy.Objects {
 	out := objs
 	out.Pods = make([]*corev1.Pod, len(objs.Pods))
@@ -157,7 +158,10 @@ func (l *Lab) annotate(objs policy.Objects) policy.Objects {
 		if c.Annotations == nil {
 			c.Annotations = map[string]string{}
 		}
-		c.Annotations[NetNSAnnotation] = topology.HostNSName(l.st.Options.Prefix, hostName(p))
+		delete(c.Annotations, NetNSAnnotation)
+		if c.Annotations[UnprotectedAnnotation] != "true" {
+			c.Annotations[NetNSAnnotation] = topology.HostNSName(l.st.Options.Prefix, hostName(p))
+		}
 		out.Pods[i] = c
 	}
 	return out
