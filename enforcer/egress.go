@@ -31,14 +31,15 @@ func (q *queue) egressSYN(p *packet, key connKey) verdict {
 	local := q.wl.id.Load()
 	payload, ch, err := q.e.cfg.Tokens.NewSYN(local)
 	if err != nil {
-		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "", "denied: cannot sign the SYN token: "+err.Error(), err)
+		q.record(p, outcome{outgoing: true, dir: policy.Egress, stage: stageSYN, local: local,
+			reason: "denied: cannot sign the SYN token: " + err.Error(), tokenErr: err})
 		return drop
 	}
 	dropData(p)
 	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
 	if err != nil {
-		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "",
-			fmt.Sprintf("denied: token (%d bytes) does not fit the SYN: %v", len(payload), err), nil)
+		q.record(p, outcome{outgoing: true, dir: policy.Egress, stage: stageSYN, local: local,
+			reason: fmt.Sprintf("denied: token (%d bytes) does not fit the SYN: %v", len(payload), err)})
 		return drop
 	}
 	c := &conn{expires: time.Now().Add(q.e.cfg.HandshakeTimeout), clients: []*tokens.ClientHandshake{ch}}
@@ -47,7 +48,8 @@ func (q *queue) egressSYN(p *packet, key connKey) verdict {
 		c.clients = append(append(c.clients[:0:0], old.clients...), ch)
 	}
 	if !q.wl.conns.put(key, c) {
-		q.record(p, true, policy.Egress, stageSYN, local, nil, false, "", "denied: too many handshakes in progress", nil)
+		q.record(p, outcome{outgoing: true, dir: policy.Egress, stage: stageSYN, local: local,
+			reason: "denied: too many handshakes in progress"})
 		return drop
 	}
 	return verdict{accept: true, packet: out}
@@ -68,14 +70,15 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 	local := q.wl.id.Load()
 	payload, err := c.server.NewSYNACK(local)
 	if err != nil {
-		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "", "denied: cannot build the SYN-ACK token: "+err.Error(), err)
+		q.record(p, outcome{outgoing: true, dir: policy.Ingress, stage: stageSYNACK, local: local, peer: c.peer,
+			reason: "denied: cannot build the SYN-ACK token: " + err.Error(), tokenErr: err})
 		return drop
 	}
 	dropData(p)
 	out, err := p.insertToken(q.buf, payload, q.e.cfg.MaxPacket)
 	if err != nil {
-		q.record(p, true, policy.Ingress, stageSYNACK, local, c.peer, false, "",
-			fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err), nil)
+		q.record(p, outcome{outgoing: true, dir: policy.Ingress, stage: stageSYNACK, local: local, peer: c.peer,
+			reason: fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err)})
 		return drop
 	}
 	return verdict{accept: true, packet: out, mark: q.e.cfg.Rules.MarkPending}

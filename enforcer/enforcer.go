@@ -40,6 +40,14 @@ type Config struct {
 	// are written by a goroutine of the enforcer's, never on the packet
 	// path; Close writes those still queued.
 	Flows *flowlog.Writer
+	// OnDecision, if set, is called once with every decision record the
+	// enforcer makes (the same records Flows receives, whether or not
+	// Flows is set), for metrics. It runs on the packet path, inside a
+	// handshake packet's handling, possibly from several queue goroutines
+	// at once: it must be quick, safe for concurrent use and never block.
+	// It must not modify the record: the flow writer encodes the same one
+	// later.
+	OnDecision func(*flowlog.Record)
 	// Log receives operational messages; nil discards them.
 	Log *slog.Logger
 	// HandshakeTimeout is how long a handshake that has not completed is
@@ -262,11 +270,11 @@ func (e *Enforcer) expire(wl *workload, now time.Time) {
 	for _, p := range held {
 		p.release(false)
 	}
+	if !e.wantsRecords() {
+		return
+	}
 	for _, h := range unfinished {
-		if e.cfg.Flows == nil {
-			continue
-		}
-		e.flows.send(&flowlog.Record{
+		e.report(&flowlog.Record{
 			Time:      now.UTC(),
 			Node:      e.cfg.Node,
 			Direction: policy.Ingress.String(),

@@ -16,46 +16,75 @@ const (
 	stageACK    = "ack"
 )
 
-// record writes one flow record about the connection of packet p (seen
-// by workload local; outgoing says whether p leaves it).
-func (q *queue) record(p *packet, outgoing bool, dir policy.Direction, stage string,
-	local, peer *identity.Identity, allowed bool, pol, reason string, tokenErr error) {
-	if q.e.cfg.Flows == nil {
+// outcome is what the enforcer decided on one handshake packet, in the
+// words of its flow record. The zero verdict is deny: most outcomes
+// recorded outside decide are refusals.
+type outcome struct {
+	outgoing bool // the packet leaves the workload (decides which address is local)
+	dir      policy.Direction
+	stage    string
+	local    *identity.Identity
+	peer     *identity.Identity // nil when the peer proved no identity
+	allowed  bool
+	policy   string // the NetworkPolicy that decided, if one did
+	reason   string
+	tokenErr error // the token rejection, if that was the cause
+}
+
+// record reports o about the connection of packet p: to Config.OnDecision
+// and to the flow log. It builds nothing when neither wants the record.
+func (q *queue) record(p *packet, o outcome) {
+	if !q.e.wantsRecords() {
 		return
 	}
 	localAP, peerAP := p.srcPort(), p.dstPort()
-	if !outgoing {
+	if !o.outgoing {
 		localAP, peerAP = peerAP, localAP
 	}
 	r := &flowlog.Record{
 		Time:      time.Now().UTC(),
 		Node:      q.e.cfg.Node,
-		Direction: dir.String(),
-		Stage:     stage,
+		Direction: o.dir.String(),
+		Stage:     o.stage,
 		Protocol:  "TCP",
 		LocalAddr: localAP.String(),
 		PeerAddr:  peerAP.String(),
-		Local:     local,
-		Peer:      peer,
+		Local:     o.local,
+		Peer:      o.peer,
 		Verdict:   flowlog.Deny,
-		Policy:    pol,
-		Reason:    reason,
+		Policy:    o.policy,
+		Reason:    o.reason,
 	}
-	if allowed {
+	if o.allowed {
 		r.Verdict = flowlog.Allow
 	}
-	if tokenErr != nil {
+	if o.tokenErr != nil {
 		// Only here: ReasonOf's errors.As target is a heap allocation,
 		// and most records (every policy decision) have no token error.
-		r.TokenError = string(tokens.ReasonOf(tokenErr))
+		r.TokenError = string(tokens.ReasonOf(o.tokenErr))
 	}
-	q.e.flows.send(r)
+	q.e.report(r)
+}
+
+// wantsRecords says whether anyone consumes decision records.
+func (e *Enforcer) wantsRecords() bool {
+	return e.cfg.Flows != nil || e.cfg.OnDecision != nil
+}
+
+// report hands r to Config.OnDecision (on the packet path) and queues it
+// for the flow log (written off the packet path).
+func (e *Enforcer) report(r *flowlog.Record) {
+	if e.cfg.OnDecision != nil {
+		e.cfg.OnDecision(r)
+	}
+	e.flows.send(r)
 }
 
 // decide asks policy and records the decision.
 func (q *queue) decide(p *packet, outgoing bool, dir policy.Direction, stage string,
 	local *identity.Identity, peer policy.Peer, port uint16) bool {
 	d := q.e.cfg.Policy.Decide(local, peer, dir, port, "TCP")
-	q.record(p, outgoing, dir, stage, local, peer.Identity, d.Allowed, d.Policy, d.Reason, nil)
+	q.record(p, outcome{outgoing: outgoing, dir: dir, stage: stage, local: local, peer: peer.Identity,
+		allowed: d.Allowed, policy: d.Policy, reason: d.Reason})
 	return d.Allowed
 }

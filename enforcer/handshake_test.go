@@ -71,9 +71,18 @@ func newTokenEngine(t testing.TB, ca, node string) *tokens.Engine {
 }
 
 func newPair(t *testing.T, maxHandshakes int) *pair {
-	eng := newTokenEngine(t, "unit", "n1")
+	return newPairWith(t, Config{MaxHandshakes: maxHandshakes}, true)
+}
+
+// newPairWith is newPair with cfg's optional fields; withFlows says
+// whether flow records are written (to pair.flows).
+func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
+	cfg.Node, cfg.Tokens, cfg.Policy = "n1", newTokenEngine(t, "unit", "n1"), labelDecider{}
 	flows := &syncBuffer{}
-	e, err := New(Config{Node: "n1", Tokens: eng, Policy: labelDecider{}, Flows: flowlog.NewWriter(flows), MaxHandshakes: maxHandshakes})
+	if withFlows {
+		cfg.Flows = flowlog.NewWriter(flows)
+	}
+	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,8 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// engine may keep what it parsed (certificate, cache key).
 		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok))
 		if err != nil {
-			q.record(p, false, policy.Ingress, stageSYN, local, nil, false, "", "denied: client token rejected: "+err.Error(), err)
+			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
 			return drop
 		}
 		c.server = sh
@@ -56,7 +57,8 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		c.earlier = append(append(old.earlier[:0:0], old.earlier...), old.server)
 	}
 	if !q.wl.conns.put(key, c) {
-		q.record(p, false, policy.Ingress, stageSYN, local, peer.Identity, false, "", "denied: too many handshakes in progress", nil)
+		q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: peer.Identity,
+			reason: "denied: too many handshakes in progress"})
 		return drop
 	}
 	return q.acceptStripped(p, 0)
@@ -111,7 +113,8 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	}
 	id, err := ch.ConsumeSYNACK(bytes.Clone(tok)) // see ingressSYN
 	if err != nil {
-		q.record(p, false, policy.Egress, stageSYNACK, local, nil, false, "", "denied: server token rejected: "+err.Error(), err)
+		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local,
+			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})
 		return drop
 	}
 	peer.Identity = id
@@ -120,7 +123,8 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	}
 	proof, err := ch.NewACK()
 	if err != nil {
-		q.record(p, false, policy.Egress, stageSYNACK, local, id, false, "", "denied: cannot build the ACK proof: "+err.Error(), err)
+		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local, peer: id,
+			reason: "denied: cannot build the ACK proof: " + err.Error(), tokenErr: err})
 		return drop
 	}
 	c.peer = id
@@ -152,7 +156,8 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 	}
 	if err := c.server.ConsumeACK(proof); err != nil {
 		if !c.earlierAccepts(proof) {
-			q.record(p, false, policy.Ingress, stageACK, q.wl.id.Load(), c.peer, false, "", "denied: client proof rejected: "+err.Error(), err)
+			q.record(p, outcome{dir: policy.Ingress, stage: stageACK, local: q.wl.id.Load(), peer: c.peer,
+				reason: "denied: client proof rejected: " + err.Error(), tokenErr: err})
 			return verdict{dropHeld: true, key: key}
 		}
 	}

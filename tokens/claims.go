@@ -5,11 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -39,15 +35,6 @@ type Claims struct {
 	jwt.RegisteredClaims
 }
 
-// jwtHeader is the only JWT header Bireme signs or accepts: the compact
-// form does not carry it, the verifier rebuilds it.
-const jwtHeader = `{"alg":"ES256","typ":"JWT"}`
-
-var jwtHeaderB64 = base64.RawURLEncoding.EncodeToString([]byte(jwtHeader))
-
-// es256SigSize is the size of an ES256 JWS signature: r || s, 32 bytes each.
-const es256SigSize = 64
-
 func claimsFor(id *identity.Identity, node string, iat, exp time.Time) *Claims {
 	c := &Claims{
 		Cluster:         id.Cluster,
@@ -66,39 +53,6 @@ func claimsFor(id *identity.Identity, node string, iat, exp time.Time) *Claims {
 		c.Ports = append(c.Ports, [3]any{p.Name, p.Protocol, p.Port})
 	}
 	return c
-}
-
-// signClaims signs claims as an ES256 JWT with the golang-jwt library and
-// returns the JWT and its two carried parts: the payload JSON and the raw
-// 64-byte signature.
-func signClaims(c *Claims, key *ecdsa.PrivateKey) (jwtString string, payload, sig []byte, err error) {
-	s, err := jwt.NewWithClaims(jwt.SigningMethodES256, c).SignedString(key)
-	if err != nil {
-		return "", nil, nil, fmt.Errorf("sign identity token: %w", err)
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || parts[0] != jwtHeaderB64 {
-		return "", nil, nil, errors.New("sign identity token: unexpected JWT header")
-	}
-	payload, err = base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return "", nil, nil, fmt.Errorf("sign identity token: %w", err)
-	}
-	sig, err = base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil || len(sig) != es256SigSize {
-		return "", nil, nil, errors.New("sign identity token: unexpected signature size")
-	}
-	return s, payload, sig, nil
-}
-
-// verifyClaimsSignature checks the ES256 signature of the JWT rebuilt from
-// payload with the node's public key.
-func verifyClaimsSignature(payload, sig []byte, pub *ecdsa.PublicKey) error {
-	signing := jwtHeaderB64 + "." + base64.RawURLEncoding.EncodeToString(payload)
-	if err := jwt.SigningMethodES256.Verify(signing, sig, pub); err != nil {
-		return reject(ReasonBadSignature, "identity token signature: %v", err)
-	}
-	return nil
 }
 
 // parseClaims decodes a payload and checks every required claim is there.
@@ -246,5 +200,3 @@ func (v *verifiedToken) checkTime(now time.Time, skew time.Duration) error {
 	}
 	return nil
 }
-
-func decodeSegment(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }

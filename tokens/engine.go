@@ -4,19 +4,22 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/bireme/bireme/identity"
 )
+
+// This file holds the Engine: its configuration, construction, credential
+// rotation and trust changes, the signed-token cache of local workloads and
+// the verified-peer caches. The two sides of the handshake are in
+// handshake_client.go and handshake_server.go, the JWT form of tokens in
+// jwt.go.
 
 // Defaults for Config fields left zero.
 const (
@@ -360,250 +363,4 @@ func (keys *localKeys) pairKey(p *peerToken, now time.Time) (*pairKey, error) {
 func newNonce() (n [NonceSize]byte) {
 	rand.Read(n[:]) // crypto/rand.Read never fails (it crashes the program instead)
 	return n
-}
-
-// ClientHandshake is the client side of one handshake, from the SYN it sent
-// to the ACK it answers with.
-type ClientHandshake struct {
-	e     *Engine
-	keys  *localKeys
-	nonce [NonceSize]byte
-	token *localToken
-
-	mu   sync.Mutex
-	peer *peerToken
-	ack  [ACKSize]byte
-}
-
-// NewSYN starts a client handshake for the local workload: its signed
-// identity token and a fresh nonce. Call it for every SYN sent, including
-// retransmissions: a server rejects a nonce it has seen.
-func (e *Engine) NewSYN(local *identity.Identity) ([]byte, *ClientHandshake, error) {
-	keys := e.keys.Load()
-	t, err := e.localToken(keys, local, e.now())
-	if err != nil {
-		return nil, nil, fmt.Errorf("new SYN: %w", err)
-	}
-	c := &ClientHandshake{e: e, keys: keys, nonce: newNonce(), token: t}
-	payload := appendSYN(make([]byte, 0, 1+NonceSize+len(t.wire)), &c.nonce, t.wire)
-	return payload, c, nil
-}
-
-// Nonce returns the client nonce this handshake's SYN carried.
-func (c *ClientHandshake) Nonce() [NonceSize]byte { return c.nonce }
-
-// ConsumeSYNACK verifies the server's SYN-ACK payload: that it echoes this
-// handshake's nonce, that the server token is valid, and that the server's
-// proof is bound to both nonces and both tokens under the key only the two
-// nodes share. It returns the verified server identity.
-func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, error) {
-	if c == nil || c.e == nil || c.keys == nil || c.token == nil {
-		return nil, reject(ReasonBadProof, "no client handshake (not made by NewSYN)")
-	}
-	m, err := parseSYNACK(payload)
-	if err != nil {
-		return nil, err
-	}
-	if subtle.ConstantTimeCompare(m.clientNonce[:], c.nonce[:]) != 1 {
-		return nil, reject(ReasonBadProof, "SYN-ACK does not echo this handshake's nonce")
-	}
-	now := c.e.now()
-	p, err := c.e.verifyPeer(m.token, now)
-	if err != nil {
-		return nil, err
-	}
-	k, err := c.keys.pairKey(p, now)
-	if err != nil {
-		return nil, reject(ReasonBadProof, "%v", err)
-	}
-	serverProof, clientProof, err := handshakeProofs(k, &c.nonce, &m.serverNonce, &c.token.digest, &p.digest)
-	if err != nil {
-		return nil, reject(ReasonBadProof, "%v", err)
-	}
-	if subtle.ConstantTimeCompare(serverProof[:], m.proof[:]) != 1 {
-		return nil, reject(ReasonBadProof, "server proof of %s does not verify", p.v.id)
-	}
-	c.mu.Lock()
-	c.peer = p
-	c.ack[0] = typeACK
-	copy(c.ack[1:], clientProof[:])
-	c.mu.Unlock()
-	return p.v.id.Clone(), nil
-}
-
-// PeerNode returns the node name of the verified server ("" before
-// ConsumeSYNACK succeeded).
-func (c *ClientHandshake) PeerNode() string {
-	if c == nil {
-		return ""
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.peer == nil {
-		return ""
-	}
-	return c.peer.v.node
-}
-
-// NewACK returns the ACK payload (ACKSize bytes): the client proof. It fails
-// until ConsumeSYNACK has succeeded.
-func (c *ClientHandshake) NewACK() ([]byte, error) {
-	if c == nil {
-		return nil, errors.New("new ACK: no client handshake")
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.peer == nil {
-		return nil, errors.New("new ACK: no verified SYN-ACK")
-	}
-	return append([]byte(nil), c.ack[:]...), nil
-}
-
-// ServerHandshake is the server side of one handshake, from the verified SYN
-// to the verified ACK.
-type ServerHandshake struct {
-	e           *Engine
-	clientNonce [NonceSize]byte
-	client      *peerToken
-
-	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
-	// carries the same bytes; the payload itself is rebuilt from them rather
-	// than stored and copied, one allocation less per connection.
-	mu          sync.Mutex
-	token       *localToken // nil until a SYN-ACK was built
-	serverNonce [NonceSize]byte
-	serverProof [ProofSize]byte
-	clientProof [ProofSize]byte
-}
-
-// ConsumeSYN verifies a SYN payload: the client's token (certificate chain,
-// trust domain, validity, signature) and that its nonce is new.
-func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
-	m, err := parseSYN(payload)
-	if err != nil {
-		return nil, err
-	}
-	now := e.now()
-	p, err := e.verifyPeer(m.token, now)
-	if err != nil {
-		return nil, err
-	}
-	if e.replay.check(m.clientNonce, p.v.notAfter.Add(e.skew), now) {
-		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
-	}
-	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p}, nil
-}
-
-// Peer returns a copy of the verified client identity.
-func (s *ServerHandshake) Peer() *identity.Identity {
-	if s == nil || s.client == nil {
-		return nil
-	}
-	return s.client.v.id.Clone()
-}
-
-// PeerNode returns the node name of the verified client.
-func (s *ServerHandshake) PeerNode() string {
-	if s == nil || s.client == nil {
-		return ""
-	}
-	return s.client.v.node
-}
-
-// NewSYNACK returns the SYN-ACK payload for the local (server) workload: its
-// token, a fresh server nonce, the echoed client nonce and the server proof.
-// Called again (a retransmitted SYN-ACK) it returns the same bytes.
-func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
-	if s == nil || s.e == nil || s.client == nil {
-		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.token == nil {
-		if err := s.prepareSYNACK(local); err != nil {
-			return nil, fmt.Errorf("new SYN-ACK: %w", err)
-		}
-	}
-	t := s.token
-	return appendSYNACK(make([]byte, 0, 1+2*NonceSize+len(t.wire)+ProofSize), &s.clientNonce, &s.serverNonce, t.wire, &s.serverProof), nil
-}
-
-// prepareSYNACK signs (or finds) the local token, draws the server nonce and
-// computes both proofs; s.mu is held.
-func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
-	now := s.e.now()
-	keys := s.e.keys.Load()
-	t, err := s.e.localToken(keys, local, now)
-	if err != nil {
-		return err
-	}
-	k, err := keys.pairKey(s.client, now)
-	if err != nil {
-		return err
-	}
-	ns := newNonce()
-	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
-	if err != nil {
-		return err
-	}
-	s.token, s.serverNonce, s.serverProof, s.clientProof = t, ns, serverProof, clientProof
-	return nil
-}
-
-// ConsumeACK verifies the client's proof in the ACK payload.
-func (s *ServerHandshake) ConsumeACK(payload []byte) error {
-	if s == nil || s.client == nil {
-		return reject(ReasonBadProof, "no server handshake (not made by ConsumeSYN)")
-	}
-	proof, err := parseACK(payload)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.token == nil {
-		return reject(ReasonBadProof, "ACK before any SYN-ACK was sent")
-	}
-	if subtle.ConstantTimeCompare(proof[:], s.clientProof[:]) != 1 {
-		return reject(ReasonBadProof, "client proof of %s does not verify", s.client.v.id)
-	}
-	return nil
-}
-
-// SignJWT returns the identity token of local in its JWT form (ES256, the
-// same claims and signature the SYN carries), signed by this node.
-func (e *Engine) SignJWT(local *identity.Identity) (string, error) {
-	t, err := e.localToken(e.keys.Load(), local, e.now())
-	if err != nil {
-		return "", fmt.Errorf("sign JWT: %w", err)
-	}
-	return t.jwt, nil
-}
-
-// VerifyJWT verifies an identity token in JWT form against the node
-// certificate that signed it, with the same checks as a SYN's token. It
-// returns the identity and the issuing node's name.
-func (e *Engine) VerifyJWT(token string, nodeCert *x509.Certificate) (*identity.Identity, string, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 || parts[0] != jwtHeaderB64 {
-		return nil, "", reject(ReasonMalformed, "JWT: want three parts with header %s", jwtHeader)
-	}
-	if nodeCert == nil {
-		return nil, "", reject(ReasonMalformed, "JWT: no node certificate")
-	}
-	payload, err1 := decodeSegment(parts[1])
-	sig, err2 := decodeSegment(parts[2])
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, "", reject(ReasonMalformed, "JWT: %v", err)
-	}
-	now := e.now()
-	vc, err := e.verifier.Load().trust.verifyParsedCert(nodeCert, now, e.skew)
-	if err != nil {
-		return nil, "", err
-	}
-	v, err := verifyClaims(vc, payload, sig, now, e.skew)
-	if err != nil {
-		return nil, "", err
-	}
-	return v.id, v.node, nil
 }

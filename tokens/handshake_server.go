@@ -1,0 +1,125 @@
+package tokens
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/bireme/bireme/identity"
+)
+
+// The server side of the handshake: the client's SYN it verifies
+// (ConsumeSYN), the SYN-ACK it answers with (NewSYNACK) and the client's ACK
+// proof it checks (ConsumeACK).
+
+// ServerHandshake is the server side of one handshake, from the verified SYN
+// to the verified ACK.
+type ServerHandshake struct {
+	e           *Engine
+	clientNonce [NonceSize]byte
+	client      *peerToken
+
+	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
+	// carries the same bytes; the payload itself is rebuilt from them rather
+	// than stored and copied, one allocation less per connection.
+	mu          sync.Mutex
+	token       *localToken // nil until a SYN-ACK was built
+	serverNonce [NonceSize]byte
+	serverProof [ProofSize]byte
+	clientProof [ProofSize]byte
+}
+
+// ConsumeSYN verifies a SYN payload: the client's token (certificate chain,
+// trust domain, validity, signature) and that its nonce is new.
+func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
+	m, err := parseSYN(payload)
+	if err != nil {
+		return nil, err
+	}
+	now := e.now()
+	p, err := e.verifyPeer(m.token, now)
+	if err != nil {
+		return nil, err
+	}
+	if e.replay.check(m.clientNonce, p.v.notAfter.Add(e.skew), now) {
+		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
+	}
+	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p}, nil
+}
+
+// Peer returns a copy of the verified client identity.
+func (s *ServerHandshake) Peer() *identity.Identity {
+	if s == nil || s.client == nil {
+		return nil
+	}
+	return s.client.v.id.Clone()
+}
+
+// PeerNode returns the node name of the verified client.
+func (s *ServerHandshake) PeerNode() string {
+	if s == nil || s.client == nil {
+		return ""
+	}
+	return s.client.v.node
+}
+
+// NewSYNACK returns the SYN-ACK payload for the local (server) workload: its
+// token, a fresh server nonce, the echoed client nonce and the server proof.
+// Called again (a retransmitted SYN-ACK) it returns the same bytes.
+func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
+	if s == nil || s.e == nil || s.client == nil {
+		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.token == nil {
+		if err := s.prepareSYNACK(local); err != nil {
+			return nil, fmt.Errorf("new SYN-ACK: %w", err)
+		}
+	}
+	t := s.token
+	return appendSYNACK(make([]byte, 0, 1+2*NonceSize+len(t.wire)+ProofSize), &s.clientNonce, &s.serverNonce, t.wire, &s.serverProof), nil
+}
+
+// prepareSYNACK signs (or finds) the local token, draws the server nonce and
+// computes both proofs; s.mu is held.
+func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
+	now := s.e.now()
+	keys := s.e.keys.Load()
+	t, err := s.e.localToken(keys, local, now)
+	if err != nil {
+		return err
+	}
+	k, err := keys.pairKey(s.client, now)
+	if err != nil {
+		return err
+	}
+	ns := newNonce()
+	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
+	if err != nil {
+		return err
+	}
+	s.token, s.serverNonce, s.serverProof, s.clientProof = t, ns, serverProof, clientProof
+	return nil
+}
+
+// ConsumeACK verifies the client's proof in the ACK payload.
+func (s *ServerHandshake) ConsumeACK(payload []byte) error {
+	if s == nil || s.client == nil {
+		return reject(ReasonBadProof, "no server handshake (not made by ConsumeSYN)")
+	}
+	proof, err := parseACK(payload)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.token == nil {
+		return reject(ReasonBadProof, "ACK before any SYN-ACK was sent")
+	}
+	if subtle.ConstantTimeCompare(proof[:], s.clientProof[:]) != 1 {
+		return reject(ReasonBadProof, "client proof of %s does not verify", s.client.v.id)
+	}
+	return nil
+}
