@@ -12,16 +12,23 @@
 // A lab lives in a state directory:
 //
 //	prefix          the topology's namespace prefix (written first, so `down` works after any crash)
-//	state.json      options and the topology's layout
+//	state.json      options, the topology's layout, each enforcer's metrics address
 //	store/          the enforcers' file store: the user's objects, pods annotated with bireme.io/netns
 //	keys/           ca/ (cluster CA), untrusted-ca/, nodes/NODE/ (node.crt, node.key), as `bireme keys` lays them out
 //	flows/NODE.jsonl  each enforcer's flow records
 //	logs/           output of every enforcer and server
-//	pids/           enforce-NODE.pid
+//	pids/           enforce-NODE.pid, while the enforcer runs
 //	lock            held by the command working on the lab
 //
 // Up builds a lab, Open reopens it from another process, Apply and Delete
 // change it, Probe measures it, Down removes it (also after a crash).
+// StopEnforcer, KillEnforcer, StartEnforcer, RenewNodeCredentials and
+// RestartPodSandbox play an operator's and a crash's part; Status and
+// Metric read what runs.
+//
+// Readiness is one signal, each enforcer's bireme_workloads_protected
+// gauge: the lab waits until it equals the number of pods the store gives
+// the enforcer's node (see waitProtected).
 package lab
 
 import (
