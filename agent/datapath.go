@@ -11,6 +11,7 @@ import (
 	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/enforcer"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/supervisor"
 	"github.com/bireme/bireme/tokens"
@@ -55,10 +56,10 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		return nil, fmt.Errorf("datapath: queues %d: want 1 to 1024", cfg.Queues)
 	}
 	// The enforcer must read the queues and set the marks the supervisor's
-	// rules use: both get the same configuration.
-	rules := supervisor.Config{Queues: uint16(cfg.Queues)}
+	// rules use: both get the same layout.
+	layout := marks.Layout{Queues: uint16(cfg.Queues)}
 	enf, err := enforcer.New(enforcer.Config{
-		Rules:            rules,
+		Layout:           layout,
 		Node:             cfg.Node,
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
@@ -70,7 +71,7 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: %w", err)
 	}
-	return &NodeDatapath{sup: supervisor.New(rules), enf: enf}, nil
+	return &NodeDatapath{sup: supervisor.New(layout), enf: enf}, nil
 }
 
 // Install opens the enforcer's queue first and then installs the rules that

@@ -63,7 +63,7 @@ is removed and it exits 0.`,
 			defer closeFlows()
 
 			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel() // also stops the metrics server when the node fails
+			defer cancel()                       // also stops the metrics server when the node fails
 			var metricsReg prometheus.Registerer // nil: no metrics
 			if metricsAddr != "" {
 				reg := prometheus.NewRegistry()
