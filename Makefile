@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit demo bench bench-short lint deps clean
+.PHONY: all build test unit k8s-e2e demo bench bench-short lint deps clean
 
 all: build
 
@@ -24,6 +24,14 @@ test:
 # Unit tests only: no root, no namespaces, seconds.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# The Kubernetes suite against a real API server: etcd and a pinned
+# kube-apiserver on loopback (scripts/k8s-env.sh builds it once and caches
+# it under ~/.cache/bireme), `bireme agent` on simulated nodes. Part of
+# `make test` too.
+k8s-e2e: deps
+	bash scripts/k8s-env.sh build
+	$(GO) test -count=1 -timeout 10m ./k8s/... ./e2e/kubernetes/
 
 # One lab, its matrix before and after a policy, and a refused forged
 # identity; see README.md.

@@ -124,7 +124,7 @@ func (a *Agent) accept(s desired.State) {
 // follow reconciles each new workload set and, every Poll, retries what
 // failed, notices vanished namespaces and reloads the node keys, until ctx
 // ends (nil) or the source stops (its error).
-func (a *Agent) follow(ctx context.Context, sourceDone <-chan error) error {
+func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 	tick := time.NewTicker(a.cfg.Poll)
 	defer tick.Stop()
 	started, converged := false, true
@@ -133,6 +133,12 @@ func (a *Agent) follow(ctx context.Context, sourceDone <-chan error) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-sourceDone:
+			if err == nil && ctx.Err() != nil {
+				// The source saw ctx end before this loop did: a stop, not
+				// a failure. Run collects the source's result once more.
+				sourceDone <- nil
+				return nil
+			}
 			if err == nil {
 				err = errors.New("stopped before its context ended")
 			}

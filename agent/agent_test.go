@@ -247,6 +247,34 @@ func TestRunSourceFails(t *testing.T) {
 	}
 }
 
+// A source that returns the moment its context ends (as an informer-based
+// one does) races the agent's own look at the context: stopping must be
+// a clean stop, never "source stopped" and never a hang, whichever wins.
+func TestRunStopsWithAPromptSource(t *testing.T) {
+	_, eng := testCA(t, "c1", "n1")
+	for i := 0; i < 50; i++ {
+		src := &chanSource{states: make(chan desired.State)}
+		a, err := New(Config{Source: src, Datapath: &recordingDatapath{state: map[string]desired.Workload{}},
+			Policy: policy.NewLive(nil), Tokens: eng, Poll: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		time.Sleep(time.Millisecond)
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("stop %d: Run = %v; want nil", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("stop %d: Run did not return", i)
+		}
+	}
+}
+
 func TestNewRefusesIncompleteConfig(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
 	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Tokens: eng}

@@ -20,7 +20,8 @@ fi
 # socat, iperf3, curl: real clients and load in tests and benchmarks.
 # jq: reading `bireme lab status -o json` in scripts.
 # tcpdump: the e2e attack tests capture handshakes on the wire to replay them.
-pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump)
+# etcd-server, openssl: the Kubernetes tests' API server (scripts/k8s-env.sh).
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump etcd-server openssl)
 
 need=()
 for pkg in "${pkgs[@]}"; do

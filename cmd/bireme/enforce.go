@@ -12,15 +12,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/bireme/bireme/agent"
+	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
 )
 
-// enforceOptions are the flags of `bireme enforce`.
+// enforceOptions are the flags of `bireme enforce`; `bireme agent` shares
+// all but the store.
 type enforceOptions struct {
 	node, cluster, store string
 	caBundle             []string
@@ -50,67 +53,88 @@ decision goes to --flows. On SIGTERM or SIGINT every rule and queue it installed
 is removed and it exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			level := slog.LevelInfo
-			if verbose {
-				level = slog.LevelDebug
-			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
-
-			out, closeFlows, err := openFlows(flows, cmd.OutOrStdout())
-			if err != nil {
-				return err
-			}
-			defer closeFlows()
-
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()                       // also stops the metrics server when the node fails
-			var metricsReg prometheus.Registerer // nil: no metrics
-			if metricsAddr != "" {
-				reg := prometheus.NewRegistry()
-				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-				metricsReg = reg
-				served, err := agent.ServeMetrics(ctx, metricsAddr, reg)
-				if err != nil {
-					return err
-				}
-				defer func() {
-					cancel()
-					if err := <-served; err != nil {
-						log.Error("metrics server", "err", err)
-					}
-				}()
-			}
-			return runNode(ctx, opts, out, metricsReg, log)
+			return serveNode(cmd, opts, opts.fileStore, flows, metricsAddr, verbose)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.node, "node", "", "this node's name, matched against pods' spec.nodeName (required)")
 	f.StringVar(&opts.store, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (required)")
-	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
-	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
-	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
-	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
-	f.StringVar(&flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
-	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
-	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
-	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	addNodeFlags(f, &opts, &flows, &metricsAddr, &verbose)
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
-	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
 }
 
+// addNodeFlags declares the flags every node command shares (enforce,
+// agent): credentials, trust, flow records, metrics and the datapath.
+func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, flows, metricsAddr *string, verbose *bool) {
+	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
+	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
+	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
+	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
+	f.StringVar(flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
+	f.StringVar(metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
+	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	f.BoolVarP(verbose, "verbose", "v", false, "log debug messages")
+}
+
+// sourceFunc builds the source of desired state a node runs with, once
+// the node's log exists.
+type sourceFunc func(log *slog.Logger) (desired.Source, error)
+
+// fileStore is `bireme enforce`'s source: the store directory.
+func (o enforceOptions) fileStore(log *slog.Logger) (desired.Source, error) {
+	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+}
+
+// serveNode runs a node command (enforce, agent) until its context ends:
+// the log, the flow records and the metrics server around [runNode].
+func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, flows, metricsAddr string, verbose bool) error {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
+
+	out, closeFlows, err := openFlows(flows, cmd.OutOrStdout())
+	if err != nil {
+		return err
+	}
+	defer closeFlows()
+
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()                       // also stops the metrics server when the node fails
+	var metricsReg prometheus.Registerer // nil: no metrics
+	if metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		metricsReg = reg
+		served, err := agent.ServeMetrics(ctx, metricsAddr, reg)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			cancel()
+			if err := <-served; err != nil {
+				log.Error("metrics server", "err", err)
+			}
+		}()
+	}
+	return runNode(ctx, opts, newSource, out, metricsReg, log)
+}
+
 // runNode assembles one node (the token engine from the node's keys and
-// the CA bundle, the file store as the source, the real datapath, the
+// the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
-func runNode(ctx context.Context, o enforceOptions, flows io.Writer, reg prometheus.Registerer, log *slog.Logger) (err error) {
+func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows io.Writer, reg prometheus.Registerer, log *slog.Logger) (err error) {
 	engine, err := o.tokenEngine()
 	if err != nil {
 		return err
 	}
-	source, err := filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+	source, err := newSource(log)
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newEnforceCmd(),
+		newAgentCmd(),
 		newLabCmd(),
 		newPolicyCmd(),
 		newKeysCmd(),

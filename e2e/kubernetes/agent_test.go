@@ -1,0 +1,430 @@
+// Package kubernetes tests `bireme agent` against a real Kubernetes API
+// server (internal/kubeenv). The test plays kubelet: it creates Pod objects
+// with spec.nodeName, makes each pod's network namespace and a server in
+// it, and reports the pod Running with its IP through the status
+// subresource; one agent process runs per simulated node.
+package kubernetes
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/bireme/bireme/internal/kubeenv"
+	"github.com/bireme/bireme/internal/syncbuf"
+	"github.com/bireme/bireme/internal/testbin"
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/netns/netnstest"
+	"github.com/bireme/bireme/tokens"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+const cluster = "k8s-e2e"
+
+// fabric is the simulated pod network: one bridge namespace every pod's
+// namespace is joined to, in a /24 of 198.18.128.0/17 picked at random so
+// that a scan of the machine never finds another test's copy of a pod's
+// address (the lab's topologies number their subnets from 198.18.1.0).
+type fabric struct {
+	prefix string
+	subnet string // "198.18.X"
+	bridge *netns.NS
+	next   int
+}
+
+func newFabric(t *testing.T) *fabric {
+	t.Helper()
+	var b [1]byte
+	_, _ = rand.Read(b[:])
+	f := &fabric{prefix: netnstest.Prefix(), subnet: fmt.Sprintf("198.18.%d", 128+int(b[0])%127), next: 2}
+	f.bridge = netnstest.NewNS(t, f.prefix+"-br")
+	run(t, f.bridge, "ip", "link", "add", "br0", "type", "bridge")
+	run(t, f.bridge, "ip", "link", "set", "br0", "up")
+	return f
+}
+
+// podNS makes a pod's network namespace on the fabric and returns it with
+// its address.
+func (f *fabric) podNS(t *testing.T, name string) (*netns.NS, netip.Addr) {
+	t.Helper()
+	ns := netnstest.NewNS(t, f.prefix+"-"+name)
+	addr := netip.MustParseAddr(fmt.Sprintf("%s.%d", f.subnet, f.next))
+	peer := fmt.Sprintf("v%d", f.next)
+	f.next++
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := netns.Cmd(ctx, "ip", "link", "add", "eth0", "netns", ns.Name, "type", "veth", "peer", "name", peer, "netns", f.bridge.Name); err != nil {
+		t.Fatal(err)
+	}
+	run(t, f.bridge, "ip", "link", "set", peer, "master", "br0", "up")
+	run(t, ns, "ip", "addr", "add", addr.String()+"/24", "dev", "eth0")
+	run(t, ns, "ip", "link", "set", "eth0", "up")
+	return ns, addr
+}
+
+func run(t *testing.T, ns *netns.NS, name string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ns.Exec(ctx, name, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serve answers every connection to port 80 in ns with "ok".
+func serve(t *testing.T, ns *netns.NS) {
+	t.Helper()
+	l, err := ns.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("ok"))
+			c.Close()
+		}
+	}()
+}
+
+// connects reports whether a client in from gets the server's answer at
+// to:80. A refused handshake is dropped silently, so refusal shows as a
+// timeout.
+func connects(from *netns.NS, to netip.Addr) bool {
+	c, err := from.Dial("tcp", netip.AddrPortFrom(to, 80).String(), 700*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 2)
+	_, err = io.ReadFull(c, buf)
+	return err == nil && string(buf) == "ok"
+}
+
+// pod is one simulated pod: its API object's name, its namespace and address.
+type pod struct {
+	namespace, name, node string
+	labels                map[string]string
+	ns                    *netns.NS
+	addr                  netip.Addr
+}
+
+func (p *pod) ref() string { return p.namespace + "/" + p.name }
+
+// kubelet plays the node for p: the Pod object, then its network
+// namespace and server, then status Running with its IP.
+func kubelet(t *testing.T, ctx context.Context, client kubernetes.Interface, f *fabric, p *pod) {
+	t.Helper()
+	obj := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.namespace, Name: p.name, Labels: p.labels},
+		Spec: corev1.PodSpec{
+			NodeName:                     p.node,
+			AutomountServiceAccountToken: new(bool),
+			Containers: []corev1.Container{{
+				Name: "main", Image: "none",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}},
+			}},
+		},
+	}
+	created, err := client.CoreV1().Pods(p.namespace).Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ns, p.addr = f.podNS(t, p.namespace+"-"+p.name)
+	serve(t, p.ns)
+	created.Status.Phase = corev1.PodRunning
+	created.Status.PodIP = p.addr.String()
+	created.Status.PodIPs = []corev1.PodIP{{IP: p.addr.String()}}
+	if _, err := client.CoreV1().Pods(p.namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agent is one `bireme agent` process for one simulated node.
+type agent struct {
+	node string
+	log  *syncbuf.Buffer
+}
+
+func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA) *agent {
+	t.Helper()
+	bin, err := testbin.Bireme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ca.IssueNode(node, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, node+".crt"), filepath.Join(dir, node+".key")
+	if err := creds.Save(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{node: node, log: new(syncbuf.Buffer)}
+	cmd := exec.Command(bin, "agent", "--node", node, "--kubeconfig", env.Kubeconfig,
+		"--cluster", cluster, "--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", certFile, "--key", keyFile,
+		"--flows", filepath.Join(dir, node+".flows.jsonl"), "--netns-check", "500ms")
+	cmd.Stdout, cmd.Stderr = a.log, a.log
+	// The agent dies with the test process, even if the test is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("agent %s: %v", node, err)
+			}
+		case <-time.After(15 * time.Second):
+			// SIGQUIT first: the Go runtime writes every goroutine's stack
+			// to the log, which says where the agent hung.
+			_ = cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-exited:
+			case <-time.After(3 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			t.Errorf("agent %s did not stop within 15s of SIGTERM", node)
+		}
+		if t.Failed() {
+			t.Logf("agent %s log:\n%s", node, a.log.String())
+		}
+	})
+	return a
+}
+
+// waitLog waits until the agent logged a line containing every part.
+func (a *agent) waitLog(t *testing.T, timeout time.Duration, parts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		sc := bufio.NewScanner(strings.NewReader(a.log.String()))
+		for sc.Scan() {
+			line, all := sc.Text(), true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("agent %s never logged a line with %q within %v", a.node, parts, timeout)
+}
+
+// protected reports whether Bireme's chains are installed in ns.
+func protected(t *testing.T, ns *netns.NS) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := ns.Output(ctx, "iptables", "-S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(out), "BIREME-")
+}
+
+// eventually waits up to timeout for cond, and reports how long it took.
+func eventually(timeout time.Duration, cond func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for {
+		if cond() {
+			return time.Since(start), true
+		}
+		if time.Since(start) > timeout {
+			return time.Since(start), false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAgentFollowsTheAPIServer: reachability between pods on two simulated
+// nodes follows the NetworkPolicies, pod labels and namespace labels
+// written to the API server, and a deleted pod's rules are removed.
+func TestAgentFollowsTheAPIServer(t *testing.T) {
+	netnstest.RequireNamespaces(t)
+	env := kubeenv.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	client := env.Client
+
+	dir := t.TempDir()
+	ca, err := tokens.NewCA(cluster, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, ns := range []struct {
+		name   string
+		labels map[string]string
+	}{{"x", map[string]string{"team": "x"}}, {"y", map[string]string{"team": "y"}}} {
+		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// No controller manager runs: the service account admission
+		// plugin wants the namespace's default account to exist.
+		if _, err := client.CoreV1().ServiceAccounts(ns.name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	f := newFabric(t)
+	a := &pod{namespace: "x", name: "a", node: "n1", labels: map[string]string{"app": "a"}}
+	b := &pod{namespace: "x", name: "b", node: "n1", labels: map[string]string{"app": "b"}}
+	c := &pod{namespace: "y", name: "c", node: "n2", labels: map[string]string{"app": "c"}}
+	host := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "host"},
+		Spec: corev1.PodSpec{NodeName: "n1", HostNetwork: true, AutomountServiceAccountToken: new(bool),
+			Containers: []corev1.Container{{Name: "main", Image: "none"}}},
+	}
+	if _, err := client.CoreV1().Pods("x").Create(ctx, host, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// One pod exists before the agents start, the others after.
+	kubelet(t, ctx, client, f, a)
+	n1 := startAgent(t, env, dir, "n1", ca)
+	n2 := startAgent(t, env, dir, "n2", ca)
+	kubelet(t, ctx, client, f, b)
+	kubelet(t, ctx, client, f, c)
+	for _, w := range []struct {
+		agent *agent
+		p     *pod
+	}{{n1, a}, {n1, b}, {n2, c}} {
+		// The source found the namespace, then the datapath installed it.
+		w.agent.waitLog(t, 20*time.Second, "pod="+w.p.ref(), "protected in "+w.p.ns.Path())
+		w.agent.waitLog(t, 20*time.Second, "workload protected", "pod="+w.p.ref())
+	}
+	n1.waitLog(t, 5*time.Second, "pod=x/host", "hostNetwork")
+
+	// No policy: everyone reaches everyone, through the enforcers.
+	for _, pair := range [][2]*pod{{a, c}, {b, c}, {c, a}, {a, b}} {
+		if !connects(pair[0].ns, pair[1].addr) {
+			t.Errorf("with no policy, %s cannot reach %s", pair[0].ref(), pair[1].ref())
+		}
+	}
+
+	// y/c accepts only pods labelled app=a in namespaces labelled team=x.
+	t.Logf("%s creating policy y/c-from-a", time.Now().Format("15:04:05.000"))
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: "c-from-a"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "c"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "x"}},
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
+				}},
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptr(intstr.FromString("http"))}},
+			}},
+		},
+	}
+	if _, err := client.NetworkingV1().NetworkPolicies("y").Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Refusal shows as a probe timing out, so "took" includes up to one
+	// probe (0.7 s) after the change took effect.
+	if took, ok := eventually(3*time.Second, func() bool { return !connects(b.ns, c.addr) }); !ok {
+		t.Fatalf("x/b still reaches y/c %v after the policy was created", took)
+	} else {
+		t.Logf("policy created: x/b refused after %v", took.Round(time.Millisecond))
+	}
+	if !connects(a.ns, c.addr) {
+		t.Error("x/a cannot reach y/c although c-from-a allows it")
+	}
+	if !connects(c.ns, a.addr) {
+		t.Error("y/c cannot reach x/a: the policy is about c's ingress only")
+	}
+
+	// x/b gets a's label: it is allowed now.
+	patchLabels(t, ctx, client, b, map[string]string{"app": "a"})
+	if took, ok := eventually(3*time.Second, func() bool { return connects(b.ns, c.addr) }); !ok {
+		t.Errorf("x/b, relabelled app=a, still refused %v later", took)
+	} else {
+		t.Logf("label change: x/b allowed after %v", took.Round(time.Millisecond))
+	}
+
+	// Namespace x loses team=x: neither a nor b is allowed any more.
+	nsX, err := client.CoreV1().Namespaces().Get(ctx, "x", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsX.Labels["team"] = "other"
+	if _, err := client.CoreV1().Namespaces().Update(ctx, nsX, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := eventually(3*time.Second, func() bool { return !connects(a.ns, c.addr) }); !ok {
+		t.Errorf("x/a still reaches y/c %v after namespace x lost team=x", took)
+	} else {
+		t.Logf("namespace label change: x/a refused after %v", took.Round(time.Millisecond))
+	}
+
+	// Deleting y/c releases it: its rules go, and nothing checks its
+	// connections any more. A pod on a node is deleted in two steps: the
+	// API server marks it terminating, the kubelet stops it and removes
+	// the object for good (grace period 0), which this test does at once.
+	if err := client.CoreV1().Pods("y").Delete(ctx, "c", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CoreV1().Pods("y").Delete(ctx, "c", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := eventually(3*time.Second, func() bool { return !protected(t, c.ns) }); !ok {
+		t.Errorf("y/c's rules are still installed %v after the pod was deleted", took)
+	}
+	if !protected(t, a.ns) {
+		t.Error("x/a lost its rules when y/c was deleted")
+	}
+	if !connects(b.ns, c.addr) {
+		t.Error("x/b cannot reach the released y/c's namespace")
+	}
+}
+
+func patchLabels(t *testing.T, ctx context.Context, client kubernetes.Interface, p *pod, labels map[string]string) {
+	t.Helper()
+	obj, err := client.CoreV1().Pods(p.namespace).Get(ctx, p.name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Labels = labels
+	if _, err := client.CoreV1().Pods(p.namespace).Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,467 @@
+// Package apisource is the agent's Kubernetes source of desired state: it
+// follows the API server through client-go informers and tells the agent
+// which pods of its node to protect, with which identities, under which
+// compiled NetworkPolicies.
+//
+// It watches the pods of one node (a field selector on spec.nodeName, so a
+// node's agent holds only its own pods), and every Namespace and
+// NetworkPolicy. A pod is protected once it is Running, has an IP, and one
+// network namespace on the node holds that IP (package podnetns finds it;
+// nothing the pod wrote is trusted); it is released when it is deleted,
+// stops running or its namespace can no longer be found. hostNetwork pods
+// share the node's namespace and are never protected. Pod identity is
+// [k8s.IdentityOf]: namespace, name, labels, namespace labels, service
+// account and trust domain.
+//
+// Changes are pushed, not polled: any change to a pod of the node, a
+// namespace or a policy recomputes the state at once, so a label or policy
+// change reaches the agent in milliseconds. The pods' namespaces are also
+// checked again every Verify interval, since a namespace can vanish or
+// move without the API server knowing.
+//
+// It implements [desired.Source] without importing the agent.
+package apisource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/bireme/bireme/agent/desired"
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/k8s/podnetns"
+	"github.com/bireme/bireme/policy"
+)
+
+// NetNSScanner finds the network namespaces holding pod addresses on this
+// node; [podnetns.Scanner] is the real one.
+type NetNSScanner interface {
+	Scan(ctx context.Context) (*podnetns.Snapshot, error)
+}
+
+// Config configures a Source.
+type Config struct {
+	// Client talks to the API server (required).
+	Client kubernetes.Interface
+	// Node is this node's name, matched against pods' spec.nodeName
+	// (required).
+	Node string
+	// Cluster is the trust domain of the workloads' identities (required).
+	Cluster string
+	// NetNS finds pods' network namespaces (required).
+	NetNS NetNSScanner
+	// Verify is how often the pods' network namespaces are looked up again
+	// when nothing changed in the API (default 1s).
+	Verify time.Duration
+	// SyncTimeout bounds the wait for the first complete view of the API
+	// (default 1 minute); Run fails after it, since it has no state to give.
+	SyncTimeout time.Duration
+	// Log receives the pods' protection status changes and rejected
+	// policy sets (nil: discarded).
+	Log *slog.Logger
+}
+
+// Source delivers one node's desired state from the API server.
+type Source struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var _ desired.Source = (*Source)(nil)
+
+// New checks cfg and returns the Source.
+func New(cfg Config) (*Source, error) {
+	if cfg.Client == nil || cfg.Node == "" || cfg.Cluster == "" || cfg.NetNS == nil {
+		return nil, errors.New("API source: Client, Node, Cluster and NetNS are required")
+	}
+	if cfg.Verify < 0 || cfg.SyncTimeout < 0 {
+		return nil, fmt.Errorf("API source: intervals must not be negative (verify %v, sync timeout %v)", cfg.Verify, cfg.SyncTimeout)
+	}
+	if cfg.Verify == 0 {
+		cfg.Verify = time.Second
+	}
+	if cfg.SyncTimeout == 0 {
+		cfg.SyncTimeout = time.Minute
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: cfg, log: log}, nil
+}
+
+// listers are the informers' caches the state is computed from.
+type listers struct {
+	pods       corelisters.PodLister // this node's pods only
+	namespaces corelisters.NamespaceLister
+	policies   networkinglisters.NetworkPolicyLister
+}
+
+// Run implements [desired.Source]: it starts the informers, delivers the
+// first state once their caches are complete, then a new state after every
+// change, until ctx ends.
+func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	strip := informers.WithTransform(stripBookkeeping)
+	cluster := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, strip)
+	nodePods := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, strip,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.cfg.Node).String()
+		}))
+	podInformer := nodePods.Core().V1().Pods()
+	nsInformer := cluster.Core().V1().Namespaces()
+	npInformer := cluster.Networking().V1().NetworkPolicies()
+
+	// Each informer marks what its change affects and wakes the loop; a
+	// burst of changes is computed once.
+	var ch changes
+	ch.wake = make(chan struct{}, 1)
+	var handlersSynced []cache.InformerSynced
+	for _, reg := range []struct {
+		inf  cache.SharedIndexInformer
+		mark func()
+	}{
+		{podInformer.Informer(), ch.podsChanged},
+		{nsInformer.Informer(), ch.policyChanged}, // namespace labels: identities and policy
+		{npInformer.Informer(), ch.policyChanged},
+	} {
+		h, err := reg.inf.AddEventHandler(notifyOn(reg.mark))
+		if err != nil {
+			return fmt.Errorf("API source: watch: %w", err)
+		}
+		handlersSynced = append(handlersSynced, h.HasSynced)
+	}
+	l := listers{pods: podInformer.Lister(), namespaces: nsInformer.Lister(), policies: npInformer.Lister()}
+
+	cluster.Start(ctx.Done())
+	nodePods.Start(ctx.Done())
+	defer func() {
+		cancel()
+		cluster.Shutdown()
+		nodePods.Shutdown()
+	}()
+
+	syncCtx, syncDone := context.WithTimeout(ctx, s.cfg.SyncTimeout)
+	// Synced handlers have seen every object of the initial lists (and so
+	// have the caches): the first state below covers those events.
+	synced := cache.WaitForCacheSync(syncCtx.Done(), handlersSynced...)
+	syncDone()
+	if !synced {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("API source: no complete view of pods, namespaces and network policies after %v (is the API server reachable, and may this agent list and watch them?)", s.cfg.SyncTimeout)
+	}
+
+	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}}
+	verify := time.NewTicker(s.cfg.Verify)
+	defer verify.Stop()
+	ch.take()
+	first, _ := st.compute(ctx, true, true)
+	update(first)
+	for {
+		verifyDue := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch.wake:
+		case <-verify.C:
+			verifyDue = true
+		}
+		policyChanged, podsChanged := ch.take()
+		// A policy-only change reuses the last scan: it must take effect
+		// at once, and the pods' namespaces did not move.
+		if next, changed := st.compute(ctx, policyChanged, podsChanged || verifyDue); changed {
+			update(next)
+		}
+	}
+}
+
+// stripBookkeeping drops what the informers need not keep: managed fields
+// and kubectl's last-applied copy are the API server's and kubectl's
+// bookkeeping, often the largest part of an object.
+func stripBookkeeping(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		if a := m.GetAnnotations(); a != nil {
+			delete(a, corev1.LastAppliedConfigAnnotation)
+		}
+	}
+	return obj, nil
+}
+
+// changes records what changed since the loop last looked.
+type changes struct {
+	mu           sync.Mutex
+	policy, pods bool
+	wake         chan struct{}
+}
+
+func (c *changes) policyChanged() { c.mark(true, false) }
+func (c *changes) podsChanged()   { c.mark(false, true) }
+
+func (c *changes) mark(policy, pods bool) {
+	c.mu.Lock()
+	c.policy = c.policy || policy
+	c.pods = c.pods || pods
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears what changed.
+func (c *changes) take() (policy, pods bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	policy, pods = c.policy, c.pods
+	c.policy, c.pods = false, false
+	return policy, pods
+}
+
+// notifyOn calls mark on every add, update and delete; resyncs (an update
+// with the same resource version) change nothing.
+func notifyOn(mark func()) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { mark() },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, okOld := oldObj.(metav1.Object)
+			n, okNew := newObj.(metav1.Object)
+			if okOld && okNew && o.GetResourceVersion() != "" && o.GetResourceVersion() == n.GetResourceVersion() {
+				return
+			}
+			mark()
+		},
+		DeleteFunc: func(any) { mark() },
+	}
+}
+
+// state computes desired states and remembers the last one delivered, to
+// deliver only changes.
+type state struct {
+	cfg Config
+	log *slog.Logger
+	l   listers
+
+	snapshot  *podnetns.Snapshot // the last scan of the node's namespaces
+	workloads []desired.Workload // last delivered
+	status    map[string]string  // pod ref -> its protection status, as last logged
+}
+
+// compute builds the desired state; changed reports whether it differs
+// from the last one delivered (a new policy always does).
+func (s *state) compute(ctx context.Context, policyChanged, rescan bool) (next desired.State, changed bool) {
+	if policyChanged {
+		if eng, err := s.compilePolicy(); err != nil {
+			s.log.Error("network policies rejected; keeping the policy in force", "err", err)
+		} else {
+			next.Policy = eng
+			changed = true
+			s.log.Info("network policies in force", "policies", len(eng.Objects().Policies))
+		}
+	}
+	pods, err := s.l.pods.List(labels.Everything())
+	if err != nil { // a cache lister does not fail; keep the last set if it ever does
+		s.log.Error("list this node's pods", "err", err)
+		next.Workloads = s.workloads
+		return next, changed
+	}
+	if rescan || s.snapshot == nil {
+		s.rescan(ctx, pods)
+	}
+	next.Workloads = s.selectWorkloads(pods)
+	if !sameWorkloads(next.Workloads, s.workloads) {
+		changed = true
+		s.workloads = next.Workloads
+	}
+	return next, changed
+}
+
+// compilePolicy compiles every NetworkPolicy, with the namespaces their
+// selectors look at.
+func (s *state) compilePolicy() (*policy.Engine, error) {
+	nss, err := s.l.namespaces.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	nps, err := s.l.policies.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	// Sorted: the engine explains decisions by policy name, and the same
+	// objects must give the same engine whatever order the cache lists.
+	sort.Slice(nss, func(i, j int) bool { return nss[i].Name < nss[j].Name })
+	sort.Slice(nps, func(i, j int) bool {
+		return nps[i].Namespace+"/"+nps[i].Name < nps[j].Namespace+"/"+nps[j].Name
+	})
+	return k8s.Compile(policy.Objects{Namespaces: nss, Policies: nps})
+}
+
+// rescan looks up the node's namespaces again, when a pod could be
+// protected: a node with no running pod needs no scan.
+func (s *state) rescan(ctx context.Context, pods []*corev1.Pod) {
+	for _, p := range pods {
+		if _, ok := candidate(p); ok {
+			snap, err := s.cfg.NetNS.Scan(ctx)
+			if err != nil {
+				s.log.Error("scan network namespaces; keeping the previous scan", "err", err)
+				return
+			}
+			for _, problem := range snap.Problems {
+				s.log.Warn("network namespace not readable", "err", problem)
+			}
+			s.snapshot = snap
+			return
+		}
+	}
+	s.snapshot = podnetns.NewSnapshot(nil)
+}
+
+// candidate returns a pod's IP when it may be protected: Running, not on
+// the host network, with an IP.
+func candidate(p *corev1.Pod) (netip.Addr, bool) {
+	if p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(p.Status.PodIP)
+	return ip, err == nil
+}
+
+// selectWorkloads picks the workloads: pods that may be protected and whose IP one
+// network namespace holds. Every pod's status is logged when it changes.
+func (s *state) selectWorkloads(pods []*corev1.Pod) []desired.Workload {
+	sort.Slice(pods, func(i, j int) bool { return podRef(pods[i]) < podRef(pods[j]) })
+	seen := make(map[string]bool, len(pods))
+	claimed := map[string]string{} // netns path -> pod ref
+	var out []desired.Workload
+	for _, p := range pods {
+		if p.Spec.NodeName != s.cfg.Node {
+			continue // the field selector already left these out; a mistake there must not protect another node's pods
+		}
+		ref := podRef(p)
+		seen[ref] = true
+		status, w := s.workloadOf(p, claimed)
+		if w != nil {
+			claimed[w.NetNS] = ref
+			out = append(out, *w)
+		}
+		s.report(ref, status)
+	}
+	for ref := range s.status {
+		if !seen[ref] {
+			s.report(ref, "")
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NetNS < out[j].NetNS })
+	return out
+}
+
+// workloadOf returns a pod's protection status and, when protected, its
+// workload.
+func (s *state) workloadOf(p *corev1.Pod, claimed map[string]string) (string, *desired.Workload) {
+	switch {
+	case p.Spec.HostNetwork:
+		return "not protected: hostNetwork pods share the node's network namespace", nil
+	case p.Status.Phase != corev1.PodRunning:
+		return fmt.Sprintf("not protected yet: phase %q", p.Status.Phase), nil
+	case p.Status.PodIP == "":
+		return "not protected yet: no pod IP", nil
+	}
+	ip, err := netip.ParseAddr(p.Status.PodIP)
+	if err != nil {
+		return fmt.Sprintf("not protected: pod IP %q does not parse", p.Status.PodIP), nil
+	}
+	path, err := s.snapshot.Lookup(ip)
+	if err != nil {
+		// A namespace that could not be read this time is not gone: a pod
+		// protected there stays protected rather than flap.
+		if prev := s.delivered(podRef(p)); prev != nil && s.snapshot.Unreadable(prev.NetNS) {
+			path = prev.NetNS
+		} else {
+			return fmt.Sprintf("not protected: network namespace: %v", err), nil
+		}
+	}
+	if other, dup := claimed[path]; dup {
+		return fmt.Sprintf("not protected: network namespace %s also holds pod %s", path, other), nil
+	}
+	ns, err := s.l.namespaces.Get(p.Namespace)
+	if err != nil {
+		ns = nil // not seen yet: the identity carries the namespace name only, as IdentityOf documents
+	}
+	return "protected in " + path, &desired.Workload{
+		Ref:      podRef(p),
+		NetNS:    path,
+		Identity: k8s.IdentityOf(s.cfg.Cluster, ns, p),
+	}
+}
+
+// delivered returns the workload last delivered for the pod ref, or nil.
+func (s *state) delivered(ref string) *desired.Workload {
+	for i := range s.workloads {
+		if s.workloads[i].Ref == ref {
+			return &s.workloads[i]
+		}
+	}
+	return nil
+}
+
+// report logs a pod's status when it changed; "" means the pod is gone.
+func (s *state) report(ref, status string) {
+	if s.status[ref] == status {
+		return
+	}
+	switch {
+	case status == "":
+		delete(s.status, ref)
+		s.log.Info("pod gone from this node", "pod", ref)
+		return
+	case strings.HasPrefix(status, "protected"):
+		s.log.Info("pod status", "pod", ref, "status", status)
+	default:
+		s.log.Warn("pod status", "pod", ref, "status", status)
+	}
+	s.status[ref] = status
+}
+
+// sameWorkloads compares two sorted workload sets by what the datapath
+// uses: namespace, name and identity.
+func sameWorkloads(a, b []desired.Workload) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Ref != b[i].Ref || a[i].NetNS != b[i].NetNS || digest(a[i].Identity) != digest(b[i].Identity) {
+			return false
+		}
+	}
+	return true
+}
+
+func digest(id *identity.Identity) identity.Digest {
+	if id == nil {
+		return identity.Digest{}
+	}
+	return id.Digest()
+}
+
+func podRef(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
