@@ -44,6 +44,9 @@ type Config struct {
 	// TokenLifetime bounds how long a signed identity token is valid
 	// (0: the tokens package default).
 	TokenLifetime time.Duration
+	// NATGateways declares the trust domains whose nodes reach this one
+	// through source NAT, and their gateways (tokens.Config.NATGateways).
+	NATGateways tokens.NATGateways
 	// CertFile and KeyFile are this node's credentials, issued by the
 	// cluster CA; they are reloaded when they change on disk.
 	CertFile, KeyFile string
@@ -140,7 +143,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if creds.TrustDomain != cfg.Cluster {
 		return fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, cfg.Cluster)
 	}
-	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: cfg.TokenLifetime})
+	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: cfg.TokenLifetime, NATGateways: cfg.NATGateways})
 	if err != nil {
 		return fmt.Errorf("token engine: %w", err)
 	}

@@ -75,7 +75,12 @@ type Config struct {
 // Options choose how Up builds a lab.
 type Options struct {
 	// NAT masquerades traffic between nodes, so servers see node addresses.
+	// The enforcers are told (--nat-peers) that the lab's trust domain is
+	// reached through NAT from those addresses.
 	NAT bool
+	// NoNATDeclaration leaves that declaration out, so that connections
+	// between nodes fail closed under NAT: for tests of exactly that.
+	NoNATDeclaration bool `json:",omitempty"`
 	// NoEnforce builds the lab without enforcers: plain routing, every
 	// connection allowed. For comparisons and debugging.
 	NoEnforce bool
@@ -474,6 +479,7 @@ func (l *Lab) startEnforcer(node string) error {
 		"--flows", l.cfg.path("flows", node+".jsonl"),
 		"--poll", l.st.Options.Poll.String(),
 	)
+	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
 	if _, err := startDetached(cmd, l.cfg.path("logs", "enforce-"+node+".log")); err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}

@@ -24,6 +24,7 @@ func newEnforceCmd() *cobra.Command {
 		flows       string
 		metricsAddr string
 		verbose     bool
+		natPeers    natPeersFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "enforce --node NAME --store DIR --cluster NAME --ca-bundle FILE[,FILE...] --cert FILE --key FILE",
@@ -66,6 +67,7 @@ is removed and it exits 0.`,
 					}
 				}()
 			}
+			cfg.NATGateways = natPeers.gateways
 			return agent.Run(ctx, cfg)
 		},
 	}
@@ -79,6 +81,7 @@ is removed and it exits 0.`,
 	f.StringVar(&flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
 	f.DurationVar(&cfg.TokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.Var(&natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
 	f.IntVar(&cfg.Queues, "queues", 1, "NFQUEUE queues per workload")
 	f.DurationVar(&cfg.Poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
