@@ -10,6 +10,7 @@ import (
 
 	"github.com/bireme/bireme/enforcer"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/supervisor"
 	"github.com/bireme/bireme/tokens"
@@ -36,10 +37,10 @@ const handshakeTimeout = 10 * time.Second
 
 func newNodeDatapath(cfg nodeDatapathConfig) (*nodeDatapath, error) {
 	// The enforcer must read the queues and set the marks the supervisor's
-	// rules use: both get the same configuration.
-	rules := supervisor.Config{Queues: cfg.Queues}
+	// rules use: both get the same layout.
+	layout := marks.Layout{Queues: cfg.Queues}
 	enf, err := enforcer.New(enforcer.Config{
-		Rules:            rules,
+		Layout:           layout,
 		Node:             cfg.Node,
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
@@ -50,7 +51,7 @@ func newNodeDatapath(cfg nodeDatapathConfig) (*nodeDatapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: %w", err)
 	}
-	return &nodeDatapath{sup: supervisor.New(rules), enf: enf}, nil
+	return &nodeDatapath{sup: supervisor.New(layout), enf: enf}, nil
 }
 
 // Install opens the enforcer's queue first and then installs the rules that

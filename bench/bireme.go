@@ -14,9 +14,10 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/lab/topology"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/topology"
 )
 
 // How the enforcers run.
@@ -226,7 +227,7 @@ func (r *runner) removeLeftoverRules() error {
 		if !left {
 			continue
 		}
-		err := supervisor.New(supervisor.Config{}).Unprotect(ctx, h.NS.Path())
+		err := supervisor.New(marks.Layout{}).Unprotect(ctx, h.NS.Path())
 		errs = append(errs, fmt.Errorf("the enforcer left %s* rules in %s (removed: %v)", supervisor.ChainPrefix, h.NS.Name, err == nil))
 		if err != nil {
 			errs = append(errs, err)

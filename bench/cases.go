@@ -11,8 +11,9 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/bench/workload"
+	"github.com/bireme/bireme/lab/topology"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/topology"
 )
 
 // processModel is recorded in the results: how the measured parties run.
@@ -278,16 +279,16 @@ func (r *runner) startFirewall(ctx context.Context) (*active, error) {
 // shape cannot drift) in both workloads, and one accept-only reader process
 // per node.
 func (r *runner) startFloor(ctx context.Context) (*active, error) {
-	sup := supervisor.New(supervisor.Config{QueueBase: floorQueue})
-	marks := sup.Config()
+	sup := supervisor.New(marks.Layout{QueueBase: floorQueue})
+	layout := sup.Layout()
 	act := &active{}
 	var undo undoStack
 	act.stop = undo.run
 	for _, h := range []*topology.Host{r.client, r.server} {
 		w, err := r.startWorker(ctx, "nfq-accept "+h.Node, nil, roleNFQ,
 			"-netns", h.NS.Path(), "-queue", strconv.Itoa(floorQueue),
-			"-pending", strconv.FormatUint(uint64(marks.MarkPending), 10),
-			"-authorized", strconv.FormatUint(uint64(marks.MarkAuthorized), 10))
+			"-pending", strconv.FormatUint(uint64(layout.Pending), 10),
+			"-authorized", strconv.FormatUint(uint64(layout.Authorized), 10))
 		if err != nil {
 			return nil, errors.Join(err, act.stop())
 		}

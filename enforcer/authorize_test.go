@@ -47,7 +47,7 @@ func TestServerAuthorizedAfterACK(t *testing.T) {
 
 	// Nobody has sent a byte: only the enforcer's conntrack update can
 	// have made the connection Authorized.
-	auth, mask := l.sup.Config().MarkAuthorized, l.sup.Config().Mask()
+	auth, mask := l.sup.Layout().Authorized, l.sup.Layout().Mask()
 	var marks []uint32
 	var out []byte
 	for deadline := time.Now().Add(2 * time.Second); ; {

@@ -5,7 +5,9 @@
 //
 // One Enforcer serves every workload on a node:
 //
-//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Flows: w})
+//	layout := marks.Layout{} // queues and mark bits: the supervisor and the enforcer take the same
+//	sup := supervisor.New(layout)
+//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Flows: w, Layout: layout})
 //	e.Attach(ctx, enforcer.Workload{Identity: id, NetNS: "/run/netns/pod1"}) // open its queue(s)
 //	sup.Protect(ctx, "/run/netns/pod1")                                        // then the rules that feed them
 //	...
@@ -33,12 +35,15 @@
 //     client handshake (ConsumeSYNACK) and the client's egress policy
 //     decides; the ACK's proof is verified (ConsumeACK), the ACK passes
 //     still Pending and, once its verdict is given, the connection is marked
-//     Authorized in conntrack (queue.go, supervisor.ConnMarker). Deny means
+//     Authorized in conntrack (queue.go, conntrack.go). Deny means
 //     drop, never a reset.
 //   - handshake.go: per-workload table of handshakes in progress, keyed by
 //     the tuple as the namespace sees it, bounded, expired after
 //     Config.HandshakeTimeout.
-//   - flows.go: one flowlog.Record per decision and per token rejection.
+//   - flows.go: one flowlog.Record per decision and per token rejection,
+//     handed to Config.OnDecision on the packet path and to the flow log
+//     (flowqueue.go) off it.
+//   - conntrack.go: the server's conntrack update after the proof ACK.
 //   - checksum.go: the checksums a rewrite needs.
 //
 // After the handshake the connection carries the Authorized conntrack mark

@@ -68,7 +68,7 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 	}
 	if c.noToken {
 		// The client runs no enforcer: it would not understand a token.
-		return verdict{accept: true, mark: q.e.cfg.Rules.MarkAuthorized}
+		return verdict{accept: true, mark: q.e.cfg.Layout.Authorized}
 	}
 	local := q.wl.id.Load()
 	payload, err := c.server.NewSYNACK(local, p.seq)
@@ -84,7 +84,7 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 			reason: fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err)})
 		return drop
 	}
-	return verdict{accept: true, packet: out, mark: q.e.cfg.Rules.MarkPending}
+	return verdict{accept: true, packet: out, mark: q.e.cfg.Layout.Pending}
 }
 
 // egressACK attaches the client proof to the handshake-completing ACK and
@@ -103,7 +103,7 @@ func (q *queue) egressACK(p *packet, key connKey) verdict {
 		if !c.authorized {
 			return drop
 		}
-		return verdict{accept: true, mark: q.e.cfg.Rules.MarkAuthorized}
+		return verdict{accept: true, mark: q.e.cfg.Layout.Authorized}
 	}
 	if c == nil || c.proof == nil {
 		// The client already decided (policy allowed the SYN-ACK); without
@@ -114,7 +114,7 @@ func (q *queue) egressACK(p *packet, key connKey) verdict {
 	if err != nil {
 		return verdict{accept: true}
 	}
-	return verdict{accept: true, packet: out, mark: q.e.cfg.Rules.MarkAuthorized}
+	return verdict{accept: true, packet: out, mark: q.e.cfg.Layout.Authorized}
 }
 
 // dropData removes data a SYN or SYN-ACK carries (TCP Fast Open): with the

@@ -11,8 +11,8 @@ import (
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/policy"
-	"github.com/bireme/bireme/supervisor"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -53,10 +53,10 @@ type Config struct {
 	// HandshakeTimeout is how long a handshake that has not completed is
 	// remembered (default 10s, longer than the first SYN retransmissions).
 	HandshakeTimeout time.Duration
-	// Rules is the supervisor configuration the workloads' rules were
-	// installed with: which queues to read and which mark bits to set. The
-	// zero value matches supervisor.Config's zero value.
-	Rules supervisor.Config
+	// Layout says which queues to read and which mark bits to set: the
+	// same value the supervisor's rules were installed with. The zero
+	// value is marks.Layout's defaults.
+	Layout marks.Layout
 	// MaxPacket bounds the size of a handshake packet carrying a token
 	// (default DefaultMaxPacket). A connection whose token would not fit is
 	// refused with a flow record rather than sent and lost on the path.
@@ -78,7 +78,7 @@ type Workload struct {
 type Enforcer struct {
 	cfg  Config
 	log  *slog.Logger
-	mask uint32 // cfg.Rules.Mask(), fixed by New: read for every marked packet
+	mask uint32 // cfg.Layout.Mask(), fixed by New: read for every marked packet
 
 	mu        sync.Mutex
 	workloads map[string]*workload // by netns path
@@ -93,7 +93,7 @@ type Enforcer struct {
 // workload is the enforcer's state for one attached namespace.
 type workload struct {
 	netns  string
-	marker *supervisor.ConnMarker // nil in tests without a namespace
+	marker *connMarker // nil in tests without a namespace
 	id     atomic.Pointer[identity.Identity]
 	conns  *connTable
 	queues []*queue
@@ -118,13 +118,13 @@ func New(cfg Config) (*Enforcer, error) {
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
-	cfg.Rules = supervisor.New(cfg.Rules).Config()
+	cfg.Layout = cfg.Layout.WithDefaults()
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Rules.Mask(), workloads: map[string]*workload{}, stop: cancel}
+	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -135,6 +135,10 @@ func New(cfg Config) (*Enforcer, error) {
 // serving them. Open the queues before the supervisor installs the rules
 // that feed them, so no handshake waits on a queue nobody reads. Attaching
 // a namespace that is already attached updates its identity.
+//
+// ctx bounds the attaching only: Attach gives up between its steps
+// (conntrack socket, each queue) once ctx is done, and closes what it had
+// opened. The queues live until Detach or Close, however long ctx lives.
 func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 	if w.Identity == nil || w.NetNS == "" {
 		return errors.New("attach: workload needs an identity and a netns path")
@@ -148,31 +152,45 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 		old.id.Store(w.Identity.Clone())
 		return nil
 	}
-	qctx, cancel := context.WithCancel(context.Background())
-	wl := &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
-	wl.id.Store(w.Identity.Clone())
-	marker, err := supervisor.NewConnMarker(w.NetNS, e.mask)
+	wl, err := e.open(ctx, w)
 	if err != nil {
-		cancel()
 		return fmt.Errorf("attach %s: %w", w.NetNS, err)
-	}
-	wl.marker = marker
-	for i := range e.cfg.Rules.Queues {
-		num := e.cfg.Rules.QueueBase + i
-		q, err := e.openQueue(qctx, wl, num)
-		if err != nil {
-			cancel()
-			for _, q := range wl.queues {
-				q.close()
-			}
-			marker.Close()
-			return fmt.Errorf("attach %s: queue %d: %w", w.NetNS, num, err)
-		}
-		wl.queues = append(wl.queues, q)
 	}
 	e.workloads[w.NetNS] = wl
 	e.log.Info("attached", "netns", w.NetNS, "workload", w.Identity.String(), "queues", len(wl.queues))
 	return nil
+}
+
+// open makes wl's conntrack marker and queues, checking ctx before each.
+// On error it closes what it opened.
+func (e *Enforcer) open(ctx context.Context, w Workload) (wl *workload, err error) {
+	// The queues' context is the workload's own: Detach and Close end it.
+	qctx, cancel := context.WithCancel(context.Background())
+	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
+	wl.id.Store(w.Identity.Clone())
+	defer func() {
+		if err != nil {
+			_ = wl.close()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if wl.marker, err = newConnMarker(w.NetNS, e.mask); err != nil {
+		return nil, err
+	}
+	for i := range e.cfg.Layout.Queues {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		num := e.cfg.Layout.QueueBase + i
+		q, err := e.openQueue(qctx, wl, num)
+		if err != nil {
+			return nil, fmt.Errorf("queue %d: %w", num, err)
+		}
+		wl.queues = append(wl.queues, q)
+	}
+	return wl, nil
 }
 
 // Update replaces the identity of an attached workload (its labels
@@ -212,7 +230,7 @@ func (wl *workload) close() error {
 		}
 	}
 	if wl.marker != nil {
-		if err := wl.marker.Close(); err != nil {
+		if err := wl.marker.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close conntrack socket of %s: %w", wl.netns, err))
 		}
 	}

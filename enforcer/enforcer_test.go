@@ -19,6 +19,7 @@ import (
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
 	"github.com/bireme/bireme/policy"
@@ -149,15 +150,15 @@ func newLab(t testing.TB, queues uint16) *lab {
 	}
 
 	eng := newTokenEngine(t, "lab", "node1")
-	rules := supervisor.Config{Queues: queues}
-	l.sup = supervisor.New(rules)
+	layout := marks.Layout{Queues: queues}
+	l.sup = supervisor.New(layout)
 	// newEnforcer starts an enforcer attached to both workloads and
 	// (re)installs the rules, as the agent does at every start.
 	l.newEnforcer = func() *Enforcer {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		enf, err := New(Config{Node: "node1", Tokens: eng, Policy: pol, Flows: flowlog.NewWriter(l.flows),
-			HandshakeTimeout: 5 * time.Second, Rules: rules})
+			HandshakeTimeout: 5 * time.Second, Layout: layout})
 		if err != nil {
 			t.Fatal(err)
 		}

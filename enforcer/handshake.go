@@ -14,10 +14,14 @@ type connKey struct {
 	local, remote netip.AddrPort
 }
 
-// conn is the handshake state of one connection. It is only touched by
-// the queue goroutine that serves the connection (the kernel puts both
-// directions of a flow on one queue), so its fields need no lock; the
-// table's lock guards the map.
+// conn is the handshake state of one connection. Its fields are written
+// by the queue goroutine that serves the connection (the kernel puts both
+// directions of a flow on one queue), which reads them without a lock.
+// The cleanup goroutine reads a server conn's fields in connTable.expire:
+// server, noToken and expires are written before the conn is put in the
+// table and never after, and peer, verified and authorized change only
+// under the table's lock (connTable.complete). held is guarded by the
+// table's lock too.
 type conn struct {
 	expires time.Time
 
@@ -85,16 +89,15 @@ func (c *conn) clientFor(nonce [tokens.NonceSize]byte) *tokens.ClientHandshake {
 	return nil
 }
 
-// earlierAccepts says whether proof completes the handshake of an earlier
-// transmission of the SYN; the peer identity becomes that handshake's.
-func (c *conn) earlierAccepts(proof []byte) bool {
+// earlierAccepts returns the peer of the handshake of an earlier
+// transmission of the SYN that proof completes, nil if none.
+func (c *conn) earlierAccepts(proof []byte) *identity.Identity {
 	for _, sh := range c.earlier {
 		if sh.ConsumeACK(proof) == nil {
-			c.peer = sh.Peer()
-			return true
+			return sh.Peer()
 		}
 	}
-	return false
+	return nil
 }
 
 // connTable holds the handshakes in progress of one workload, bounded.
@@ -162,6 +165,17 @@ func (t *connTable) takeHeld(k connKey) []heldPacket {
 	return ps
 }
 
+// complete records that the server conn c accepted the client's proof
+// from peer. Under the table's lock: expire reads these fields from the
+// cleanup goroutine.
+func (t *connTable) complete(c *conn, proof []byte, peer *identity.Identity) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c.authorized = true
+	c.verified = proof
+	c.peer = peer
+}
+
 func (t *connTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -182,6 +196,8 @@ func (t *connTable) expire(now time.Time) (unfinished []expiredHandshake, held [
 			delete(t.m, k)
 			held = append(held, c.held...)
 			t.held -= len(c.held)
+			// Only a server conn's fields are read here: a client conn's
+			// change without the lock (see conn).
 			if c.server != nil && c.verified == nil && !c.authorized && !c.noToken {
 				unfinished = append(unfinished, expiredHandshake{key: k, peer: c.peer})
 			}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/policy"
-	"github.com/bireme/bireme/supervisor"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -147,7 +147,7 @@ func (v verdict) or(orig []byte) []byte {
 }
 
 func TestHandshakeStates(t *testing.T) {
-	auth, pending := supervisor.DefaultMarkAuthorized, supervisor.DefaultMarkPending
+	auth, pending := marks.DefaultAuthorized, marks.DefaultPending
 	syn := func(sport uint16) []byte { return seg(t, true, sport, true, false, linuxSYNOptions, nil) }
 	synack := func(sport uint16) []byte { return seg(t, false, sport, true, true, linuxSYNOptions, nil) }
 	ackPkt := func(sport uint16) []byte { return seg(t, true, sport, false, true, linuxACKOptions, nil) }
@@ -462,7 +462,7 @@ func FuzzProcess(f *testing.F) {
 		v := p.cli.process(synBytes, true)
 		p.srv.process(v.packet, false)
 		for _, q := range []*queue{p.cli, p.srv} {
-			if v := q.process(b, outgoing); v.mark == supervisor.DefaultMarkAuthorized || v.authorize {
+			if v := q.process(b, outgoing); v.mark == marks.DefaultAuthorized || v.authorize {
 				t.Fatalf("one packet authorized a connection (outgoing=%v): %x", outgoing, b)
 			}
 		}
@@ -518,7 +518,7 @@ func TestExpiredHalfOpenHandshakeIsRecorded(t *testing.T) {
 // client proof: the ACK passes still Pending and the connection is marked
 // Authorized in conntrack only after the verdict (see ingressACK).
 func authorizedAfter(v verdict) bool {
-	return v.accept && v.mark == supervisor.DefaultMarkPending && v.authorize
+	return v.accept && v.mark == marks.DefaultPending && v.authorize
 }
 
 // proofACK runs a handshake from client port sport up to the client's

@@ -81,7 +81,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		// lost. Let it through so the kernel answers with the ACK again,
 		// and make the connection Pending so that ACK gets the proof.
 		if tok != nil && bytes.Equal(tok, c.synack) {
-			return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+			return q.acceptStripped(p, q.e.cfg.Layout.Pending)
 		}
 		// It may answer another transmission of our SYN: one that reached
 		// the server after it had answered the first, so the server now
@@ -106,7 +106,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 			return drop
 		}
 		c.noToken = true
-		return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+		return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
 	}
 	ch := c.clients[len(c.clients)-1]
 	if nonce, ok := tokens.SYNACKClientNonce(tok); ok {
@@ -137,7 +137,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	c.answered = ch
 	c.proof = proof
 	c.synack = append([]byte(nil), tok...)
-	return q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+	return q.acceptStripped(p, q.e.cfg.Layout.Pending)
 }
 
 // ingressACK checks the client's proof on the server: only then is the
@@ -151,7 +151,7 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 	proof := p.proof()
 	if c.authorized {
 		if proof == nil || bytes.Equal(proof, c.verified) {
-			return q.acceptStripped(p, q.e.cfg.Rules.MarkAuthorized)
+			return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
 		}
 		return drop
 	}
@@ -160,22 +160,24 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 		// room for it: it waits for the proof (conn.held).
 		return verdict{hold: true, key: key}
 	}
+	peer := c.peer
 	if err := c.server.ConsumeACK(proof); err != nil {
-		if !c.earlierAccepts(proof) {
+		// The proof may complete the handshake of an earlier SYN, whose
+		// peer identity it then is.
+		if peer = c.earlierAccepts(proof); peer == nil {
 			q.record(p, outcome{dir: policy.Ingress, stage: stageACK, local: q.wl.id.Load(), peer: c.peer,
 				reason: "denied: client proof rejected: " + err.Error(), tokenErr: err})
 			return verdict{dropHeld: true, key: key}
 		}
 	}
-	c.authorized = true
-	c.verified = append([]byte(nil), proof...)
+	q.wl.conns.complete(c, bytes.Clone(proof), peer)
 	// The ACK itself leaves the connection Pending, and the Authorized
 	// mark is set only after this verdict (handle): had the ACK carried
 	// it, the client's first data could bypass the queue on another CPU
 	// while the kernel was still turning the ACK into a socket, meet only
 	// the listener and be answered with a reset. Data arriving meanwhile
 	// is queued behind the ACK and authorized above.
-	v := q.acceptStripped(p, q.e.cfg.Rules.MarkPending)
+	v := q.acceptStripped(p, q.e.cfg.Layout.Pending)
 	if v.accept {
 		v.authorize, v.key = true, key
 	}

@@ -17,20 +17,19 @@ import (
 
 // This file speaks the NFQUEUE netlink protocol directly (nfnetlink_queue,
 // include/uapi/linux/netfilter/nfnetlink_queue.h). The generic library
-// path put every packet through the Go netpoller (epoll, then a goroutine
-// wake-up), allocated a receive buffer and attribute structs per packet,
-// and marshalled each verdict into fresh slices. A handshake crosses the
-// queue up to six times before the server's application sees it, so those
-// wake-ups were most of Bireme's connection latency. Here one goroutine per
-// queue blocks in recvfrom on the socket itself, the kernel wakes that
-// thread directly, and both the receive and the verdict buffers are reused:
-// no allocation per packet.
+// (go-nfqueue over mdlayher/netlink) allocated a receive buffer,
+// attribute structs and verdict slices for every packet; a handshake
+// crosses the queue up to six times before the server's application sees
+// it. Here each queue has one receive and one verdict buffer, reused;
+// attributes are parsed in place and a verdict is one write: no
+// allocation per packet (docs/performance.md, change 1).
 //
-// The socket is non-blocking and waits in the Go netpoller. A reader that
-// blocks in recvfrom on its own thread was tried and was slower: with two
-// CPUs (GOMAXPROCS 2) and one reader per workload namespace, the blocked
-// readers held both Ps until the runtime's monitor took them back, which
-// stalled every other goroutine for up to milliseconds.
+// The socket is non-blocking and its reader goroutine waits in the Go
+// netpoller. A reader that blocks in recvfrom on its own thread was tried
+// and was slower: with two CPUs (GOMAXPROCS 2) and one reader per workload
+// namespace, the blocked readers held both Ps until the runtime's monitor
+// took them back, which stalled every other goroutine for up to
+// milliseconds.
 
 // Netlink and nfnetlink_queue constants.
 const (

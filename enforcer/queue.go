@@ -107,7 +107,7 @@ func (q *queue) handle(a *queuedPacket) {
 		// The kernel processed the accepted packet inside the verdict
 		// call, so the connection's socket exists by now.
 		k := v.key
-		if err := q.wl.marker.Set(k.remote, k.local, q.e.cfg.Rules.MarkAuthorized); err != nil {
+		if err := q.wl.marker.set(k.remote, k.local, q.e.cfg.Layout.Authorized); err != nil {
 			// The connection stays Pending: its next packet from the
 			// client is queued and authorized by ingressACK instead.
 			q.e.log.Warn("authorize in conntrack failed", "netns", q.wl.netns, "err", err)
@@ -148,7 +148,7 @@ func (q *queue) give(id, pktMark uint32, accept bool, mark uint32, packet []byte
 func (p heldPacket) release(accept bool) {
 	var mark uint32
 	if accept {
-		mark = p.q.e.cfg.Rules.MarkAuthorized
+		mark = p.q.e.cfg.Layout.Authorized
 	}
 	_ = p.q.give(p.id, p.mark, accept, mark, nil)
 }

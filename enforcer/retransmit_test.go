@@ -5,7 +5,7 @@ import (
 
 	"testing"
 
-	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/marks"
 )
 
 // TestLateRetransmittedSYN: under load the client's kernel retransmits
@@ -18,7 +18,7 @@ import (
 // and the connection hung: the client thinks it is established, the
 // server drops all it sends.)
 func TestLateRetransmittedSYN(t *testing.T) {
-	auth := supervisor.DefaultMarkAuthorized
+	auth := marks.DefaultAuthorized
 	const sport = 7
 	syn := seg(t, true, sport, true, false, linuxSYNOptions, nil)
 	synack := seg(t, false, sport, true, true, linuxSYNOptions, nil)
@@ -81,7 +81,7 @@ func TestLateRetransmittedSYN(t *testing.T) {
 // SYN-ACK the client took; the client must verify it and send that
 // handshake's proof, or the connection hangs.
 func TestLostACKAfterLateSYN(t *testing.T) {
-	pending := supervisor.DefaultMarkPending
+	pending := marks.DefaultPending
 	const sport = 8
 	syn := seg(t, true, sport, true, false, linuxSYNOptions, nil)
 	synack := seg(t, false, sport, true, true, linuxSYNOptions, nil)

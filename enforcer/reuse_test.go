@@ -20,7 +20,7 @@ import (
 func TestReusedTupleRedoesHandshake(t *testing.T) {
 	l := newLab(t, 1)
 	srv := serve(t, l.web, "198.18.7.1:8080")
-	auth := l.sup.Config().MarkAuthorized
+	auth := l.sup.Layout().Authorized
 	port := 40000 + int(time.Now().UnixNano()%20000)
 	local := fmt.Sprintf("198.18.7.2:%d", port)
 	key := connKey{local: netip.MustParseAddrPort("198.18.7.1:8080"), remote: netip.MustParseAddrPort(local)}

@@ -1,6 +1,6 @@
 package lab
 
-import "github.com/bireme/bireme/topology"
+import "github.com/bireme/bireme/lab/topology"
 
 // natPeerArgs declares, in a lab with NAT between nodes, that the lab's own
 // trust domain is reached through NAT from the nodes' router-facing

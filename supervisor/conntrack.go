@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,21 +10,14 @@ import (
 	"strings"
 
 	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
 
-// ctnetlink constants (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
+// TCP conntrack states (enum tcp_conntrack in the kernel's uapi).
 const (
-	ctMsgNew           = 0 // IPCTNL_MSG_CT_NEW (without NLM_F_CREATE: update)
-	ctMsgGet           = 1 // IPCTNL_MSG_CT_GET
-	ctaTupleOrig       = 1
-	ctaProtoinfo       = 4
-	ctaMark            = 8
-	ctaProtoinfoTCP    = 1
-	ctaProtoinfoTCPSt  = 1
-	tcpCtEstablished   = 3 // TCP_CONNTRACK_ESTABLISHED
-	tcpCtLastAck       = 6 // TCP_CONNTRACK_LAST_ACK
-	nfnlSubsysCtnetlnk = 1
+	tcpCtEstablished = 3 // TCP_CONNTRACK_ESTABLISHED
+	tcpCtLastAck     = 6 // TCP_CONNTRACK_LAST_ACK
 )
 
 // markEstablished sets the authorized bit on every TCP connection in the
@@ -35,114 +27,51 @@ const (
 // always carries one of our bits by the time it is established, so it is
 // never promoted here.
 func markEstablished(netnsPath string, authorized, mask uint32) error {
-	c, err := dialCtnetlink(netnsPath)
+	c, err := dialConntrack(netnsPath)
 	if err != nil {
 		return fmt.Errorf("mark established connections: %w", err)
 	}
 	defer c.Close()
-
-	dump, err := c.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysCtnetlnk<<8 | ctMsgGet),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: nfgenmsg(unix.AF_UNSPEC),
-	})
+	flows, err := c.Dump(nil)
 	if err != nil {
 		return fmt.Errorf("mark established connections: dump conntrack: %w", err)
 	}
-	for _, m := range dump {
-		if len(m.Data) < 4 {
+	for _, f := range flows {
+		tcp := f.ProtoInfo.TCP
+		if f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP || tcp == nil ||
+			tcp.State < tcpCtEstablished || tcp.State > tcpCtLastAck || f.Mark&mask != 0 {
 			continue
 		}
-		family := m.Data[0]
-		tuple, mark, state, isTCP, err := parseCtEntry(m.Data[4:])
-		if err != nil || !isTCP || tuple == nil {
-			continue
-		}
-		if state < tcpCtEstablished || state > tcpCtLastAck || mark&mask != 0 {
-			continue
-		}
-		attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: netlink.Nested | ctaTupleOrig, Data: tuple},
-			{Type: ctaMark, Data: binary.BigEndian.AppendUint32(nil, mark&^mask|authorized)},
-		})
-		if err != nil {
-			return fmt.Errorf("mark established connections: %w", err)
-		}
-		_, err = c.Execute(netlink.Message{
-			Header: netlink.Header{
-				Type:  netlink.HeaderType(nfnlSubsysCtnetlnk<<8 | ctMsgNew),
-				Flags: netlink.Request | netlink.Acknowledge,
-			},
-			Data: append(nfgenmsg(family), attrs...),
-		})
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("mark established connections: update mark: %w", err)
+		// Only the tuples (to find the entry) and the mark: every other
+		// field of the dump would be written back as it was read.
+		update := conntrack.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Mark: f.Mark&^mask | authorized}
+		// ENOENT: the connection ended since the dump.
+		if err := c.Update(update); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("mark established connections: update mark of %s: %w", flowName(f), err)
 		}
 	}
 	return nil
 }
 
-func nfgenmsg(family uint8) []byte {
-	return []byte{family, unix.NFNETLINK_V0, 0, 0}
+func flowName(f conntrack.Flow) string {
+	return netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort).String() + "-" +
+		netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort).String()
 }
 
-// parseCtEntry extracts what markEstablished needs from one conntrack
-// dump message: the raw original tuple, the mark and the TCP state.
-func parseCtEntry(b []byte) (tuple []byte, mark uint32, state uint8, isTCP bool, err error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+// dialConntrack opens a ctnetlink socket inside the namespace at
+// netnsPath; the socket stays there once the namespace file is closed.
+func dialConntrack(netnsPath string) (*conntrack.Conn, error) {
+	f, err := os.Open(netnsPath)
 	if err != nil {
-		return nil, 0, 0, false, err
+		return nil, fmt.Errorf("open netns: %w", err)
 	}
-	ad.ByteOrder = binary.BigEndian
-	for ad.Next() {
-		switch ad.Type() {
-		case ctaTupleOrig:
-			tuple = ad.Bytes()
-		case ctaMark:
-			mark = ad.Uint32()
-		case ctaProtoinfo:
-			ad.Nested(func(nad *netlink.AttributeDecoder) error {
-				for nad.Next() {
-					if nad.Type() != ctaProtoinfoTCP {
-						continue
-					}
-					isTCP = true
-					nad.Nested(func(tad *netlink.AttributeDecoder) error {
-						for tad.Next() {
-							if tad.Type() == ctaProtoinfoTCPSt {
-								state = tad.Uint8()
-							}
-						}
-						return nil
-					})
-				}
-				return nil
-			})
-		}
+	defer f.Close()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		return nil, fmt.Errorf("dial ctnetlink: %w", err)
 	}
-	return tuple, mark, state, isTCP, ad.Err()
+	return c, nil
 }
-
-// More ctnetlink constants, for creating entries.
-const (
-	ctaTupleReply      = 2
-	ctaTimeout         = 7
-	ctaTupleIP         = 1
-	ctaTupleProto      = 2
-	ctaIPv4Src         = 1
-	ctaIPv4Dst         = 2
-	ctaIPv6Src         = 3
-	ctaIPv6Dst         = 4
-	ctaProtoNum        = 1
-	ctaProtoSrcPort    = 2
-	ctaProtoDstPort    = 3
-	ctaTCPFlagsOrig    = 4
-	ctaTCPFlagsReply   = 5
-	tcpFlagBeLiberal   = 0x08
-	establishedTimeout = 5 * 24 * 3600 // the kernel's default for ESTABLISHED
-)
 
 // socketPair is one established TCP socket: its local and remote ends.
 type socketPair struct {
@@ -151,7 +80,8 @@ type socketPair struct {
 
 // establishedSockets lists the namespace's established TCP sockets from
 // /proc/thread-self/net/tcp{,6}, which show the namespace of the reading
-// thread.
+// thread. (Conntrack cannot list them: these sockets are the ones it does
+// not know.)
 func establishedSockets(netnsPath string) ([]socketPair, error) {
 	var out []socketPair
 	err := inNetNS(netnsPath, func() error {
@@ -210,6 +140,16 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
 }
 
+// What trackEstablishedSockets gives the entries it creates.
+const (
+	// establishedTimeout is the kernel's default for ESTABLISHED, in
+	// seconds.
+	establishedTimeout = 5 * 24 * 3600
+	// beLiberal is struct nf_ct_tcp_flags {flags, mask} with
+	// IP_CT_TCP_FLAG_BE_LIBERAL in both: skip window tracking.
+	beLiberal = 0x08<<8 | 0x08
+)
+
 // trackEstablishedSockets creates an authorized conntrack entry for every
 // established socket conntrack does not know yet. Conntrack only starts
 // tracking a namespace when a rule needs it, so connections made before
@@ -221,136 +161,19 @@ func trackEstablishedSockets(netnsPath string, authorized uint32) error {
 	if err != nil || len(socks) == 0 {
 		return err
 	}
-	c, err := dialCtnetlink(netnsPath)
+	c, err := dialConntrack(netnsPath)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	for _, s := range socks {
-		family := uint8(unix.AF_INET)
-		if s.local.Addr().Is6() {
-			family = unix.AF_INET6
-		}
-		liberal := []byte{tcpFlagBeLiberal, tcpFlagBeLiberal}
-		protoinfo, _ := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: ctaProtoinfoTCPSt, Data: []byte{tcpCtEstablished}},
-			{Type: ctaTCPFlagsOrig, Data: liberal},
-			{Type: ctaTCPFlagsReply, Data: liberal},
-		})
-		protoinfoTCP, _ := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: netlink.Nested | ctaProtoinfoTCP, Data: protoinfo},
-		})
-		attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: netlink.Nested | ctaTupleOrig, Data: ctTuple(s.local, s.remote)},
-			{Type: netlink.Nested | ctaTupleReply, Data: ctTuple(s.remote, s.local)},
-			{Type: ctaTimeout, Data: binary.BigEndian.AppendUint32(nil, establishedTimeout)},
-			{Type: ctaMark, Data: binary.BigEndian.AppendUint32(nil, authorized)},
-			{Type: netlink.Nested | ctaProtoinfo, Data: protoinfoTCP},
-		})
-		if err != nil {
-			return fmt.Errorf("encode conntrack entry: %w", err)
-		}
-		_, err = c.Execute(netlink.Message{
-			Header: netlink.Header{
-				Type:  netlink.HeaderType(nfnlSubsysCtnetlnk<<8 | ctMsgNew),
-				Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl,
-			},
-			Data: append(nfgenmsg(family), attrs...),
-		})
+		f := conntrack.NewFlow(unix.IPPROTO_TCP, 0, s.local.Addr(), s.remote.Addr(), s.local.Port(), s.remote.Port(),
+			establishedTimeout, authorized)
+		f.ProtoInfo.TCP = &conntrack.ProtoInfoTCP{State: tcpCtEstablished, OriginalFlags: beLiberal, ReplyFlags: beLiberal}
 		// EEXIST: conntrack already tracks it; markEstablished handles it.
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := c.Create(f); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add conntrack entry for %s-%s: %w", s.local, s.remote, err)
 		}
 	}
 	return nil
 }
-
-// ctTuple encodes a conntrack tuple for TCP from src to dst.
-func ctTuple(src, dst netip.AddrPort) []byte {
-	srcType, dstType := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-	if src.Addr().Is6() {
-		srcType, dstType = ctaIPv6Src, ctaIPv6Dst
-	}
-	ip, _ := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: srcType, Data: src.Addr().AsSlice()},
-		{Type: dstType, Data: dst.Addr().AsSlice()},
-	})
-	proto, _ := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: ctaProtoNum, Data: []byte{unix.IPPROTO_TCP}},
-		{Type: ctaProtoSrcPort, Data: binary.BigEndian.AppendUint16(nil, src.Port())},
-		{Type: ctaProtoDstPort, Data: binary.BigEndian.AppendUint16(nil, dst.Port())},
-	})
-	t, _ := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: netlink.Nested | ctaTupleIP, Data: ip},
-		{Type: netlink.Nested | ctaTupleProto, Data: proto},
-	})
-	return t
-}
-
-// ctaMarkMask is CTA_MARK_MASK: with it, an update changes only the mark
-// bits in the mask and keeps everyone else's.
-const ctaMarkMask = 21
-
-// ConnMarker sets Bireme's mark bits on single conntrack entries of one
-// workload namespace, over one ctnetlink socket opened in it. It is safe
-// for concurrent use.
-type ConnMarker struct {
-	c    *netlink.Conn
-	mask uint32
-}
-
-// NewConnMarker opens a ctnetlink socket in the namespace at netnsPath.
-// mask names the bits Set may change (Config.Mask()).
-func NewConnMarker(netnsPath string, mask uint32) (*ConnMarker, error) {
-	c, err := dialCtnetlink(netnsPath)
-	if err != nil {
-		return nil, fmt.Errorf("conn marker: %w", err)
-	}
-	return &ConnMarker{c: c, mask: mask}, nil
-}
-
-// dialCtnetlink opens a ctnetlink socket inside the namespace at
-// netnsPath; the socket stays there once the namespace file is closed.
-func dialCtnetlink(netnsPath string) (*netlink.Conn, error) {
-	f, err := os.Open(netnsPath)
-	if err != nil {
-		return nil, fmt.Errorf("open netns: %w", err)
-	}
-	defer f.Close()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
-	if err != nil {
-		return nil, fmt.Errorf("dial ctnetlink: %w", err)
-	}
-	return c, nil
-}
-
-// Set replaces the masked bits of the mark of the TCP connection whose
-// original direction is src -> dst with bits.
-func (m *ConnMarker) Set(src, dst netip.AddrPort, bits uint32) error {
-	family := uint8(unix.AF_INET)
-	if src.Addr().Is6() {
-		family = unix.AF_INET6
-	}
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: netlink.Nested | ctaTupleOrig, Data: ctTuple(src, dst)},
-		{Type: ctaMark, Data: binary.BigEndian.AppendUint32(nil, bits&m.mask)},
-		{Type: ctaMarkMask, Data: binary.BigEndian.AppendUint32(nil, m.mask)},
-	})
-	if err != nil {
-		return fmt.Errorf("mark %s-%s: %w", src, dst, err)
-	}
-	_, err = m.c.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysCtnetlnk<<8 | ctMsgNew),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: append(nfgenmsg(family), attrs...),
-	})
-	if err != nil {
-		return fmt.Errorf("mark %s-%s: %w", src, dst, err)
-	}
-	return nil
-}
-
-// Close closes the socket.
-func (m *ConnMarker) Close() error { return m.c.Close() }

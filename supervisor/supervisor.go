@@ -9,15 +9,17 @@
 //
 // # Rule layout
 //
-// Two connection-mark bits, owned by Bireme, carry the state of each TCP
+// Two connection-mark bits, owned by Bireme and named by the marks.Layout
+// the supervisor and the enforcer share, carry the state of each TCP
 // connection in the namespace's conntrack table:
 //
 //	Authorized  the enforcer verified the handshake: every packet passes in the kernel
 //	Pending     the enforcer accepted the SYN-ACK: the handshake-completing
 //	            ACK (client: with proof attached; server: proof verified) still
 //	            has to pass the queue. The server's enforcer sets Authorized
-//	            only after the ACK's verdict, with ConnMarker (ctnetlink), so
-//	            that no data can overtake the ACK while its socket is made.
+//	            only after the ACK's verdict, with a ctnetlink update of its
+//	            own, so that no data can overtake the ACK while its socket
+//	            is made.
 //
 // mangle table (runs before filter, priority -150):
 //
@@ -51,7 +53,8 @@
 // connection. NFQUEUE rules carry no --queue-bypass: with no enforcer
 // reading the queue, handshake packets are dropped and protection fails
 // closed. Connections that were already established when protection starts
-// are marked Authorized by Protect (see conntrack.go).
+// are marked Authorized by Protect (see conntrack.go, which goes through
+// github.com/ti-mo/conntrack).
 package supervisor
 
 import (
@@ -65,6 +68,7 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 )
 
@@ -76,64 +80,21 @@ const (
 	chainSave   = "BIREME-SAVE"
 )
 
-// Default connection-mark bits. They must not collide with marks other
-// software in the workload namespace uses.
-const (
-	DefaultMarkAuthorized uint32 = 0x00100000
-	DefaultMarkPending    uint32 = 0x00200000
-)
-
-// Config says which queues the rules feed and which mark bits they use.
-// The zero value is usable: one queue, number 0, default marks.
-type Config struct {
-	// Queues is how many NFQUEUE queues, numbered from QueueBase, the
-	// handshake packets are spread over (--queue-balance). The kernel hashes
-	// the address pair symmetrically, so both directions of a flow land on
-	// the same queue. 0 means 1.
-	Queues uint16
-	// QueueBase is the first queue number. Queue numbers are per network
-	// namespace, so every workload can use the same numbers.
-	QueueBase uint16
-	// MarkAuthorized and MarkPending are single connection-mark bits; 0
-	// means the default.
-	MarkAuthorized uint32
-	MarkPending    uint32
-}
-
-// withDefaults fills in zero fields.
-func (c Config) withDefaults() Config {
-	if c.Queues == 0 {
-		c.Queues = 1
-	}
-	if c.MarkAuthorized == 0 {
-		c.MarkAuthorized = DefaultMarkAuthorized
-	}
-	if c.MarkPending == 0 {
-		c.MarkPending = DefaultMarkPending
-	}
-	return c
-}
-
-// Mask is the union of the mark bits Bireme owns.
-func (c Config) Mask() uint32 {
-	c = c.withDefaults()
-	return c.MarkAuthorized | c.MarkPending
-}
-
 // Supervisor installs and removes Bireme's rules in workload namespaces.
 // It holds no per-namespace state: everything it needs is read back from
 // the kernel, so a restarted process picks up where the last one stopped.
 type Supervisor struct {
-	cfg Config
+	layout marks.Layout
 
 	once    sync.Once
 	ipts    []*iptables.IPTables // IPv4 then IPv6
 	iptsErr error
 }
 
-// New returns a Supervisor for cfg.
-func New(cfg Config) *Supervisor {
-	return &Supervisor{cfg: cfg.withDefaults()}
+// New returns a Supervisor whose rules feed the queues and set the mark
+// bits of layout; the enforcer must be given the same layout.
+func New(layout marks.Layout) *Supervisor {
+	return &Supervisor{layout: layout.WithDefaults()}
 }
 
 // tables returns the iptables and ip6tables handles, made once: making one
@@ -152,9 +113,9 @@ func (s *Supervisor) tables() ([]*iptables.IPTables, error) {
 	return s.ipts, s.iptsErr
 }
 
-// Config returns the configuration in effect, defaults filled in. The
-// enforcer must use the same marks and queues.
-func (s *Supervisor) Config() Config { return s.cfg }
+// Layout returns the queues and mark bits the rules use, defaults filled
+// in.
+func (s *Supervisor) Layout() marks.Layout { return s.layout }
 
 // jump is one rule in a built-in chain that sends TCP to one of ours.
 type jump struct {
@@ -191,10 +152,10 @@ func (c chainSpec) listed() []string {
 
 // chains returns the full layout described in the package doc.
 func (s *Supervisor) chains() []chainSpec {
-	c := s.cfg
+	c := s.layout
 	mask := hex32(c.Mask())
-	auth := hex32(c.MarkAuthorized) + "/" + mask
-	pending := hex32(c.MarkPending) + "/" + mask
+	auth := hex32(c.Authorized) + "/" + mask
+	pending := hex32(c.Pending) + "/" + mask
 	queue := []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(c.QueueBase))}
 	if c.Queues > 1 {
 		queue = []string{"-j", "NFQUEUE", "--queue-balance",
@@ -295,10 +256,10 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	}
 	// The chains above use conntrack, so from here on the namespace is
 	// tracked; give the sockets that existed before an authorized entry.
-	if err := trackEstablishedSockets(netnsPath, s.cfg.MarkAuthorized); err != nil {
+	if err := trackEstablishedSockets(netnsPath, s.layout.Authorized); err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	if err := markEstablished(netnsPath, s.cfg.MarkAuthorized, s.cfg.Mask()); err != nil {
+	if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
 	err = inNetNS(netnsPath, func() error {
@@ -325,7 +286,7 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	if err := markEstablished(netnsPath, s.cfg.MarkAuthorized, s.cfg.Mask()); err != nil {
+	if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
 	return nil

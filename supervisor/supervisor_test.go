@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
 )
@@ -40,7 +41,7 @@ func saveAll(t *testing.T, ns *netns.NS) string {
 }
 
 func TestChainsLayout(t *testing.T) {
-	s := New(Config{Queues: 4, QueueBase: 10})
+	s := New(marks.Layout{Queues: 4, QueueBase: 10})
 	var all []string
 	for _, c := range s.chains() {
 		if !strings.HasPrefix(c.name, ChainPrefix) {
@@ -59,7 +60,7 @@ func TestChainsLayout(t *testing.T) {
 	if strings.Contains(joined, "bypass") {
 		t.Errorf("rules must fail closed (no --queue-bypass):\n%s", joined)
 	}
-	if got := New(Config{}).chains()[0].rules[3]; !strings.Contains(strings.Join(got, " "), "--queue-num 0") {
+	if got := New(marks.Layout{}).chains()[0].rules[3]; !strings.Contains(strings.Join(got, " "), "--queue-num 0") {
 		t.Errorf("default queue rule = %v", got)
 	}
 }
@@ -86,7 +87,7 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 	}
 	before := saveAll(t, ns)
 
-	s := New(Config{})
+	s := New(marks.Layout{})
 	t.Cleanup(func() { _ = s.Unprotect(context.Background(), ns.Path()) })
 	if err := s.Protect(ctx, ns.Path()); err != nil {
 		t.Fatal(err)
@@ -105,7 +106,7 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 		t.Errorf("second Protect changed the rules:\nonce:\n%s\ntwice:\n%s", once, twice)
 	}
 	// A second supervisor (a restarted agent) finds the same state.
-	if err := New(Config{}).Protect(ctx, ns.Path()); err != nil {
+	if err := New(marks.Layout{}).Protect(ctx, ns.Path()); err != nil {
 		t.Fatal(err)
 	}
 	if again := saveAll(t, ns); again != once {
@@ -181,7 +182,7 @@ func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := New(Config{QueueBase: 3})
+	s := New(marks.Layout{QueueBase: 3})
 	t.Cleanup(func() { _ = s.Unprotect(context.Background(), srv.Path()) })
 	if err := s.Protect(ctx, srv.Path()); err != nil {
 		t.Fatal(err)
