@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -17,7 +19,7 @@ import (
 // enforcers reload. It returns once the enforcers protect exactly the pods
 // they should and have had time to reload. Invalid input changes nothing.
 func (l *Lab) Apply(ctx context.Context, files ...string) error {
-	upd, err := policy.LoadFiles(files...)
+	upd, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return err
 	}
@@ -25,7 +27,7 @@ func (l *Lab) Apply(ctx context.Context, files ...string) error {
 		return err
 	}
 	next := merge(l.objs, upd)
-	if _, err := policy.Compile(next); err != nil {
+	if _, err := k8s.Compile(next); err != nil {
 		return fmt.Errorf("lab apply: %w", err)
 	}
 	var added, rebuilt []*corev1.Pod
@@ -90,7 +92,7 @@ func (l *Lab) addPod(ctx context.Context, p *corev1.Pod) error {
 // pods and policies. Removed pods leave the store before their namespace
 // is deleted.
 func (l *Lab) Delete(ctx context.Context, files ...string) error {
-	del, err := policy.LoadFiles(files...)
+	del, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/policy"
 )
@@ -144,7 +145,7 @@ func Open(cfg Config) (*Lab, error) {
 		l.unlock()
 		return nil, fmt.Errorf("open lab (run `bireme lab down` to clean up): %w", err)
 	}
-	if l.objs, err = policy.LoadDir(cfg.path("store")); err != nil {
+	if l.objs, err = filestore.LoadDir(cfg.path("store")); err != nil {
 		l.unlock()
 		return nil, fmt.Errorf("open lab: %w", err)
 	}

@@ -29,7 +29,7 @@ const UnprotectedAnnotation = "lab.bireme.io/unprotected"
 // The store is a directory the enforcers read (`bireme enforce --store`):
 // one YAML file per object, so that a change rewrites exactly one file.
 // Files are written under a dot-name and renamed into place, so a reader
-// never sees half a file (policy.LoadDir skips dot-files).
+// never sees half a file (filestore.LoadDir skips dot-files).
 
 func namespaceFile(name string) string { return "namespace_" + name + ".yaml" }
 func podFile(ns, name string) string   { return "pod_" + ns + "_" + name + ".yaml" }

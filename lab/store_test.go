@@ -10,6 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -106,7 +107,7 @@ func TestSyncStoreRoundTrip(t *testing.T) {
 	if err := syncStore(dir, objs); err != nil {
 		t.Fatal(err)
 	}
-	got, err := policy.LoadDir(dir)
+	got, err := filestore.LoadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

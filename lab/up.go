@@ -13,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/policy"
 )
@@ -23,11 +25,11 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if len(files) == 0 {
 		return nil, errors.New("lab up: no files (-f FILE)")
 	}
-	objs, err := policy.LoadFiles(files...)
+	objs, err := filestore.LoadFiles(files...)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := policy.Compile(objs); err != nil {
+	if _, err := k8s.Compile(objs); err != nil {
 		return nil, fmt.Errorf("lab up: %w", err)
 	}
 	if err := checkPods(objs); err != nil {
