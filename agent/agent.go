@@ -45,6 +45,10 @@ type Config struct {
 	// Policy is the policy in force, which the datapath decides with; the
 	// agent swaps each new policy into it (required).
 	Policy *policy.Live
+	// Placement is where the source runs each pod, which the datapath
+	// checks peer tokens against; the agent swaps each new placement into
+	// it (required).
+	Placement *LivePlacement
 	// Tokens is the token engine the datapath signs and verifies with; the
 	// agent gives it new trust bundles and rotated node keys (required).
 	Tokens *tokens.Engine
@@ -70,8 +74,8 @@ type Agent struct {
 
 // New checks cfg and returns an Agent ready to Run.
 func New(cfg Config) (*Agent, error) {
-	if cfg.Source == nil || cfg.Datapath == nil || cfg.Policy == nil || cfg.Tokens == nil {
-		return nil, errors.New("agent: Source, Datapath, Policy and Tokens are required")
+	if cfg.Source == nil || cfg.Datapath == nil || cfg.Policy == nil || cfg.Placement == nil || cfg.Tokens == nil {
+		return nil, errors.New("agent: Source, Datapath, Policy, Placement and Tokens are required")
 	}
 	if cfg.Poll < 0 {
 		return nil, fmt.Errorf("agent: poll %v must not be negative", cfg.Poll)
@@ -122,6 +126,9 @@ func (a *Agent) accept(s desired.State) {
 	}
 	if s.Policy != nil {
 		a.cfg.Policy.Swap(s.Policy)
+	}
+	if s.Placement != nil {
+		a.cfg.Placement.Swap(s.Placement)
 	}
 	a.latest.put(s.Workloads)
 }

@@ -122,13 +122,14 @@ func TestRunFollowsSource(t *testing.T) {
 	src := &chanSource{states: make(chan desired.State)}
 	dp := &recordingDatapath{state: map[string]desired.Workload{}}
 	live := policy.NewLive(nil)
+	placement := NewLivePlacement()
 	reg := prometheus.NewRegistry()
 	metrics, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logBuf syncbuf.Buffer
-	a, err := New(Config{Source: src, Datapath: dp, Policy: live, Tokens: eng, Metrics: metrics,
+	a, err := New(Config{Source: src, Datapath: dp, Policy: live, Placement: placement, Tokens: eng, Metrics: metrics,
 		Poll: 20 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -156,10 +157,17 @@ func TestRunFollowsSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web"), workload("ns-b", "b", "db")}, Policy: allowAll}
+	if _, known := placement.NodeOf("x", "a"); known {
+		t.Error("a pod is placed before the source delivered a placement")
+	}
+	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web"), workload("ns-b", "b", "db")}, Policy: allowAll,
+		Placement: desired.Placement{"x/a": "n1", "x/b": "n1", "y/c": "n2"}}
 	waitFor("start", []string{"ns-a=x/a app=web", "ns-b=x/b app=db"})
 	if live.Engine() != allowAll {
 		t.Error("the source's policy is not in force")
+	}
+	if node, known := placement.NodeOf("y", "c"); node != "n2" || !known {
+		t.Errorf("placement of y/c = %q, %v; want the source's n2", node, known)
 	}
 	// The gauge is set once the whole reconcile is done, just after the
 	// datapath saw the installs.
@@ -175,6 +183,9 @@ func TestRunFollowsSource(t *testing.T) {
 	waitFor("a relabelled, b gone", []string{"ns-a=x/a app=api"})
 	if live.Engine() != allowAll {
 		t.Error("a state without policy replaced the policy in force")
+	}
+	if node, _ := placement.NodeOf("y", "c"); node != "n2" {
+		t.Error("a state without placement replaced the placement in force")
 	}
 
 	// A trust bundle goes in force: a peer of the other CA is refused
@@ -226,7 +237,7 @@ func TestRunFollowsSource(t *testing.T) {
 func TestRunSourceFails(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
 	run := func(src desired.Source, dp *recordingDatapath) error {
-		a, err := New(Config{Source: src, Datapath: dp, Policy: policy.NewLive(nil), Tokens: eng, Poll: 10 * time.Millisecond})
+		a, err := New(Config{Source: src, Datapath: dp, Policy: policy.NewLive(nil), Placement: NewLivePlacement(), Tokens: eng, Poll: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,11 +263,12 @@ func TestRunSourceFails(t *testing.T) {
 
 func TestNewRefusesIncompleteConfig(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
-	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Tokens: eng}
+	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Placement: NewLivePlacement(), Tokens: eng}
 	for name, change := range map[string]func(*Config){
 		"no source":     func(c *Config) { c.Source = nil },
 		"no datapath":   func(c *Config) { c.Datapath = nil },
 		"no policy":     func(c *Config) { c.Policy = nil },
+		"no placement":  func(c *Config) { c.Placement = nil },
 		"no tokens":     func(c *Config) { c.Tokens = nil },
 		"negative poll": func(c *Config) { c.Poll = -time.Second },
 	} {

@@ -34,6 +34,9 @@ type NodeDatapathConfig struct {
 	Tokens *tokens.Engine
 	// Policy decides each connection (the agent swaps the policy in it).
 	Policy policy.Decider
+	// Placement says which node runs each peer's pod (the agent swaps the
+	// placement in it); see enforcer.Config.Placement.
+	Placement enforcer.Placement
 	// Flows receives one record per decision (nil: discarded).
 	Flows *flowlog.Writer
 	// OnDecision is called with every decision, on the packet path (see
@@ -63,6 +66,7 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Node:             cfg.Node,
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
+		Placement:        cfg.Placement,
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
 		Log:              cfg.Log,

@@ -7,7 +7,7 @@
 //
 //	layout := marks.Layout{} // queues and mark bits: the supervisor and the enforcer take the same
 //	sup := supervisor.New(layout)
-//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Flows: w, Layout: layout})
+//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Placement: placement, Flows: w, Layout: layout})
 //	e.Attach(ctx, enforcer.Workload{Identity: id, NetNS: "/run/netns/pod1"}) // open its queue(s)
 //	sup.Protect(ctx, "/run/netns/pod1")                                        // then the rules that feed them
 //	...

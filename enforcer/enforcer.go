@@ -36,6 +36,9 @@ type Config struct {
 	Tokens *tokens.Engine
 	// Policy decides each connection.
 	Policy policy.Decider
+	// Placement says which node runs each pod: a peer token of the local
+	// trust domain is refused unless its signer runs the peer's pod.
+	Placement Placement
 	// Flows receives one record per decision; nil discards them. Records
 	// are written by a goroutine of the enforcer's, never on the packet
 	// path; Close writes those still queued.
@@ -108,6 +111,9 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	if cfg.Policy == nil {
 		return nil, errors.New("enforcer: Config.Policy is required")
+	}
+	if cfg.Placement == nil {
+		return nil, errors.New("enforcer: Config.Placement is required")
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout

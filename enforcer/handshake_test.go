@@ -78,6 +78,9 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 // whether flow records are written (to pair.flows).
 func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
 	cfg.Node, cfg.Tokens, cfg.Policy = "n1", newTokenEngine(t, "unit", "n1"), labelDecider{}
+	if cfg.Placement == nil {
+		cfg.Placement = fixedPlacement{"t/cli": "n1", "t/srv": "n1"} // both workloads are n1's
+	}
 	flows := &syncBuffer{}
 	if withFlows {
 		cfg.Flows = flowlog.NewWriter(flows)

@@ -47,6 +47,11 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		}
 		c.server = sh
 		c.peer = sh.Peer()
+		if err := q.e.checkPlacement(c.peer, sh.PeerNode()); err != nil {
+			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: c.peer,
+				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
+			return drop
+		}
 		peer.Identity = c.peer
 	}
 	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
@@ -120,6 +125,11 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	id, err := ch.ConsumeSYNACK(bytes.Clone(tok), p.seq) // see ingressSYN
 	if err != nil {
 		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local,
+			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})
+		return drop
+	}
+	if err := q.e.checkPlacement(id, ch.PeerNode()); err != nil {
+		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local, peer: id,
 			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})
 		return drop
 	}

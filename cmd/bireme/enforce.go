@@ -131,8 +131,10 @@ func runNode(ctx context.Context, o enforceOptions, flows io.Writer, reg prometh
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
+	// No pod placed either: every peer token is refused until then.
+	placement := agent.NewLivePlacement()
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
-		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live,
+		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
 		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
 	})
 	if err != nil {
@@ -149,7 +151,7 @@ func runNode(ctx context.Context, o enforceOptions, flows io.Writer, reg prometh
 		}
 	}
 	node, err := agent.New(agent.Config{
-		Source: source, Datapath: dp, Policy: live, Tokens: engine,
+		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
 		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
 		Poll:     o.poll, Metrics: metrics, Log: log,
 	})

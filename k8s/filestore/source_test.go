@@ -189,7 +189,7 @@ func TestAgentFollowsStore(t *testing.T) {
 	}
 	dp := &recordingDatapath{state: map[string]desired.Workload{}}
 	live := policy.NewLive(nil)
-	a, err := agent.New(agent.Config{Source: src, Datapath: dp, Policy: live, Tokens: engine, Poll: 20 * time.Millisecond, Log: log})
+	a, err := agent.New(agent.Config{Source: src, Datapath: dp, Policy: live, Placement: agent.NewLivePlacement(), Tokens: engine, Poll: 20 * time.Millisecond, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
