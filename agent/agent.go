@@ -1,272 +1,189 @@
-// Package agent keeps a node's supervisor and enforcer in step with the
-// workloads and policies in a store.
+// Package agent keeps one node's datapath in step with the desired state a
+// source delivers.
 //
-// The store is a directory of Kubernetes YAML/JSON (Namespaces, Pods,
-// NetworkPolicies). The pods this node protects are those whose
-// spec.nodeName is the node and which carry the bireme.io/netns annotation
-// (a name under /run/netns or an absolute path). For each, the agent has
-// the supervisor install the BIREME-* rules in that namespace and the
-// enforcer open its queue there; when a pod's identity changes (labels,
-// namespace labels, ports) the enforcer gets the new one; when a pod leaves
-// the store its queue and rules go. Policies are recompiled on every valid
-// change of the store; an invalid change is logged and the last good set is
-// kept. When Run's context ends, everything the agent installed is removed.
+// A [desired.Source] (the file store today; API server informers, Docker
+// events and federation bundles next) streams what the node should enforce:
+// the workloads it protects, the compiled policy and the trusted CAs. The
+// agent puts a new policy and trust bundle in force at once, and has the
+// [Datapath] protect each new workload, give a changed identity to the
+// enforcer and release a workload that left, retrying what failed and
+// noticing a workload namespace that vanished or was replaced. When Run's
+// context ends, everything the agent installed is removed.
+//
+// The agent builds nothing itself: the source, the datapath (the real
+// [NodeDatapath] or a fake in tests), the token engine and the metrics are
+// passed in; cmd/bireme assembles them.
 package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
-	"sync/atomic"
+	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
 )
 
 // Config is one node agent's configuration.
 type Config struct {
-	// Node is this node's name, matched against pods' spec.nodeName.
-	Node string
-	// Cluster is the trust domain the workloads' identities belong to.
-	Cluster string
-	// StoreDir is the file store of Namespaces, Pods and NetworkPolicies.
-	StoreDir string
-	// Poll is how often the store and the key files are checked for
-	// changes, and how often failed installs are retried (default 200ms).
+	// Source delivers the desired state (required).
+	Source desired.Source
+	// Datapath protects and releases workloads (required).
+	Datapath Datapath
+	// Policy is the policy in force, which the datapath decides with; the
+	// agent swaps each new policy into it (required).
+	Policy *policy.Live
+	// Tokens is the token engine the datapath signs and verifies with; the
+	// agent gives it new trust bundles and rotated node keys (required).
+	Tokens *tokens.Engine
+	// NodeKeys, if set, are reloaded into Tokens when they change on disk.
+	NodeKeys *NodeKeys
+	// Poll is how often failed installs are retried, workload namespaces
+	// checked and node keys reloaded (default 200ms).
 	Poll time.Duration
-	// TokenLifetime bounds how long a signed identity token is valid
-	// (0: the tokens package default).
-	TokenLifetime time.Duration
-	// CertFile and KeyFile are this node's credentials, issued by the
-	// cluster CA; they are reloaded when they change on disk.
-	CertFile, KeyFile string
-	// CABundle lists PEM files of the CAs whose nodes this node trusts.
-	CABundle []string
-	// Queues is the number of NFQUEUE queues per workload (default 1).
-	Queues int
-	// Flows receives one JSON line per decision (nil: discarded).
-	Flows io.Writer
-	// Metrics is the registry the agent's metrics go in (nil: none).
-	Metrics prometheus.Registerer
+	// Metrics receives the workload and reconcile metrics (nil: none).
+	Metrics *Metrics
 	// Log receives the agent's own log (nil: discarded).
 	Log *slog.Logger
-
-	// testDatapath replaces the supervisor and enforcer in unit tests.
-	testDatapath datapathCloser
 }
 
-// datapathCloser is a Datapath that is shut down when the agent stops.
-type datapathCloser interface {
-	Datapath
-	Close() error
+// Agent runs one node; see the package documentation.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	rec    *reconciler
+	keys   *keyReloader // nil: keys are not reloaded
+	latest latestWorkloads
 }
 
-func (c *Config) validate() error {
-	var missing []string
-	for _, f := range []struct{ name, v string }{
-		{"node", c.Node}, {"cluster", c.Cluster}, {"store", c.StoreDir},
-		{"cert", c.CertFile}, {"key", c.KeyFile},
-	} {
-		if f.v == "" {
-			missing = append(missing, f.name)
-		}
+// New checks cfg and returns an Agent ready to Run.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Source == nil || cfg.Datapath == nil || cfg.Policy == nil || cfg.Tokens == nil {
+		return nil, errors.New("agent: Source, Datapath, Policy and Tokens are required")
 	}
-	if len(c.CABundle) == 0 {
-		missing = append(missing, "ca-bundle")
+	if cfg.Poll < 0 {
+		return nil, fmt.Errorf("agent: poll %v must not be negative", cfg.Poll)
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("agent config: missing %v", missing)
+	if cfg.Poll == 0 {
+		cfg.Poll = 200 * time.Millisecond
 	}
-	if c.Poll < 0 || c.TokenLifetime < 0 {
-		return errors.New("agent config: poll and token lifetime must not be negative")
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	if c.Queues < 0 || c.Queues > 1024 {
-		return fmt.Errorf("agent config: queues %d: want 1 to 1024", c.Queues)
+	a := &Agent{cfg: cfg, log: log, rec: newReconciler(cfg.Datapath, log, cfg.Metrics)}
+	a.latest.ch = make(chan []desired.Workload, 1)
+	if cfg.NodeKeys != nil {
+		a.keys = newKeyReloader(*cfg.NodeKeys, cfg.Tokens, log)
 	}
-	if st, err := os.Stat(c.StoreDir); err != nil {
-		return fmt.Errorf("agent config: store: %w", err)
-	} else if !st.IsDir() {
-		return fmt.Errorf("agent config: store %s is not a directory", c.StoreDir)
-	}
-	return nil
+	return a, nil
 }
 
-func (c *Config) withDefaults() {
-	if c.Poll == 0 {
-		c.Poll = 200 * time.Millisecond
-	}
-	if c.Queues == 0 {
-		c.Queues = 1
-	}
-	if c.Flows == nil {
-		c.Flows = io.Discard
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
-}
-
-// cleanupTimeout bounds how long shutdown may spend removing rules and
+// cleanupTimeout bounds how long stopping may spend removing rules and
 // closing queues once Run's context has ended.
 const cleanupTimeout = 10 * time.Second
 
-// Run protects this node's workloads until ctx ends, then removes every
-// rule and queue it installed. It returns an error when it cannot start
-// (bad config, unreadable keys, an invalid store at start) or when cleanup
-// failed; a workload that cannot be protected is logged and retried, and
-// does not stop the others.
-func Run(ctx context.Context, cfg Config) (err error) {
-	if err := cfg.validate(); err != nil {
-		return err
-	}
-	cfg.withDefaults()
-	log := cfg.Log.With("node", cfg.Node)
+// Run protects the workloads the source asks for until ctx ends, then
+// removes every rule and queue it installed. It returns an error when the
+// source fails (at start: an invalid store, for example) or when the
+// removal failed; a workload that cannot be protected is logged and
+// retried, and does not stop the others. Run may be called once.
+func (a *Agent) Run(ctx context.Context) error {
+	sourceCtx, stopSource := context.WithCancel(ctx)
+	sourceDone := make(chan error, 1)
+	go func() { sourceDone <- a.cfg.Source.Run(sourceCtx, a.accept) }()
 
-	creds, err := tokens.LoadNodeCredentials(cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return fmt.Errorf("load node credentials: %w", err)
+	err := a.follow(ctx, sourceDone)
+	stopSource()
+	if err == nil {
+		err = <-sourceDone // nil: it stopped because ctx ended
 	}
-	trust, err := tokens.LoadTrustBundle(cfg.CABundle...)
-	if err != nil {
-		return fmt.Errorf("load CA bundle: %w", err)
-	}
-	if creds.TrustDomain != cfg.Cluster {
-		return fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, cfg.Cluster)
-	}
-	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: cfg.TokenLifetime})
-	if err != nil {
-		return fmt.Errorf("token engine: %w", err)
-	}
+	// Stopping removes the protection: until an agent runs again, the
+	// node's workloads are reachable unchecked (fail open).
+	return errors.Join(err, a.removeAll())
+}
 
-	objs, err := policy.LoadDir(cfg.StoreDir)
-	if err != nil {
-		return fmt.Errorf("load store: %w", err)
-	}
-	compiled, err := policy.Compile(objs)
-	if err != nil {
-		return fmt.Errorf("compile store: %w", err)
-	}
-	live := policy.NewLive(compiled)
-
-	var metrics *Metrics
-	flowsOut := cfg.Flows
-	var dpRef atomic.Pointer[nodeDatapath] // read by the enforcer metrics
-	if cfg.Metrics != nil {
-		// The enforcer does not exist yet: read it through dpRef.
-		fromEnforcer := func(read func(*nodeDatapath) float64) func() float64 {
-			return func() float64 {
-				if d := dpRef.Load(); d != nil {
-					return read(d)
-				}
-				return 0
-			}
+// accept takes a desired state from the source's goroutine: policy and
+// trust go in force at once, the workloads to the agent's loop.
+func (a *Agent) accept(s desired.State) {
+	if s.Trust != nil {
+		if err := a.cfg.Tokens.SetTrust(s.Trust); err != nil {
+			a.log.Error("trust bundle refused; keeping the current one", "err", err)
 		}
-		metrics, err = NewMetrics(cfg.Metrics, EnforcerStats{
-			HandshakesInFlight: fromEnforcer(func(d *nodeDatapath) float64 { return float64(d.enf.HandshakesInFlight()) }),
-			FlowRecordsDropped: fromEnforcer(func(d *nodeDatapath) float64 { return float64(d.enf.FlowRecordsDropped()) }),
-		})
-		if err != nil {
-			return err
-		}
-		flowsOut = &countingWriter{out: cfg.Flows, metrics: metrics}
 	}
-
-	dpCfg := nodeDatapathConfig{
-		Node:   cfg.Node,
-		Queues: uint16(cfg.Queues),
-		Tokens: engine,
-		Policy: live,
-		Flows:  flowlog.NewWriter(flowsOut),
-		Log:    log,
+	if s.Policy != nil {
+		a.cfg.Policy.Swap(s.Policy)
 	}
-	var dp datapathCloser
-	if cfg.testDatapath != nil {
-		dp = cfg.testDatapath
-	} else {
-		real, err := newNodeDatapath(dpCfg)
-		if err != nil {
-			return err
-		}
-		dpRef.Store(real)
-		dp = real
-	}
-	rec := newReconciler(dp, log, metrics)
-	defer func() {
-		cleanupCtx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		defer cancel()
-		if cerr := rec.removeAll(cleanupCtx); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("cleanup: %w", cerr))
-		}
-		if cerr := dp.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("close enforcer: %w", cerr))
-		}
-		if err != nil {
-			log.Error("stopped; cleanup incomplete", "err", err)
-		} else {
-			log.Info("stopped; every rule and queue removed")
-		}
-	}()
+	a.latest.put(s.Workloads)
+}
 
-	// The watcher runs in its own goroutine; the reconciler only ever runs
-	// in this one. The channel holds the latest store, older ones are
-	// dropped unread.
-	changes := make(chan policy.Objects, 1)
-	watchDone := make(chan error, 1)
-	go func() {
-		watchDone <- policy.WatchDirLog(ctx, cfg.StoreDir, cfg.Poll, log, func(o policy.Objects, e *policy.Engine) {
-			live.Swap(e)
-			select {
-			case <-changes:
-			default:
-			}
-			changes <- o
-		})
-	}()
-	defer func() { <-watchDone }()
-
-	keys := newKeyWatcher(cfg.CertFile, cfg.KeyFile)
-	lastKeyErr := ""
-	rec.setDesired(SelectWorkloads(objs, cfg.Cluster, cfg.Node))
-	converged := rec.reconcile(ctx)
-	log.Info("started", "workloads", len(rec.installed), "store", cfg.StoreDir)
-
-	tick := time.NewTicker(cfg.Poll)
+// follow reconciles each new workload set and, every Poll, retries what
+// failed, notices vanished namespaces and reloads the node keys, until ctx
+// ends (nil) or the source stops (its error).
+func (a *Agent) follow(ctx context.Context, sourceDone <-chan error) error {
+	tick := time.NewTicker(a.cfg.Poll)
 	defer tick.Stop()
+	started, converged := false, true
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case o := <-changes:
-			rec.setDesired(SelectWorkloads(o, cfg.Cluster, cfg.Node))
-			converged = rec.reconcile(ctx)
+		case err := <-sourceDone:
+			if err == nil {
+				err = errors.New("stopped before its context ended")
+			}
+			return fmt.Errorf("source: %w", err)
+		case ws := <-a.latest.ch:
+			a.rec.setDesired(ws)
+			converged = a.rec.reconcile(ctx)
+			if !started {
+				started = true
+				a.log.Info("started", "workloads", len(a.rec.installed))
+			}
 		case <-tick.C:
-			if rec.dropVanished(ctx) {
+			if a.rec.dropVanished(ctx) {
 				converged = false
 			}
 			if !converged {
-				converged = rec.reconcile(ctx)
+				converged = a.rec.reconcile(ctx)
 			}
-			if newCreds, changed, err := keys.check(); err != nil {
-				// Logged once per distinct error, not at every poll.
-				if msg := err.Error(); msg != lastKeyErr {
-					lastKeyErr = msg
-					log.Error("reload node credentials; keeping the current ones", "err", err)
-				}
-			} else if changed {
-				lastKeyErr = ""
-				if err := engine.Rotate(newCreds); err != nil {
-					log.Error("rotate node credentials; keeping the current ones", "err", err)
-				} else {
-					log.Info("node credentials rotated", "cert", cfg.CertFile)
-				}
+			if a.keys != nil {
+				a.keys.reload()
 			}
 		}
 	}
+}
+
+// removeAll releases every installed workload, bounded by cleanupTimeout.
+func (a *Agent) removeAll() error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := a.rec.removeAll(ctx); err != nil {
+		a.log.Error("stopped; cleanup incomplete", "err", err)
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	a.log.Info("stopped; every rule and queue removed")
+	return nil
+}
+
+// latestWorkloads hands the newest workload set from the source's
+// goroutine to the agent's: a set superseded before the agent read it is
+// dropped, since each set is complete.
+type latestWorkloads struct {
+	mu sync.Mutex
+	ch chan []desired.Workload // capacity 1
+}
+
+func (l *latestWorkloads) put(ws []desired.Workload) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.ch:
+	default:
+	}
+	l.ch <- ws
 }

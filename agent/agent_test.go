@@ -2,9 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -13,45 +13,41 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bireme/bireme/internal/syncbuf"
-
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bireme/bireme/agent/desired"
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/internal/syncbuf"
+	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
 )
 
-// recordingDatapath is a Datapath safe for the agent's goroutine and the
+// recordingDatapath is a Datapath safe for the agent's goroutines and the
 // test's: it keeps the installed workloads by namespace path.
 type recordingDatapath struct {
-	mu     sync.Mutex
-	state  map[string]Workload
-	closed bool
+	mu    sync.Mutex
+	state map[string]desired.Workload
 }
 
-func (d *recordingDatapath) Install(_ context.Context, w Workload) error {
+func (d *recordingDatapath) Install(_ context.Context, w desired.Workload) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.state[w.NetNS] = w
 	return nil
 }
 
-func (d *recordingDatapath) Update(w Workload) error { return d.Install(context.Background(), w) }
+func (d *recordingDatapath) Update(w desired.Workload) error {
+	return d.Install(context.Background(), w)
+}
 
-func (d *recordingDatapath) Remove(_ context.Context, w Workload) error {
+func (d *recordingDatapath) Remove(_ context.Context, w desired.Workload) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.state, w.NetNS)
 	return nil
 }
 
-func (d *recordingDatapath) Close() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.closed = true
-	return nil
-}
-
-// snapshot returns "netns=ns/pod app=LABEL" per installed workload, sorted.
+// snapshot returns "netns=ref app=LABEL" per installed workload, sorted.
 func (d *recordingDatapath) snapshot() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -63,80 +59,82 @@ func (d *recordingDatapath) snapshot() []string {
 	return out
 }
 
-// testKeys writes a CA and node credentials for node into dir.
-func testKeys(t *testing.T, dir, trustDomain, node string) (caFile, certFile, keyFile string) {
+// chanSource is a desired.Source driven by the test: every state sent on
+// states is delivered; it returns err at start when set.
+type chanSource struct {
+	states chan desired.State
+	err    error
+}
+
+func (s *chanSource) Run(ctx context.Context, update func(desired.State)) error {
+	if s.err != nil {
+		return s.err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case st, ok := <-s.states:
+			if !ok {
+				return nil // the source ends on its own
+			}
+			update(st)
+		}
+	}
+}
+
+// testCA makes a CA for trustDomain and a token engine for node signed by
+// it, trusting only that CA.
+func testCA(t *testing.T, trustDomain, node string) (*tokens.CA, *tokens.Engine) {
 	t.Helper()
 	ca, err := tokens.NewCA(trustDomain, time.Hour)
 	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "ca.crt")
-	if err := ca.Save(caFile, filepath.Join(dir, "ca.key")); err != nil {
 		t.Fatal(err)
 	}
 	creds, err := ca.IssueNode(node, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile = filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key")
-	if err := creds.Save(certFile, keyFile); err != nil {
+	trust, err := tokens.NewTrustBundle(ca.Cert)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return caFile, certFile, keyFile
+	eng, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, eng
 }
 
-func storePod(name, node, netns, app string) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: %s
-  namespace: x
-  labels: {app: %s}
-  annotations: {bireme.io/netns: %s}
-spec:
-  nodeName: %s
-  containers: [{name: main, image: none}]
-`, name, app, netns, node)
+func workload(netns, pod, app string) desired.Workload {
+	return desired.Workload{Ref: "x/" + pod, NetNS: "/run/netns/" + netns,
+		Identity: &identity.Identity{Cluster: "c1", Namespace: "x", Pod: pod, Labels: map[string]string{"app": app}}}
 }
 
-func writeStore(t *testing.T, dir string, docs ...string) {
-	t.Helper()
-	tmp := filepath.Join(dir, ".store.yaml.tmp")
-	if err := os.WriteFile(tmp, []byte(strings.Join(docs, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "store.yaml")); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestRunFollowsStore runs the agent on a file store with a recording
-// datapath (no root needed) and changes the store under it.
-func TestRunFollowsStore(t *testing.T) {
-	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
-	if err := os.Mkdir(store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	caFile, certFile, keyFile := testKeys(t, dir, "c1", "n1")
-	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"
-	writeStore(t, store, ns, storePod("a", "n1", "ns-a", "web"), storePod("b", "n1", "ns-b", "db"), storePod("c", "n2", "ns-c", "web"))
-
-	dp := &recordingDatapath{state: map[string]Workload{}}
+// TestRunFollowsSource runs the agent on a source the test drives and a
+// recording datapath (no root needed): workloads are installed, updated and
+// released, policy and trust bundles go in force, and stopping removes all.
+func TestRunFollowsSource(t *testing.T) {
+	ownCA, eng := testCA(t, "c1", "n1")
+	otherCA, otherNode := testCA(t, "c2", "m1")
+	src := &chanSource{states: make(chan desired.State)}
+	dp := &recordingDatapath{state: map[string]desired.Workload{}}
+	live := policy.NewLive(nil)
 	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var logBuf syncbuf.Buffer
+	a, err := New(Config{Source: src, Datapath: dp, Policy: live, Tokens: eng, Metrics: metrics,
+		Poll: 20 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Node: "n1", Cluster: "c1", StoreDir: store, Poll: 20 * time.Millisecond,
-			CertFile: certFile, KeyFile: keyFile, CABundle: []string{caFile},
-			Metrics: reg, Log: slog.New(slog.NewTextHandler(&logBuf, nil)),
-			testDatapath: dp,
-		})
-	}()
+	go func() { done <- a.Run(ctx) }()
 
 	waitFor := func(what string, want []string) {
 		t.Helper()
@@ -152,7 +150,15 @@ func TestRunFollowsStore(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	allowAll, err := policy.Compile(policy.Objects{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web"), workload("ns-b", "b", "db")}, Policy: allowAll}
 	waitFor("start", []string{"ns-a=x/a app=web", "ns-b=x/b app=db"})
+	if live.Engine() != allowAll {
+		t.Error("the source's policy is not in force")
+	}
 	// The gauge is set once the whole reconcile is done, just after the
 	// datapath saw the installs.
 	for deadline := time.Now().Add(2 * time.Second); metricValue(t, reg, "bireme_workloads_protected") != 2; {
@@ -162,16 +168,38 @@ func TestRunFollowsStore(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	writeStore(t, store, ns, storePod("a", "n1", "ns-a", "api"), storePod("c", "n2", "ns-c", "web"))
+	// A state without policy or trust keeps those in force.
+	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "api")}}
 	waitFor("a relabelled, b gone", []string{"ns-a=x/a app=api"})
+	if live.Engine() != allowAll {
+		t.Error("a state without policy replaced the policy in force")
+	}
 
-	// An invalid store keeps the last good set.
-	writeStore(t, store, ns, storePod("a", "n1", "ns-a", "web"), "---\napiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name, namespace: x}\n")
-	time.Sleep(200 * time.Millisecond)
-	waitFor("invalid store", []string{"ns-a=x/a app=api"})
-
-	writeStore(t, store, ns, storePod("a", "n1", "ns-a", "api"), storePod("d", "n1", "/proc/1/ns/net", "web"))
-	waitFor("d added by path", []string{"net=x/d app=web", "ns-a=x/a app=api"})
+	// A trust bundle goes in force: a peer of the other CA is refused
+	// before and accepted after.
+	syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.ConsumeSYN(syn); err == nil {
+		t.Fatal("a peer of an untrusted CA was accepted")
+	}
+	both, err := tokens.NewTrustBundle(ownCA.Cert, otherCA.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "api")}, Trust: both}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := eng.ConsumeSYN(syn); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("trust bundle not in force: %v", err)
+		}
+	}
 
 	cancel()
 	select {
@@ -182,8 +210,61 @@ func TestRunFollowsStore(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
-	if got := dp.snapshot(); len(got) != 0 || !dp.closed {
-		t.Errorf("after stop: installed %v, closed %v; want nothing installed and the datapath closed", got, dp.closed)
+	if got := dp.snapshot(); len(got) != 0 {
+		t.Errorf("after stop: installed %v; want nothing", got)
+	}
+	if !strings.Contains(logBuf.String(), "every rule and queue removed") {
+		t.Errorf("stop not logged:\n%s", logBuf.String())
+	}
+}
+
+// TestRunSourceFails: a source that cannot start, or stops on its own, ends
+// Run with its error, after releasing what was installed.
+func TestRunSourceFails(t *testing.T) {
+	_, eng := testCA(t, "c1", "n1")
+	run := func(src desired.Source, dp *recordingDatapath) error {
+		a, err := New(Config{Source: src, Datapath: dp, Policy: policy.NewLive(nil), Tokens: eng, Poll: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return a.Run(ctx)
+	}
+	dp := &recordingDatapath{state: map[string]desired.Workload{}}
+	if err := run(&chanSource{err: errors.New("load store: Bad_Name")}, dp); err == nil || !strings.Contains(err.Error(), "source: load store: Bad_Name") {
+		t.Errorf("Run = %v; want the source's error", err)
+	}
+
+	states := make(chan desired.State, 1)
+	states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web")}}
+	close(states)
+	if err := run(&chanSource{states: states}, dp); err == nil || !strings.Contains(err.Error(), "stopped before its context ended") {
+		t.Errorf("Run = %v; want an error for a source that stopped", err)
+	}
+	if got := dp.snapshot(); len(got) != 0 {
+		t.Errorf("after the source stopped: installed %v; want nothing", got)
+	}
+}
+
+func TestNewRefusesIncompleteConfig(t *testing.T) {
+	_, eng := testCA(t, "c1", "n1")
+	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Tokens: eng}
+	for name, change := range map[string]func(*Config){
+		"no source":     func(c *Config) { c.Source = nil },
+		"no datapath":   func(c *Config) { c.Datapath = nil },
+		"no policy":     func(c *Config) { c.Policy = nil },
+		"no tokens":     func(c *Config) { c.Tokens = nil },
+		"negative poll": func(c *Config) { c.Poll = -time.Second },
+	} {
+		cfg := good
+		change(&cfg)
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%s: New accepted it", name)
+		}
+	}
+	if _, err := New(good); err != nil {
+		t.Errorf("good config: %v", err)
 	}
 }
 
@@ -201,48 +282,4 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
-}
-
-func TestRunRefusesBadStart(t *testing.T) {
-	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
-	if err := os.Mkdir(store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	caFile, certFile, keyFile := testKeys(t, dir, "c1", "n1")
-	good := Config{Node: "n1", Cluster: "c1", StoreDir: store, CertFile: certFile, KeyFile: keyFile, CABundle: []string{caFile}}
-	badStore := filepath.Join(dir, "bad")
-	if err := os.Mkdir(badStore, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeStore(t, badStore, "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name, namespace: x}\n")
-
-	tests := []struct {
-		name   string
-		change func(*Config)
-		want   string
-	}{
-		{"no node", func(c *Config) { c.Node = "" }, "missing [node]"},
-		{"no CA bundle", func(c *Config) { c.CABundle = nil }, "ca-bundle"},
-		{"store missing", func(c *Config) { c.StoreDir = filepath.Join(dir, "nope") }, "store"},
-		{"store is a file", func(c *Config) { c.StoreDir = caFile }, "not a directory"},
-		{"wrong cluster", func(c *Config) { c.Cluster = "other" }, `trust domain "c1"`},
-		{"key missing", func(c *Config) { c.KeyFile = filepath.Join(dir, "nope.key") }, "credentials"},
-		{"CA file missing", func(c *Config) { c.CABundle = []string{filepath.Join(dir, "nope.crt")} }, "CA bundle"},
-		{"invalid store", func(c *Config) { c.StoreDir = badStore }, "Bad_Name"},
-		{"too many queues", func(c *Config) { c.Queues = 5000 }, "queues"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := good
-			cfg.testDatapath = &recordingDatapath{state: map[string]Workload{}}
-			tt.change(&cfg)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			err := Run(ctx, cfg)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("Run = %v; want an error mentioning %q", err, tt.want)
-			}
-		})
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/enforcer"
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/marks"
@@ -16,47 +17,66 @@ import (
 	"github.com/bireme/bireme/tokens"
 )
 
-// nodeDatapath is the real Datapath: the supervisor's iptables rules and
-// the enforcer's queues.
-type nodeDatapath struct {
+// NodeDatapath is the real [Datapath]: the supervisor's iptables rules in
+// each workload's namespace and the enforcer's queues reading them.
+type NodeDatapath struct {
 	sup *supervisor.Supervisor
 	enf *enforcer.Enforcer
 }
 
-type nodeDatapathConfig struct {
-	Node   string
-	Queues uint16
+// NodeDatapathConfig configures a [NodeDatapath].
+type NodeDatapathConfig struct {
+	// Node names this node in flow records.
+	Node string
+	// Queues is the number of NFQUEUE queues per workload (default 1).
+	Queues int
+	// Tokens signs the workloads' identities and verifies peers'.
 	Tokens *tokens.Engine
+	// Policy decides each connection (the agent swaps the policy in it).
 	Policy policy.Decider
-	Flows  *flowlog.Writer
-	Log    *slog.Logger
+	// Flows receives one record per decision (nil: discarded).
+	Flows *flowlog.Writer
+	// OnDecision is called with every decision, on the packet path (see
+	// enforcer.Config.OnDecision); [Metrics.Observe] fits.
+	OnDecision func(*flowlog.Record)
+	// Log receives the enforcer's messages (nil: discarded).
+	Log *slog.Logger
 }
 
 // handshakeTimeout bounds how long a half-open handshake is remembered.
 const handshakeTimeout = 10 * time.Second
 
-func newNodeDatapath(cfg nodeDatapathConfig) (*nodeDatapath, error) {
+// NewNodeDatapath builds the enforcer; nothing is attached or installed
+// until the agent asks.
+func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
+	if cfg.Queues < 1 || cfg.Queues > 1024 {
+		return nil, fmt.Errorf("datapath: queues %d: want 1 to 1024", cfg.Queues)
+	}
 	// The enforcer must read the queues and set the marks the supervisor's
 	// rules use: both get the same layout.
-	layout := marks.Layout{Queues: cfg.Queues}
+	layout := marks.Layout{Queues: uint16(cfg.Queues)}
 	enf, err := enforcer.New(enforcer.Config{
 		Layout:           layout,
 		Node:             cfg.Node,
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
 		Flows:            cfg.Flows,
+		OnDecision:       cfg.OnDecision,
 		Log:              cfg.Log,
 		HandshakeTimeout: handshakeTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: %w", err)
 	}
-	return &nodeDatapath{sup: supervisor.New(layout), enf: enf}, nil
+	return &NodeDatapath{sup: supervisor.New(layout), enf: enf}, nil
 }
 
 // Install opens the enforcer's queue first and then installs the rules that
 // feed it, so that no handshake is queued to a queue nobody reads yet.
-func (d *nodeDatapath) Install(ctx context.Context, w Workload) error {
+func (d *NodeDatapath) Install(ctx context.Context, w desired.Workload) error {
 	if _, err := os.Stat(w.NetNS); err != nil {
 		return fmt.Errorf("network namespace: %w", err)
 	}
@@ -69,7 +89,8 @@ func (d *nodeDatapath) Install(ctx context.Context, w Workload) error {
 	return nil
 }
 
-func (d *nodeDatapath) Update(w Workload) error {
+// Update gives the enforcer the workload's new identity.
+func (d *NodeDatapath) Update(w desired.Workload) error {
 	d.enf.Update(enforcer.Workload{Identity: w.Identity, NetNS: w.NetNS})
 	return nil
 }
@@ -77,7 +98,7 @@ func (d *nodeDatapath) Update(w Workload) error {
 // Remove closes the queue before removing the rules: in between, handshakes
 // are dropped (fail closed) rather than let through unchecked. A namespace
 // that no longer exists took its rules with it.
-func (d *nodeDatapath) Remove(ctx context.Context, w Workload) error {
+func (d *NodeDatapath) Remove(ctx context.Context, w desired.Workload) error {
 	err := d.enf.Detach(w.NetNS)
 	if _, statErr := os.Stat(w.NetNS); errors.Is(statErr, os.ErrNotExist) {
 		return nil
@@ -88,4 +109,14 @@ func (d *nodeDatapath) Remove(ctx context.Context, w Workload) error {
 	return err
 }
 
-func (d *nodeDatapath) Close() error { return d.enf.Close() }
+// Stats are the enforcer's gauges, for [Metrics.RegisterEnforcer].
+func (d *NodeDatapath) Stats() EnforcerStats {
+	return EnforcerStats{
+		HandshakesInFlight: func() float64 { return float64(d.enf.HandshakesInFlight()) },
+		FlowRecordsDropped: func() float64 { return float64(d.enf.FlowRecordsDropped()) },
+	}
+}
+
+// Close stops the enforcer and writes the flow records still queued. Call
+// it after the agent has removed the workloads.
+func (d *NodeDatapath) Close() error { return d.enf.Close() }

@@ -2,11 +2,52 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	"github.com/bireme/bireme/tokens"
 )
+
+// NodeKeys names this node's credentials on disk, issued by the cluster CA.
+// The agent reloads them when they change, so that a renewed certificate is
+// picked up without a restart.
+type NodeKeys struct {
+	CertFile, KeyFile string
+}
+
+// keyReloader rotates the token engine's node credentials when the files
+// change, logging a pair that does not load once per distinct error, not
+// at every poll.
+type keyReloader struct {
+	files   *keyWatcher
+	tokens  *tokens.Engine
+	log     *slog.Logger
+	lastErr string
+}
+
+func newKeyReloader(keys NodeKeys, engine *tokens.Engine, log *slog.Logger) *keyReloader {
+	return &keyReloader{files: newKeyWatcher(keys.CertFile, keys.KeyFile), tokens: engine, log: log}
+}
+
+// reload checks the files once and rotates the credentials if they changed.
+func (k *keyReloader) reload() {
+	creds, changed, err := k.files.check()
+	switch {
+	case err != nil:
+		if msg := err.Error(); msg != k.lastErr {
+			k.lastErr = msg
+			k.log.Error("reload node credentials; keeping the current ones", "err", err)
+		}
+	case changed:
+		k.lastErr = ""
+		if err := k.tokens.Rotate(creds); err != nil {
+			k.log.Error("rotate node credentials; keeping the current ones", "err", err)
+		} else {
+			k.log.Info("node credentials rotated", "cert", k.files.certFile)
+		}
+	}
+}
 
 // keyWatcher notices when the node's certificate or key file changes on
 // disk, so that a renewed certificate is picked up without a restart.

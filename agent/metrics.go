@@ -1,15 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +18,7 @@ import (
 // caller passes in, never in the global default one, so that two agents in
 // one process (tests) do not collide.
 type Metrics struct {
+	reg             prometheus.Registerer
 	decisions       *prometheus.CounterVec
 	tokenFailures   *prometheus.CounterVec
 	workloads       prometheus.Gauge
@@ -38,15 +35,19 @@ const (
 )
 
 // EnforcerStats are read from the enforcer at every scrape; a nil field
-// leaves its metric out.
+// leaves its metric out. [NodeDatapath.Stats] gives them.
 type EnforcerStats struct {
 	HandshakesInFlight func() float64 // bireme_handshakes_in_flight
 	FlowRecordsDropped func() float64 // bireme_flow_records_dropped_total
 }
 
-// NewMetrics registers the agent's metrics in reg.
-func NewMetrics(reg prometheus.Registerer, stats EnforcerStats) (*Metrics, error) {
+// NewMetrics registers the agent's metrics in reg. The enforcer's own
+// gauges are added by [Metrics.RegisterEnforcer] once the enforcer exists
+// (it is built with [Metrics.Observe] as its decision callback, so the
+// metrics come first).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
+		reg: reg,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bireme_decisions_total",
 			Help: "Handshake decisions, by verdict (allow, deny), direction (ingress, egress) and reason (policy-rule, not-selected, no-rule-allows, or the token rejection reason).",
@@ -64,7 +65,15 @@ func NewMetrics(reg prometheus.Registerer, stats EnforcerStats) (*Metrics, error
 			Help: "Failures to protect, update or release a workload (retried at the next poll).",
 		}),
 	}
-	cs := []prometheus.Collector{m.decisions, m.tokenFailures, m.workloads, m.reconcileErrors}
+	if err := m.register(m.decisions, m.tokenFailures, m.workloads, m.reconcileErrors); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// RegisterEnforcer adds the enforcer's gauges, read at every scrape.
+func (m *Metrics) RegisterEnforcer(stats EnforcerStats) error {
+	var cs []prometheus.Collector
 	if stats.HandshakesInFlight != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "bireme_handshakes_in_flight",
@@ -77,15 +86,21 @@ func NewMetrics(reg prometheus.Registerer, stats EnforcerStats) (*Metrics, error
 			Help: "Flow records dropped because the flow output fell behind (the packet path never waits for it); non-zero means the flow log is incomplete.",
 		}, stats.FlowRecordsDropped))
 	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metric: %w", err)
-		}
-	}
-	return m, nil
+	return m.register(cs...)
 }
 
-// Observe counts one decision.
+func (m *Metrics) register(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := m.reg.Register(c); err != nil {
+			return fmt.Errorf("register metric: %w", err)
+		}
+	}
+	return nil
+}
+
+// Observe counts one decision. It is the enforcer's decision callback
+// (enforcer.Config.OnDecision): it runs on the packet path, from several
+// queue goroutines at once, and only increments counters.
 func (m *Metrics) Observe(r *flowlog.Record) {
 	reason := r.TokenError
 	switch {
@@ -99,39 +114,6 @@ func (m *Metrics) Observe(r *flowlog.Record) {
 		reason = reasonNoRule
 	}
 	m.decisions.WithLabelValues(r.Verdict, r.Direction, reason).Inc()
-}
-
-// countingWriter sits under the flow log writer: it passes every JSON line
-// through to out and counts the record it carries. The enforcer writes one
-// record per decision, so decoding here costs one unmarshal per handshake
-// packet decided, never one per data packet.
-type countingWriter struct {
-	out     io.Writer
-	metrics *Metrics
-	mu      sync.Mutex
-	partial []byte
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.out.Write(p)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.partial = append(c.partial, p[:n]...)
-	for {
-		i := bytes.IndexByte(c.partial, '\n')
-		if i < 0 {
-			break
-		}
-		var r flowlog.Record
-		if json.Unmarshal(c.partial[:i], &r) == nil {
-			c.metrics.Observe(&r)
-		}
-		c.partial = c.partial[i+1:]
-	}
-	if len(c.partial) == 0 {
-		c.partial = nil // do not pin a large backing array
-	}
-	return n, err
 }
 
 // ServeMetrics serves reg at /metrics on addr until ctx ends. It returns once

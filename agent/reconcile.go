@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bireme/bireme/agent/desired"
 )
 
 // Datapath is what the agent drives for each workload: the supervisor's
@@ -16,11 +18,11 @@ type Datapath interface {
 	// concurrently for different workloads. Install may be called again for a
 	// workload whose earlier Install failed, and after a restart on a
 	// namespace that still holds rules from the previous run.
-	Install(ctx context.Context, w Workload) error
+	Install(ctx context.Context, w desired.Workload) error
 	// Update gives the enforcer the workload's new identity.
-	Update(w Workload) error
+	Update(w desired.Workload) error
 	// Remove undoes Install.
-	Remove(ctx context.Context, w Workload) error
+	Remove(ctx context.Context, w desired.Workload) error
 }
 
 // reconciler keeps the set of installed workloads equal to the desired set,
@@ -30,11 +32,11 @@ type reconciler struct {
 	dp        Datapath
 	log       *slog.Logger
 	metrics   *Metrics // may be nil
-	installed map[string]Workload
+	installed map[string]desired.Workload
 	// failing remembers the last error per namespace so that a workload
 	// failing at every poll is logged once per distinct error, not forever.
 	failing map[string]string
-	desired []Workload
+	desired []desired.Workload
 	// nsIDs identifies the namespace each installed workload's path named
 	// when it was installed, so that a namespace deleted (or deleted and
 	// made again under the same name, rules and queue gone) is noticed.
@@ -56,7 +58,7 @@ func statNS(path string) (nsID, error) {
 func newReconciler(dp Datapath, log *slog.Logger, m *Metrics) *reconciler {
 	return &reconciler{
 		dp: dp, log: log, metrics: m,
-		installed: map[string]Workload{}, failing: map[string]string{},
+		installed: map[string]desired.Workload{}, failing: map[string]string{},
 		nsIDs: map[string]nsID{}, stat: statNS,
 	}
 }
@@ -89,13 +91,8 @@ func (r *reconciler) dropVanished(ctx context.Context) bool {
 	return dropped
 }
 
-// setDesired records the selection to converge to and logs its problems.
-func (r *reconciler) setDesired(sel Selection) {
-	for _, p := range sel.Problems {
-		r.log.Warn("workload skipped", "problem", p)
-	}
-	r.desired = sel.Workloads
-}
+// setDesired records the workloads to converge to.
+func (r *reconciler) setDesired(ws []desired.Workload) { r.desired = ws }
 
 // parallelism bounds how many workloads are installed or removed at once.
 // Each install runs a few dozen iptables commands in the workload's
@@ -105,7 +102,7 @@ const parallelism = 8
 
 // each runs fn on every workload, at most parallelism at a time, and
 // returns the errors by index.
-func each(ws []Workload, fn func(Workload) error) []error {
+func each(ws []desired.Workload, fn func(desired.Workload) error) []error {
 	errs := make([]error, len(ws))
 	sem := make(chan struct{}, parallelism)
 	var wg sync.WaitGroup
@@ -127,7 +124,7 @@ func each(ws []Workload, fn func(Workload) error) []error {
 func (r *reconciler) reconcile(ctx context.Context) bool {
 	plan := Diff(r.installed, r.desired)
 	ok := true
-	removeErrs := each(plan.Remove, func(w Workload) error { return r.dp.Remove(ctx, w) })
+	removeErrs := each(plan.Remove, func(w desired.Workload) error { return r.dp.Remove(ctx, w) })
 	for i, w := range plan.Remove {
 		if err := removeErrs[i]; err != nil {
 			r.fail(w, "release", err)
@@ -149,7 +146,7 @@ func (r *reconciler) reconcile(ctx context.Context) bool {
 		delete(r.failing, w.NetNS)
 		r.log.Info("workload identity updated", "pod", w.Ref, "netns", w.NetNS)
 	}
-	addErrs := each(plan.Add, func(w Workload) error { return r.dp.Install(ctx, w) })
+	addErrs := each(plan.Add, func(w desired.Workload) error { return r.dp.Install(ctx, w) })
 	for i, w := range plan.Add {
 		if err := addErrs[i]; err != nil {
 			r.fail(w, "protect", err)
@@ -184,7 +181,7 @@ func (r *reconciler) isDesired(path string) bool {
 	return false
 }
 
-func (r *reconciler) fail(w Workload, what string, err error) {
+func (r *reconciler) fail(w desired.Workload, what string, err error) {
 	if r.metrics != nil {
 		r.metrics.reconcileErrors.Inc()
 	}
@@ -201,7 +198,7 @@ func (r *reconciler) removeAll(ctx context.Context) error {
 	r.desired = nil
 	all := Diff(r.installed, nil).Remove
 	var errs []error
-	for i, err := range each(all, func(w Workload) error { return r.dp.Remove(ctx, w) }) {
+	for i, err := range each(all, func(w desired.Workload) error { return r.dp.Remove(ctx, w) }) {
 		w := all[i]
 		if err != nil {
 			errs = append(errs, err)

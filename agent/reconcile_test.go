@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
 )
@@ -30,7 +31,7 @@ type fakeDatapath struct {
 	state       map[string]string // netns -> pod ref
 }
 
-func (f *fakeDatapath) Install(_ context.Context, w Workload) error {
+func (f *fakeDatapath) Install(_ context.Context, w desired.Workload) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "install "+w.NetNS)
@@ -41,7 +42,7 @@ func (f *fakeDatapath) Install(_ context.Context, w Workload) error {
 	return nil
 }
 
-func (f *fakeDatapath) Update(w Workload) error {
+func (f *fakeDatapath) Update(w desired.Workload) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "update "+w.NetNS)
@@ -49,7 +50,7 @@ func (f *fakeDatapath) Update(w Workload) error {
 	return nil
 }
 
-func (f *fakeDatapath) Remove(_ context.Context, w Workload) error {
+func (f *fakeDatapath) Remove(_ context.Context, w desired.Workload) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "remove "+w.NetNS)
@@ -64,7 +65,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	var logBuf bytes.Buffer
 	fd := &fakeDatapath{failInstall: map[string]bool{"/n/b": true}, failRemove: map[string]bool{}, state: map[string]string{}}
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, EnforcerStats{})
+	m, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 
 	steps := []struct {
 		name      string
-		desired   []Workload
+		desired   []desired.Workload
 		fix       func()
 		wantOK    bool
 		wantCalls []string
@@ -81,21 +82,21 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	}{
 		{
 			name:      "b's namespace is missing: a protected, b pending",
-			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			desired:   []desired.Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
 			wantOK:    false,
 			wantCalls: []string{"install /n/a", "install /n/b"},
 			wantState: map[string]string{"/n/a": "x/a"},
 		},
 		{
 			name:      "retry while still missing: only b is tried",
-			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			desired:   []desired.Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
 			wantOK:    false,
 			wantCalls: []string{"install /n/b"},
 			wantState: map[string]string{"/n/a": "x/a"},
 		},
 		{
 			name:      "namespace appears: b protected",
-			desired:   []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
+			desired:   []desired.Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil)},
 			fix:       func() { fd.failInstall = nil },
 			wantOK:    true,
 			wantCalls: []string{"install /n/b"},
@@ -103,14 +104,14 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 		},
 		{
 			name:      "a relabelled, b gone",
-			desired:   []Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
+			desired:   []desired.Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
 			wantOK:    true,
 			wantCalls: []string{"remove /n/b", "update /n/a"},
 			wantState: map[string]string{"/n/a": "x/a"},
 		},
 		{
 			name:      "converged: nothing to do",
-			desired:   []Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
+			desired:   []desired.Workload{wl("/n/a", "x/a", map[string]string{"v": "2"})},
 			wantOK:    true,
 			wantState: map[string]string{"/n/a": "x/a"},
 		},
@@ -120,7 +121,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 		if s.fix != nil {
 			s.fix()
 		}
-		r.setDesired(Selection{Workloads: s.desired})
+		r.setDesired(s.desired)
 		ok := r.reconcile(ctx)
 		sort.Strings(fd.calls) // installs and removals run concurrently
 		if ok != s.wantOK || !reflect.DeepEqual(fd.calls, s.wantCalls) || !reflect.DeepEqual(fd.state, s.wantState) {
@@ -139,7 +140,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	}
 
 	// Shutdown removes everything, and tries every workload even when one fails.
-	r.setDesired(Selection{Workloads: []Workload{wl("/n/a", "x/a", nil), wl("/n/c", "x/c", nil)}})
+	r.setDesired([]desired.Workload{wl("/n/a", "x/a", nil), wl("/n/c", "x/c", nil)})
 	r.reconcile(ctx)
 	fd.failRemove["/n/a"] = true
 	fd.calls = nil
@@ -156,15 +157,19 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	}
 }
 
-func TestMetricsCountFlowRecords(t *testing.T) {
+// TestMetricsObserve: each decision the enforcer reports through its
+// callback is counted by verdict, direction and reduced reason; the
+// enforcer's gauges are read at scrape time.
+func TestMetricsObserve(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	inFlight := 3.0
-	m, err := NewMetrics(reg, EnforcerStats{HandshakesInFlight: func() float64 { return inFlight }})
+	m, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	w := flowlog.NewWriter(&countingWriter{out: &out, metrics: m})
+	if err := m.RegisterEnforcer(EnforcerStats{HandshakesInFlight: func() float64 { return inFlight }}); err != nil {
+		t.Fatal(err)
+	}
 	a := &identity.Identity{Cluster: "c", Namespace: "x", Pod: "a"}
 	records := []flowlog.Record{
 		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Allow, Policy: "x/allow", Reason: "allowed by x/allow ingress rule 0"},
@@ -174,14 +179,7 @@ func TestMetricsCountFlowRecords(t *testing.T) {
 		{Time: time.Now(), Direction: "ingress", Local: a, Verdict: flowlog.Deny, TokenError: "unknown-ca", Reason: "token: unknown CA"},
 	}
 	for i := range records {
-		if err := w.Write(&records[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Records pass through unchanged.
-	back, err := flowlog.Read(&out)
-	if err != nil || len(back) != len(records) {
-		t.Fatalf("read back %d records (%v), want %d", len(back), err, len(records))
+		m.Observe(&records[i])
 	}
 	for _, c := range []struct {
 		labels []string
@@ -203,27 +201,8 @@ func TestMetricsCountFlowRecords(t *testing.T) {
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "bireme_handshakes_in_flight"); err != nil {
 		t.Error(err)
 	}
-}
-
-func TestCountingWriterSplitWrites(t *testing.T) {
-	m, err := NewMetrics(prometheus.NewRegistry(), EnforcerStats{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	cw := &countingWriter{out: &out, metrics: m}
-	line := `{"direction":"egress","verdict":"deny","reason":"x"}` + "\n"
-	// One record split across writes, then two in one write.
-	for _, chunk := range []string{line[:10], line[10:], line + line} {
-		if _, err := cw.Write([]byte(chunk)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := testutil.ToFloat64(m.decisions.WithLabelValues("deny", "egress", "no-rule-allows")); got != 3 {
-		t.Errorf("counted %v decisions, want 3", got)
-	}
-	if out.String() != line+line+line {
-		t.Errorf("output altered: %q", out.String())
+	if err := m.RegisterEnforcer(EnforcerStats{HandshakesInFlight: func() float64 { return 0 }}); err == nil {
+		t.Error("a second enforcer's gauges registered over the first's")
 	}
 }
 
@@ -239,7 +218,7 @@ func TestReconcilerNoticesReplacedNamespaces(t *testing.T) {
 		return id, nil
 	}
 	ctx := context.Background()
-	r.setDesired(Selection{Workloads: []Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil), wl("/n/c", "x/c", nil)}})
+	r.setDesired([]desired.Workload{wl("/n/a", "x/a", nil), wl("/n/b", "x/b", nil), wl("/n/c", "x/c", nil)})
 	if !r.reconcile(ctx) {
 		t.Fatal("first reconcile did not converge")
 	}

@@ -14,10 +14,10 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/topology"
 )
 
 // How the enforcers run.

@@ -11,9 +11,9 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/bench/workload"
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/supervisor"
-	"github.com/bireme/bireme/topology"
 )
 
 // processModel is recorded in the results: how the measured parties run.

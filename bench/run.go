@@ -16,8 +16,8 @@ import (
 	"github.com/bireme/bireme/bench/procstat"
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/bench/workload"
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/netns"
-	"github.com/bireme/bireme/topology"
 )
 
 // Ports the server workload listens on.

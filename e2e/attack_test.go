@@ -3,10 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -120,7 +118,7 @@ func noAccept(t *testing.T, what string, s *server, before int64) {
 
 // mark returns how many records node has written so far, for
 // expectTokenRejected's since.
-func (c *cluster) mark(t *testing.T, node string) int { return len(c.enf[node].records(t)) }
+func (c *cluster) mark(t *testing.T, node string) int { return len(c.records(t, node)) }
 
 // expectTokenRejected waits for a deny record on node for local, written
 // after the first since records, whose token error is one of reasons.
@@ -149,17 +147,16 @@ func (c *cluster) expectTokenRejected(t *testing.T, node string, since int, loca
 func TestAttacks(t *testing.T) {
 	py := scapyPython(t)
 	spec := modelSpec(false)
-	spec.Nodes = append(spec.Nodes, "n3")
-	// rogue runs on n3 under an enforcer whose CA the cluster does not
-	// trust; the honest store does not know it.
-	spec.Pods = append(spec.Pods, podSpec{Name: "rogue", Namespace: "x", Node: "n3", Labels: map[string]string{"app": "web"}, Unprotected: true})
+	// x/rogue claims web's labels from node n3, whose enforcer has keys
+	// from a CA the cluster does not trust (same trust domain, other key).
+	spec.Files = append(spec.Files, "testdata/cluster/rogue.yaml")
+	spec.UntrustedNodes = []string{"n3"}
 	c := newCluster(t, spec)
-	web, cache, db, intruder, mallory := c.host("web"), c.host("cache"), c.host("db"), c.host("intruder"), c.host("mallory")
+	web, cache, db, intruder, mallory, rogue := c.pod("web"), c.pod("cache"), c.pod("db"), c.pod("intruder"), c.pod("mallory"), c.pod("rogue")
 	cacheSrv, dbSrv := c.server(t, "cache", 8080), c.server(t, "db", 5432)
-	toN2 := "n" + strconv.Itoa(c.topo.Node("n2").Index) // router interface towards n2
 
 	// An allowed connection web -> cache, captured on the wire in the router.
-	stop := capture(t, c.topo.Router(), toN2, fmt.Sprintf("tcp and host %s and port 8080", cache.Addr))
+	stop := capture(t, c.lab.Router(), c.node("n2").RouterLink, fmt.Sprintf("tcp and host %s and port 8080", cache.Addr))
 	c.exchange(t, "web", "cache", 8080)
 	wire := stop()
 
@@ -238,73 +235,42 @@ func TestAttacks(t *testing.T) {
 	})
 
 	t.Run("token signed by a CA the cluster does not trust", func(t *testing.T) {
-		rogueCA, err := tokens.NewCA(trustDomain, time.Hour) // same name, other key
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := t.TempDir()
-		caFile := filepath.Join(dir, "ca.crt")
-		if err := rogueCA.Save(caFile, filepath.Join(dir, "ca.key")); err != nil {
-			t.Fatal(err)
-		}
-		store := filepath.Join(dir, "store")
-		if err := os.Mkdir(store, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		writeAtomic(t, filepath.Join(store, "rogue.yaml"), fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata:
-  name: x
-  labels: {team: x}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: rogue
-  namespace: x
-  labels: {app: web}
-  annotations: {bireme.io/netns: %s}
-spec:
-  nodeName: n3
-  containers: [{name: main, image: none}]
-`, c.host("rogue").NS.Name))
-		c.enf["rogue"] = c.startEnforcer("rogue", "n3", rogueCA, caFile, store)
-		c.enf["rogue"].waitProtected(1)
 		since2, since1 := c.mark(t, "n2"), c.mark(t, "n1")
 		c.expectDenied(t, "rogue", "cache", 8080)
-		c.expectTokenRejected(t, "n2", since2, "x/cache", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+		c.expectTokenRejected(t, "n2", since2, "x/cache", rogue.Addr.String(), tokens.ReasonUnknownCA)
 		c.expectDenied(t, "rogue", "db", 5432)
-		c.expectTokenRejected(t, "n1", since1, "x/db", c.host("rogue").Addr.String(), tokens.ReasonUnknownCA)
+		c.expectTokenRejected(t, "n1", since1, "x/db", rogue.Addr.String(), tokens.ReasonUnknownCA)
 	})
 
 	// After all of this the honest pair still works.
 	c.expectAllowed(t, "web", "cache", 8080)
 
 	t.Run("metrics count what was refused and why", func(t *testing.T) {
+		type labels = map[string]string
 		for _, m := range []struct {
 			node, name string
-			labels     []string
+			labels     labels
 			atLeast    float64
 		}{
-			{"n2", "bireme_token_failures_total", []string{`reason="replayed-nonce"`}, 3},
-			{"n2", "bireme_token_failures_total", []string{`reason="bad-proof"`}, 1},
-			{"n2", "bireme_token_failures_total", []string{`reason="unknown-ca"`}, 1},
-			{"n1", "bireme_token_failures_total", []string{`reason="bad-signature"`}, 1},
-			{"n2", "bireme_decisions_total", []string{`verdict="deny"`, `direction="ingress"`, `reason="unknown-ca"`}, 1},
-			{"n2", "bireme_decisions_total", []string{`verdict="allow"`, `direction="ingress"`, `reason="policy-rule"`}, 2},
-			{"n1", "bireme_decisions_total", []string{`verdict="allow"`, `direction="egress"`, `reason="policy-rule"`}, 2},
+			{"n2", "bireme_token_failures_total", labels{"reason": "replayed-nonce"}, 3},
+			{"n2", "bireme_token_failures_total", labels{"reason": "bad-proof"}, 1},
+			{"n2", "bireme_token_failures_total", labels{"reason": "unknown-ca"}, 1},
+			{"n1", "bireme_token_failures_total", labels{"reason": "bad-signature"}, 1},
+			{"n2", "bireme_decisions_total", labels{"verdict": "deny", "direction": "ingress", "reason": "unknown-ca"}, 1},
+			{"n2", "bireme_decisions_total", labels{"verdict": "allow", "direction": "ingress", "reason": "policy-rule"}, 2},
+			{"n1", "bireme_decisions_total", labels{"verdict": "allow", "direction": "egress", "reason": "policy-rule"}, 2},
 		} {
-			v, err := c.enf[m.node].metric(m.name, m.labels...)
+			v, err := c.metric(m.node, m.name, m.labels)
 			if err != nil || v < m.atLeast {
 				t.Errorf("%s %s%v = %v (%v), want at least %v", m.node, m.name, m.labels, v, err, m.atLeast)
 			}
 		}
 		for _, n := range []string{"n1", "n2"} {
-			if v, err := c.enf[n].metric("bireme_handshakes_in_flight"); err != nil || v < 0 {
+			if v, err := c.metric(n, "bireme_handshakes_in_flight", nil); err != nil || v < 0 {
 				t.Errorf("%s bireme_handshakes_in_flight = %v (%v)", n, v, err)
 			}
 			// Every assertion on flow records above relies on none lost.
-			if v, err := c.enf[n].metric("bireme_flow_records_dropped_total"); err != nil || v != 0 {
+			if v, err := c.metric(n, "bireme_flow_records_dropped_total", nil); err != nil || v != 0 {
 				t.Errorf("%s bireme_flow_records_dropped_total = %v (%v), want 0", n, v, err)
 			}
 		}

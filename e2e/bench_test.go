@@ -15,7 +15,7 @@ import (
 //	go test -run '^$' -bench Connect -benchtime 2000x ./e2e
 func BenchmarkConnect(b *testing.B) {
 	spec := modelSpec(false)
-	spec.Pods = append(spec.Pods, podSpec{Name: "plain", Node: "n1", Unprotected: true})
+	spec.Files = append(spec.Files, "testdata/cluster/plain.yaml")
 	c := newCluster(b, spec)
 	for _, pair := range []struct{ name, from, to string }{
 		{"bireme", "web", "cache"},

@@ -7,12 +7,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/bireme/bireme/topology"
 )
 
 // TestEnforcerRestartAndStop proves the promises about the enforcer process
@@ -22,6 +19,8 @@ import (
 // any workload namespace.
 func TestEnforcerRestartAndStop(t *testing.T) {
 	c := newCluster(t, modelSpec(false))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 
 	live, err := c.dial("web", "cache", 8080, 3*time.Second)
 	if err != nil {
@@ -36,7 +35,7 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 	}
 	check("before any restart")
 
-	c.enf["n2"].kill9()
+	c.killEnforcer(t, "n2")
 	check("with the server's enforcer killed")
 	t.Run("killed enforcer fails closed", func(t *testing.T) {
 		c.expectDenied(t, "web", "cache", 8080)      // into n2
@@ -44,14 +43,14 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 		c.expectAllowed(t, "web", "db", 5432)        // n1 alone still works
 	})
 
-	c.enf["n1"].kill9()
+	c.killEnforcer(t, "n1")
 	check("with both enforcers killed")
 
 	for _, n := range []string{"n1", "n2"} {
-		c.enf[n].start()
-	}
-	for _, n := range []string{"n1", "n2"} {
-		c.enf[n].waitProtected(c.protectedOn(n))
+		// Returns once the enforcer protects all of its pods again.
+		if err := c.lab.StartEnforcer(ctx, n); err != nil {
+			t.Fatalf("restart enforcer %s: %v", n, err)
+		}
 	}
 	check("after both enforcers restarted")
 	t.Run("restarted enforcers decide again", func(t *testing.T) {
@@ -59,15 +58,14 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 		c.expectDenied(t, "intruder", "cache", 8080)
 	})
 	t.Run("restart did not duplicate rules", func(t *testing.T) {
-		for _, p := range c.spec.Pods {
-			if p.Unprotected {
+		for _, p := range c.lab.Status().Pods {
+			if !p.Protected {
 				continue
 			}
-			r := c.rules(p.Name)
 			seen := map[string]bool{}
-			for _, l := range strings.Split(r, "\n") {
+			for _, l := range strings.Split(c.rules(p.Pod), "\n") {
 				if seen[l] {
-					t.Errorf("%s: rule twice after restart: %s", p.Name, l)
+					t.Errorf("%s: rule twice after restart: %s", p.Pod, l)
 				}
 				seen[l] = true
 			}
@@ -76,16 +74,17 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 
 	t.Run("SIGTERM leaves nothing behind", func(t *testing.T) {
 		for _, n := range []string{"n1", "n2"} {
-			if err := c.enf[n].stop(); err != nil {
-				t.Errorf("enforcer %s: %v (want exit status 0)", n, err)
+			// An error also when the enforcer exited with a non-zero status.
+			if err := c.lab.StopEnforcer(ctx, n); err != nil {
+				t.Errorf("stop enforcer %s: %v (want exit status 0)", n, err)
 			}
 		}
-		for _, p := range c.spec.Pods {
-			if got := c.rules(p.Name); got != c.baseline[p.Name] {
-				t.Errorf("%s: rules after stop differ from before start:\nbefore:\n%s\nafter:\n%s", p.Name, c.baseline[p.Name], got)
+		for _, p := range c.lab.Status().Pods {
+			if got := c.rules(p.Pod); got != noRules {
+				t.Errorf("%s: rules left after stop:\n%s", p.Pod, got)
 			}
-			if q := c.queues(p.Name); q != "" {
-				t.Errorf("%s: NFQUEUE still bound after stop: %s", p.Name, q)
+			if q := c.queues(p.Pod); q != "" {
+				t.Errorf("%s: NFQUEUE still bound after stop: %s", p.Pod, q)
 			}
 		}
 	})
@@ -102,19 +101,19 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 // it comes back.
 func TestStoreChanges(t *testing.T) {
 	spec := modelSpec(false)
-	spec.Pods = append(spec.Pods, podSpec{Name: "batch", Namespace: "x", Node: "n2", Labels: map[string]string{"app": "batch"}})
+	spec.Files = append(spec.Files, "testdata/cluster/batch.yaml")
 	c := newCluster(t, spec)
 
 	c.expectDenied(t, "batch", "db", 5432)
 
 	t.Run("relabelled client is signed with its new labels", func(t *testing.T) {
-		c.setLabels("batch", map[string]string{"app": "web"})
+		c.apply(t, "testdata/cluster/batch-as-web.yaml")
 		if err := eventuallyConnects(c, "batch", "db", 5432); err != nil {
-			t.Fatalf("batch relabelled app=web: %v\nn2 log:\n%s", err, c.enf["n2"].log())
+			t.Fatalf("batch relabelled app=web: %v\nn2 log:\n%s", err, c.enforcerLog("n2"))
 		}
 		c.expectAllowed(t, "batch", "db", 5432)
 		c.expectFlow(t, "n1", flowMatch{Direction: "ingress", Local: "x/db", Peer: "x/batch", Verdict: "allow"}, "x/db-ingress", "x/db-ingress")
-		c.setLabels("batch", map[string]string{"app": "batch"})
+		c.apply(t, "testdata/cluster/batch.yaml")
 		if err := eventuallyRefused(c, "batch", "db", 5432); err != nil {
 			t.Fatal(err)
 		}
@@ -122,14 +121,16 @@ func TestStoreChanges(t *testing.T) {
 	})
 
 	t.Run("invalid edit keeps the last good set", func(t *testing.T) {
-		writeAtomic(t, c.store+"/broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: \"Not_A_Name\"}\n")
+		// Straight into the store: the lab itself refuses invalid input.
+		broken := filepath.Join(c.lab.Status().Store, "broken.yaml")
+		writeAtomic(t, broken, "apiVersion: v1\nkind: Pod\nmetadata: {name: \"Not_A_Name\"}\n")
 		time.Sleep(500 * time.Millisecond) // several polls
 		c.expectAllowed(t, "web", "cache", 8080)
 		c.expectDenied(t, "intruder", "cache", 8080)
-		if !c.enf["n2"].running() {
+		if c.node("n2").EnforcerPID == 0 {
 			t.Fatal("enforcer exited on an invalid store")
 		}
-		if err := os.Remove(c.store + "/broken.yaml"); err != nil {
+		if err := os.Remove(broken); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -141,7 +142,7 @@ func TestStoreChanges(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for c.rules("cache") != c.rules("intruder") || c.queues("cache") == "" {
 			if time.Now().After(deadline) {
-				t.Fatalf("the new cache namespace got no rules or queue:\n%s\nn2 log:\n%s", c.rules("cache"), c.enf["n2"].log())
+				t.Fatalf("the new cache namespace got no rules or queue:\n%s\nn2 log:\n%s", c.rules("cache"), c.enforcerLog("n2"))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -155,16 +156,13 @@ func TestStoreChanges(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer live.Close()
-		creds, err := c.ca.IssueNode("n2", time.Hour)
-		if err != nil {
+		if err := c.lab.RenewNodeCredentials("n2"); err != nil {
 			t.Fatal(err)
 		}
-		if err := creds.Save(filepath.Join(c.dir, "n2.crt"), filepath.Join(c.dir, "n2.key")); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.enf["n2"].log(), "node credentials rotated"); {
+		// The log line is this test's evidence, not a readiness signal.
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.enforcerLog("n2"), "node credentials rotated"); {
 			if time.Now().After(deadline) {
-				t.Fatalf("n2 did not rotate its credentials:\n%s", c.enf["n2"].log())
+				t.Fatalf("n2 did not rotate its credentials:\n%s", c.enforcerLog("n2"))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -177,77 +175,44 @@ func TestStoreChanges(t *testing.T) {
 	})
 
 	t.Run("pod removed from the store is released, and protected when back", func(t *testing.T) {
-		saved := c.spec.Pods
-		var without []podSpec
-		for _, p := range saved {
-			if p.Name != "cache" {
-				without = append(without, p)
-			}
-		}
-		c.spec.Pods = without
-		c.writeStore()
-		c.enf["n2"].waitProtected(c.protectedOn("n2"))
-		if got := c.rules("cache"); got != c.baseline["cache"] {
-			t.Errorf("cache released, but its rules differ from before:\nbefore:\n%s\nnow:\n%s", c.baseline["cache"], got)
+		// The lab keeps cache's namespace but gives the enforcer no netns
+		// for it; apply returns once n2 protects one pod fewer.
+		c.apply(t, "testdata/cluster/cache-unprotected.yaml")
+		if got := c.rules("cache"); got != noRules {
+			t.Errorf("cache released, but rules are left:\n%s", got)
 		}
 		if q := c.queues("cache"); q != "" {
 			t.Errorf("cache released, but a queue is still bound: %s", q)
 		}
-		c.spec.Pods = saved
-		c.writeStore()
-		c.enf["n2"].waitProtected(c.protectedOn("n2"))
+		c.apply(t, "testdata/cluster/model.yaml")
 		c.expectDenied(t, "intruder", "cache", 8080)
 		c.expectAllowed(t, "web", "cache", 8080)
 	})
 }
 
-// recreateHost deletes host's namespace and makes a new one under the same
-// name on the same node, as a restarted pod sandbox would, with a fresh
-// server on port.
-func (c *cluster) recreateHost(t *testing.T, host string, port uint16) {
+// recreateHost restarts pod's sandbox: a new namespace under the same
+// name, as a restarted pod gets, with a fresh echo server on port.
+func (c *cluster) recreateHost(t *testing.T, pod string, port uint16) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	node := c.host(host).Node
+	ref := c.pod(pod).Ref
 	// A socket keeps its namespace (and so its veth) alive: close ours.
 	// The enforcer's queue socket goes when the agent sees the namespace gone.
-	c.server(t, host, port).ln.Close()
-	if err := c.topo.RemoveHost(ctx, host); err != nil {
-		t.Fatal(err)
-	}
-	// The node-side end of the old veth pair disappears asynchronously
-	// after the namespace is deleted; until then its name is taken.
-	var h *topology.Host
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if h, err = c.topo.AddHost(ctx, node, host); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The node may still map the address to the old veth's MAC address;
-	// a real sandbox restart announces itself, this one is forgotten.
-	if err := c.topo.Node(node).NS.Exec(ctx, "ip", "neigh", "flush", "dev", "br0"); err != nil {
+	c.server(t, pod, port).ln.Close()
+	if err := c.lab.RestartPodSandbox(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	// The server lives as long as the cluster, not just this subtest.
-	c.servers[host+":"+strconv.Itoa(int(port))] = startServer(c.t, h, port)
+	c.servers[serverKey(ref, port)] = startServer(c.t, c.pod(pod), port)
 }
 
-func (c *cluster) setLabels(pod string, labels map[string]string) {
-	for i := range c.spec.Pods {
-		if c.spec.Pods[i].Name == pod {
-			c.spec.Pods[i].Labels = labels
-		}
+// killEnforcer kills node's enforcer with SIGKILL: it cleans nothing up.
+func (c *cluster) killEnforcer(t *testing.T, node string) {
+	t.Helper()
+	if err := c.lab.KillEnforcer(node); err != nil {
+		t.Fatal(err)
 	}
-	c.writeStore()
-}
-
-func (e *enforcerProc) log() string {
-	b, _ := os.ReadFile(e.logFile)
-	return tail(string(b), 3000)
 }
 
 // eventuallyConnects retries from -> to:port for up to 5 s (the store is
@@ -255,7 +220,7 @@ func (e *enforcerProc) log() string {
 // has accepted it (the accept comes after the client's connect returns: the
 // final ACK still crosses both enforcers).
 func eventuallyConnects(c *cluster, from, to string, port uint16) error {
-	s := c.servers[to+":"+strconv.Itoa(int(port))]
+	s := c.servers[serverKey(c.pod(to).Ref, port)]
 	var last error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		before := s.accepts.Load()
@@ -287,4 +252,17 @@ func eventuallyRefused(c *cluster, from, to string, port uint16) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s -> %s:%d still connects", from, to, port)
+}
+
+// writeAtomic writes path under a temporary name and renames it into
+// place, so an enforcer polling the directory never reads half of it.
+func writeAtomic(t testing.TB, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp~"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,11 +1,12 @@
-// Package e2e runs the real bireme binary across network namespaces: nodes
-// joined by a router (optionally through NAT), one `bireme enforce` process
-// per node, real TCP clients and servers in the workloads' namespaces, and
-// scapy for the packets no honest client would send.
+// Package e2e runs the real bireme binary across network namespaces: a lab
+// (package lab) of nodes joined by a router (optionally through NAT), one
+// `bireme enforce` process per node, real TCP clients and servers in the
+// workloads' namespaces, and scapy for the packets no honest client would
+// send.
 //
 // The tests need root (they create namespaces and iptables rules) and skip
-// with a message otherwise. Each builds its own topology under a random
-// prefix and removes it, with every enforcer process, when it ends.
+// with a message otherwise. Each builds its own lab under a random prefix
+// and removes it, with every enforcer process, when it ends.
 package e2e
 
 import (

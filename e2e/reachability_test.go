@@ -5,11 +5,11 @@ import (
 	"testing"
 )
 
-// The model shared by the reachability tests:
+// The model shared by the tests, testdata/cluster/model.yaml:
 //
 //	node n1: x/web (app=web), x/db (app=db, port 5432 "pg" and 8080)
 //	node n2: x/cache (app=cache, 8080), y/intruder (app=web, 8080),
-//	         mallory (no enforcer: a machine outside Bireme)
+//	         ext/mallory (unprotected: a machine outside Bireme)
 //
 //	x/db-ingress:    app=db accepts app=web of namespace x on 5432 only
 //	x/cache-ingress: app=cache accepts app=web of namespaces labelled team=x
@@ -17,78 +17,6 @@ import (
 //
 // y/intruder has web's labels but the wrong namespace: only its signed
 // namespace labels tell it apart.
-const modelPolicies = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: db-ingress
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: db
-  policyTypes: [Ingress]
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: web
-    ports:
-    - port: pg
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: cache-ingress
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: cache
-  policyTypes: [Ingress]
-  ingress:
-  - from:
-    - namespaceSelector:
-        matchLabels:
-          team: x
-      podSelector:
-        matchLabels:
-          app: web
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: web-egress
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - podSelector:
-        matchExpressions:
-        - {key: app, operator: In, values: [db, cache]}
-`
-
-func modelSpec(nat bool) clusterSpec {
-	return clusterSpec{
-		NAT:   nat,
-		Nodes: []string{"n1", "n2"},
-		Namespaces: map[string]map[string]string{
-			"x": {"team": "x"},
-			"y": {"team": "y"},
-		},
-		Pods: []podSpec{
-			{Name: "web", Namespace: "x", Node: "n1", Labels: map[string]string{"app": "web"}, Ports: []namedPort{{"http", 8080}}},
-			{Name: "db", Namespace: "x", Node: "n1", Labels: map[string]string{"app": "db"}, Ports: []namedPort{{"pg", 5432}, {"http", 8080}}},
-			{Name: "cache", Namespace: "x", Node: "n2", Labels: map[string]string{"app": "cache"}, Ports: []namedPort{{"redis", 8080}}},
-			{Name: "intruder", Namespace: "y", Node: "n2", Labels: map[string]string{"app": "web"}, Ports: []namedPort{{"http", 8080}}},
-			{Name: "mallory", Node: "n2", Unprotected: true, Ports: []namedPort{{"", 8080}}},
-		},
-		Policies: modelPolicies,
-	}
-}
 
 // TestReachability proves the decisions of the model, on one node and
 // across nodes, with real connections: allowed pairs move 10 MB each way
@@ -108,8 +36,8 @@ func TestReachabilityNAT(t *testing.T) {
 	checkModel(t, c)
 	// The NAT is real: a server on n2 sees web's connections coming from n1.
 	r, ok := c.waitFlow(t, "n2", flowMatch{Direction: "ingress", Local: "x/cache", Peer: "x/web", Verdict: "allow"})
-	if ok && !hasHost(r.PeerAddr, c.topo.Node("n1").Addr.String()) {
-		t.Errorf("with NAT, cache saw web at %s; want n1's address %s", r.PeerAddr, c.topo.Node("n1").Addr)
+	if n1 := c.node("n1").Addr; ok && !hasHost(r.PeerAddr, n1.String()) {
+		t.Errorf("with NAT, cache saw web at %s; want n1's address %s", r.PeerAddr, n1)
 	}
 }
 

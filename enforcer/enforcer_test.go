@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,10 +17,10 @@ import (
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/k8s"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
-	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/supervisor"
 )
 
@@ -132,21 +130,17 @@ func newLab(t testing.TB, queues uint16) *lab {
 		}
 	}
 
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "store.yaml"), []byte(testPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	objs, err := policy.LoadDir(dir)
+	objs, err := k8s.Decode("store.yaml", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol, err := policy.Compile(objs)
+	pol, err := k8s.Compile(objs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.ids = map[string]*identity.Identity{}
 	for _, pod := range objs.Pods {
-		l.ids[pod.Name] = policy.IdentityOf("lab", objs.Namespace(pod.Namespace), pod)
+		l.ids[pod.Name] = k8s.IdentityOf("lab", objs.Namespace(pod.Namespace), pod)
 	}
 
 	eng := newTokenEngine(t, "lab", "node1")

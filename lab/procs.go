@@ -14,11 +14,18 @@ import (
 	"time"
 )
 
+// child is a process this lab command started. Processes of other lab
+// commands are known only by their pid files.
+type child struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has exited
+	err    error         // its exit error (nil for status 0), set before exited closes
+}
+
 // startDetached starts cmd in its own session with its output going to
 // logFile, so it outlives the lab command that started it (`lab up`). The
-// child is reaped in the background while this process lives; the
-// returned channel is closed when it exits.
-func startDetached(cmd *exec.Cmd, logFile string) (<-chan struct{}, error) {
+// child is reaped in the background while this process lives.
+func startDetached(cmd *exec.Cmd, logFile string) (*child, error) {
 	log, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", cmd.Args[0], err)
@@ -29,12 +36,12 @@ func startDetached(cmd *exec.Cmd, logFile string) (<-chan struct{}, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", strings.Join(cmd.Args, " "), err)
 	}
-	done := make(chan struct{})
+	c := &child{cmd: cmd, exited: make(chan struct{})}
 	go func() {
-		_ = cmd.Wait()
-		close(done)
+		c.err = cmd.Wait()
+		close(c.exited)
 	}()
-	return done, nil
+	return c, nil
 }
 
 // writePID records pid in file; stopPID reads it back to stop the process.
@@ -92,6 +99,32 @@ func stopPID(ctx context.Context, pidFile, mark string, grace time.Duration) err
 			}
 			os.Remove(pidFile)
 			return fmt.Errorf("stop %s: process %d ignored SIGTERM for %s and was killed (its rules may be left in namespaces that are about to be deleted)", filepath.Base(pidFile), pid, grace)
+		}
+	}
+	return os.Remove(pidFile)
+}
+
+// killPID kills the process in pidFile (if it is still ours) with SIGKILL,
+// giving it no chance to clean up, waits until it is gone and removes the
+// pid file.
+func killPID(pidFile, mark string) error {
+	data, err := os.ReadFile(pidFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return errors.New("kill: not running")
+	}
+	if err != nil {
+		return fmt.Errorf("kill: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("kill: bad pid file %s", pidFile)
+	}
+	if alive(pid, mark) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for deadline := time.Now().Add(5 * time.Second); alive(pid, mark); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("kill %s: process %d does not exit", filepath.Base(pidFile), pid)
+			}
 		}
 	}
 	return os.Remove(pidFile)

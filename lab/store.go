@@ -19,10 +19,17 @@ import (
 // (a name under /run/netns); see `bireme enforce`.
 const NetNSAnnotation = "bireme.io/netns"
 
+// UnprotectedAnnotation, set to "true" on a pod in the lab's input, keeps
+// the pod outside Bireme: it gets its namespace, address and server, but
+// the enforcers are not told about it (the store has it without
+// NetNSAnnotation), so it presents no identity, as a machine outside the
+// cluster would. Applying the pod again without it protects the pod.
+const UnprotectedAnnotation = "lab.bireme.io/unprotected"
+
 // The store is a directory the enforcers read (`bireme enforce --store`):
 // one YAML file per object, so that a change rewrites exactly one file.
 // Files are written under a dot-name and renamed into place, so a reader
-// never sees half a file (policy.LoadDir skips dot-files).
+// never sees half a file (filestore.LoadDir skips dot-files).
 
 func namespaceFile(name string) string { return "namespace_" + name + ".yaml" }
 func podFile(ns, name string) string   { return "pod_" + ns + "_" + name + ".yaml" }

@@ -10,6 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -106,7 +107,7 @@ func TestSyncStoreRoundTrip(t *testing.T) {
 	if err := syncStore(dir, objs); err != nil {
 		t.Fatal(err)
 	}
-	got, err := policy.LoadDir(dir)
+	got, err := filestore.LoadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,33 +133,5 @@ func TestSyncStoreRoundTrip(t *testing.T) {
 		if e.Name()[0] == '.' {
 			t.Errorf("temporary file %s left in the store", e.Name())
 		}
-	}
-}
-
-func TestProtectedSince(t *testing.T) {
-	log := filepath.Join(t.TempDir(), "enforce.log")
-	first := `time=T level=INFO msg="workload protected" node=n1 pod=x/a netns=/run/netns/p-x_a` + "\n"
-	second := `time=T level=INFO msg="workload released" node=n1 pod=x/ab netns=/run/netns/p-x_ab` + "\n" +
-		`time=T level=INFO msg="workload protected" node=n1 pod=x/ab netns=/run/netns/p-x_ab` + "\n"
-	if err := os.WriteFile(log, []byte(first+second), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		offset int64
-		ref    string
-		want   bool
-	}{
-		{0, "x/a", true},
-		{0, "x/ab", true},
-		{int64(len(first)), "x/a", false}, // only the earlier line names x/a
-		{int64(len(first)), "x/ab", true},
-		{0, "x/b", false},
-	} {
-		if got := protectedSince(log, tc.offset, tc.ref); got != tc.want {
-			t.Errorf("protectedSince(offset %d, %s) = %v, want %v", tc.offset, tc.ref, got, tc.want)
-		}
-	}
-	if protectedSince(filepath.Join(t.TempDir(), "missing"), 0, "x/a") {
-		t.Error("a missing log says protected")
 	}
 }

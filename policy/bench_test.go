@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
@@ -14,15 +14,17 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/policy"
 )
 
 // benchWorld is 1000 pods and 1000 policies over 10 namespaces: each
 // namespace has 100 pods in 20 apps and 100 policies, each selecting one app
 // and allowing two peers (same-namespace app, other-namespace team) on a
 // numeric, a ranged and a named port, plus egress rules.
-func benchWorld() Objects {
+func benchWorld() policy.Objects {
 	const namespaces, podsPerNS, policiesPerNS, apps = 10, 100, 100, 20
-	var objs Objects
+	var objs policy.Objects
 	for n := range namespaces {
 		ns := &corev1.Namespace{}
 		ns.Name = fmt.Sprintf("ns%d", n)
@@ -68,11 +70,11 @@ func BenchmarkCompile(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
 	b.ReportAllocs()
-	var e *Engine
+	var e *policy.Engine
 	start := cpuTime()
 	for b.Loop() {
 		var err error
-		if e, err = Compile(objs); err != nil {
+		if e, err = policy.Compile(objs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -87,23 +89,23 @@ func BenchmarkCompile(b *testing.B) {
 
 // benchQuestions returns the Engine and n (local, peer, port) questions
 // over the bench world: half ingress, half egress.
-func benchQuestions(b *testing.B, n int) (*Engine, []benchQuestion) {
+func benchQuestions(b *testing.B, n int) (*policy.Engine, []benchQuestion) {
 	objs := benchWorld()
-	e, err := Compile(objs)
+	e, err := policy.Compile(objs)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ids := make([]*identity.Identity, len(objs.Pods))
 	for i, p := range objs.Pods {
-		ids[i] = IdentityOf("c1", objs.Namespace(p.Namespace), p)
+		ids[i] = k8s.IdentityOf("c1", objs.Namespace(p.Namespace), p)
 	}
 	qs := make([]benchQuestion, n)
 	for i := range qs {
-		q := benchQuestion{local: ids[(i*7919)%len(ids)], dir: Direction(i % 2), port: []uint16{8080, 1005, 20050, 9090}[i%4]}
+		q := benchQuestion{local: ids[(i*7919)%len(ids)], dir: policy.Direction(i % 2), port: []uint16{8080, 1005, 20050, 9090}[i%4]}
 		if i%10 == 9 {
-			q.peer = Peer{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i % 3), byte(i)})}
+			q.peer = policy.Peer{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i % 3), byte(i)})}
 		} else {
-			q.peer = Peer{Identity: ids[(i*104729+13)%len(ids)]}
+			q.peer = policy.Peer{Identity: ids[(i*104729+13)%len(ids)]}
 		}
 		qs[i] = q
 	}
@@ -112,8 +114,8 @@ func benchQuestions(b *testing.B, n int) (*Engine, []benchQuestion) {
 
 type benchQuestion struct {
 	local *identity.Identity
-	peer  Peer
-	dir   Direction
+	peer  policy.Peer
+	dir   policy.Direction
 	port  uint16
 }
 
@@ -166,11 +168,7 @@ func BenchmarkDecideUncached(b *testing.B) {
 	start := cpuTime()
 	for b.Loop() {
 		q := &qs[i%len(qs)]
-		keyOf(q.local)
-		if q.peer.Identity != nil {
-			keyOf(q.peer.Identity)
-		}
-		e.decide(q.local, e.selectionFor(q.local), q.peer, q.dir, q.port, protoTCP)
+		e.DecideUncached(q.local, q.peer, q.dir, q.port)
 		i++
 	}
 	reportCPU(b, start, true)
@@ -194,7 +192,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 		i++
 	}
 	b.StopTimer()
-	for ; i < 2*decisionCacheSize; i++ {
+	for ; i < 2*policy.DecisionCacheSize; i++ {
 		q := &qs[i%len(qs)]
 		e.Decide(q.local, q.peer, q.dir, uint16(i/len(qs)), "TCP")
 	}

@@ -1,17 +1,17 @@
 // Package policy decides Kubernetes NetworkPolicy (networking.k8s.io/v1)
 // on signed workload identities instead of addresses.
 //
-// Users bring the Namespace, Pod and NetworkPolicy objects they already have.
-// [LoadFiles] and [LoadDir] read them from multi-document YAML or JSON (the
-// embedded file store); [Compile] validates them and builds an immutable
-// [Engine]; [Engine.Decide] answers "may this local workload talk to this
-// peer on this port?" with the verdict and the reason. [Live] holds the
-// current Engine and swaps it atomically when [WatchDir] sees a valid change,
-// so new connections see new policy at once while a bad edit keeps the last
-// good set in force.
+// Users bring the Namespace, Pod and NetworkPolicy objects they already have;
+// this package works on them as typed objects and reads no files. Package
+// k8s decodes and validates them (and k8s/filestore reads them from a
+// directory); [Compile] builds an immutable [Engine]; [Engine.Decide]
+// answers "may this local workload talk to this peer on this port?" with
+// the verdict and the reason; [Explain] answers it for both ends of a
+// connection. [Live] holds the current Engine and swaps it atomically when
+// a source of policy delivers a valid change, so new connections see new
+// policy at once while a bad edit keeps the last good set in force.
 //
-//	objs, err := policy.LoadDir("/etc/bireme/store")
-//	eng, err := policy.Compile(objs)
+//	eng, err := k8s.Compile(objs) // validates, then policy.Compile
 //	live := policy.NewLive(eng)
 //	d := live.Decide(local, policy.Peer{Identity: peer}, policy.Ingress, 80, "TCP")
 //	fmt.Println(d.Reason) // "allowed by x/allow-web ingress rule 0"

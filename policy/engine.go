@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 // Engine is an immutable, compiled policy set. It is safe for concurrent
@@ -76,32 +75,15 @@ const (
 	selectionCacheSize = 1 << 12
 )
 
-// Compile validates objs and builds an Engine. Either every object is valid
-// and a whole new Engine is returned, or nothing is built and the error names
-// the first bad object ("Kind namespace/name: field.path: problem"). objs
-// is not modified; the Engine keeps it for [Engine.Objects].
+// Compile builds an Engine from objs. It expects objects the API server
+// (or k8s.Validate) has accepted and does not repeat that validation; it
+// still refuses whatever it could only compile by guessing (an unknown
+// selector operator, protocol or policy type, a bad CIDR), because a guess
+// can fail open: a podSelector that selects nothing isolates nothing. Either
+// a whole new Engine is returned or nothing is built and the error names
+// the policy. objs is not modified; the Engine keeps it for
+// [Engine.Objects].
 func Compile(objs Objects) (*Engine, error) {
-	seen := map[string]bool{}
-	check := func(ref string, errs field.ErrorList) error {
-		if err := errs.ToAggregate(); err != nil {
-			return fmt.Errorf("%s: %w", ref, err)
-		}
-		if seen[ref] {
-			return fmt.Errorf("%s: duplicate object", ref)
-		}
-		seen[ref] = true
-		return nil
-	}
-	for _, ns := range objs.Namespaces {
-		if err := check(objectRef(kindNamespace, "", ns.Name), validateNamespace(ns)); err != nil {
-			return nil, err
-		}
-	}
-	for _, p := range objs.Pods {
-		if err := check(objectRef(kindPod, p.Namespace, p.Name), validatePod(p)); err != nil {
-			return nil, err
-		}
-	}
 	e := &Engine{
 		byNamespace: map[string][]*compiledPolicy{},
 		objs:        objs,
@@ -109,12 +91,9 @@ func Compile(objs Objects) (*Engine, error) {
 		selections:  newBoundedCache[identityKey, *selection](selectionCacheSize),
 	}
 	for _, np := range objs.Policies {
-		if err := check(objectRef(kindNetworkPolicy, np.Namespace, np.Name), validateNetworkPolicy(np)); err != nil {
-			return nil, err
-		}
 		cp, err := compilePolicy(np)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", objectRef(kindNetworkPolicy, np.Namespace, np.Name), err)
+			return nil, fmt.Errorf("NetworkPolicy %s/%s: %w", np.Namespace, np.Name, err)
 		}
 		e.byNamespace[np.Namespace] = append(e.byNamespace[np.Namespace], cp)
 	}
@@ -128,12 +107,16 @@ func Compile(objs Objects) (*Engine, error) {
 // modify them.
 func (e *Engine) Objects() Objects { return e.objs }
 
-// compilePolicy compiles a validated NetworkPolicy.
+// compilePolicy compiles a NetworkPolicy; errors name the field.
 func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
+	podSelector, err := compileSelector(&np.Spec.PodSelector)
+	if err != nil {
+		return nil, fmt.Errorf("spec.podSelector: %w", err)
+	}
 	cp := &compiledPolicy{
 		name:        np.Namespace + "/" + np.Name,
 		namespace:   np.Namespace,
-		podSelector: compileSelector(&np.Spec.PodSelector),
+		podSelector: podSelector,
 	}
 	if len(np.Spec.PolicyTypes) == 0 {
 		// The API server's defaulting: Ingress always, Egress only when
@@ -141,25 +124,28 @@ func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 		cp.ingress = true
 		cp.egress = len(np.Spec.Egress) > 0
 	}
-	for _, t := range np.Spec.PolicyTypes {
+	for i, t := range np.Spec.PolicyTypes {
 		switch t {
 		case networkingv1.PolicyTypeIngress:
 			cp.ingress = true
 		case networkingv1.PolicyTypeEgress:
 			cp.egress = true
+		default:
+			// Ignoring it could leave the policy isolating nothing.
+			return nil, fmt.Errorf("spec.policyTypes[%d]: unknown policy type %q", i, t)
 		}
 	}
-	for _, r := range np.Spec.Ingress {
+	for i, r := range np.Spec.Ingress {
 		rule, err := compileRule(r.From, r.Ports)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("spec.ingress[%d]: %w", i, err)
 		}
 		cp.ingressRules = append(cp.ingressRules, rule)
 	}
-	for _, r := range np.Spec.Egress {
+	for i, r := range np.Spec.Egress {
 		rule, err := compileRule(r.To, r.Ports)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("spec.egress[%d]: %w", i, err)
 		}
 		cp.egressRules = append(cp.egressRules, rule)
 	}
@@ -169,13 +155,21 @@ func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 // compileRule compiles the peers and ports of one rule.
 func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (compiledRule, error) {
 	r := compiledRule{allPeers: len(peers) == 0, allPorts: len(ports) == 0}
-	for _, p := range peers {
+	for i, p := range peers {
+		if p.PodSelector == nil && p.NamespaceSelector == nil && p.IPBlock == nil {
+			return compiledRule{}, fmt.Errorf("peer %d: none of podSelector, namespaceSelector, ipBlock", i)
+		}
 		var cp compiledPeer
+		var err error
 		if p.PodSelector != nil {
-			cp.pods = compileSelector(p.PodSelector)
+			if cp.pods, err = compileSelector(p.PodSelector); err != nil {
+				return compiledRule{}, fmt.Errorf("peer %d: podSelector: %w", i, err)
+			}
 		}
 		if p.NamespaceSelector != nil {
-			cp.namespaces = compileSelector(p.NamespaceSelector)
+			if cp.namespaces, err = compileSelector(p.NamespaceSelector); err != nil {
+				return compiledRule{}, fmt.Errorf("peer %d: namespaceSelector: %w", i, err)
+			}
 		}
 		if p.IPBlock != nil {
 			cidr, err := parsePrefix(p.IPBlock.CIDR)
@@ -194,10 +188,13 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 		}
 		r.peers = append(r.peers, cp)
 	}
-	for _, p := range ports {
+	for i, p := range ports {
 		cp := compiledPort{protocol: protoTCP, anyPort: p.Port == nil}
 		if p.Protocol != nil {
-			cp.protocol, _ = parseProtocol(string(*p.Protocol))
+			var ok bool
+			if cp.protocol, ok = parseProtocol(string(*p.Protocol)); !ok {
+				return compiledRule{}, fmt.Errorf("ports[%d]: unknown protocol %q", i, *p.Protocol)
+			}
 		}
 		switch {
 		case p.Port == nil:
@@ -214,8 +211,7 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 	return r, nil
 }
 
-// parsePrefix parses a CIDR (validation has already accepted it) into the
-// masked form the matcher compares addresses against.
+// parsePrefix parses a CIDR into the masked form the matcher compares addresses against.
 func parsePrefix(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil {

@@ -4,34 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/bireme/bireme/identity"
 )
-
-// LoadPaths loads files and directories together: a directory contributes
-// the files [LoadDir] would read. Duplicates across all of them are errors.
-func LoadPaths(paths ...string) (Objects, error) {
-	var files []string
-	for _, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil {
-			return Objects{}, fmt.Errorf("read policy input: %w", err)
-		}
-		if !st.IsDir() {
-			files = append(files, p)
-			continue
-		}
-		fs, err := storeFiles(p)
-		if err != nil {
-			return Objects{}, err
-		}
-		files = append(files, fs...)
-	}
-	return LoadFiles(files...)
-}
 
 // Explanation is the answer to "may FROM connect to TO on PORT?": the
 // client's egress decision and the server's ingress decision, each made as
@@ -49,74 +26,62 @@ type Explanation struct {
 	Allowed  bool      `json:"allowed"`
 }
 
-// endpoint is one end of an explained connection.
-type endpoint struct {
-	ref string
-	id  *identity.Identity // nil for an address
-	ip  netip.Addr
+// Endpoint is one end of an explained connection: a workload, with the
+// identity its enforcer would sign, or an address (Identity nil), which runs
+// no enforcer and is seen by the other end as an anonymous peer.
+type Endpoint struct {
+	// Ref names the end in the explanation ("namespace/pod" or the address).
+	Ref      string
+	Identity *identity.Identity
+	// Addr is the address an anonymous end is seen from (ipBlock rules
+	// match it); ignored when Identity is set.
+	Addr netip.Addr
 }
 
-// Explain decides a connection between two ends named "namespace/pod" (pods
-// in e's objects, identities built with [IdentityOf] in cluster) or IP
-// addresses (anonymous). port is a number or a port name, resolved on the
-// destination pod's container ports. protocol "" means TCP.
-func Explain(e *Engine, cluster, from, to, port, protocol string) (*Explanation, error) {
+// Explain decides a connection from src to dst as the two ends' enforcers
+// would. port is a number or a port name, resolved on dst's identity.
+// protocol "" means TCP. Resolving names such as "namespace/pod" into
+// Endpoints is the caller's business (k8s.Explain does it for Kubernetes
+// objects).
+func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation, error) {
 	proto, ok := parseProtocol(protocol)
 	if !ok {
 		return nil, fmt.Errorf("protocol %q: must be TCP, UDP or SCTP", protocol)
 	}
-	src, err := e.endpoint(cluster, from)
-	if err != nil {
-		return nil, fmt.Errorf("from: %w", err)
-	}
-	dst, err := e.endpoint(cluster, to)
-	if err != nil {
-		return nil, fmt.Errorf("to: %w", err)
-	}
-	if src.id == nil && dst.id == nil {
+	if src.Identity == nil && dst.Identity == nil {
 		return nil, errors.New("at least one end must be a pod: Bireme decides nothing between two addresses")
 	}
-	x := &Explanation{From: src.ref, To: dst.ref, Protocol: proto.String()}
+	if src.Identity != nil {
+		src.Addr = netip.Addr{}
+	}
+	if dst.Identity != nil {
+		dst.Addr = netip.Addr{}
+	}
+	x := &Explanation{From: src.Ref, To: dst.Ref, Protocol: proto.String()}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n > 0 {
 		x.Port = uint16(n)
 	} else {
-		if dst.id == nil {
+		if dst.Identity == nil {
 			return nil, fmt.Errorf("port %q: a named port needs a pod as destination", port)
 		}
-		n, ok := dst.id.NamedPort(port, x.Protocol)
+		n, ok := dst.Identity.NamedPort(port, x.Protocol)
 		if !ok {
-			return nil, fmt.Errorf("port %q: not a port number (1-65535) nor a %s port name of %s", port, x.Protocol, dst.ref)
+			return nil, fmt.Errorf("port %q: not a port number (1-65535) nor a %s port name of %s", port, x.Protocol, dst.Ref)
 		}
 		x.Port, x.PortName = n, port
 	}
 	x.Allowed = true
-	if src.id != nil {
-		d := e.Decide(src.id, Peer{Identity: dst.id, Addr: dst.ip}, Egress, x.Port, x.Protocol)
+	if src.Identity != nil {
+		d := e.Decide(src.Identity, Peer{Identity: dst.Identity, Addr: dst.Addr}, Egress, x.Port, x.Protocol)
 		x.Egress = &d
 		x.Allowed = x.Allowed && d.Allowed
 	}
-	if dst.id != nil {
-		d := e.Decide(dst.id, Peer{Identity: src.id, Addr: src.ip}, Ingress, x.Port, x.Protocol)
+	if dst.Identity != nil {
+		d := e.Decide(dst.Identity, Peer{Identity: src.Identity, Addr: src.Addr}, Ingress, x.Port, x.Protocol)
 		x.Ingress = &d
 		x.Allowed = x.Allowed && d.Allowed
 	}
 	return x, nil
-}
-
-// endpoint resolves "ns/pod" or an address.
-func (e *Engine) endpoint(cluster, s string) (endpoint, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return endpoint{ref: a.String(), ip: a.Unmap()}, nil
-	}
-	ns, name, ok := strings.Cut(s, "/")
-	if !ok || ns == "" || name == "" {
-		return endpoint{}, fmt.Errorf("%q: want NAMESPACE/POD or an IP address", s)
-	}
-	p := e.objs.Pod(ns, name)
-	if p == nil {
-		return endpoint{}, fmt.Errorf("no pod %s/%s in the policy input", ns, name)
-	}
-	return endpoint{ref: ns + "/" + name, id: IdentityOf(cluster, e.objs.Namespace(ns), p)}, nil
 }
 
 // String renders the explanation for humans, one line per decision and the

@@ -1,11 +1,15 @@
-package policy
+package policy_test
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/policy"
 )
 
+// TestExplain explains on the fixture world, the ends named as `bireme
+// policy explain` names them (k8s resolves the names, policy decides).
 func TestExplain(t *testing.T) {
 	e := compileWith(t,
 		np("x", "web", "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}, {ipBlock: {cidr: 198.18.0.0/15}}], ports: [{port: http}]}]"),
@@ -38,7 +42,7 @@ func TestExplain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		name := tt.from + "->" + tt.to + ":" + tt.port
-		x, err := Explain(e, testCluster, tt.from, tt.to, tt.port, tt.proto)
+		x, err := k8s.Explain(e, testCluster, tt.from, tt.to, tt.port, tt.proto)
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
 				t.Errorf("%s: error %v, want %q", name, err, tt.err)
@@ -49,7 +53,7 @@ func TestExplain(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		reason := func(d *Decision) string {
+		reason := func(d *policy.Decision) string {
 			if d == nil {
 				return ""
 			}
@@ -61,23 +65,5 @@ func TestExplain(t *testing.T) {
 		if !strings.Contains(x.String(), "verdict: ") {
 			t.Errorf("%s: text lacks the verdict: %s", name, x)
 		}
-	}
-}
-
-func TestLoadPaths(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"world.yaml": fixtureYAML})
-	other := writeFiles(t, map[string]string{"p.yaml": np("x", "p", "  podSelector: {}")})
-	objs, err := LoadPaths(dir, filepath.Join(other, "p.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(objs.Pods) != 6 || len(objs.Policies) != 1 {
-		t.Fatalf("got %d pods, %d policies", len(objs.Pods), len(objs.Policies))
-	}
-	if _, err := LoadPaths(dir, dir); err == nil || !strings.Contains(err.Error(), "duplicate") {
-		t.Fatalf("same directory twice: %v", err)
-	}
-	if _, err := LoadPaths(filepath.Join(dir, "nope")); err == nil {
-		t.Fatal("missing path loaded")
 	}
 }

@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"net/netip"
@@ -8,6 +8,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/policy"
 )
 
 // fixtureYAML is the small world most tests decide in:
@@ -74,21 +76,21 @@ spec: {containers: [{name: c}]}
 const testCluster = "c1"
 
 // parseObjects loads YAML documents from strings as if each were a file.
-func parseObjects(t testing.TB, docs ...string) Objects {
+func parseObjects(t testing.TB, docs ...string) policy.Objects {
 	t.Helper()
-	var l loader
-	for i, d := range docs {
-		if err := l.loadBytes("test"+string(rune('0'+i))+".yaml", []byte(d)); err != nil {
-			t.Fatalf("load: %v", err)
+	var d k8s.Decoder
+	for i, doc := range docs {
+		if err := d.Decode("test"+string(rune('0'+i))+".yaml", []byte(doc)); err != nil {
+			t.Fatalf("decode: %v", err)
 		}
 	}
-	return l.objs
+	return d.Objects()
 }
 
 // compileWith compiles the fixture plus the given policy documents.
-func compileWith(t testing.TB, policies ...string) *Engine {
+func compileWith(t testing.TB, policies ...string) *policy.Engine {
 	t.Helper()
-	e, err := Compile(parseObjects(t, append([]string{fixtureYAML}, policies...)...))
+	e, err := policy.Compile(parseObjects(t, append([]string{fixtureYAML}, policies...)...))
 	if err != nil {
 		t.Fatalf("compile: %v", err)
 	}
@@ -96,30 +98,30 @@ func compileWith(t testing.TB, policies ...string) *Engine {
 }
 
 // ident returns the identity of "ns/pod" in objs, in cluster testCluster.
-func ident(t testing.TB, objs Objects, ref string) *identity.Identity {
+func ident(t testing.TB, objs policy.Objects, ref string) *identity.Identity {
 	t.Helper()
 	ns, name, _ := strings.Cut(ref, "/")
 	p := objs.Pod(ns, name)
 	if p == nil {
 		t.Fatalf("no pod %s", ref)
 	}
-	return IdentityOf(testCluster, objs.Namespace(ns), p)
+	return k8s.IdentityOf(testCluster, objs.Namespace(ns), p)
 }
 
 // peerOf parses a peer spec: "ns/pod", "c2:ns/pod" (another cluster) or an
 // IP address (anonymous peer).
-func peerOf(t testing.TB, objs Objects, spec string) Peer {
+func peerOf(t testing.TB, objs policy.Objects, spec string) policy.Peer {
 	t.Helper()
 	if a, err := netip.ParseAddr(spec); err == nil {
-		return Peer{Addr: a}
+		return policy.Peer{Addr: a}
 	}
 	cluster, ref, ok := strings.Cut(spec, ":")
 	if !ok {
-		return Peer{Identity: ident(t, objs, spec), Addr: netip.MustParseAddr("198.18.0.99")}
+		return policy.Peer{Identity: ident(t, objs, spec), Addr: netip.MustParseAddr("198.18.0.99")}
 	}
 	id := ident(t, objs, ref)
 	id.Cluster = cluster
-	return Peer{Identity: id, Addr: netip.MustParseAddr("198.18.0.99")}
+	return policy.Peer{Identity: id, Addr: netip.MustParseAddr("198.18.0.99")}
 }
 
 type networkingPolicyType = networkingv1.PolicyType

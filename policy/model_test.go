@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
@@ -14,6 +14,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/policy"
 )
 
 // The model-based test: random policy sets over a small world, decided by
@@ -54,8 +57,8 @@ var (
 )
 
 // modelWorld builds the world's objects.
-func modelWorld() Objects {
-	var objs Objects
+func modelWorld() policy.Objects {
+	var objs policy.Objects
 	for _, n := range modelNamespaces {
 		ns := &corev1.Namespace{}
 		ns.Name, ns.Labels = n.name, n.labels
@@ -204,7 +207,7 @@ type refPeer struct {
 
 // refDecide returns whether the connection is allowed and, if by a rule,
 // which policy and rule index (first in name order, then rule order).
-func refDecide(objs Objects, local *corev1.Pod, peer refPeer, dir Direction, port uint16, proto string) (bool, string, int) {
+func refDecide(objs policy.Objects, local *corev1.Pod, peer refPeer, dir policy.Direction, port uint16, proto string) (bool, string, int) {
 	policies := slices.Clone(objs.Policies)
 	slices.SortFunc(policies, func(a, b *networkingv1.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
 	selected := false
@@ -220,7 +223,7 @@ func refDecide(objs Objects, local *corev1.Pod, peer refPeer, dir Direction, por
 			}
 		}
 		want := networkingv1.PolicyTypeIngress
-		if dir == Egress {
+		if dir == policy.Egress {
 			want = networkingv1.PolicyTypeEgress
 		}
 		if !slices.Contains(types, want) {
@@ -229,10 +232,10 @@ func refDecide(objs Objects, local *corev1.Pod, peer refPeer, dir Direction, por
 		selected = true
 		// The destination pod resolves named ports.
 		dest := local
-		if dir == Egress {
+		if dir == policy.Egress {
 			dest = peer.pod
 		}
-		if dir == Ingress {
+		if dir == policy.Ingress {
 			for i, r := range p.Spec.Ingress {
 				if refPeersAllow(objs, p.Namespace, r.From, peer) && refPortsAllow(r.Ports, dest, port, proto) {
 					return true, p.Namespace + "/" + p.Name, i
@@ -257,7 +260,7 @@ func refSelects(s *metav1.LabelSelector, l map[string]string) bool {
 	return sel.Matches(labels.Set(l))
 }
 
-func refPeersAllow(objs Objects, policyNS string, peers []networkingv1.NetworkPolicyPeer, peer refPeer) bool {
+func refPeersAllow(objs policy.Objects, policyNS string, peers []networkingv1.NetworkPolicyPeer, peer refPeer) bool {
 	if len(peers) == 0 {
 		return true
 	}
@@ -357,19 +360,19 @@ func TestModel(t *testing.T) {
 		var docs []string
 		for i := range r.IntN(6) {
 			p := g.policy(i)
-			// Through YAML and the loader, as users' files come.
+			// Through YAML and the Decoder, as users' files come.
 			b, err := yaml.Marshal(p)
 			if err != nil {
 				t.Fatal(err)
 			}
 			docs = append(docs, string(b))
 		}
-		var l loader
-		if err := l.loadBytes("random.yaml", []byte(strings.Join(docs, "---\n"))); err != nil {
+		decoded, err := k8s.Decode("random.yaml", []byte(strings.Join(docs, "---\n")))
+		if err != nil {
 			t.Fatalf("iteration %d: generated policies rejected: %v\n%s", it, err, strings.Join(docs, "---\n"))
 		}
-		objs.Policies = l.objs.Policies
-		e, err := Compile(objs)
+		objs.Policies = decoded.Policies
+		e, err := policy.Compile(objs)
 		if err != nil {
 			t.Fatalf("iteration %d: %v", it, err)
 		}
@@ -381,17 +384,17 @@ func TestModel(t *testing.T) {
 			peers = append(peers, refPeer{addr: netip.MustParseAddr(a)})
 		}
 		for _, local := range objs.Pods {
-			lid := IdentityOf("c1", objs.Namespace(local.Namespace), local)
+			lid := k8s.IdentityOf("c1", objs.Namespace(local.Namespace), local)
 			for _, peer := range peers {
-				pp := Peer{Addr: peer.addr}
+				pp := policy.Peer{Addr: peer.addr}
 				if peer.pod != nil {
-					pp.Identity = IdentityOf("c1", objs.Namespace(peer.pod.Namespace), peer.pod)
+					pp.Identity = k8s.IdentityOf("c1", objs.Namespace(peer.pod.Namespace), peer.pod)
 					pp.Addr = netip.MustParseAddr("198.18.0.10") // must never matter
 					if peer.foreign {
 						pp.Identity.Cluster = "c2"
 					}
 				}
-				for _, dir := range []Direction{Ingress, Egress} {
+				for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
 					for _, proto := range modelProtocols {
 						for _, port := range modelPorts {
 							got := e.Decide(lid, pp, dir, port, proto)

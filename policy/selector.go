@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"slices"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,13 +22,28 @@ type requirement struct {
 	values []string // sorted; In / NotIn only
 }
 
-// compileSelector compiles a validated selector.
-func compileSelector(s *metav1.LabelSelector) *selector {
+// compileSelector compiles a selector. It refuses an operator it does not
+// know and values that contradict the operator (In/NotIn without values,
+// Exists/DoesNotExist with some): matching nothing instead would make a
+// podSelector select no pod, and so isolate none.
+func compileSelector(s *metav1.LabelSelector) (*selector, error) {
 	out := &selector{}
 	for k, v := range s.MatchLabels {
 		out.reqs = append(out.reqs, requirement{key: k, op: metav1.LabelSelectorOpIn, values: []string{v}})
 	}
-	for _, e := range s.MatchExpressions {
+	for i, e := range s.MatchExpressions {
+		switch e.Operator {
+		case metav1.LabelSelectorOpIn, metav1.LabelSelectorOpNotIn:
+			if len(e.Values) == 0 {
+				return nil, fmt.Errorf("matchExpressions[%d]: operator %s needs values", i, e.Operator)
+			}
+		case metav1.LabelSelectorOpExists, metav1.LabelSelectorOpDoesNotExist:
+			if len(e.Values) > 0 {
+				return nil, fmt.Errorf("matchExpressions[%d]: operator %s takes no values", i, e.Operator)
+			}
+		default:
+			return nil, fmt.Errorf("matchExpressions[%d]: unknown operator %q", i, e.Operator)
+		}
 		vals := slices.Clone(e.Values)
 		slices.Sort(vals)
 		out.reqs = append(out.reqs, requirement{key: e.Key, op: e.Operator, values: vals})
@@ -43,7 +59,7 @@ func compileSelector(s *metav1.LabelSelector) *selector {
 		}
 		return 0
 	})
-	return out
+	return out, nil
 }
 
 // matches reports whether labels satisfy every requirement. NotIn and
@@ -70,7 +86,7 @@ func (s *selector) matches(labels map[string]string) bool {
 				return false
 			}
 		default:
-			// Unreachable after validation; fail closed.
+			// Unreachable: compileSelector refuses other operators.
 			return false
 		}
 	}

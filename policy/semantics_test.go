@@ -1,10 +1,12 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/bireme/bireme/policy"
 )
 
 // np renders a NetworkPolicy document; spec is YAML indented by two spaces.
@@ -21,7 +23,7 @@ func TestSemantics(t *testing.T) {
 		policies []string
 		local    string // the protected workload, "ns/pod"
 		peer     string // "ns/pod", "cluster:ns/pod" or an IP (anonymous)
-		dir      Direction
+		dir      policy.Direction
 		port     uint16
 		proto    string
 		allowed  bool
@@ -155,39 +157,39 @@ func TestSemantics(t *testing.T) {
 
 		// policyTypes and egress.
 		{name: "no policyTypes, egress rules: egress enforced", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: 53, protocol: UDP}]}]")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80},
 		{name: "no policyTypes, egress rules: ingress also enforced", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: 53, protocol: UDP}]}]")},
 			local: "x/a", peer: "y/b", port: 80},
 		{name: "no policyTypes, only ingress: egress unrestricted", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: []")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80, allowed: true, rule: -1},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80, allowed: true, rule: -1},
 		{name: "no policyTypes, egress: [] does not enforce egress", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: []\n  egress: []")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80, allowed: true, rule: -1},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80, allowed: true, rule: -1},
 		{name: "policyTypes [Ingress, Egress], egress: [] denies egress", policies: []string{np("x", "p", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  egress: []")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80},
 		{name: "policyTypes [Egress] without rules: deny all egress", policies: []string{np("x", "p", "  podSelector: {}\n  policyTypes: [Egress]")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80, selected: []string{"x/p"}},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80, selected: []string{"x/p"}},
 		{name: "egress-only policy leaves ingress open", policies: []string{np("x", "p", "  podSelector: {}\n  policyTypes: [Egress]")},
 			local: "x/a", peer: "y/b", port: 80, allowed: true, rule: -1},
 		{name: "ingress rules ignored when policyTypes is [Egress]", policies: []string{np("x", "p", "  podSelector: {}\n  policyTypes: [Egress]\n  ingress: []")},
 			local: "x/a", peer: "y/b", port: 80, allowed: true, rule: -1},
 		{name: "egress rules ignored when policyTypes is [Ingress]", policies: []string{np("x", "p", "  podSelector: {}\n  policyTypes: [Ingress]\n  egress: [{ports: [{port: 1}]}]")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80, allowed: true, rule: -1},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80, allowed: true, rule: -1},
 		{name: "egress to podSelector", policies: []string{np("x", "p", "  podSelector: {matchLabels: {app: client}}\n  egress: [{to: [{podSelector: {matchLabels: {app: web}}}]}]")},
-			local: "x/c", peer: "x/a", dir: Egress, port: 80, allowed: true, policy: "x/p"},
+			local: "x/c", peer: "x/a", dir: policy.Egress, port: 80, allowed: true, policy: "x/p"},
 		{name: "egress to podSelector: other namespace", policies: []string{np("x", "p", "  podSelector: {matchLabels: {app: client}}\n  egress: [{to: [{podSelector: {matchLabels: {app: web}}}]}]")},
-			local: "x/c", peer: "y/a", dir: Egress, port: 80},
+			local: "x/c", peer: "y/a", dir: policy.Egress, port: 80},
 		{name: "egress named port resolved on peer", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: http}]}]")},
-			local: "x/c", peer: "x/b", dir: Egress, port: 8080, allowed: true, policy: "x/p"},
+			local: "x/c", peer: "x/b", dir: policy.Egress, port: 8080, allowed: true, policy: "x/p"},
 		{name: "egress named port not on local", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: http}]}]")},
-			local: "x/a", peer: "x/b", dir: Egress, port: 80},
+			local: "x/a", peer: "x/b", dir: policy.Egress, port: 80},
 		{name: "egress named port peer does not define", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: metrics}]}]")},
-			local: "x/c", peer: "x/b", dir: Egress, port: 9090},
+			local: "x/c", peer: "x/b", dir: policy.Egress, port: 9090},
 		{name: "egress named port to anonymous matches nothing", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: http}]}]")},
-			local: "x/c", peer: "198.18.0.5", dir: Egress, port: 80},
+			local: "x/c", peer: "198.18.0.5", dir: policy.Egress, port: 80},
 		{name: "egress ipBlock to anonymous", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 198.18.0.0/16}}], ports: [{port: 443}]}]")},
-			local: "x/c", peer: "198.18.4.4", dir: Egress, port: 443, allowed: true, policy: "x/p"},
+			local: "x/c", peer: "198.18.4.4", dir: policy.Egress, port: 443, allowed: true, policy: "x/p"},
 		{name: "egress to: [] allows anonymous", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{to: [], ports: [{port: 443}]}]")},
-			local: "x/c", peer: "203.0.113.4", dir: Egress, port: 443, allowed: true, policy: "x/p"},
+			local: "x/c", peer: "203.0.113.4", dir: policy.Egress, port: 443, allowed: true, policy: "x/p"},
 
 		// Union of policies.
 		{name: "union: second policy allows", policies: []string{denyAllIngress, np("x", "web", "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}]}]")},
@@ -243,14 +245,14 @@ func TestReasons(t *testing.T) {
 	objs := e.Objects()
 	tests := []struct {
 		local, peer string
-		dir         Direction
+		dir         policy.Direction
 		port        uint16
 		want        string
 	}{
-		{"x/a", "x/c", Ingress, 80, "allowed by x/allow-web ingress rule 0"},
-		{"x/a", "x/c", Ingress, 81, "denied: selected by x/allow-web, x/deny-all and no rule allows"},
-		{"x/a", "x/c", Egress, 81, "denied: selected by x/deny-all and no rule allows"},
-		{"y/a", "x/c", Ingress, 81, "allowed: no policy selects y/a for ingress"},
+		{"x/a", "x/c", policy.Ingress, 80, "allowed by x/allow-web ingress rule 0"},
+		{"x/a", "x/c", policy.Ingress, 81, "denied: selected by x/allow-web, x/deny-all and no rule allows"},
+		{"x/a", "x/c", policy.Egress, 81, "denied: selected by x/deny-all and no rule allows"},
+		{"y/a", "x/c", policy.Ingress, 81, "allowed: no policy selects y/a for ingress"},
 	}
 	for _, tt := range tests {
 		d := e.Decide(ident(t, objs, tt.local), peerOf(t, objs, tt.peer), tt.dir, tt.port, "TCP")
@@ -260,10 +262,10 @@ func TestReasons(t *testing.T) {
 	}
 	// Odd inputs fail closed.
 	a := ident(t, objs, "y/a")
-	for name, d := range map[string]Decision{
-		"nil local":     e.Decide(nil, Peer{}, Ingress, 80, "TCP"),
-		"bad protocol":  e.Decide(a, Peer{}, Ingress, 80, "ICMP"),
-		"bad direction": e.Decide(a, Peer{}, Direction(7), 80, "TCP"),
+	for name, d := range map[string]policy.Decision{
+		"nil local":     e.Decide(nil, policy.Peer{}, policy.Ingress, 80, "TCP"),
+		"bad protocol":  e.Decide(a, policy.Peer{}, policy.Ingress, 80, "ICMP"),
+		"bad direction": e.Decide(a, policy.Peer{}, policy.Direction(7), 80, "TCP"),
 	} {
 		if d.Allowed || !strings.HasPrefix(d.Reason, "denied: ") {
 			t.Errorf("%s: %+v, want denied", name, d)

@@ -14,13 +14,27 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bireme/bireme/agent"
+	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/k8s/filestore"
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/tokens"
 )
+
+// enforceOptions are the flags of `bireme enforce`.
+type enforceOptions struct {
+	node, cluster, store string
+	caBundle             []string
+	certFile, keyFile    string
+	tokenLifetime        time.Duration
+	queues               int
+	poll                 time.Duration
+}
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
 // the file store until SIGTERM/SIGINT, then removes everything it installed.
 func newEnforceCmd() *cobra.Command {
 	var (
-		cfg         agent.Config
+		opts        enforceOptions
 		flows       string
 		metricsAddr string
 		verbose     bool
@@ -40,21 +54,21 @@ is removed and it exits 0.`,
 			if verbose {
 				level = slog.LevelDebug
 			}
-			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
 			out, closeFlows, err := openFlows(flows, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
 			defer closeFlows()
-			cfg.Flows = out
 
 			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel() // also stops the metrics server when Run fails
+			defer cancel()                       // also stops the metrics server when the node fails
+			var metricsReg prometheus.Registerer // nil: no metrics
 			if metricsAddr != "" {
 				reg := prometheus.NewRegistry()
 				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-				cfg.Metrics = reg
+				metricsReg = reg
 				served, err := agent.ServeMetrics(ctx, metricsAddr, reg)
 				if err != nil {
 					return err
@@ -62,30 +76,103 @@ is removed and it exits 0.`,
 				defer func() {
 					cancel()
 					if err := <-served; err != nil {
-						cfg.Log.Error("metrics server", "err", err)
+						log.Error("metrics server", "err", err)
 					}
 				}()
 			}
-			return agent.Run(ctx, cfg)
+			return runNode(ctx, opts, out, metricsReg, log)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Node, "node", "", "this node's name, matched against pods' spec.nodeName (required)")
-	f.StringVar(&cfg.StoreDir, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (required)")
-	f.StringVar(&cfg.Cluster, "cluster", "", "trust domain of the workloads' identities (required)")
-	f.StringSliceVar(&cfg.CABundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
-	f.StringVar(&cfg.CertFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
-	f.StringVar(&cfg.KeyFile, "key", "", "this node's private key (required)")
+	f.StringVar(&opts.node, "node", "", "this node's name, matched against pods' spec.nodeName (required)")
+	f.StringVar(&opts.store, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (required)")
+	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
+	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
+	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
+	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
 	f.StringVar(&flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
-	f.DurationVar(&cfg.TokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
-	f.IntVar(&cfg.Queues, "queues", 1, "NFQUEUE queues per workload")
-	f.DurationVar(&cfg.Poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
+	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
+}
+
+// runNode assembles one node (the token engine from the node's keys and
+// the CA bundle, the file store as the source, the real datapath, the
+// metrics when reg is set) and runs its agent until ctx ends.
+func runNode(ctx context.Context, o enforceOptions, flows io.Writer, reg prometheus.Registerer, log *slog.Logger) (err error) {
+	engine, err := o.tokenEngine()
+	if err != nil {
+		return err
+	}
+	source, err := filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+	if err != nil {
+		return err
+	}
+	var metrics *agent.Metrics
+	var onDecision func(*flowlog.Record)
+	if reg != nil {
+		if metrics, err = agent.NewMetrics(reg); err != nil {
+			return err
+		}
+		onDecision = metrics.Observe
+	}
+	// No policy until the source delivers one: nothing is protected yet.
+	live := policy.NewLive(nil)
+	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
+		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live,
+		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := dp.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close enforcer: %w", cerr))
+		}
+	}()
+	if metrics != nil {
+		if err := metrics.RegisterEnforcer(dp.Stats()); err != nil {
+			return err
+		}
+	}
+	node, err := agent.New(agent.Config{
+		Source: source, Datapath: dp, Policy: live, Tokens: engine,
+		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
+		Poll:     o.poll, Metrics: metrics, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	return node.Run(ctx)
+}
+
+// tokenEngine loads the node's credentials and the trusted CAs.
+func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
+	creds, err := tokens.LoadNodeCredentials(o.certFile, o.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load node credentials: %w", err)
+	}
+	if creds.TrustDomain != o.cluster {
+		return nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
+	}
+	if len(o.caBundle) == 0 {
+		return nil, errors.New("no CA bundle: give --ca-bundle")
+	}
+	trust, err := tokens.LoadTrustBundle(o.caBundle...)
+	if err != nil {
+		return nil, fmt.Errorf("load CA bundle: %w", err)
+	}
+	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime})
+	if err != nil {
+		return nil, fmt.Errorf("token engine: %w", err)
+	}
+	return engine, nil
 }
 
 // openFlows returns where flow records go: stdout for "-", else the file,

@@ -6,6 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bireme/bireme/k8s"
+	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -25,11 +27,11 @@ func loadPolicyInput(files []string) (*policy.Engine, error) {
 	if len(files) == 0 {
 		return nil, errors.New("no input: give -f FILE or -f DIR")
 	}
-	objs, err := policy.LoadPaths(files...)
+	objs, err := filestore.LoadPaths(files...)
 	if err != nil {
 		return nil, err
 	}
-	return policy.Compile(objs)
+	return k8s.Compile(objs)
 }
 
 func newPolicyCheckCmd() *cobra.Command {
@@ -80,7 +82,7 @@ whenever a verdict was printed, allowed or not.`,
 			if err != nil {
 				return err
 			}
-			x, err := policy.Explain(e, cluster, from, to, port, protocol)
+			x, err := k8s.Explain(e, cluster, from, to, port, protocol)
 			if err != nil {
 				return err
 			}

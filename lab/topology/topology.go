@@ -327,13 +327,16 @@ func (t *Topology) addNode(ctx context.Context, name string, index int) (*Node, 
 	return n, nil
 }
 
+// RouterLink is the router's interface towards node n.
+func RouterLink(n *Node) string { return fmt.Sprintf("n%d", n.Index) }
+
 func (t *Topology) makeNode(ctx context.Context, n *Node) error {
 	ns, err := netns.Create(ctx, NodeNSName(t.prefix, n.Name))
 	if err != nil {
 		return err
 	}
 	n.NS = ns
-	routerIf := fmt.Sprintf("n%d", n.Index)
+	routerIf := RouterLink(n)
 	if err := netns.Cmd(ctx, "ip", "link", "add", routerIf, "netns", t.router.Name, "type", "veth", "peer", "name", "uplink", "netns", ns.Name); err != nil {
 		return fmt.Errorf("link router-%s: %w", n.Name, err)
 	}

@@ -1,4 +1,4 @@
-package policy
+package k8s
 
 import (
 	"fmt"
@@ -11,7 +11,55 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/bireme/bireme/policy"
 )
+
+// Validate checks every object as the API server would (see below) and
+// that no object is defined twice. The error names the first bad object:
+// "Kind namespace/name: field.path: problem". Objects that did not come
+// through a [Decoder] (informers, tests, other sources) are checked here.
+func Validate(objs policy.Objects) error {
+	seen := map[string]bool{}
+	check := func(ref string, errs field.ErrorList) error {
+		if err := errs.ToAggregate(); err != nil {
+			return fmt.Errorf("%s: %w", ref, err)
+		}
+		if seen[ref] {
+			return fmt.Errorf("%s: duplicate object", ref)
+		}
+		seen[ref] = true
+		return nil
+	}
+	for _, ns := range objs.Namespaces {
+		if err := check(objectRef(kindNamespace, "", ns.Name), validateNamespace(ns)); err != nil {
+			return err
+		}
+	}
+	for _, p := range objs.Pods {
+		if err := check(objectRef(kindPod, p.Namespace, p.Name), validatePod(p)); err != nil {
+			return err
+		}
+	}
+	for _, np := range objs.Policies {
+		if err := check(objectRef(kindNetworkPolicy, np.Namespace, np.Name), validateNetworkPolicy(np)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Compile validates objs ([Validate]) and compiles them into a policy
+// Engine: either every object is valid and a whole new Engine is returned,
+// or nothing is built and the error names the first bad object. This is the
+// way in for Kubernetes objects; [policy.Compile] alone trusts that its
+// input was validated.
+func Compile(objs policy.Objects) (*policy.Engine, error) {
+	if err := Validate(objs); err != nil {
+		return nil, err
+	}
+	return policy.Compile(objs)
+}
 
 // The checks below follow the API server's own validation of these objects
 // (k8s.io/kubernetes/pkg/apis/{core,networking}/validation), limited to the

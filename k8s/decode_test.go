@@ -1,27 +1,21 @@
-package policy
+package k8s
 
 import (
-	"os"
-	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
-// writeFiles writes name -> content into a fresh directory.
-func writeFiles(t testing.TB, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+// np renders a NetworkPolicy document; spec is YAML indented by two spaces.
+func np(ns, name, spec string) string {
+	return fmt.Sprintf("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: \"%s\", namespace: \"%s\"}\nspec:\n%s\n", name, ns, spec)
 }
 
-// TestLoadBadInput: every malformed object is rejected with the file, the
+// TestDecodeBadInput: every malformed object is rejected with the file, the
 // object's Kind namespace/name and the field path.
-func TestLoadBadInput(t *testing.T) {
+func TestDecodeBadInput(t *testing.T) {
 	pol := func(spec string) string { return np("x", "allow-web", spec) }
 	tests := []struct {
 		name    string
@@ -107,12 +101,11 @@ func TestLoadBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := writeFiles(t, map[string]string{"policies.yaml": tt.content})
-			_, err := LoadDir(dir)
+			_, err := Decode("policies.yaml", []byte(tt.content))
 			if err == nil {
-				t.Fatal("loaded without error")
+				t.Fatal("decoded without error")
 			}
-			msg := strings.ReplaceAll(err.Error(), dir+string(filepath.Separator), "")
+			msg := err.Error()
 			for _, w := range tt.want {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error %q lacks %q", msg, w)
@@ -122,25 +115,23 @@ func TestLoadBadInput(t *testing.T) {
 	}
 }
 
-// TestLoadFormats: multi-document YAML, JSON streams, Lists, comments,
-// empty documents, defaulted namespaces, and the files LoadDir picks.
-func TestLoadFormats(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
-		"a.yaml": "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n---\n" +
-			np("x", "p1", "  podSelector: {}") + "---\n# trailing\n",
-		"b.json": `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"containers":[{"name":"c"}]}}
-{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicyList","items":[{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p2","namespace":"x"},"spec":{"podSelector":{}}}]}`,
-		"c.yml":        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: w}\n",
-		"d.txt":        "not read",
-		".hidden.yaml": "not: [read",
-	})
-	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o755); err != nil {
-		t.Fatal(err)
+// TestDecodeFormats: multi-document YAML, JSON streams, Lists, comments,
+// empty documents, defaulted namespaces, and duplicates across files.
+func TestDecodeFormats(t *testing.T) {
+	files := []struct{ name, content string }{
+		{"a.yaml", "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n---\n" +
+			np("x", "p1", "  podSelector: {}") + "---\n# trailing\n"},
+		{"b.json", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"containers":[{"name":"c"}]}}
+{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicyList","items":[{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p2","namespace":"x"},"spec":{"podSelector":{}}}]}`},
+		{"c.yml", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: w}\n"},
 	}
-	objs, err := LoadDir(dir)
-	if err != nil {
-		t.Fatal(err)
+	var d Decoder
+	for _, f := range files {
+		if err := d.Decode(f.name, []byte(f.content)); err != nil {
+			t.Fatal(err)
+		}
 	}
+	objs := d.Objects()
 	if len(objs.Namespaces) != 2 || len(objs.Pods) != 1 || len(objs.Policies) != 2 {
 		t.Fatalf("got %d namespaces, %d pods, %d policies; want 2, 1, 2", len(objs.Namespaces), len(objs.Pods), len(objs.Policies))
 	}
@@ -150,18 +141,22 @@ func TestLoadFormats(t *testing.T) {
 	if _, err := Compile(objs); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadDir(filepath.Join(dir, "missing")); err == nil {
-		t.Fatal("missing directory loaded")
+	err := d.Decode("again.yaml", []byte(files[0].content))
+	if err == nil || !strings.Contains(err.Error(), "again.yaml: Namespace x: duplicate object (first defined in a.yaml)") {
+		t.Fatalf("same objects in a second file: %v", err)
 	}
 }
 
 // TestCompileRejectsInvalid: objects from another source (informers) are
 // validated by Compile itself, and nothing is built.
 func TestCompileRejectsInvalid(t *testing.T) {
-	objs := parseObjects(t, fixtureYAML, np("x", "ok", "  podSelector: {}"))
+	objs, err := Decode("world.yaml", []byte(worldYAML+"---\n"+np("x", "ok", "  podSelector: {}")))
+	if err != nil {
+		t.Fatal(err)
+	}
 	bad := objs.Policies[0].DeepCopy()
 	bad.Name = "bad"
-	bad.Spec.PolicyTypes = []networkingPolicyType{"Sideways"}
+	bad.Spec.PolicyTypes = []networkingv1.PolicyType{"Sideways"}
 	objs.Policies = append(objs.Policies, bad)
 	e, err := Compile(objs)
 	if err == nil || e != nil {
@@ -174,4 +169,40 @@ func TestCompileRejectsInvalid(t *testing.T) {
 	if _, err := Compile(objs); err == nil || !strings.Contains(err.Error(), "duplicate") {
 		t.Fatalf("duplicate policy: %v", err)
 	}
+	objs.Policies = objs.Policies[:1]
+	objs.Pods[0] = objs.Pods[0].DeepCopy()
+	objs.Pods[0].Labels = map[string]string{"-bad": "v"}
+	if _, err := Compile(objs); err == nil || !strings.Contains(err.Error(), "Pod x/a: metadata.labels") {
+		t.Fatalf("pod with a bad label: %v", err)
+	}
 }
+
+// worldYAML is a small world: namespaces x (team=a) and y, pods x/a
+// (app=web, port http:80), x/c (app=client) and y/b.
+const worldYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: "y"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec:
+  containers:
+  - name: c
+    ports: [{name: http, containerPort: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: client}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: "y", labels: {app: client}}
+spec: {containers: [{name: c}]}
+`

@@ -1,4 +1,4 @@
-package agent
+package filestore
 
 import (
 	"reflect"
@@ -8,7 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -141,82 +140,5 @@ func TestSelectWorkloadsIdentity(t *testing.T) {
 	b := sel.Workloads[1].Identity
 	if b.Namespace != "orphan" || b.NamespaceLabels["kubernetes.io/metadata.name"] != "orphan" {
 		t.Errorf("identity of orphan/b = %+v; want the namespace name label the API server adds", b)
-	}
-}
-
-func wl(path, ref string, labels map[string]string) Workload {
-	ns, pod, _ := strings.Cut(ref, "/")
-	return Workload{Ref: ref, NetNS: path, Identity: &identity.Identity{Cluster: "c1", Namespace: ns, Pod: pod, Labels: labels}}
-}
-
-func refsOf(ws []Workload) []string {
-	var out []string
-	for _, w := range ws {
-		out = append(out, w.Ref+"@"+w.NetNS)
-	}
-	return out
-}
-
-func TestDiff(t *testing.T) {
-	web := map[string]string{"app": "web"}
-	db := map[string]string{"app": "db"}
-	tests := []struct {
-		name                      string
-		installed                 []Workload
-		desired                   []Workload
-		wantAdd, wantUpd, wantRem []string
-	}{
-		{name: "empty"},
-		{
-			name:    "all new",
-			desired: []Workload{wl("/n/b", "x/b", nil), wl("/n/a", "x/a", nil)},
-			wantAdd: []string{"x/a@/n/a", "x/b@/n/b"},
-		},
-		{
-			name:      "unchanged",
-			installed: []Workload{wl("/n/a", "x/a", web)},
-			desired:   []Workload{wl("/n/a", "x/a", map[string]string{"app": "web"})},
-		},
-		{
-			name:      "labels changed",
-			installed: []Workload{wl("/n/a", "x/a", web)},
-			desired:   []Workload{wl("/n/a", "x/a", db)},
-			wantUpd:   []string{"x/a@/n/a"},
-		},
-		{
-			name:      "another pod now in the namespace",
-			installed: []Workload{wl("/n/a", "x/a", web)},
-			desired:   []Workload{wl("/n/a", "x/b", web)},
-			wantUpd:   []string{"x/b@/n/a"},
-		},
-		{
-			name:      "pod left",
-			installed: []Workload{wl("/n/a", "x/a", web), wl("/n/b", "x/b", web)},
-			desired:   []Workload{wl("/n/b", "x/b", web)},
-			wantRem:   []string{"x/a@/n/a"},
-		},
-		{
-			name:      "pod moved to another namespace",
-			installed: []Workload{wl("/n/a", "x/a", web)},
-			desired:   []Workload{wl("/n/a2", "x/a", web)},
-			wantAdd:   []string{"x/a@/n/a2"},
-			wantRem:   []string{"x/a@/n/a"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			installed := map[string]Workload{}
-			for _, w := range tt.installed {
-				installed[w.NetNS] = w
-			}
-			p := Diff(installed, tt.desired)
-			if !reflect.DeepEqual(refsOf(p.Add), tt.wantAdd) || !reflect.DeepEqual(refsOf(p.Update), tt.wantUpd) || !reflect.DeepEqual(refsOf(p.Remove), tt.wantRem) {
-				t.Errorf("Diff = add %v update %v remove %v; want add %v update %v remove %v",
-					refsOf(p.Add), refsOf(p.Update), refsOf(p.Remove), tt.wantAdd, tt.wantUpd, tt.wantRem)
-			}
-			if p.Empty() != (len(tt.wantAdd)+len(tt.wantUpd)+len(tt.wantRem) == 0) {
-				t.Errorf("Empty() = %v", p.Empty())
-			}
-		})
 	}
 }

@@ -1,4 +1,4 @@
-package policy
+package k8s
 
 import (
 	"reflect"

@@ -1,4 +1,4 @@
-package agent
+package filestore
 
 import (
 	"fmt"
@@ -8,7 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/agent/desired"
+	"github.com/bireme/bireme/k8s"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/policy"
 )
@@ -18,24 +19,11 @@ import (
 // /proc/PID/ns/net.
 const NetNSAnnotation = "bireme.io/netns"
 
-// Workload is one pod this node protects: where its network namespace is
-// and who it is.
-type Workload struct {
-	// Ref is "namespace/pod".
-	Ref string
-	// NetNS is the absolute path of the pod's network namespace; the
-	// supervisor and the enforcer both key on it.
-	NetNS string
-	// Identity is what the enforcer signs for the pod and what policy
-	// selects it by.
-	Identity *identity.Identity
-}
-
 // Selection is the outcome of reading a store for one node: the workloads
 // to protect and the pods that claim the node but cannot be protected, each
 // with the reason, so that a bad annotation is reported instead of ignored.
 type Selection struct {
-	Workloads []Workload // sorted by NetNS
+	Workloads []desired.Workload // sorted by NetNS, Ref "namespace/pod"
 	Problems  []string
 }
 
@@ -77,10 +65,10 @@ func SelectWorkloads(objs policy.Objects, cluster, node string) Selection {
 		// A pod whose namespace is missing from the store gets the identity
 		// the API server would give it: no namespace labels but its name.
 		ns := namespaces[pod.Namespace]
-		sel.Workloads = append(sel.Workloads, Workload{
+		sel.Workloads = append(sel.Workloads, desired.Workload{
 			Ref:      ref,
 			NetNS:    path,
-			Identity: policy.IdentityOf(cluster, ns, pod),
+			Identity: k8s.IdentityOf(cluster, ns, pod),
 		})
 	}
 	sort.Slice(sel.Workloads, func(i, j int) bool { return sel.Workloads[i].NetNS < sel.Workloads[j].NetNS })

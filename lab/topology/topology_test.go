@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
-	"github.com/bireme/bireme/topology"
 )
 
 func TestBuildRejectsBadSpecs(t *testing.T) {

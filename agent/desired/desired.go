@@ -1,0 +1,54 @@
+// Package desired is the contract between the node agent and its sources:
+// what a node should enforce ([State]) and how a source delivers it
+// ([Source]).
+//
+// It lives apart from package agent so that a source (the file store today;
+// API server informers, Docker events, federation bundles next) depends on
+// these few types only, not on the agent and through it on the enforcer and
+// the supervisor: package agent imports the sources' contract, the sources
+// do not import the agent.
+package desired
+
+import (
+	"context"
+
+	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/policy"
+	"github.com/bireme/bireme/tokens"
+)
+
+// State is what a node should enforce, as one source sees it at one moment.
+type State struct {
+	// Workloads is the complete set of workloads this node protects (not a
+	// change): a workload missing from it is released.
+	Workloads []Workload
+	// Policy is the compiled policy to decide with; nil leaves the policy
+	// in force unchanged.
+	Policy *policy.Engine
+	// Trust is the set of CAs whose nodes this node trusts; nil leaves the
+	// trust in force unchanged.
+	Trust *tokens.TrustBundle
+}
+
+// Workload is one workload this node protects: where its network namespace
+// is and who it is.
+type Workload struct {
+	// Ref names the workload in logs, e.g. "namespace/pod".
+	Ref string
+	// NetNS is the absolute path of the workload's network namespace; the
+	// datapath keys on it.
+	NetNS string
+	// Identity is what the enforcer signs for the workload and what policy
+	// selects it by.
+	Identity *identity.Identity
+}
+
+// Source delivers desired states.
+type Source interface {
+	// Run calls update with the first state as soon as it has one, then
+	// with a new state whenever it changes, until ctx ends; then it returns
+	// nil. It returns an error when it cannot deliver a first state (the
+	// node cannot start) or can deliver no more. update is called from one
+	// goroutine at a time and must not block for long.
+	Run(ctx context.Context, update func(State)) error
+}

@@ -1,0 +1,41 @@
+package k8s
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/bireme/bireme/policy"
+)
+
+// Endpoint resolves one end of a connection to explain: "namespace/pod"
+// (a pod of objs, with the identity [IdentityOf] gives it in cluster) or an
+// IP address (an anonymous peer).
+func Endpoint(objs policy.Objects, cluster, ref string) (policy.Endpoint, error) {
+	if a, err := netip.ParseAddr(ref); err == nil {
+		return policy.Endpoint{Ref: a.String(), Addr: a.Unmap()}, nil
+	}
+	ns, name, ok := strings.Cut(ref, "/")
+	if !ok || ns == "" || name == "" {
+		return policy.Endpoint{}, fmt.Errorf("%q: want NAMESPACE/POD or an IP address", ref)
+	}
+	p := objs.Pod(ns, name)
+	if p == nil {
+		return policy.Endpoint{}, fmt.Errorf("no pod %s/%s in the policy input", ns, name)
+	}
+	return policy.Endpoint{Ref: ns + "/" + name, Identity: IdentityOf(cluster, objs.Namespace(ns), p)}, nil
+}
+
+// Explain is [policy.Explain] with both ends named as [Endpoint] reads them,
+// resolved among the objects e was compiled from.
+func Explain(e *policy.Engine, cluster, from, to, port, protocol string) (*policy.Explanation, error) {
+	src, err := Endpoint(e.Objects(), cluster, from)
+	if err != nil {
+		return nil, fmt.Errorf("from: %w", err)
+	}
+	dst, err := Endpoint(e.Objects(), cluster, to)
+	if err != nil {
+		return nil, fmt.Errorf("to: %w", err)
+	}
+	return policy.Explain(e, src, dst, port, protocol)
+}
