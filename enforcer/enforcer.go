@@ -100,7 +100,7 @@ type Enforcer struct {
 
 	handshakes *nodeHandshakes // over all workloads' connTables
 	budget     *verifyBudget
-	bulk       bulkDrops
+	bulk       *bulkDrops
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -145,7 +145,7 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel,
-		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget)}
+		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops()}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)

@@ -34,7 +34,8 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if tok := p.token(); tok == nil {
 		c.noToken = true
 	} else {
-		if !q.affordsVerification(p, local, tok) {
+		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok)
+		if costly && !q.affordsVerification(p, local) {
 			return drop
 		}
 		// The packet lives in the reader's reused buffer: the tokens
@@ -43,7 +44,7 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// (below): refused SYNs must not churn the replay cache.
 		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok))
 		if err != nil {
-			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
 			return drop
 		}

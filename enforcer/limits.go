@@ -146,18 +146,34 @@ const (
 	bulkDropBadChecksum
 	bulkDropSourceBudget
 	bulkDropNodeBudget
+	// bulkDropKnownBadToken: a token refused without a signature
+	// verification (remembered as forged, a certificate remembered as
+	// bad, malformed bytes): free to send in bulk.
+	bulkDropKnownBadToken
 	numBulkDrops
 )
 
-// bulkRecordInterval is the least time between two flow records of one
-// kind of bulk drop; the records say how many were not written.
-const bulkRecordInterval = time.Second
+// The flow records of each kind of bulk drop are a token bucket: a few at
+// once (parallel probes of a misconfigured peer each get theirs), then
+// bulkRecordRate a second; each record says how many went unrecorded.
+const (
+	bulkRecordRate  = 10
+	bulkRecordBurst = 20
+)
 
 // bulkDrops counts bulk refusals and limits their records.
 type bulkDrops struct {
 	count      [numBulkDrops]atomic.Uint64
-	lastRecord [numBulkDrops]atomic.Int64 // UnixNano
 	unrecorded [numBulkDrops]atomic.Uint64
+
+	mu      sync.Mutex
+	rate    float64 // records per second and kind
+	burst   int
+	records [numBulkDrops]tokenBucket
+}
+
+func newBulkDrops() *bulkDrops {
+	return &bulkDrops{rate: bulkRecordRate, burst: bulkRecordBurst}
 }
 
 // BulkDrops counts the refusals a flood can cause, whose flow records are
@@ -171,6 +187,9 @@ type BulkDrops struct {
 	// VerifyBudget.
 	OverSourceBudget uint64
 	OverNodeBudget   uint64
+	// KnownBadToken: SYNs refused without a verification, their token or
+	// certificate being remembered as invalid (or malformed).
+	KnownBadToken uint64
 }
 
 // BulkDrops returns the counts of refusals whose records are rate-limited.
@@ -179,6 +198,7 @@ func (e *Enforcer) BulkDrops() BulkDrops {
 		BadChecksum:      e.bulk.count[bulkDropBadChecksum].Load(),
 		OverSourceBudget: e.bulk.count[bulkDropSourceBudget].Load(),
 		OverNodeBudget:   e.bulk.count[bulkDropNodeBudget].Load(),
+		KnownBadToken:    e.bulk.count[bulkDropKnownBadToken].Load(),
 	}
 }
 
@@ -186,35 +206,44 @@ func (e *Enforcer) BulkDrops() BulkDrops {
 // with how many drops of that kind went unrecorded since the last one.
 func (d *bulkDrops) note(kind bulkDrop, now time.Time) (record bool, unrecorded uint64) {
 	d.count[kind].Add(1)
-	last := d.lastRecord[kind].Load()
-	if now.UnixNano()-last < int64(bulkRecordInterval) || !d.lastRecord[kind].CompareAndSwap(last, now.UnixNano()) {
+	d.mu.Lock()
+	record = d.records[kind].take(now, d.rate, d.burst)
+	d.mu.Unlock()
+	if !record {
 		d.unrecorded[kind].Add(1)
 		return false, 0
 	}
 	return true, d.unrecorded[kind].Swap(0)
 }
 
-// recordBulk counts a bulk drop of p and writes its record o if none of
-// its kind was written in the last bulkRecordInterval.
+// recordBulk counts a bulk drop of p and writes its record o if the
+// records of its kind are within their rate.
 func (q *queue) recordBulk(p *packet, kind bulkDrop, o outcome) {
 	record, unrecorded := q.e.bulk.note(kind, time.Now())
 	if !record {
 		return
 	}
 	if unrecorded > 0 {
-		o.reason += fmt.Sprintf(" (and %d more like it since the last such record)", unrecorded)
+		o.reason += fmt.Sprintf(" (and %d more drops of this kind not recorded since the last record)", unrecorded)
 	}
 	q.record(p, o)
 }
 
-// affordsVerification says whether the SYN p, carrying token tok for the
-// local workload, may be verified: yes if its verification is cheap (the
-// token is known, good or bad) or the budget has room; otherwise p is
-// dropped and counted.
-func (q *queue) affordsVerification(p *packet, local *identity.Identity, tok []byte) bool {
-	if !q.e.cfg.Tokens.SYNNeedsVerification(tok) {
-		return true
+// recordTokenRejection records the refusal of a client token: always when
+// its verification was paid for (the budget bounds how often), as a bulk
+// drop when it cost nothing, since such SYNs can come by the million.
+func (q *queue) recordTokenRejection(p *packet, verified bool, o outcome) {
+	if verified {
+		q.record(p, o)
+		return
 	}
+	q.recordBulk(p, bulkDropKnownBadToken, o)
+}
+
+// affordsVerification says whether the SYN p, whose token for the local
+// workload needs a signature verification, may have it: yes if the
+// budget has room; otherwise p must be dropped, and is counted.
+func (q *queue) affordsVerification(p *packet, local *identity.Identity) bool {
 	over := q.e.budget.take(p.src, time.Now())
 	if over == bulkDropNone {
 		return true
