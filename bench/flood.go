@@ -61,7 +61,7 @@ func workerFlood(ctx context.Context, args []string) error {
 	if err != nil || !dst.Addr().Is4() {
 		return fmt.Errorf("-to %q: want IPv4 address:port", *to)
 	}
-	syn, err := forgeableSYN(*certFile, *keyFile, *caFile)
+	syn, err := forgeableSYN(*certFile, *keyFile, *caFile, netip.AddrPortFrom(src, 0), dst)
 	if err != nil {
 		return err
 	}
@@ -98,10 +98,11 @@ func workerFlood(ctx context.Context, args []string) error {
 	}
 }
 
-// forgeableSYN returns a genuine SYN payload (type, nonce, token) of a
-// made-up workload, signed with the node key given: its certificate and
-// claims verify, and forgedSYN replaces nonce and signature.
-func forgeableSYN(certFile, keyFile, caFile string) ([]byte, error) {
+// forgeableSYN returns a genuine SYN payload (type, nonce, endpoints,
+// token) of a made-up workload from src to dst, signed with the node key
+// given: its certificate and claims verify, and forgedSYN replaces nonce,
+// source port and signature.
+func forgeableSYN(certFile, keyFile, caFile string, src, dst netip.AddrPort) ([]byte, error) {
 	creds, err := tokens.LoadNodeCredentials(certFile, keyFile)
 	if err != nil {
 		return nil, err
@@ -114,13 +115,16 @@ func forgeableSYN(certFile, keyFile, caFile string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	syn, _, err := eng.NewSYN(&identity.Identity{Namespace: benchNS, Pod: "mallory", Labels: map[string]string{"app": "client"}})
+	syn, _, err := eng.NewSYN(&identity.Identity{Namespace: benchNS, Pod: "mallory", Labels: map[string]string{"app": "client"}},
+		tokens.Endpoints{Client: src, Server: dst})
 	return syn, err
 }
 
 // forgedSYN appends to b an IPv4 SYN from src (random port) to dst that
 // carries syn with a random nonce and a random token signature, announced
-// by Bireme's token option (docs/protocol.md: FD 06 B1 2E LLLL).
+// by Bireme's token option (docs/protocol.md: FD 06 B1 2E LLLL). The
+// endpoints the SYN claims are the packet's own, so the server gets as far
+// as the signature (a relayed SYN is refused before it).
 func forgedSYN(b []byte, src netip.Addr, dst netip.AddrPort, syn []byte) []byte {
 	const ipLen, tcpLen = 20, 28 // TCP: 20 + NOP NOP + 6-byte token option
 	total := ipLen + tcpLen + len(syn)
@@ -146,7 +150,10 @@ func forgedSYN(b []byte, src netip.Addr, dst netip.AddrPort, syn []byte) []byte 
 	binary.BigEndian.PutUint16(tcp[26:28], uint16(len(syn)))
 
 	copy(payload, syn)
-	copy(payload[1:17], rnd[6:22])              // nonce
+	copy(payload[1:17], rnd[6:22]) // nonce
+	// The claimed client port, in the IPv4 endpoints after the nonce:
+	// family(1) clientAddr(4) clientPort(2) serverAddr(4) serverPort(2).
+	copy(payload[1+16+1+4:], tcp[0:2])
 	copy(payload[len(payload)-64:], rnd[22:86]) // signature
 	binary.BigEndian.PutUint16(tcp[16:18], tcpChecksum(s4, d4, b[ipLen:]))
 	return b

@@ -47,7 +47,10 @@ func TestForgedSYN(t *testing.T) {
 	if bytes.Equal(pa[1:17], pb[1:17]) || bytes.Equal(pa[len(pa)-64:], pb[len(pb)-64:]) {
 		t.Error("two forged SYNs share a nonce or a signature")
 	}
-	if !bytes.Equal(pa[17:len(pa)-64], syn[17:len(syn)-64]) {
+	if claimed := uint16(pa[22])<<8 | uint16(pa[23]); claimed != uint16(tcp.SrcPort) {
+		t.Errorf("the SYN claims client port %d, sent from %d", claimed, tcp.SrcPort)
+	}
+	if !bytes.Equal(pa[24:len(pa)-64], syn[24:len(syn)-64]) || !bytes.Equal(pa[17:22], syn[17:22]) {
 		t.Error("the certificate and claims were changed")
 	}
 }

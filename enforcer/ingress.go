@@ -40,9 +40,12 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		}
 		// The packet lives in the reader's reused buffer: the tokens
 		// engine may keep what it parsed (certificate, cache key). The
-		// nonce is checked here but recorded only once policy allows
-		// (below): refused SYNs must not churn the replay cache.
-		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok))
+		// connection as this namespace sees it must be the one the client
+		// opened (or its NAT-translated form, if declared). The nonce is
+		// checked here but recorded only once policy allows (below):
+		// refused SYNs must not churn the replay cache.
+		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
 		if err != nil {
 			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
@@ -124,7 +127,10 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 			ch = match
 		}
 	}
-	id, err := ch.ConsumeSYNACK(bytes.Clone(tok)) // see ingressSYN
+	// The identity returned is bound to the connection this workload
+	// dialed, so the egress decision below is about the server it dialed,
+	// not whatever a relay in between presents.
+	id, err := ch.ConsumeSYNACK(bytes.Clone(tok), p.seq) // see ingressSYN
 	if err != nil {
 		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local,
 			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})

@@ -18,7 +18,7 @@ func forgeSignature(syn []byte) []byte {
 // ECDSA verification allocate, a cache lookup does not).
 func TestForgedTokenIsRemembered(t *testing.T) {
 	_, ce, se := newPair(t)
-	syn, _, err := ce.NewSYN(workload("ns", "c", 10))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 10), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,13 +26,13 @@ func TestForgedTokenIsRemembered(t *testing.T) {
 	if !se.SYNNeedsVerification(forged) {
 		t.Fatal("an unseen token needs no verification?")
 	}
-	_, err = se.ConsumeSYN(forged)
+	_, err = se.ConsumeSYN(forged, testConn)
 	wantReason(t, err, ReasonBadSignature)
 	if se.SYNNeedsVerification(forged) {
 		t.Error("a token already found forged still needs a verification")
 	}
 	allocs := testing.AllocsPerRun(20, func() {
-		_, err = se.ConsumeSYN(withNewNonce(forged))
+		_, err = se.ConsumeSYN(withNewNonce(forged), testConn)
 	})
 	wantReason(t, err, ReasonBadSignature)
 	// withNewNonce allocates the copy; a verification allocates dozens.
@@ -41,7 +41,7 @@ func TestForgedTokenIsRemembered(t *testing.T) {
 	}
 
 	// The genuine token is not affected by its forgery being remembered.
-	if _, err := se.ConsumeSYN(syn); err != nil {
+	if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 		t.Fatal(err)
 	}
 	if se.SYNNeedsVerification(withNewNonce(syn)) {
@@ -56,15 +56,15 @@ func TestTimeRejectionsAreNotRemembered(t *testing.T) {
 	clk := newClock()
 	ce := newTestEngine(t, f.a, f.bundle, clk)
 	se := newTestEngine(t, f.b, f.bundle, clk)
-	syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 1), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	clk.Advance(-DefaultTokenLifetime) // the server's clock is far behind
-	_, err = se.ConsumeSYN(syn)
+	_, err = se.ConsumeSYN(syn, testConn)
 	wantReason(t, err, ReasonNotYetValid)
 	clk.Advance(DefaultTokenLifetime)
-	if _, err := se.ConsumeSYN(withNewNonce(syn)); err != nil {
+	if _, err := se.ConsumeSYN(withNewNonce(syn), testConn); err != nil {
 		t.Fatalf("a token refused as not yet valid stays refused once valid: %v", err)
 	}
 }
@@ -74,21 +74,21 @@ func TestTimeRejectionsAreNotRemembered(t *testing.T) {
 // is still refused as a replay once an accepted copy was recorded.
 func TestNonceRecordedOnlyWhenAccepted(t *testing.T) {
 	_, ce, se := newPair(t)
-	syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 1), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	denied, err := se.VerifySYN(syn)
+	denied, err := se.VerifySYN(syn, testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := denied.NewSYNACK(workload("ns", "s", 1)); err == nil {
+	if _, err := denied.NewSYNACK(workload("ns", "s", 1), 1); err == nil {
 		t.Fatal("NewSYNACK answered a SYN whose nonce was never recorded")
 	}
 	if n := se.replay.len(); n != 0 {
 		t.Fatalf("VerifySYN recorded %d nonces", n)
 	}
-	accepted, err := se.VerifySYN(syn) // the same SYN, later allowed
+	accepted, err := se.VerifySYN(syn, testConn) // the same SYN, later allowed
 	if err != nil {
 		t.Fatalf("a SYN seen but never accepted is refused: %v", err)
 	}
@@ -98,10 +98,10 @@ func TestNonceRecordedOnlyWhenAccepted(t *testing.T) {
 	if err := accepted.RecordNonce(); err != nil {
 		t.Fatalf("RecordNonce again on the same handshake: %v", err)
 	}
-	if _, err := accepted.NewSYNACK(workload("ns", "s", 1)); err != nil {
+	if _, err := accepted.NewSYNACK(workload("ns", "s", 1), 1); err != nil {
 		t.Fatal(err)
 	}
-	_, err = se.VerifySYN(syn)
+	_, err = se.VerifySYN(syn, testConn)
 	wantReason(t, err, ReasonReplayed)
 	// A copy verified before the nonce was recorded (two copies of one
 	// SYN handled at once) cannot be accepted too.
