@@ -263,7 +263,6 @@ func parseDecideProtocol(s string) (protocol, bool) {
 	return parseProtocol(s)
 }
 
-
 // parseProtocol accepts TCP, UDP, SCTP in any case; "" means TCP.
 func parseProtocol(s string) (protocol, bool) {
 	switch strings.ToUpper(s) {
