@@ -96,6 +96,24 @@ func (l *Lab) enforcerPID(node string) int {
 	return pid
 }
 
+// enforcerExited reports whether node's enforcer has exited, with its exit
+// status when this process started it (and so learns it from wait, not
+// from /proc).
+func (l *Lab) enforcerExited(node string) (bool, error) {
+	if proc := l.enforcers[node]; proc != nil {
+		select {
+		case <-proc.exited:
+			return true, proc.err
+		default:
+			return false, nil
+		}
+	}
+	if l.enforcerPID(node) == 0 {
+		return true, errors.New("exit status unknown: started by another lab command")
+	}
+	return false, nil
+}
+
 func (l *Lab) checkEnforcedNode(node string) error {
 	if l.st.Options.NoEnforce {
 		return errors.New("the lab runs without enforcers")
@@ -224,8 +242,8 @@ func (l *Lab) waitProtected(ctx context.Context) error {
 			continue // stopped or killed on purpose: nobody to wait for
 		}
 		for {
-			if l.enforcerPID(n.Name) == 0 {
-				return fmt.Errorf("enforcer of node %s exited: %s", n.Name, tail(l.enforcerLog(n.Name)))
+			if exited, status := l.enforcerExited(n.Name); exited {
+				return fmt.Errorf("enforcer of node %s exited (%v): %s", n.Name, status, tail(l.enforcerLog(n.Name)))
 			}
 			got, err := l.Metric(ctx, n.Name, protectedMetric, nil)
 			if err == nil && got == float64(want[n.Name]) {
