@@ -123,6 +123,7 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 	}
 }
 
-// Close stops the enforcer and writes the flow records still queued. Call
-// it after the agent has removed the workloads.
+// Close stops the enforcer (its queues close) and writes the flow records
+// still queued. Call it after the agent's Run returned. The rules stay:
+// until an enforcer reads the queues again, handshakes are dropped.
 func (d *NodeDatapath) Close() error { return d.enf.Close() }

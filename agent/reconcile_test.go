@@ -138,23 +138,6 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	if got := testutil.ToFloat64(m.reconcileErrors); got != 2 {
 		t.Errorf("bireme_reconcile_errors_total = %v, want 2", got)
 	}
-
-	// Shutdown removes everything, and tries every workload even when one fails.
-	r.setDesired([]desired.Workload{wl("/n/a", "x/a", nil), wl("/n/c", "x/c", nil)})
-	r.reconcile(ctx)
-	fd.failRemove["/n/a"] = true
-	fd.calls = nil
-	if err := r.removeAll(ctx); err == nil {
-		t.Error("removeAll hid a failed removal")
-	}
-	sort.Strings(fd.calls)
-	if want := []string{"remove /n/a", "remove /n/c"}; !reflect.DeepEqual(fd.calls, want) {
-		t.Errorf("shutdown calls %v, want %v", fd.calls, want)
-	}
-	fd.failRemove = map[string]bool{}
-	if err := r.removeAll(ctx); err != nil || len(fd.state) != 0 {
-		t.Errorf("second removeAll: %v, left %v", err, fd.state)
-	}
 }
 
 // TestMetricsObserve: each decision the enforcer reports through its
