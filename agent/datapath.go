@@ -118,6 +118,12 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 	return EnforcerStats{
 		HandshakesInFlight: func() float64 { return float64(d.enf.HandshakesInFlight()) },
 		FlowRecordsDropped: func() float64 { return float64(d.enf.FlowRecordsDropped()) },
+		BulkDrops: map[string]func() float64{
+			"bad-checksum":       func() float64 { return float64(d.enf.BulkDrops().BadChecksum) },
+			"over-source-budget": func() float64 { return float64(d.enf.BulkDrops().OverSourceBudget) },
+			"over-node-budget":   func() float64 { return float64(d.enf.BulkDrops().OverNodeBudget) },
+			"known-bad-token":    func() float64 { return float64(d.enf.BulkDrops().KnownBadToken) },
+		},
 	}
 }
 

@@ -229,3 +229,37 @@ func TestReconcilerNoticesReplacedNamespaces(t *testing.T) {
 		t.Errorf("replaced namespace recorded as %v, want the new one", got)
 	}
 }
+
+// TestMetricsBulkDrops: the enforcer's counts of drops whose records are
+// rate-limited are exported, one series per kind.
+func TestMetricsBulkDrops(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RegisterEnforcer(EnforcerStats{BulkDrops: map[string]func() float64{
+		"bad-checksum":     func() float64 { return 2 },
+		"over-node-budget": func() float64 { return 7 },
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "bireme_bulk_drops_total"); err != nil || n != 2 {
+		t.Fatalf("%d series of bireme_bulk_drops_total, want 2 (%v)", n, err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			if mf.GetName() == "bireme_bulk_drops_total" {
+				got[s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["bad-checksum"] != 2 || got["over-node-budget"] != 7 {
+		t.Errorf("bireme_bulk_drops_total = %v", got)
+	}
+}
