@@ -79,7 +79,7 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
 	cfg.Node, cfg.Tokens, cfg.Policy = "n1", newTokenEngine(t, "unit", "n1"), labelDecider{}
 	if cfg.Placement == nil {
-		cfg.Placement = fixedPlacement{"t/cli": "n1", "t/srv": "n1"} // both workloads are n1's
+		cfg.Placement = everyPodOn("n1") // the pair's one engine signs as n1 for every pod
 	}
 	flows := &syncBuffer{}
 	if withFlows {

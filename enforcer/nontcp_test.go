@@ -97,7 +97,7 @@ func newFlowLab(t *testing.T, policies string, configure func(*Config)) *flowLab
 	}
 
 	layout := marks.Layout{}
-	cfg := Config{Node: "node1", Tokens: newTokenEngine(t, "lab", "node1"), Policy: l.live,
+	cfg := Config{Node: "node1", Tokens: newTokenEngine(t, "lab", "node1"), Policy: l.live, Placement: everyPodOn("node1"),
 		Flows: flowlog.NewWriter(l.flows), HandshakeTimeout: 5 * time.Second, Layout: layout}
 	if configure != nil {
 		configure(&cfg)

@@ -16,6 +16,12 @@ func (p fixedPlacement) NodeOf(namespace, pod string) (string, bool) {
 	return node, ok
 }
 
+// everyPodOn is a Placement that runs every pod on one node: for tests
+// whose one token engine signs, as that node, for every workload.
+type everyPodOn string
+
+func (node everyPodOn) NodeOf(_, _ string) (string, bool) { return string(node), true }
+
 // TestPlacementRefusesOtherNodesPods: both workloads' tokens are signed by
 // node n1 (the pair's one engine). A peer whose pod the local state places
 // on another node, or does not know, is refused on the SYN (server) and on
