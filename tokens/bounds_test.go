@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"testing"
+	"time"
 )
 
 // forgeSignature returns syn with one bit of its token's signature (the
@@ -49,9 +50,10 @@ func TestForgedTokenIsRemembered(t *testing.T) {
 	}
 }
 
-// Expired tokens are not remembered as bad: they are refused before any
-// signature check anyway, and the memory is for what time cannot cure.
-func TestTimeRejectionsAreNotRemembered(t *testing.T) {
+// A token not yet valid is not remembered as bad: time cures it. An
+// expired one is: a replayed old token then costs a datapath's
+// verification budget once, not once per SYN.
+func TestTimeRejectionsRemembered(t *testing.T) {
 	f := newFixture(t, "cluster.local")
 	clk := newClock()
 	ce := newTestEngine(t, f.a, f.bundle, clk)
@@ -66,6 +68,18 @@ func TestTimeRejectionsAreNotRemembered(t *testing.T) {
 	clk.Advance(DefaultTokenLifetime)
 	if _, err := se.ConsumeSYN(withNewNonce(syn), testConn); err != nil {
 		t.Fatalf("a token refused as not yet valid stays refused once valid: %v", err)
+	}
+
+	old, _, err := ce.NewSYN(workload("ns", "old", 1), testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(DefaultTokenLifetime + time.Hour/2) // past exp + skew, within the certificates
+	late := newTestEngine(t, f.b, f.bundle, clk)    // has never seen the token
+	_, err = late.ConsumeSYN(old, testConn)
+	wantReason(t, err, ReasonExpired)
+	if late.SYNNeedsVerification(withNewNonce(old)) {
+		t.Error("an expired token, refused once, still needs a verification")
 	}
 }
 

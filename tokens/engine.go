@@ -104,7 +104,8 @@ type verifier struct {
 	peers    *byteCache[*peerToken] // by token encoding
 	// badTokens remembers tokens that failed for a reason time cannot
 	// cure (bad signature, malformed claims, wrong trust domain, too long
-	// a lifetime), by the SHA-256 of their encoding, for badTokenMemory:
+	// a lifetime, expired), by the SHA-256 of their encoding, for
+	// badTokenMemory:
 	// a forged token replayed in a flood of SYNs costs a hash and a map
 	// lookup, not an ECDSA verification each time. Keyed by the digest so
 	// that a flood of large forged tokens does not hold their bytes.
@@ -401,11 +402,11 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 	}
 	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
 	if err != nil {
-		switch ReasonOf(err) {
-		case ReasonNotYetValid, ReasonExpired:
-			// Cheap (checked before the signature), and not-yet-valid
-			// may become valid.
-		default:
+		// Not-yet-valid may become valid; everything else stays
+		// refused (expired included: it is checked before the signature,
+		// but remembering it keeps a replayed old token from costing a
+		// datapath's verification budget more than once).
+		if ReasonOf(err) != ReasonNotYetValid {
 			vf.badTokens.put(digest[:], err, now.Add(badTokenMemory), now)
 		}
 		return nil, err
