@@ -10,7 +10,7 @@ func TestPseudoLabelsComeFromSignedFields(t *testing.T) {
 	id := &Identity{
 		Cluster: "c", Namespace: "shop", Pod: "forger", ServiceAccount: "batch",
 		// What a pod could write into its own metadata.labels.
-		Labels: map[string]string{"app": "client", LabelServiceAccount: "web", LabelNamespace: "pay", "bireme.io/node": "n9"},
+		Labels:          map[string]string{"app": "client", LabelServiceAccount: "web", LabelNamespace: "pay", "bireme.io/node": "n9"},
 		NamespaceLabels: map[string]string{"team": "shop", LabelNamespace: "pay", LabelKubernetesNamespaceName: "pay"},
 	}
 	for _, c := range []struct {
