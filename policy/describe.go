@@ -37,26 +37,29 @@ func (s *selector) describePods() string {
 	return strings.Join(factors, " and ")
 }
 
-// describeNamespaces describes a namespaceSelector: by name when it selects
-// by one of the labels that carry the name, else by labels. An empty
-// selector is "any namespace".
+// describeNamespaces describes a namespaceSelector as what follows "in":
+// by name when it selects by one of the labels that carry the name, by
+// labels otherwise ("namespaces labelled team=pay"). An empty selector is
+// "any namespace".
 func (s *selector) describeNamespaces() string {
-	var factors, labels []string
+	var names, labels []string
 	for _, r := range s.reqs {
 		switch r.key {
 		case identity.LabelNamespace, identity.LabelKubernetesNamespaceName:
-			factors = append(factors, describeFactor("namespace", r))
+			names = append(names, describeFactor("namespace", r))
 		default:
 			labels = append(labels, describeRequirement(r))
 		}
 	}
-	if len(labels) > 0 {
-		factors = append(factors, "namespace labels "+strings.Join(labels, ", "))
-	}
-	if len(factors) == 0 {
+	switch {
+	case len(names) == 0 && len(labels) == 0:
 		return "any namespace"
+	case len(labels) == 0:
+		return strings.Join(names, " and ")
+	case len(names) == 0:
+		return "namespaces labelled " + strings.Join(labels, ", ")
 	}
-	return strings.Join(factors, " and ")
+	return strings.Join(names, " and ") + " labelled " + strings.Join(labels, ", ")
 }
 
 // describeFactor names a pseudo-label requirement as the fact it is:
