@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -177,11 +178,12 @@ func TestRunFollowsSource(t *testing.T) {
 
 	// A trust bundle goes in force: a peer of the other CA is refused
 	// before and accepted after.
-	syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+	conn := tokens.Endpoints{Client: netip.MustParseAddrPort("198.18.1.2:40000"), Server: netip.MustParseAddrPort("198.18.2.2:80")}
+	syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"}, conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eng.ConsumeSYN(syn); err == nil {
+	if _, err := eng.ConsumeSYN(syn, conn); err == nil {
 		t.Fatal("a peer of an untrusted CA was accepted")
 	}
 	both, err := tokens.NewTrustBundle(ownCA.Cert, otherCA.Cert)
@@ -190,11 +192,11 @@ func TestRunFollowsSource(t *testing.T) {
 	}
 	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "api")}, Trust: both}
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+		syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"}, conn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := eng.ConsumeSYN(syn); err == nil {
+		if _, err := eng.ConsumeSYN(syn, conn); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("trust bundle not in force: %v", err)

@@ -35,8 +35,11 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		c.noToken = true
 	} else {
 		// The packet lives in the reader's reused buffer: the tokens
-		// engine may keep what it parsed (certificate, cache key).
-		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok))
+		// engine may keep what it parsed (certificate, cache key). The
+		// connection as this namespace sees it must be the one the client
+		// opened (or its NAT-translated form, if declared).
+		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok), observed)
 		if err != nil {
 			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
@@ -111,7 +114,10 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 			ch = match
 		}
 	}
-	id, err := ch.ConsumeSYNACK(bytes.Clone(tok)) // see ingressSYN
+	// The identity returned is bound to the connection this workload
+	// dialed, so the egress decision below is about the server it dialed,
+	// not whatever a relay in between presents.
+	id, err := ch.ConsumeSYNACK(bytes.Clone(tok), p.seq) // see ingressSYN
 	if err != nil {
 		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local,
 			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})

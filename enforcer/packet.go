@@ -107,58 +107,15 @@ func (p *packet) dstPort() netip.AddrPort { return netip.AddrPortFrom(p.dst, p.d
 // allocates.
 func parsePacket(b []byte, p *packet) error {
 	*p = packet{}
-	if len(b) < 1 {
-		return errMalformed
+	ip, err := parseIP(b)
+	if err != nil {
+		return err
 	}
-	var proto uint8
-	off := 0
-	switch b[0] >> 4 {
-	case 4:
-		if len(b) < 20 {
-			return errMalformed
-		}
-		ihl := int(b[0]&0x0f) * 4
-		total := int(binary.BigEndian.Uint16(b[2:4]))
-		if ihl < 20 || total < ihl || total > len(b) {
-			return errMalformed
-		}
-		if binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 { // MF or fragment offset
-			return errFragment
-		}
-		b = b[:total]
-		proto = b[9]
-		p.src = netip.AddrFrom4([4]byte(b[12:16]))
-		p.dst = netip.AddrFrom4([4]byte(b[16:20]))
-		off = ihl
-	case 6:
-		if len(b) < 40 {
-			return errMalformed
-		}
-		total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
-		if total > len(b) {
-			return errMalformed
-		}
-		b = b[:total]
-		p.v6 = true
-		p.src = netip.AddrFrom16([16]byte(b[8:24]))
-		p.dst = netip.AddrFrom16([16]byte(b[24:40]))
-		proto = b[6]
-		off = 40
-		for proto == 0 || proto == 43 || proto == 60 { // hop-by-hop, routing, dest opts
-			if off+8 > len(b) {
-				return errMalformed
-			}
-			proto, off = b[off], off+(int(b[off+1])+1)*8
-		}
-		if proto == 44 {
-			return errFragment
-		}
-	default:
-		return errMalformed
-	}
-	if proto != 6 {
+	if ip.proto != 6 {
 		return errNotTCP
 	}
+	b, off := ip.b, ip.l4Off
+	p.v6, p.src, p.dst = ip.v6, ip.src, ip.dst
 	if off+20 > len(b) {
 		return errMalformed
 	}
@@ -175,6 +132,71 @@ func parsePacket(b []byte, p *packet) error {
 		return errMalformed
 	}
 	return p.scanOptions()
+}
+
+// ipHeader is what parseIP reads from an IP header.
+type ipHeader struct {
+	b        []byte // the packet, trimmed to the IP total length
+	v6       bool
+	src, dst netip.Addr
+	proto    uint8 // the upper-layer protocol (IPPROTO_*)
+	l4Off    int   // offset of the upper-layer header
+}
+
+// parseIP reads the IPv4 or IPv6 header of b (skipping IPv6 hop-by-hop,
+// routing and destination-options headers). Fragments are errors: conntrack
+// reassembles before anything is queued, so a fragment here is malformed.
+func parseIP(b []byte) (ipHeader, error) {
+	var h ipHeader
+	if len(b) < 1 {
+		return h, errMalformed
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return h, errMalformed
+		}
+		ihl := int(b[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(b[2:4]))
+		if ihl < 20 || total < ihl || total > len(b) {
+			return h, errMalformed
+		}
+		if binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 { // MF or fragment offset
+			return h, errFragment
+		}
+		h.b = b[:total]
+		h.proto = b[9]
+		h.src = netip.AddrFrom4([4]byte(b[12:16]))
+		h.dst = netip.AddrFrom4([4]byte(b[16:20]))
+		h.l4Off = ihl
+	case 6:
+		if len(b) < 40 {
+			return h, errMalformed
+		}
+		total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
+		if total > len(b) {
+			return h, errMalformed
+		}
+		b = b[:total]
+		h.b = b
+		h.v6 = true
+		h.src = netip.AddrFrom16([16]byte(b[8:24]))
+		h.dst = netip.AddrFrom16([16]byte(b[24:40]))
+		proto, off := b[6], 40
+		for proto == 0 || proto == 43 || proto == 60 { // hop-by-hop, routing, dest opts
+			if off+8 > len(b) {
+				return h, errMalformed
+			}
+			proto, off = b[off], off+(int(b[off+1])+1)*8
+		}
+		if proto == 44 {
+			return h, errFragment
+		}
+		h.proto, h.l4Off = proto, off
+	default:
+		return h, errMalformed
+	}
+	return h, nil
 }
 
 // scanOptions walks the TCP options, checks they are well formed, and

@@ -48,6 +48,7 @@ func (l *Lab) startEnforcer(node string) error {
 		"--metrics-addr", addr,
 		"--poll", l.st.Options.Poll.String(),
 	)
+	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
 	proc, err := startDetached(cmd, l.enforcerLog(node))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)

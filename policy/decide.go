@@ -67,7 +67,9 @@ type Decider interface {
 	// Decide: local is the protected workload on this node. For Ingress,
 	// local is the server and port is the local (destination) port; for
 	// Egress, local is the client and port is the peer's destination port.
-	// protocol is "TCP" (also "UDP", "SCTP"; "" means TCP). Named ports
+	// protocol is "TCP" (also "UDP", "SCTP"; "" means TCP), or
+	// ProtocolICMP or ProtocolOtherIP, which have no ports (port is
+	// ignored) and which only rules without ports allow. Named ports
 	// resolve against the destination workload's identity Ports (local for
 	// ingress, peer.Identity for egress).
 	Decide(local *identity.Identity, peer Peer, dir Direction, port uint16, protocol string) Decision
@@ -110,12 +112,15 @@ func (e *Engine) Decide(local *identity.Identity, peer Peer, dir Direction, port
 	if local == nil {
 		return Decision{Rule: -1, Reason: "denied: no local identity"}
 	}
-	p, ok := parseProtocol(proto)
+	p, ok := parseDecideProtocol(proto)
 	if !ok {
 		return Decision{Rule: -1, Reason: fmt.Sprintf("denied: unsupported protocol %q", proto)}
 	}
 	if dir != Ingress && dir != Egress {
 		return Decision{Rule: -1, Reason: fmt.Sprintf("denied: unknown %s", dir)}
+	}
+	if p == protoICMP || p == protoOtherIP {
+		port = 0 // they have none; one cache entry per peer, not per number
 	}
 	key := decisionKey{local: keyOf(local), dir: dir, port: port, proto: p}
 	if peer.Identity != nil {

@@ -233,7 +233,40 @@ const (
 	protoTCP
 	protoUDP
 	protoSCTP
+	// protoICMP and protoOtherIP are never in a compiled port: a
+	// NetworkPolicy cannot name them, so only rules without ports match
+	// them (see ProtocolICMP).
+	protoICMP
+	protoOtherIP
 )
+
+// Protocols that NetworkPolicy cannot name, for [Decider.Decide]. A rule
+// allows them only when it lists no ports: "ports absent" means every
+// port and protocol, and no port list can name them. This is what common
+// CNIs do for ICMP under a port-less rule; Kubernetes itself leaves ICMP
+// unspecified. An isolated workload thus gets ICMP only from a rule that
+// allows everything from that peer.
+const (
+	// ProtocolICMP is ICMP and ICMPv6 (echo and the other messages that
+	// open a conntrack flow; errors about an allowed connection are the
+	// datapath's business, not policy's).
+	ProtocolICMP = "ICMP"
+	// ProtocolOtherIP is any IP protocol other than TCP, UDP, SCTP and
+	// ICMP (GRE, IGMP, ESP, ...).
+	ProtocolOtherIP = "OTHER-IP"
+)
+
+// parseDecideProtocol is parseProtocol plus the protocols a decision may
+// be asked about but no policy port may name.
+func parseDecideProtocol(s string) (protocol, bool) {
+	switch strings.ToUpper(s) {
+	case ProtocolICMP, "ICMPV6":
+		return protoICMP, true
+	case ProtocolOtherIP:
+		return protoOtherIP, true
+	}
+	return parseProtocol(s)
+}
 
 // parseProtocol accepts TCP, UDP, SCTP in any case; "" means TCP.
 func parseProtocol(s string) (protocol, bool) {
@@ -257,6 +290,10 @@ func (p protocol) String() string {
 		return string(corev1.ProtocolUDP)
 	case protoSCTP:
 		return string(corev1.ProtocolSCTP)
+	case protoICMP:
+		return ProtocolICMP
+	case protoOtherIP:
+		return ProtocolOtherIP
 	}
 	return "invalid"
 }

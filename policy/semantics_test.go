@@ -264,7 +264,7 @@ func TestReasons(t *testing.T) {
 	a := ident(t, objs, "y/a")
 	for name, d := range map[string]policy.Decision{
 		"nil local":     e.Decide(nil, policy.Peer{}, policy.Ingress, 80, "TCP"),
-		"bad protocol":  e.Decide(a, policy.Peer{}, policy.Ingress, 80, "ICMP"),
+		"bad protocol":  e.Decide(a, policy.Peer{}, policy.Ingress, 80, "GRE"),
 		"bad direction": e.Decide(a, policy.Peer{}, policy.Direction(7), 80, "TCP"),
 	} {
 		if d.Allowed || !strings.HasPrefix(d.Reason, "denied: ") {

@@ -21,7 +21,8 @@
 //	            own, so that no data can overtake the ACK while its socket
 //	            is made.
 //
-// mangle table (runs before filter, priority -150):
+// mangle table (runs before filter, priority -150), for TCP (nontcp.go
+// has the chains for every other protocol):
 //
 //	INPUT  -p tcp -j BIREME-INPUT     OUTPUT -p tcp -j BIREME-OUTPUT
 //
@@ -43,7 +44,7 @@
 //
 // filter table (priority 0):
 //
-//	INPUT, OUTPUT  -p tcp -j BIREME-SAVE
+//	INPUT, OUTPUT  -p tcp -j BIREME-SAVE     (and ! -p tcp, see nontcp.go)
 //	BIREME-SAVE    packet mark has one of our bits -> CONNMARK --save-mark (our bits only)
 //
 // The enforcer cannot set the connection mark in the verdict of a packet
@@ -117,20 +118,26 @@ func (s *Supervisor) tables() ([]*iptables.IPTables, error) {
 // in.
 func (s *Supervisor) Layout() marks.Layout { return s.layout }
 
-// jump is one rule in a built-in chain that sends TCP to one of ours.
+// jump is one rule in a built-in chain that sends one protocol (TCP
+// unless protocol says otherwise) to one of our chains.
 type jump struct {
 	table, from, to string
+	protocol        []string // the rule's protocol match; nil: -p tcp
 }
 
-var jumps = []jump{
-	{"mangle", "INPUT", chainInput},
-	{"mangle", "OUTPUT", chainOutput},
-	{"filter", "INPUT", chainSave},
-	{"filter", "OUTPUT", chainSave},
-}
+var jumps = append([]jump{
+	{table: "mangle", from: "INPUT", to: chainInput},
+	{table: "mangle", from: "OUTPUT", to: chainOutput},
+	{table: "filter", from: "INPUT", to: chainSave},
+	{table: "filter", from: "OUTPUT", to: chainSave},
+}, nonTCPJumps...) // nontcp.go
 
 func (j jump) rule() []string {
-	return []string{"-p", "tcp", "-m", "comment", "--comment", "bireme", "-j", j.to}
+	proto := j.protocol
+	if proto == nil {
+		proto = []string{"-p", "tcp"}
+	}
+	return append(slices.Clip(proto), "-m", "comment", "--comment", "bireme", "-j", j.to)
 }
 
 // chainSpec is one of our chains with the rules it must hold, in order.
@@ -176,7 +183,7 @@ func (s *Supervisor) chains() []chainSpec {
 	dirOrig := []string{"-m", "conntrack", "--ctdir", "ORIGINAL"}
 	dirReply := []string{"-m", "conntrack", "--ctdir", "REPLY"}
 	tcp := []string{"-p", "tcp"}
-	return []chainSpec{
+	return append([]chainSpec{
 		{"mangle", chainInput, [][]string{
 			{"-i", "lo", "-j", "RETURN"},
 			r(tcp, isAuth, notSYN, []string{"-j", "RETURN"}),
@@ -210,7 +217,7 @@ func (s *Supervisor) chains() []chainSpec {
 			{"-m", "mark", "!", "--mark", "0x0/" + mask, "-j", "CONNMARK", "--save-mark",
 				"--nfmask", mask, "--ctmask", mask},
 		}},
-	}
+	}, s.nonTCPChains()...) // nontcp.go
 }
 
 // Protect puts the namespace at netnsPath (for example /run/netns/NAME or

@@ -96,8 +96,15 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 	if !strings.Contains(once, ":BIREME-INPUT") || !strings.Contains(once, "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-SAVE") {
 		t.Fatalf("rules not installed in the namespace:\n%s", once)
 	}
-	if strings.Count(once, "-j NFQUEUE") != 10 { // (2 in BIREME-INPUT + 3 in BIREME-OUTPUT) x 2 families
-		t.Errorf("want 5 NFQUEUE rules per family, got:\n%s", once)
+	if strings.Count(once, "-j NFQUEUE") != 14 { // (2 in BIREME-INPUT + 3 in BIREME-OUTPUT + 1 in each NONTCP chain) x 2 families
+		t.Errorf("want 7 NFQUEUE rules per family, got:\n%s", once)
+	}
+	for _, want := range []string{"-A INPUT ! -p tcp -m comment --comment bireme -j BIREME-NONTCP-IN",
+		"-A OUTPUT ! -p tcp -m comment --comment bireme -j BIREME-NONTCP-OUT",
+		"-A INPUT ! -p tcp -m comment --comment bireme -j BIREME-SAVE"} {
+		if strings.Count(once, want) != 2 { // both families
+			t.Errorf("want %q in both families, got:\n%s", want, once)
+		}
 	}
 	if err := s.Protect(ctx, ns.Path()); err != nil {
 		t.Fatal(err)

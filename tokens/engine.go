@@ -61,6 +61,13 @@ type Config struct {
 	// not be below TokenLifetime, or peers configured alike would refuse
 	// each other's tokens.
 	MaxPeerTokenLifetime time.Duration
+	// NATGateways declares the trust domains whose nodes reach this one
+	// through source NAT, each with the address ranges of its gateways (the
+	// translated source addresses). A SYN's claimed source must equal the
+	// observed one, except for a client of a declared domain seen from one
+	// of its gateways; the destination the client dialed must always be
+	// this server. Empty: no NAT, every address is bound.
+	NATGateways NATGateways
 }
 
 // Engine signs this node's workload identities, verifies peers', and runs
@@ -81,6 +88,7 @@ type Engine struct {
 	keys     atomic.Pointer[localKeys]
 	verifier atomic.Pointer[verifier]
 	replay   *replayCache
+	nat      NATGateways
 }
 
 // verifier is a trust bundle with the caches of what was verified under it.
@@ -156,6 +164,17 @@ func NewEngine(cfg Config) (*Engine, error) {
 		skew:            cfg.ClockSkew,
 		now:             cfg.Now,
 		cacheMax:        cfg.PeerCacheSize,
+		nat:             maps.Clone(cfg.NATGateways),
+	}
+	for td, gateways := range e.nat {
+		if td == "" || len(gateways) == 0 {
+			return nil, fmt.Errorf("tokens engine: NAT declaration %q=%v: a trust domain and at least one gateway range are needed", td, gateways)
+		}
+		for _, g := range gateways {
+			if !g.IsValid() {
+				return nil, fmt.Errorf("tokens engine: NAT declaration for %q: invalid prefix", td)
+			}
+		}
 	}
 	if e.lifetime <= 0 {
 		e.lifetime = DefaultTokenLifetime

@@ -19,6 +19,9 @@ type ServerHandshake struct {
 	e           *Engine
 	clientNonce [NonceSize]byte
 	client      *peerToken
+	// conn is the connection as the client claimed it, checked against
+	// what this server observed; the proofs bind it.
+	conn Endpoints
 
 	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
 	// carries the same bytes; the payload itself is rebuilt from them rather
@@ -30,11 +33,20 @@ type ServerHandshake struct {
 	clientProof [ProofSize]byte
 }
 
-// ConsumeSYN verifies a SYN payload: the client's token (certificate chain,
-// trust domain, validity, signature) and that its nonce is new.
-func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
+// ConsumeSYN verifies a SYN payload that arrived on observed (the client
+// address and port as this server sees them, its own, and the SYN's
+// sequence number): that the connection the client claims is this one
+// (endpoint-mismatch otherwise, see Config.NATGateways), the client's token
+// (certificate chain, trust domain, validity, signature) and that its
+// nonce is new.
+func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
+		return nil, err
+	}
+	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
+	// Before the signature check: a relayed SYN costs no ECDSA.
+	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, ""); err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -42,10 +54,15 @@ func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
 	if err != nil {
 		return nil, err
 	}
+	if claimed.Client != observed.Client {
+		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain); err != nil {
+			return nil, err
+		}
+	}
 	if e.replay.check(m.clientNonce, p.v.notAfter.Add(e.skew), now) {
 		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
 	}
-	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p}, nil
+	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}, nil
 }
 
 // Peer returns a copy of the verified client identity.
@@ -64,17 +81,19 @@ func (s *ServerHandshake) PeerNode() string {
 	return s.client.v.node
 }
 
-// NewSYNACK returns the SYN-ACK payload for the local (server) workload: its
-// token, a fresh server nonce, the echoed client nonce and the server proof.
-// Called again (a retransmitted SYN-ACK) it returns the same bytes.
-func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
+// NewSYNACK returns the SYN-ACK payload for the local (server) workload,
+// whose SYN-ACK carries the sequence number serverISN: its token, a fresh
+// server nonce, the echoed client nonce and the server proof. Called again
+// (a retransmitted SYN-ACK) it returns the same bytes: the first call's
+// ISN is kept, as the kernel retransmits with the same one.
+func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) ([]byte, error) {
 	if s == nil || s.e == nil || s.client == nil {
 		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.token == nil {
-		if err := s.prepareSYNACK(local); err != nil {
+		if err := s.prepareSYNACK(local, serverISN); err != nil {
 			return nil, fmt.Errorf("new SYN-ACK: %w", err)
 		}
 	}
@@ -84,7 +103,7 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 
 // prepareSYNACK signs (or finds) the local token, draws the server nonce and
 // computes both proofs; s.mu is held.
-func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
+func (s *ServerHandshake) prepareSYNACK(local *identity.Identity, serverISN uint32) error {
 	now := s.e.now()
 	keys := s.e.keys.Load()
 	t, err := s.e.localToken(keys, local, now)
@@ -96,7 +115,7 @@ func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
 		return err
 	}
 	ns := newNonce()
-	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
+	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest, &s.conn, serverISN)
 	if err != nil {
 		return err
 	}

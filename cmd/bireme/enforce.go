@@ -26,6 +26,7 @@ type enforceOptions struct {
 	caBundle             []string
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
+	natPeers             natPeersFlag
 	queues               int
 	poll                 time.Duration
 }
@@ -93,6 +94,7 @@ is removed and it exits 0.`,
 	f.StringVar(&flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
 	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.Var(&opts.natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
@@ -168,7 +170,7 @@ func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load CA bundle: %w", err)
 	}
-	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime})
+	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways})
 	if err != nil {
 		return nil, fmt.Errorf("token engine: %w", err)
 	}
