@@ -109,7 +109,7 @@ func describePeer(p *compiledPeer, policyNS string) string {
 			}
 			s += " except " + strings.Join(ex, ", ")
 		}
-		return s + " (peers without identity only)"
+		return s
 	case p.namespaces == nil:
 		return p.pods.describePods() + " in namespace " + policyNS
 	case p.pods == nil:

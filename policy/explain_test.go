@@ -30,7 +30,7 @@ func TestExplain(t *testing.T) {
 			egress: "denied: selected by x/client and no rule allows", ingress: "allowed: no policy selects x/a for ingress"},
 		{from: "x/a", to: "x/b", port: "8080",
 			egress: "allowed: no policy selects x/a for egress", ingress: "denied: selected by x/web and no rule allows"},
-		{from: "198.18.9.9", to: "x/b", port: "http", allowed: true, ingress: "allowed by x/web ingress rule 0: peer matched by address in 198.18.0.0/15 (peers without identity only)"},
+		{from: "198.18.9.9", to: "x/b", port: "http", allowed: true, ingress: "allowed by x/web ingress rule 0: peer matched by address in 198.18.0.0/15"},
 		{from: "x/c", to: "198.18.9.9", port: "8080", egress: "denied: selected by x/client and no rule allows"},
 		{from: "x/c", to: "198.18.9.9", port: "http", err: "needs a pod"},
 		{from: "198.18.0.1", to: "198.18.0.2", port: "80", err: "at least one end"},

@@ -55,7 +55,12 @@ func viewRule(index int, r *compiledRule, local *identity.Identity, dir Directio
 		v.Peers = []string{anyPeerDescription}
 	}
 	for i := range r.peers {
-		v.Peers = append(v.Peers, r.peers[i].description)
+		d := r.peers[i].description
+		if r.peers[i].block != nil {
+			// A product rule a reader of the policy would not expect.
+			d += " (peers without identity only)"
+		}
+		v.Peers = append(v.Peers, d)
 	}
 	if r.allPorts {
 		v.Ports = []string{"every port"}
