@@ -9,7 +9,7 @@ import (
 )
 
 // namespaceNameLabel is the label the API server puts on every namespace.
-const namespaceNameLabel = "kubernetes.io/metadata.name"
+const namespaceNameLabel = identity.LabelKubernetesNamespaceName
 
 // IdentityOf builds the identity a pod is given in tokens: its labels, its
 // namespace's labels plus kubernetes.io/metadata.name (as the API server
@@ -17,6 +17,13 @@ const namespaceNameLabel = "kubernetes.io/metadata.name"
 // ports (regular containers and restartable init containers, i.e. sidecars;
 // protocol defaulted to TCP). ns may be nil (a namespace with no labels).
 // The result shares nothing with the inputs.
+//
+// Labels with the reserved prefix bireme.io/ that the pod or namespace set
+// themselves are left out: the API server accepts them, so refusing them
+// here would leave an informer-fed node unable to protect such a pod (and a
+// file store unable to load any change while one is there). Policy sees
+// Bireme's own values instead, derived from the service account and the
+// namespace (see identity.LabelServiceAccount).
 func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity.Identity {
 	nsName := pod.Namespace
 	if nsName == "" {
@@ -27,7 +34,7 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		Namespace:       nsName,
 		Pod:             pod.Name,
 		ServiceAccount:  pod.Spec.ServiceAccountName,
-		Labels:          maps.Clone(pod.Labels),
+		Labels:          maps.Clone(identity.WithoutReserved(pod.Labels)),
 		NamespaceLabels: map[string]string{},
 	}
 	if id.ServiceAccount == "" {
@@ -37,7 +44,7 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		id.ServiceAccount = "default"
 	}
 	if ns != nil {
-		maps.Copy(id.NamespaceLabels, ns.Labels)
+		maps.Copy(id.NamespaceLabels, identity.WithoutReserved(ns.Labels))
 	}
 	id.NamespaceLabels[namespaceNameLabel] = nsName
 	add := func(c corev1.Container) {

@@ -74,14 +74,20 @@ func parseClaims(payload []byte) (*Claims, error) {
 }
 
 // identity converts verified claims into a fresh Identity.
+//
+// Labels with the reserved prefix bireme.io/ are dropped: the pseudo-labels
+// policy selects on (service account, namespace) are derived from the
+// signed "sa" and "ns" claims (identity.Identity.PodLabel), never from
+// labels the sender put in "l" or "nl". Dropping them here also keeps a
+// forged value out of flow records.
 func (c *Claims) identity() (*identity.Identity, error) {
 	id := &identity.Identity{
 		Cluster:         c.Cluster,
 		Namespace:       c.Namespace,
 		Pod:             c.Pod,
 		ServiceAccount:  c.ServiceAccount,
-		Labels:          c.Labels,
-		NamespaceLabels: c.NamespaceLabels,
+		Labels:          identity.WithoutReserved(c.Labels),
+		NamespaceLabels: identity.WithoutReserved(c.NamespaceLabels),
 	}
 	for _, p := range c.Ports {
 		name, ok1 := p[0].(string)
