@@ -87,10 +87,10 @@ func TestTimeRejectionsRemembered(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Advance(DefaultTokenLifetime + time.Hour/2) // past exp + skew, within the certificates
-	if se.SYNNeedsVerification(old, testConn) { // se knows node-a's certificate
+	if se.SYNNeedsVerification(old, testConn) {     // se knows node-a's certificate
 		t.Error("an expired token under a known certificate counts as a verification")
 	}
-	late := newTestEngine(t, f.b, f.bundle, clk)    // has never seen the token
+	late := newTestEngine(t, f.b, f.bundle, clk) // has never seen the token
 	_, err = late.ConsumeSYN(old, testConn)
 	wantReason(t, err, ReasonExpired)
 	if late.SYNNeedsVerification(withNewNonce(old), testConn) {
