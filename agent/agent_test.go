@@ -114,7 +114,8 @@ func workload(netns, pod, app string) desired.Workload {
 
 // TestRunFollowsSource runs the agent on a source the test drives and a
 // recording datapath (no root needed): workloads are installed, updated and
-// released, policy and trust bundles go in force, and stopping removes all.
+// released, policy and trust bundles go in force, and stopping leaves the
+// installed workloads protected (fail closed).
 func TestRunFollowsSource(t *testing.T) {
 	ownCA, eng := testCA(t, "c1", "n1")
 	otherCA, otherNode := testCA(t, "c2", "m1")
@@ -212,16 +213,16 @@ func TestRunFollowsSource(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after stop: installed %v; want nothing", got)
+	if got, want := dp.snapshot(), []string{"ns-a=x/a app=api"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after stop: installed %v; want %v left in place", got, want)
 	}
-	if !strings.Contains(logBuf.String(), "every rule and queue removed") {
+	if !strings.Contains(logBuf.String(), "rules left in place") {
 		t.Errorf("stop not logged:\n%s", logBuf.String())
 	}
 }
 
 // TestRunSourceFails: a source that cannot start, or stops on its own, ends
-// Run with its error, after releasing what was installed.
+// Run with its error, leaving what was installed protected.
 func TestRunSourceFails(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
 	run := func(src desired.Source, dp *recordingDatapath) error {
@@ -244,8 +245,8 @@ func TestRunSourceFails(t *testing.T) {
 	if err := run(&chanSource{states: states}, dp); err == nil || !strings.Contains(err.Error(), "stopped before its context ended") {
 		t.Errorf("Run = %v; want an error for a source that stopped", err)
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after the source stopped: installed %v; want nothing", got)
+	if got, want := dp.snapshot(), []string{"ns-a=x/a app=web"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after the source stopped: installed %v; want %v left in place", got, want)
 	}
 }
 

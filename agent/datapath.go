@@ -119,9 +119,16 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 	return EnforcerStats{
 		HandshakesInFlight: func() float64 { return float64(d.enf.HandshakesInFlight()) },
 		FlowRecordsDropped: func() float64 { return float64(d.enf.FlowRecordsDropped()) },
+		BulkDrops: map[string]func() float64{
+			"bad-checksum":       func() float64 { return float64(d.enf.BulkDrops().BadChecksum) },
+			"over-source-budget": func() float64 { return float64(d.enf.BulkDrops().OverSourceBudget) },
+			"over-node-budget":   func() float64 { return float64(d.enf.BulkDrops().OverNodeBudget) },
+			"known-bad-token":    func() float64 { return float64(d.enf.BulkDrops().KnownBadToken) },
+		},
 	}
 }
 
-// Close stops the enforcer and writes the flow records still queued. Call
-// it after the agent has removed the workloads.
+// Close stops the enforcer (its queues close) and writes the flow records
+// still queued. Call it after the agent's Run returned. The rules stay:
+// until an enforcer reads the queues again, handshakes are dropped.
 func (d *NodeDatapath) Close() error { return d.enf.Close() }

@@ -27,6 +27,11 @@ const (
 	// DefaultMaxHandshakes bounds the half-open handshakes remembered per
 	// workload; beyond it new handshakes are refused (fail closed).
 	DefaultMaxHandshakes = 65536
+	// DefaultMaxNodeHandshakes bounds them over the whole node: about
+	// 1.5 KB each with the peer's identity, 200 MB at most. A node that
+	// opens 5,000 connections a second remembers 50,000 handshakes
+	// (HandshakeTimeout), well below.
+	DefaultMaxNodeHandshakes = 1 << 17
 )
 
 // Config configures an Enforcer.
@@ -65,6 +70,13 @@ type Config struct {
 	// MaxHandshakes bounds the handshakes in progress per workload
 	// (default DefaultMaxHandshakes).
 	MaxHandshakes int
+	// MaxNodeHandshakes bounds the handshakes in progress over all the
+	// node's workloads (default DefaultMaxNodeHandshakes), so a flood
+	// spread over many workloads cannot hold MaxHandshakes in each.
+	MaxNodeHandshakes int
+	// VerifyBudget bounds the signature verifications that SYNs with
+	// unseen tokens may cost, per node and per source address.
+	VerifyBudget VerifyBudget
 	// IdentityNetworks are the address ranges where peers run an enforcer
 	// (pod CIDRs; the lab's pod range). A SYN to a destination in them
 	// carries the workload's token; a SYN to any other destination leaves
@@ -94,6 +106,10 @@ type Enforcer struct {
 	closed    bool
 
 	flows *flowQueue
+
+	handshakes *nodeHandshakes // over all workloads' connTables
+	budget     *verifyBudget
+	bulk       *bulkDrops
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -127,13 +143,18 @@ func New(cfg Config) (*Enforcer, error) {
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
+	if cfg.MaxNodeHandshakes <= 0 {
+		cfg.MaxNodeHandshakes = DefaultMaxNodeHandshakes
+	}
+	cfg.VerifyBudget = cfg.VerifyBudget.withDefaults()
 	cfg.Layout = cfg.Layout.WithDefaults()
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel}
+	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel,
+		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops()}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -175,7 +196,7 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 func (e *Enforcer) open(ctx context.Context, w Workload) (wl *workload, err error) {
 	// The queues' context is the workload's own: Detach and Close end it.
 	qctx, cancel := context.WithCancel(context.Background())
-	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
+	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes, e.handshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
 	defer func() {
 		if err != nil {
@@ -238,6 +259,9 @@ func (wl *workload) close() error {
 			errs = append(errs, err)
 		}
 	}
+	// The queues are closed: nothing adds handshakes any more, and the
+	// node's count gives back what this workload held.
+	wl.conns.forgetAll()
 	if wl.marker != nil {
 		if err := wl.marker.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close conntrack socket of %s: %w", wl.netns, err))

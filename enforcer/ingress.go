@@ -34,14 +34,20 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if tok := p.token(); tok == nil {
 		c.noToken = true
 	} else {
+		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok)
+		if costly && !q.affordsVerification(p, local) {
+			return drop
+		}
 		// The packet lives in the reader's reused buffer: the tokens
 		// engine may keep what it parsed (certificate, cache key). The
 		// connection as this namespace sees it must be the one the client
-		// opened (or its NAT-translated form, if declared).
+		// opened (or its NAT-translated form, if declared). The nonce is
+		// checked here but recorded only once policy allows (below):
+		// refused SYNs must not churn the replay cache.
 		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
-		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok), observed)
+		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
 		if err != nil {
-			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
 			return drop
 		}
@@ -51,6 +57,13 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	}
 	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
 		return drop
+	}
+	if c.server != nil {
+		if err := c.server.RecordNonce(); err != nil { // the same SYN, accepted meanwhile
+			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: peer.Identity,
+				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
+			return drop
+		}
 	}
 	if old := q.wl.conns.get(key); c.server != nil && old != nil && old.server != nil && !old.authorized &&
 		len(old.earlier) < maxSYNRetries {

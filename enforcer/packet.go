@@ -336,9 +336,36 @@ func (p *packet) insertProof(dst []byte, proof []byte, maxLen int) ([]byte, erro
 	return p.rewrite(dst, o, nil, 0)
 }
 
-// strip returns in dst p without Bireme's options and without the token
-// at the start of the payload, options re-padded with NOPs to a multiple of
-// 4 bytes. A packet with nothing of ours is copied unchanged.
+// TCP Fast Open options: kind 34 (RFC 7413) and the experimental form
+// used before it was assigned (kind 254, ExID 0xF989).
+const (
+	optKindFastOpen    = 34
+	optKindExperiment2 = 254
+	exidFastOpen       = 0xF989
+)
+
+// isFastOpen reports whether the option at the start of opt (kind, length,
+// data; length already checked) is a TCP Fast Open cookie or cookie
+// request.
+func isFastOpen(opt []byte) bool {
+	return opt[0] == optKindFastOpen ||
+		opt[0] == optKindExperiment2 && len(opt) >= 4 && binary.BigEndian.Uint16(opt[2:4]) == exidFastOpen
+}
+
+// strip returns in dst p without Bireme's options, options re-padded with
+// NOPs to a multiple of 4 bytes. A packet with nothing of ours is copied
+// unchanged.
+//
+// A packet carrying a token (a SYN or SYN-ACK) also loses everything a
+// TCP Fast Open handshake would use before the proof: the payload behind
+// the token and any Fast Open option. Data in a SYN or SYN-ACK reaches the
+// peer's socket before the client has proven anything (a Fast Open server
+// hands it to accept() at once, and a SYN with a valid cookie makes the
+// server's kernel create the socket at once even without data); an honest
+// sender's enforcer never puts data there (egressSYN, egressSYNACK), so
+// it can only come from a forger. Stripped, the packet is an ordinary SYN
+// or SYN-ACK: an honest Fast Open sender's kernel sends the data again
+// once the connection is open, as when a server declines Fast Open.
 func (p *packet) strip(dst []byte) ([]byte, error) {
 	var optBuf [maxTCPHeader]byte
 	o := optBuf[:0]
@@ -357,9 +384,12 @@ func (p *packet) strip(dst []byte) ([]byte, error) {
 			continue
 		}
 		l := int(opts[i+1]) // bounds checked by parsePacket
-		if at != p.tokenOpt && at != p.proofOpt {
+		switch {
+		case p.tokenOpt != 0 && isFastOpen(opts[i:i+l]):
+			// Dropped with the data: see above.
+		case at != p.tokenOpt && at != p.proofOpt:
 			o = append(o, opts[i:i+l]...)
-		} else {
+		default:
 			// Drop the NOP padding inserted in front of our option, so
 			// the receiver gets the sender kernel's header back exactly.
 			for len(o) > 0 && o[len(o)-1] == 1 {
@@ -373,7 +403,13 @@ func (p *packet) strip(dst []byte) ([]byte, error) {
 	}
 	skip := 0
 	if p.tokenOpt != 0 {
-		skip = p.tokenLen
+		skip = len(p.payload()) // the token and any data behind it
 	}
 	return p.rewrite(dst, o, nil, skip)
+}
+
+// tcpChecksumOK reports whether p's TCP checksum is right for its
+// pseudo-header and segment.
+func (p *packet) tcpChecksumOK() bool {
+	return foldChecksum(tcpChecksumSum(p.b, p.v6, p.tcpOff)) == 0xffff
 }

@@ -170,5 +170,8 @@ func (q *queue) process(b []byte, outgoing bool) verdict {
 	if outgoing {
 		return q.egress(&p)
 	}
+	if !q.checksumOK(&p) { // see checksumOK for why only incoming packets
+		return drop
+	}
 	return q.ingress(&p)
 }

@@ -146,11 +146,13 @@ func (l *Lab) StartEnforcer(ctx context.Context, node string) error {
 	return l.waitProtected(ctx)
 }
 
-// StopEnforcer stops node's enforcer as an operator would: SIGTERM, after
-// which it removes every rule and queue it installed and exits. It is
-// killed if it takes longer than StopGrace. For an enforcer that this
-// process started, a non-zero exit status is an error too. Until
-// StartEnforcer the node's pods are unprotected.
+// StopEnforcer stops node's enforcer as an operator or a rolling update
+// would: SIGTERM, after which it closes its queues and exits, leaving its
+// rules in place (fail closed: new connections of the node's pods wait,
+// authorized ones continue in the kernel) until StartEnforcer, whose
+// enforcer takes the rules over. It is killed if it takes longer than
+// StopGrace. For an enforcer that this process started, a non-zero exit
+// status is an error too. `bireme uninstall` removes the rules.
 func (l *Lab) StopEnforcer(ctx context.Context, node string) error {
 	if err := l.checkEnforcedNode(node); err != nil {
 		return fmt.Errorf("stop enforcer: %w", err)

@@ -102,14 +102,22 @@ type verifier struct {
 	// peer node costs one ECDSA verification per minute, not one per SYN.
 	badCerts *byteCache[error]
 	peers    *byteCache[*peerToken] // by token encoding
+	// badTokens remembers tokens that failed for a reason time cannot
+	// cure (bad signature, malformed claims, wrong trust domain, too long
+	// a lifetime), by the SHA-256 of their encoding, for badTokenMemory:
+	// a forged token replayed in a flood of SYNs costs a hash and a map
+	// lookup, not an ECDSA verification each time. Keyed by the digest so
+	// that a flood of large forged tokens does not hold their bytes.
+	badTokens *byteCache[error]
 }
 
 func newVerifier(trust *TrustBundle, cacheMax int) *verifier {
 	return &verifier{
-		trust:    trust,
-		certs:    newByteCache[*verifiedCert](cacheMax),
-		badCerts: newByteCache[error](cacheMax),
-		peers:    newByteCache[*peerToken](cacheMax),
+		trust:     trust,
+		certs:     newByteCache[*verifiedCert](cacheMax),
+		badCerts:  newByteCache[error](cacheMax),
+		peers:     newByteCache[*peerToken](cacheMax),
+		badTokens: newByteCache[error](cacheMax),
 	}
 }
 
@@ -142,6 +150,12 @@ type localToken struct {
 // badCertMemory is how long a certificate that failed for a reason time
 // cannot cure is rejected without being checked again.
 const badCertMemory = time.Minute
+
+// badTokenMemory is how long a token that failed for a reason time cannot
+// cure is rejected without being checked again. Short: the entry only
+// saves work, and a flood of distinct forged tokens churns the cache
+// anyway (the datapath's verification budget bounds that case).
+const badTokenMemory = time.Minute
 
 // maxLocalTokens bounds the signed-token cache; a node hosts at most a few
 // hundred workloads, each with one current identity.
@@ -381,13 +395,40 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 		}
 		vf.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
 	}
-	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
-	if err != nil {
+	digest := sha256.Sum256(t.raw)
+	if err, bad := vf.badTokens.get(digest[:], now); bad {
 		return nil, err
 	}
-	p := &peerToken{v: v, digest: sha256.Sum256(t.raw)}
+	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+	if err != nil {
+		switch ReasonOf(err) {
+		case ReasonNotYetValid, ReasonExpired:
+			// Cheap (checked before the signature), and not-yet-valid
+			// may become valid.
+		default:
+			vf.badTokens.put(digest[:], err, now.Add(badTokenMemory), now)
+		}
+		return nil, err
+	}
+	p := &peerToken{v: v, digest: digest}
 	vf.peers.put(t.raw, p, v.notAfter.Add(e.skew), now)
 	return p, nil
+}
+
+// needsVerification reports whether verifyPeer(t) would verify a
+// signature: t is neither a verified token nor remembered as bad, and
+// its certificate is not remembered as bad either.
+func (e *Engine) needsVerification(t wireToken, now time.Time) bool {
+	vf := e.verifier.Load()
+	if _, ok := vf.peers.get(t.raw, now); ok {
+		return false
+	}
+	if _, bad := vf.badCerts.get(t.cert, now); bad {
+		return false
+	}
+	digest := sha256.Sum256(t.raw)
+	_, bad := vf.badTokens.get(digest[:], now)
+	return !bad
 }
 
 // pairKey returns the cached key shared by this node's key and the peer's.

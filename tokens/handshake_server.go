@@ -26,20 +26,39 @@ type ServerHandshake struct {
 	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
 	// carries the same bytes; the payload itself is rebuilt from them rather
 	// than stored and copied, one allocation less per connection.
-	mu          sync.Mutex
-	token       *localToken // nil until a SYN-ACK was built
-	serverNonce [NonceSize]byte
-	serverProof [ProofSize]byte
-	clientProof [ProofSize]byte
+	mu sync.Mutex
+	// nonceRecorded: the client nonce is in the replay cache (RecordNonce).
+	nonceRecorded bool
+	token         *localToken // nil until a SYN-ACK was built
+	serverNonce   [NonceSize]byte
+	serverProof   [ProofSize]byte
+	clientProof   [ProofSize]byte
 }
 
-// ConsumeSYN verifies a SYN payload that arrived on observed (the client
+// ConsumeSYN verifies a SYN payload that arrived on observed and records
+// its nonce: VerifySYN and RecordNonce in one.
+func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
+	s, err := e.VerifySYN(payload, observed)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.RecordNonce(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// VerifySYN verifies a SYN payload that arrived on observed (the client
 // address and port as this server sees them, its own, and the SYN's
 // sequence number): that the connection the client claims is this one
 // (endpoint-mismatch otherwise, see Config.NATGateways), the client's token
 // (certificate chain, trust domain, validity, signature) and that its
-// nonce is new.
-func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
+// nonce is new. It does not record the nonce: call RecordNonce once the
+// handshake is accepted (policy allowed it), so that SYNs refused anyway —
+// a flood of denied identities — cannot fill the replay cache and push out
+// the nonces of accepted handshakes. NewSYNACK refuses to answer until the
+// nonce is recorded.
+func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
 		return nil, err
@@ -59,10 +78,45 @@ func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshak
 			return nil, err
 		}
 	}
-	if e.replay.check(m.clientNonce, p.v.notAfter.Add(e.skew), now) {
+	if e.replay.seen(m.clientNonce, now) {
 		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
 	}
 	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}, nil
+}
+
+// SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload
+// would verify a signature (an ECDSA verification, the expensive part):
+// its token was neither verified before nor remembered as invalid, and
+// its certificate is not remembered as invalid. A datapath asks it to
+// charge only such SYNs to a CPU budget. It verifies nothing, keeps
+// nothing of payload, and a malformed payload is cheap (false).
+func (e *Engine) SYNNeedsVerification(payload []byte) bool {
+	m, err := parseSYN(payload)
+	if err != nil {
+		return false
+	}
+	return e.needsVerification(m.token, e.now())
+}
+
+// RecordNonce records the client nonce of a handshake made by VerifySYN as
+// used, until the client token expires. It fails with replayed-nonce if
+// the nonce was recorded since VerifySYN checked it (the same SYN accepted
+// twice). Calling it again on the same handshake does nothing.
+func (s *ServerHandshake) RecordNonce() error {
+	if s == nil || s.e == nil || s.client == nil {
+		return reject(ReasonBadProof, "no server handshake (not made by VerifySYN)")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nonceRecorded {
+		return nil
+	}
+	e := s.e
+	if e.replay.check(s.clientNonce, s.client.v.notAfter.Add(e.skew), e.now()) {
+		return reject(ReasonReplayed, "client nonce of %s already seen", s.client.v.id)
+	}
+	s.nonceRecorded = true
+	return nil
 }
 
 // Peer returns a copy of the verified client identity.
@@ -92,6 +146,11 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.nonceRecorded {
+		// Answering a SYN whose nonce is not recorded would let the same
+		// SYN be answered again and again.
+		return nil, errors.New("new SYN-ACK: client nonce not recorded (RecordNonce)")
+	}
 	if s.token == nil {
 		if err := s.prepareSYNACK(local, serverISN); err != nil {
 			return nil, fmt.Errorf("new SYN-ACK: %w", err)

@@ -35,7 +35,8 @@ type enforceOptions struct {
 }
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
-// the file store until SIGTERM/SIGINT, then removes everything it installed.
+// the file store until SIGTERM/SIGINT, then stops reading its queues and
+// leaves its rules in place (fail closed; `bireme uninstall` removes them).
 func newEnforceCmd() *cobra.Command {
 	var (
 		opts        enforceOptions
@@ -50,8 +51,12 @@ func newEnforceCmd() *cobra.Command {
 carries the bireme.io/netns annotation (a name under /run/netns or an absolute
 path). Namespaces, Pods and NetworkPolicies are re-read from --store every --poll;
 an invalid change is logged and the last good set kept. One JSON flow record per
-decision goes to --flows. On SIGTERM or SIGINT every rule and queue it installed
-is removed and it exits 0.`,
+decision goes to --flows. On SIGTERM or SIGINT it stops reading its queues and
+exits 0, leaving its rules in place: until an enforcer runs again, new
+connections of its workloads wait (their SYNs are dropped and retransmitted)
+while authorized ones keep flowing, and a restarted enforcer takes the rules
+over. The rules of a pod go when it leaves the store; 'bireme uninstall'
+removes them all.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			level := slog.LevelInfo

@@ -30,6 +30,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newEnforceCmd(),
+		newUninstallCmd(),
 		newLabCmd(),
 		newPolicyCmd(),
 		newKeysCmd(),

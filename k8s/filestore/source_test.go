@@ -237,7 +237,8 @@ func TestAgentFollowsStore(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after stop: installed %v; want nothing", got)
+	// Stopping fails closed: the rules stay until an explicit uninstall.
+	if got, want := dp.snapshot(), []string{"net=x/d app=web", "ns-a=x/a app=api"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after stop: installed %v; want %v left in place", got, want)
 	}
 }
