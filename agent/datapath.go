@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -41,6 +42,9 @@ type NodeDatapathConfig struct {
 	OnDecision func(*flowlog.Record)
 	// Log receives the enforcer's messages (nil: discarded).
 	Log *slog.Logger
+	// IdentityNetworks are where peers run an enforcer: only SYNs to them
+	// carry tokens (enforcer.Config.IdentityNetworks; nil: everywhere).
+	IdentityNetworks []netip.Prefix
 }
 
 // handshakeTimeout bounds how long a half-open handshake is remembered.
@@ -66,6 +70,7 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
 		Log:              cfg.Log,
+		IdentityNetworks: cfg.IdentityNetworks,
 		HandshakeTimeout: handshakeTimeout,
 	})
 	if err != nil {

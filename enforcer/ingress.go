@@ -85,6 +85,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 // egress policy on the server identity.
 func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	c := q.wl.conns.get(key)
+	if c != nil && c.plain {
+		return q.ingressPlainSYNACK(p) // external.go
+	}
 	if c == nil || len(c.clients) == 0 {
 		return drop // we sent no SYN for this tuple (or gave up on it)
 	}

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"maps"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -68,4 +69,19 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		}
 	}
 	return id
+}
+
+// IgnoredReservedLabels returns the labels with the reserved prefix
+// bireme.io/ that pod set itself, as sorted "key=value": labels
+// [IdentityOf] leaves out. A pod that claims, say, another service account
+// this way is worth an auditor's attention even though it gains nothing.
+func IgnoredReservedLabels(pod *corev1.Pod) []string {
+	var out []string
+	for k, v := range pod.Labels {
+		if identity.IsReserved(k) {
+			out = append(out, k+"="+v)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

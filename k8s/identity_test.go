@@ -64,4 +64,7 @@ func TestIdentityOf(t *testing.T) {
 	if sa, _ := got.PodLabel(identity.LabelServiceAccount); sa != "builder" {
 		t.Fatalf("service account pseudo-label %q, want builder", sa)
 	}
+	if got := IgnoredReservedLabels(pod); !reflect.DeepEqual(got, []string{"bireme.io/anything=x", "bireme.io/service-account=payments"}) {
+		t.Fatalf("IgnoredReservedLabels = %v", got)
+	}
 }

@@ -52,9 +52,14 @@ records and counts the refused connections against each policy.`,
 				return err
 			}
 			in.Engine = e
+			in.IgnoredLabels = map[string][]string{}
 			objs := e.Objects()
 			for _, p := range objs.Pods {
-				in.Workloads = append(in.Workloads, k8s.IdentityOf(cluster, objs.Namespace(p.Namespace), p))
+				id := k8s.IdentityOf(cluster, objs.Namespace(p.Namespace), p)
+				in.Workloads = append(in.Workloads, id)
+				if ignored := k8s.IgnoredReservedLabels(p); len(ignored) > 0 {
+					in.IgnoredLabels[id.Ref()] = ignored
+				}
 			}
 			if flows != nil {
 				if in.Flows, err = readFlowRecords(flows); err != nil {

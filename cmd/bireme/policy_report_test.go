@@ -28,7 +28,8 @@ func TestPolicyReport(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(r.Workloads) != 5 || r.Workloads[0].Workload != "pay/ledger" || len(r.Regimes) != 1 || r.Regimes[0].Compliant ||
-		r.Refusals == nil || r.Refusals.Records != 1 {
+		r.Refusals == nil || r.Refusals.Records != 1 ||
+		r.Workloads[2].Workload != "shop/forger" || len(r.Workloads[2].IgnoredLabels) != 1 {
 		t.Errorf("json report: %s", out)
 	}
 

@@ -77,6 +77,12 @@ func WriteTable(w io.Writer, r *Report) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.workload, l.direction, l.policy, l.rule, l.peers, l.ports)
 		}
 	}
+	if ignored := r.ignoredLines(); len(ignored) > 0 {
+		fmt.Fprintf(tw, "\nRESERVED LABELS SET BY WORKLOADS (ignored: Bireme sets them from signed facts)\n")
+		for _, l := range ignored {
+			fmt.Fprintf(tw, "%s\t%s\n", l[0], l[1])
+		}
+	}
 	for _, rc := range r.Regimes {
 		fmt.Fprintf(tw, "\nREGIME %s: %s\n", rc.Regime, verdict(rc))
 		for _, m := range rc.Workloads {
@@ -137,6 +143,12 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(l.workload), l.direction, cell(l.policy), l.rule, cell(l.peers), cell(l.ports))
 		}
 	}
+	if ignored := r.ignoredLines(); len(ignored) > 0 {
+		b.WriteString("\n## Reserved labels set by workloads\n\nBireme ignores these and uses the signed facts instead; a workload that claims them is worth a look.\n\n| Workload | Ignored labels |\n|---|---|\n")
+		for _, l := range ignored {
+			fmt.Fprintf(&b, "| %s | %s |\n", cell(l[0]), cell(l[1]))
+		}
+	}
 	for _, rc := range r.Regimes {
 		fmt.Fprintf(&b, "\n## Regime `%s`: %s\n\nA workload is covered when at least one policy isolates it for ingress and at least one for egress.\n\n", rc.Regime, verdict(rc))
 		if len(rc.Workloads) > 0 {
@@ -167,3 +179,15 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 
 // cell escapes a Markdown table cell.
 func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// ignoredLines pairs each workload that set reserved labels with them and
+// the signed service account they are measured against.
+func (r *Report) ignoredLines() [][2]string {
+	var out [][2]string
+	for _, w := range r.Workloads {
+		if len(w.IgnoredLabels) > 0 {
+			out = append(out, [2]string{w.Workload, strings.Join(w.IgnoredLabels, ", ") + " (runs as service account " + w.ServiceAccount + ")"})
+		}
+	}
+	return out
+}

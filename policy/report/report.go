@@ -53,6 +53,10 @@ type Input struct {
 	// sign them.
 	Workloads []*identity.Identity
 	Regimes   []Regime
+	// IgnoredLabels maps a workload ("namespace/pod") to the reserved
+	// labels it set itself ("key=value"), which its identity left out
+	// (k8s.IgnoredReservedLabels).
+	IgnoredLabels map[string][]string
 	// Flows are flow records; nil means none were given, and the report
 	// has no refusal section.
 	Flows []flowlog.Record
@@ -74,8 +78,11 @@ type Workload struct {
 	Workload       string            `json:"workload"` // "namespace/pod"
 	ServiceAccount string            `json:"serviceAccount"`
 	Labels         map[string]string `json:"labels,omitempty"` // its own labels, without pseudo-labels
-	Ingress        Coverage          `json:"ingress"`
-	Egress         Coverage          `json:"egress"`
+	// IgnoredLabels are reserved labels ("key=value") the workload set
+	// itself and Bireme ignored: a claim it may not make, worth a look.
+	IgnoredLabels []string `json:"ignoredReservedLabels,omitempty"`
+	Ingress       Coverage `json:"ingress"`
+	Egress        Coverage `json:"egress"`
 }
 
 // isolation ranks a workload for ordering: 0 isolated in no direction.
@@ -159,7 +166,9 @@ type PolicyRefusals struct {
 func Build(in Input) *Report {
 	r := &Report{Tiers: []string{TierNetworkPolicy}, Workloads: []Workload{}}
 	for _, id := range in.Workloads {
-		r.Workloads = append(r.Workloads, workloadOf(in.Engine, id))
+		w := workloadOf(in.Engine, id)
+		w.IgnoredLabels = in.IgnoredLabels[w.Workload]
+		r.Workloads = append(r.Workloads, w)
 	}
 	slices.SortStableFunc(r.Workloads, func(a, b Workload) int {
 		return cmp.Or(cmp.Compare(a.isolation(), b.isolation()), cmp.Compare(a.Workload, b.Workload))

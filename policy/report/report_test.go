@@ -35,9 +35,12 @@ func buildModel(t *testing.T, flows []flowlog.Record, regimes ...string) *report
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := report.Input{Engine: e, Flows: flows}
+	in := report.Input{Engine: e, Flows: flows, IgnoredLabels: map[string][]string{}}
 	for _, p := range objs.Pods {
 		in.Workloads = append(in.Workloads, k8s.IdentityOf("lab", objs.Namespace(p.Namespace), p))
+		if ignored := k8s.IgnoredReservedLabels(p); ignored != nil {
+			in.IgnoredLabels[p.Namespace+"/"+p.Name] = ignored
+		}
 	}
 	for _, s := range regimes {
 		reg, err := report.ParseRegime(s)
@@ -68,7 +71,8 @@ func TestReportWorkloads(t *testing.T) {
 		}
 	}
 	forger := r.Workloads[2]
-	if forger.ServiceAccount != "batch" || forger.Labels[identity.LabelServiceAccount] != "" {
+	if forger.ServiceAccount != "batch" || forger.Labels[identity.LabelServiceAccount] != "" ||
+		!slices.Equal(forger.IgnoredLabels, []string{"bireme.io/service-account=web"}) {
 		t.Errorf("shop/forger reported as %+v: the signed service account is batch and its own reserved label is ignored", forger)
 	}
 	db := r.Workloads[4]
@@ -185,6 +189,7 @@ func TestReportRendering(t *testing.T) {
 			"pay/ledger   ledger           app=ledger,pci=true  open",
 			"pay/db       db               app=db,pci=true      isolated by pay/db-ingress  isolated by pay/db-egress",
 			"pay/db    ingress    pay/db-ingress  rule 0    service account web in namespace shop  TCP 5432 (db)",
+			"shop/forger  bireme.io/service-account=web (runs as service account batch)",
 			"REGIME pci=true: NOT every workload covered",
 			"pay/ledger  NOT covered: open for ingress and egress",
 			"NetworkPolicy  pay/db-ingress  1        0",
@@ -193,6 +198,7 @@ func TestReportRendering(t *testing.T) {
 			"# Network policy compliance report",
 			"| pay/ledger | ledger | app=ledger,pci=true | open | open |",
 			"| pay/db | ingress | pay/db-ingress | rule 0 | service account web in namespace shop | TCP 5432 (db) |",
+			"| shop/forger | bireme.io/service-account=web (runs as service account batch) |",
 			"## Regime `pci=true`: NOT every workload covered",
 			"| pay/ledger | NOT covered: open for ingress and egress |",
 			"| NetworkPolicy | pay/db-ingress | 1 | 0 |",
