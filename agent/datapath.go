@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -44,6 +45,9 @@ type NodeDatapathConfig struct {
 	OnDecision func(*flowlog.Record)
 	// Log receives the enforcer's messages (nil: discarded).
 	Log *slog.Logger
+	// IdentityNetworks are where peers run an enforcer: only SYNs to them
+	// carry tokens (enforcer.Config.IdentityNetworks; nil: everywhere).
+	IdentityNetworks []netip.Prefix
 }
 
 // handshakeTimeout bounds how long a half-open handshake is remembered.
@@ -70,6 +74,7 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
 		Log:              cfg.Log,
+		IdentityNetworks: cfg.IdentityNetworks,
 		HandshakeTimeout: handshakeTimeout,
 	})
 	if err != nil {

@@ -28,6 +28,9 @@ func (q *queue) egress(p *packet) verdict {
 // fresh handshake (a server rejects a nonce it has seen); the ones before
 // are kept, since the SYN-ACK may answer any of them.
 func (q *queue) egressSYN(p *packet, key connKey) verdict {
+	if !q.e.expectsEnforcer(p.dst) {
+		return q.egressPlainSYN(p, key) // external.go
+	}
 	local := q.wl.id.Load()
 	// The proofs will bind this connection as the workload opens it: a
 	// SYN-ACK proving another one (a relay's) is refused in ingressSYNACK.

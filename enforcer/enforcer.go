@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,14 @@ type Config struct {
 	// VerifyBudget bounds the signature verifications that SYNs with
 	// unseen tokens may cost, per node and per source address.
 	VerifyBudget VerifyBudget
+	// IdentityNetworks are the address ranges where peers run an enforcer
+	// (pod CIDRs; the lab's pod range). A SYN to a destination in them
+	// carries the workload's token; a SYN to any other destination leaves
+	// plain, so identities and labels never reach external hosts, and is
+	// decided by the workload's egress policy on the destination address
+	// (ipBlock and peer-less rules). nil means every destination, the
+	// behaviour before this setting existed; `bireme enforce` requires it.
+	IdentityNetworks []netip.Prefix
 }
 
 // Workload is one protected workload: its identity and its network

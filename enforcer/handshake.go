@@ -25,6 +25,9 @@ type connKey struct {
 // table's lock too.
 type conn struct {
 	expires time.Time
+	// plain: the workload dialed a destination outside the identity
+	// networks; no token was sent and none may come back (external.go).
+	plain bool
 
 	// Client side (the workload sent the SYN). clients holds one
 	// handshake per SYN transmission, newest last: the SYN-ACK says by its

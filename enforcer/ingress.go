@@ -34,17 +34,17 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if tok := p.token(); tok == nil {
 		c.noToken = true
 	} else {
-		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok)
+		// The connection as this namespace sees it must be the one the
+		// client opened (or its NAT-translated form, if declared).
+		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok, observed)
 		if costly && !q.affordsVerification(p, local) {
 			return drop
 		}
 		// The packet lives in the reader's reused buffer: the tokens
 		// engine may keep what it parsed (certificate, cache key). The
-		// connection as this namespace sees it must be the one the client
-		// opened (or its NAT-translated form, if declared). The nonce is
-		// checked here but recorded only once policy allows (below):
-		// refused SYNs must not churn the replay cache.
-		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+		// nonce is checked here but recorded only once policy allows
+		// (below): refused SYNs must not churn the replay cache.
 		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
 		if err != nil {
 			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
@@ -90,6 +90,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 // egress policy on the server identity.
 func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	c := q.wl.conns.get(key)
+	if c != nil && c.plain {
+		return q.ingressPlainSYNACK(p) // external.go
+	}
 	if c == nil || len(c.clients) == 0 {
 		return drop // we sent no SYN for this tuple (or gave up on it)
 	}

@@ -102,17 +102,18 @@ func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, l
 		localEnd, peerEnd = src, dst
 	}
 	r := &flowlog.Record{
-		Time:      time.Now().UTC(),
-		Node:      q.e.cfg.Node,
-		Direction: dir.String(),
-		Stage:     stageNew,
-		Protocol:  f.name,
-		LocalAddr: localEnd,
-		PeerAddr:  peerEnd,
-		Local:     local,
-		Verdict:   flowlog.Deny,
-		Policy:    d.Policy,
-		Reason:    f.reason(d),
+		Time:       time.Now().UTC(),
+		Node:       q.e.cfg.Node,
+		Direction:  dir.String(),
+		Stage:      stageNew,
+		Protocol:   f.name,
+		LocalAddr:  localEnd,
+		PeerAddr:   peerEnd,
+		Local:      local,
+		Verdict:    flowlog.Deny,
+		Policy:     d.Policy,
+		SelectedBy: d.SelectedBy,
+		Reason:     f.reason(d),
 	}
 	if d.Allowed {
 		r.Verdict = flowlog.Allow
@@ -134,8 +135,10 @@ func (f *flowPacket) endpoint(a netip.Addr, port uint16) string {
 func (f *flowPacket) reason(d policy.Decision) string {
 	switch {
 	case d.Allowed && d.Policy != "":
-		// "UDP: allowed by ns/pol ingress rule 0 by address (no identity for UDP)"
-		return fmt.Sprintf("%s: %s by address (no identity for %s)", f.name, d.Reason, f.name)
+		// "UDP: allowed by ns/pol ingress rule 0: peer matched by address
+		// in 198.18.0.0/15 (no identity for UDP)": the decision names the
+		// ipBlock that matched, or that the rule allows any peer.
+		return fmt.Sprintf("%s: %s (no identity for %s)", f.name, d.Reason, f.name)
 	case d.Allowed:
 		// "UDP: allowed: no policy selects ns/pod for ingress"
 		return f.name + ": " + d.Reason

@@ -295,7 +295,7 @@ func TestNonTCPFailsClosed(t *testing.T) {
 		if err := udpExchange(l.ext, "198.18.21.2", "198.18.21.1:5353", 3); err != nil {
 			t.Fatalf("UDP from the ipBlock address: %v", err)
 		}
-		rs := recordsOf(l.flows.records(t), "UDP", "UDP: allowed by prod/udp-from-ext ingress rule 0 by address (no identity for UDP)")
+		rs := recordsOf(l.flows.records(t), "UDP", "UDP: allowed by prod/udp-from-ext ingress rule 0: peer matched by address in 198.18.21.2/32 (no identity for UDP)")
 		if len(rs) != 1 || rs[0].Verdict != flowlog.Allow || rs[0].Stage != stageNew || rs[0].PeerAddr == "" {
 			t.Errorf("want one allow record for the flow, got %+v", rs)
 		}
@@ -358,7 +358,7 @@ func TestNonTCPFailsClosed(t *testing.T) {
 		if !ping(t, l.ext, "198.18.21.1") {
 			t.Fatal("ping from the ipBlock address refused although a port-less rule admits it")
 		}
-		if rs := recordsOf(l.flows.records(t), "ICMP", "ICMP: allowed by prod/anything-from-ext ingress rule 0 by address"); len(rs) != 1 {
+		if rs := recordsOf(l.flows.records(t), "ICMP", "ICMP: allowed by prod/anything-from-ext ingress rule 0: peer matched by address in 198.18.21.2/32"); len(rs) != 1 {
 			t.Errorf("want one ICMP allow record, got %+v", rs)
 		}
 	})
@@ -422,8 +422,8 @@ func TestFlowReasons(t *testing.T) {
 		d    policy.Decision
 		want string
 	}{
-		{udp, policy.Decision{Allowed: true, Policy: "ns/pol", Reason: "allowed by ns/pol ingress rule 0"},
-			"UDP: allowed by ns/pol ingress rule 0 by address (no identity for UDP)"},
+		{udp, policy.Decision{Allowed: true, Policy: "ns/pol", Reason: "allowed by ns/pol ingress rule 0: peer matched by address in 198.18.0.0/15"},
+			"UDP: allowed by ns/pol ingress rule 0: peer matched by address in 198.18.0.0/15 (no identity for UDP)"},
 		{udp, policy.Decision{Allowed: true, Reason: "allowed: no policy selects ns/a for egress"},
 			"UDP: allowed: no policy selects ns/a for egress"},
 		{udp, policy.Decision{Reason: "denied: selected by ns/deny and no rule allows"},

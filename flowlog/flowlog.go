@@ -43,6 +43,11 @@ type Record struct {
 	// Policy is "namespace/name" of the NetworkPolicy that decided, empty
 	// when none did (unselected workload, or a token failure).
 	Policy string `json:"policy,omitempty"`
+	// SelectedBy lists the policies that selected Local in Direction when
+	// policy decided ("namespace/name", sorted). On a policy denial these
+	// are the policies that isolated Local and of which no rule allowed:
+	// what a report counts the refusal against.
+	SelectedBy []string `json:"selectedBy,omitempty"`
 	// TokenError is the typed token rejection reason (for example
 	// "expired", "bad-proof"), empty when the token verified.
 	TokenError string `json:"tokenError,omitempty"`

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bireme/bireme/lab/topology"
 )
 
 // Each node of an enforced lab runs one detached `bireme enforce`. Any lab
@@ -47,6 +49,9 @@ func (l *Lab) startEnforcer(node string) error {
 		"--flows", l.flowFile(node),
 		"--metrics-addr", addr,
 		"--poll", l.st.Options.Poll.String(),
+		// Every pod of the lab runs in the hosts' range; unprotected pods
+		// there get tokens they ignore, like a pod whose enforcer is down.
+		"--identity-networks", topology.HostsPrefix.String(),
 	)
 	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
 	proc, err := startDetached(cmd, l.enforcerLog(node))

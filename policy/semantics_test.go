@@ -249,7 +249,7 @@ func TestReasons(t *testing.T) {
 		port        uint16
 		want        string
 	}{
-		{"x/a", "x/c", policy.Ingress, 80, "allowed by x/allow-web ingress rule 0"},
+		{"x/a", "x/c", policy.Ingress, 80, "allowed by x/allow-web ingress rule 0: the rule allows any peer"},
 		{"x/a", "x/c", policy.Ingress, 81, "denied: selected by x/allow-web, x/deny-all and no rule allows"},
 		{"x/a", "x/c", policy.Egress, 81, "denied: selected by x/deny-all and no rule allows"},
 		{"y/a", "x/c", policy.Ingress, 81, "allowed: no policy selects y/a for ingress"},

@@ -1,7 +1,9 @@
 package tokens
 
 import (
+	"net/netip"
 	"testing"
+	"time"
 )
 
 // forgeSignature returns syn with one bit of its token's signature (the
@@ -23,12 +25,12 @@ func TestForgedTokenIsRemembered(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := forgeSignature(syn)
-	if !se.SYNNeedsVerification(forged) {
+	if !se.SYNNeedsVerification(forged, testConn) {
 		t.Fatal("an unseen token needs no verification?")
 	}
 	_, err = se.ConsumeSYN(forged, testConn)
 	wantReason(t, err, ReasonBadSignature)
-	if se.SYNNeedsVerification(forged) {
+	if se.SYNNeedsVerification(forged, testConn) {
 		t.Error("a token already found forged still needs a verification")
 	}
 	allocs := testing.AllocsPerRun(20, func() {
@@ -40,18 +42,30 @@ func TestForgedTokenIsRemembered(t *testing.T) {
 		t.Errorf("refusing a known forged token allocates %.0f times: it is verified again", allocs)
 	}
 
+	// Refused before any signature: a SYN relayed to another server.
+	relayed := testConn
+	relayed.Server = netip.AddrPortFrom(relayed.Server.Addr(), relayed.Server.Port()+1)
+	fresh, _, err := ce.NewSYN(workload("ns", "fresh", 1), testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !se.SYNNeedsVerification(fresh, testConn) || se.SYNNeedsVerification(fresh, relayed) {
+		t.Error("a new token needs a verification where it was sent, and none relayed elsewhere")
+	}
+
 	// The genuine token is not affected by its forgery being remembered.
 	if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 		t.Fatal(err)
 	}
-	if se.SYNNeedsVerification(withNewNonce(syn)) {
+	if se.SYNNeedsVerification(withNewNonce(syn), testConn) {
 		t.Error("a verified token needs another verification")
 	}
 }
 
-// Expired tokens are not remembered as bad: they are refused before any
-// signature check anyway, and the memory is for what time cannot cure.
-func TestTimeRejectionsAreNotRemembered(t *testing.T) {
+// A token not yet valid is not remembered as bad: time cures it. An
+// expired one is: a replayed old token then costs a datapath's
+// verification budget once, not once per SYN.
+func TestTimeRejectionsRemembered(t *testing.T) {
 	f := newFixture(t, "cluster.local")
 	clk := newClock()
 	ce := newTestEngine(t, f.a, f.bundle, clk)
@@ -66,6 +80,21 @@ func TestTimeRejectionsAreNotRemembered(t *testing.T) {
 	clk.Advance(DefaultTokenLifetime)
 	if _, err := se.ConsumeSYN(withNewNonce(syn), testConn); err != nil {
 		t.Fatalf("a token refused as not yet valid stays refused once valid: %v", err)
+	}
+
+	old, _, err := ce.NewSYN(workload("ns", "old", 1), testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(DefaultTokenLifetime + time.Hour/2) // past exp + skew, within the certificates
+	if se.SYNNeedsVerification(old, testConn) {     // se knows node-a's certificate
+		t.Error("an expired token under a known certificate counts as a verification")
+	}
+	late := newTestEngine(t, f.b, f.bundle, clk) // has never seen the token
+	_, err = late.ConsumeSYN(old, testConn)
+	wantReason(t, err, ReasonExpired)
+	if late.SYNNeedsVerification(withNewNonce(old), testConn) {
+		t.Error("an expired token, refused once, still needs a verification")
 	}
 }
 

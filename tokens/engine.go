@@ -104,7 +104,8 @@ type verifier struct {
 	peers    *byteCache[*peerToken] // by token encoding
 	// badTokens remembers tokens that failed for a reason time cannot
 	// cure (bad signature, malformed claims, wrong trust domain, too long
-	// a lifetime), by the SHA-256 of their encoding, for badTokenMemory:
+	// a lifetime, expired), by the SHA-256 of their encoding, for
+	// badTokenMemory:
 	// a forged token replayed in a flood of SYNs costs a hash and a map
 	// lookup, not an ECDSA verification each time. Keyed by the digest so
 	// that a flood of large forged tokens does not hold their bytes.
@@ -401,11 +402,11 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 	}
 	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
 	if err != nil {
-		switch ReasonOf(err) {
-		case ReasonNotYetValid, ReasonExpired:
-			// Cheap (checked before the signature), and not-yet-valid
-			// may become valid.
-		default:
+		// Not-yet-valid may become valid; everything else stays
+		// refused (expired included: it is checked before the signature,
+		// but remembering it keeps a replayed old token from costing a
+		// datapath's verification budget more than once).
+		if ReasonOf(err) != ReasonNotYetValid {
 			vf.badTokens.put(digest[:], err, now.Add(badTokenMemory), now)
 		}
 		return nil, err
@@ -416,8 +417,11 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 }
 
 // needsVerification reports whether verifyPeer(t) would verify a
-// signature: t is neither a verified token nor remembered as bad, and
-// its certificate is not remembered as bad either.
+// signature: t is neither a verified token nor remembered as bad, its
+// certificate is not remembered as bad either, and, if its certificate is
+// known, its claims pass the checks that come before the signature. (A
+// certificate never seen is counted as a verification: checking it is
+// one, unless it names no trusted CA.)
 func (e *Engine) needsVerification(t wireToken, now time.Time) bool {
 	vf := e.verifier.Load()
 	if _, ok := vf.peers.get(t.raw, now); ok {
@@ -427,8 +431,14 @@ func (e *Engine) needsVerification(t wireToken, now time.Time) bool {
 		return false
 	}
 	digest := sha256.Sum256(t.raw)
-	_, bad := vf.badTokens.get(digest[:], now)
-	return !bad
+	if _, bad := vf.badTokens.get(digest[:], now); bad {
+		return false
+	}
+	if _, known := vf.certs.get(t.cert, now); known {
+		_, _, _, err := checkClaimsUnsigned(t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+		return err == nil
+	}
+	return true
 }
 
 // pairKey returns the cached key shared by this node's key and the peer's.

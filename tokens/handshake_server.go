@@ -84,15 +84,21 @@ func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake
 	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}, nil
 }
 
-// SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload
-// would verify a signature (an ECDSA verification, the expensive part):
-// its token was neither verified before nor remembered as invalid, and
-// its certificate is not remembered as invalid. A datapath asks it to
-// charge only such SYNs to a CPU budget. It verifies nothing, keeps
-// nothing of payload, and a malformed payload is cheap (false).
-func (e *Engine) SYNNeedsVerification(payload []byte) bool {
+// SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload,
+// arrived on observed, would verify a signature (an ECDSA verification,
+// the expensive part): the SYN is not refused by a cheaper check first
+// (malformed, relayed, claims expired or too long-lived under a known
+// certificate), and its token was neither verified before nor remembered
+// as invalid. A datapath asks it to charge only such SYNs to a CPU budget,
+// so that SYNs refused cheaply cannot use the budget up. It verifies
+// nothing and keeps nothing of payload.
+func (e *Engine) SYNNeedsVerification(payload []byte, observed Endpoints) bool {
 	m, err := parseSYN(payload)
 	if err != nil {
+		return false
+	}
+	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
+	if e.nat.checkClaimedEndpoints(&claimed, &observed, "") != nil {
 		return false
 	}
 	return e.needsVerification(m.token, e.now())

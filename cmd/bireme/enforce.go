@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +29,7 @@ type enforceOptions struct {
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
 	natPeers             natPeersFlag
+	identityNetworks     []string
 	queues               int
 	poll                 time.Duration
 }
@@ -99,11 +102,18 @@ removes them all.`,
 	f.StringVar(&flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
 	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.StringSliceVar(&opts.identityNetworks, "identity-networks", nil, "address ranges where peers run an enforcer (the pod CIDRs), comma separated (required): only SYNs to them carry this node's identity tokens; other destinations get a plain SYN and are decided by ipBlock egress rules. 0.0.0.0/0,::/0 sends tokens everywhere, external hosts included")
 	f.Var(&opts.natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
-	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key"} {
+	// --identity-networks has no default on purpose. "Everywhere" (the
+	// behaviour before it existed) sends every workload's labels to any
+	// external host it dials; a guess such as the RFC 1918 ranges would
+	// leak them to private networks outside the cluster and silently
+	// decide pods in other ranges by address only. Only the operator
+	// knows the pod CIDRs.
+	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key", "identity-networks"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
@@ -133,9 +143,14 @@ func runNode(ctx context.Context, o enforceOptions, flows io.Writer, reg prometh
 	live := policy.NewLive(nil)
 	// No pod placed either: every peer token is refused until then.
 	placement := agent.NewLivePlacement()
+	identityNetworks, err := parseIdentityNetworks(o.identityNetworks)
+	if err != nil {
+		return err
+	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
 		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
+		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
 		return err
@@ -199,4 +214,20 @@ func openFlows(path string, stdout io.Writer) (io.Writer, func(), error) {
 			fmt.Fprintln(os.Stderr, "bireme: close flows file:", err)
 		}
 	}, nil
+}
+
+// parseIdentityNetworks reads --identity-networks: at least one CIDR.
+func parseIdentityNetworks(cidrs []string) ([]netip.Prefix, error) {
+	if len(cidrs) == 0 {
+		return nil, errors.New("--identity-networks: give the address ranges where peers run an enforcer (the pod CIDRs)")
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--identity-networks %q: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -50,6 +50,11 @@ import (
 // MaxNodes is the number of nodes a topology can hold (one /24 each).
 const MaxNodes = 254
 
+// HostsPrefix holds every host's address (node I's hosts are in
+// 198.18.I.0/24): the pod range, where the lab's peers may run an
+// enforcer (bireme enforce --identity-networks).
+var HostsPrefix = netip.MustParsePrefix("198.18.0.0/16")
+
 // MaxHostsPerNode is the number of hosts one node can hold (.2 to .254).
 const MaxHostsPerNode = 253
 
