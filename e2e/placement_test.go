@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/lab/topology"
 )
 
 // TestNodeSpeaksOnlyForItsOwnPods: a node's key signs only for the pods its
@@ -52,6 +53,7 @@ spec: {nodeName: n2, containers: [{name: main, image: none}]}
 	rogue := exec.Command(biremeBin, "enforce", "--node", "n2", "--store", store, "--cluster", trustDomain,
 		"--ca-bundle", filepath.Join(keys, "ca", "ca.crt"),
 		"--cert", filepath.Join(keys, "nodes", "n2", "node.crt"), "--key", filepath.Join(keys, "nodes", "n2", "node.key"),
+		"--identity-networks", topology.HostsPrefix.String(), // as the lab's own enforcers
 		"--flows", filepath.Join(dir, "flows.jsonl"), "--poll", "100ms")
 	rogue.Stdout, rogue.Stderr = logFile, logFile
 	rogue.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
