@@ -7,8 +7,16 @@
 // agent puts a new policy and trust bundle in force at once, and has the
 // [Datapath] protect each new workload, give a changed identity to the
 // enforcer and release a workload that left, retrying what failed and
-// noticing a workload namespace that vanished or was replaced. When Run's
-// context ends, everything the agent installed is removed.
+// noticing a workload namespace that vanished or was replaced.
+//
+// Stopping fails closed: when Run returns (its context ended: SIGTERM, a
+// rolling update; or its source failed), the rules stay in every workload
+// namespace, so handshakes queue to a queue nobody reads and are dropped:
+// new connections wait, and SYN retransmission carries them across a short
+// restart, while connections already authorized keep flowing in the kernel.
+// The next agent takes the rules over (see supervisor.Protect). Rules go
+// only when a workload leaves the desired state, or on an explicit
+// uninstall (`bireme uninstall`).
 //
 // The agent builds nothing itself: the source, the datapath (the real
 // [NodeDatapath] or a fake in tests), the token engine and the metrics are
@@ -37,6 +45,10 @@ type Config struct {
 	// Policy is the policy in force, which the datapath decides with; the
 	// agent swaps each new policy into it (required).
 	Policy *policy.Live
+	// Placement is where the source runs each pod, which the datapath
+	// checks peer tokens against; the agent swaps each new placement into
+	// it (required).
+	Placement *LivePlacement
 	// Tokens is the token engine the datapath signs and verifies with; the
 	// agent gives it new trust bundles and rotated node keys (required).
 	Tokens *tokens.Engine
@@ -62,8 +74,8 @@ type Agent struct {
 
 // New checks cfg and returns an Agent ready to Run.
 func New(cfg Config) (*Agent, error) {
-	if cfg.Source == nil || cfg.Datapath == nil || cfg.Policy == nil || cfg.Tokens == nil {
-		return nil, errors.New("agent: Source, Datapath, Policy and Tokens are required")
+	if cfg.Source == nil || cfg.Datapath == nil || cfg.Policy == nil || cfg.Placement == nil || cfg.Tokens == nil {
+		return nil, errors.New("agent: Source, Datapath, Policy, Placement and Tokens are required")
 	}
 	if cfg.Poll < 0 {
 		return nil, fmt.Errorf("agent: poll %v must not be negative", cfg.Poll)
@@ -83,15 +95,12 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// cleanupTimeout bounds how long stopping may spend removing rules and
-// closing queues once Run's context has ended.
-const cleanupTimeout = 10 * time.Second
-
-// Run protects the workloads the source asks for until ctx ends, then
-// removes every rule and queue it installed. It returns an error when the
-// source fails (at start: an invalid store, for example) or when the
-// removal failed; a workload that cannot be protected is logged and
-// retried, and does not stop the others. Run may be called once.
+// Run protects the workloads the source asks for until ctx ends, and then
+// leaves their rules in place (see the package documentation): it stops
+// following the source and returns; closing the datapath's queues is the
+// caller's. It returns an error when the source fails (at start: an
+// invalid store, for example); a workload that cannot be protected is
+// logged and retried, and does not stop the others. Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	sourceCtx, stopSource := context.WithCancel(ctx)
 	sourceDone := make(chan error, 1)
@@ -102,9 +111,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err == nil {
 		err = <-sourceDone // nil: it stopped because ctx ended
 	}
-	// Stopping removes the protection: until an agent runs again, the
-	// node's workloads are reachable unchecked (fail open).
-	return errors.Join(err, a.removeAll())
+	a.log.Info("stopped; rules left in place: new connections of the protected workloads wait until an enforcer runs again",
+		"workloads", len(a.rec.installed))
+	return err
 }
 
 // accept takes a desired state from the source's goroutine: policy and
@@ -117,6 +126,9 @@ func (a *Agent) accept(s desired.State) {
 	}
 	if s.Policy != nil {
 		a.cfg.Policy.Swap(s.Policy)
+	}
+	if s.Placement != nil {
+		a.cfg.Placement.Swap(s.Placement)
 	}
 	a.latest.put(s.Workloads)
 }
@@ -162,18 +174,6 @@ func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 			}
 		}
 	}
-}
-
-// removeAll releases every installed workload, bounded by cleanupTimeout.
-func (a *Agent) removeAll() error {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	if err := a.rec.removeAll(ctx); err != nil {
-		a.log.Error("stopped; cleanup incomplete", "err", err)
-		return fmt.Errorf("cleanup: %w", err)
-	}
-	a.log.Info("stopped; every rule and queue removed")
-	return nil
 }
 
 // latestWorkloads hands the newest workload set from the source's

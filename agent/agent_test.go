@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -113,20 +114,22 @@ func workload(netns, pod, app string) desired.Workload {
 
 // TestRunFollowsSource runs the agent on a source the test drives and a
 // recording datapath (no root needed): workloads are installed, updated and
-// released, policy and trust bundles go in force, and stopping removes all.
+// released, policy and trust bundles go in force, and stopping leaves the
+// installed workloads protected (fail closed).
 func TestRunFollowsSource(t *testing.T) {
 	ownCA, eng := testCA(t, "c1", "n1")
 	otherCA, otherNode := testCA(t, "c2", "m1")
 	src := &chanSource{states: make(chan desired.State)}
 	dp := &recordingDatapath{state: map[string]desired.Workload{}}
 	live := policy.NewLive(nil)
+	placement := NewLivePlacement()
 	reg := prometheus.NewRegistry()
 	metrics, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logBuf syncbuf.Buffer
-	a, err := New(Config{Source: src, Datapath: dp, Policy: live, Tokens: eng, Metrics: metrics,
+	a, err := New(Config{Source: src, Datapath: dp, Policy: live, Placement: placement, Tokens: eng, Metrics: metrics,
 		Poll: 20 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logBuf, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -154,10 +157,17 @@ func TestRunFollowsSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web"), workload("ns-b", "b", "db")}, Policy: allowAll}
+	if _, known := placement.NodeOf("x", "a"); known {
+		t.Error("a pod is placed before the source delivered a placement")
+	}
+	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "web"), workload("ns-b", "b", "db")}, Policy: allowAll,
+		Placement: desired.Placement{"x/a": "n1", "x/b": "n1", "y/c": "n2"}}
 	waitFor("start", []string{"ns-a=x/a app=web", "ns-b=x/b app=db"})
 	if live.Engine() != allowAll {
 		t.Error("the source's policy is not in force")
+	}
+	if node, known := placement.NodeOf("y", "c"); node != "n2" || !known {
+		t.Errorf("placement of y/c = %q, %v; want the source's n2", node, known)
 	}
 	// The gauge is set once the whole reconcile is done, just after the
 	// datapath saw the installs.
@@ -174,14 +184,18 @@ func TestRunFollowsSource(t *testing.T) {
 	if live.Engine() != allowAll {
 		t.Error("a state without policy replaced the policy in force")
 	}
+	if node, _ := placement.NodeOf("y", "c"); node != "n2" {
+		t.Error("a state without placement replaced the placement in force")
+	}
 
 	// A trust bundle goes in force: a peer of the other CA is refused
 	// before and accepted after.
-	syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+	conn := tokens.Endpoints{Client: netip.MustParseAddrPort("198.18.1.2:40000"), Server: netip.MustParseAddrPort("198.18.2.2:80")}
+	syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"}, conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eng.ConsumeSYN(syn); err == nil {
+	if _, err := eng.ConsumeSYN(syn, conn); err == nil {
 		t.Fatal("a peer of an untrusted CA was accepted")
 	}
 	both, err := tokens.NewTrustBundle(ownCA.Cert, otherCA.Cert)
@@ -190,11 +204,11 @@ func TestRunFollowsSource(t *testing.T) {
 	}
 	src.states <- desired.State{Workloads: []desired.Workload{workload("ns-a", "a", "api")}, Trust: both}
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"})
+		syn, _, err := otherNode.NewSYN(&identity.Identity{Cluster: "c2", Namespace: "y", Pod: "p"}, conn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := eng.ConsumeSYN(syn); err == nil {
+		if _, err := eng.ConsumeSYN(syn, conn); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("trust bundle not in force: %v", err)
@@ -210,20 +224,20 @@ func TestRunFollowsSource(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after stop: installed %v; want nothing", got)
+	if got, want := dp.snapshot(), []string{"ns-a=x/a app=api"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after stop: installed %v; want %v left in place", got, want)
 	}
-	if !strings.Contains(logBuf.String(), "every rule and queue removed") {
+	if !strings.Contains(logBuf.String(), "rules left in place") {
 		t.Errorf("stop not logged:\n%s", logBuf.String())
 	}
 }
 
 // TestRunSourceFails: a source that cannot start, or stops on its own, ends
-// Run with its error, after releasing what was installed.
+// Run with its error, leaving what was installed protected.
 func TestRunSourceFails(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
 	run := func(src desired.Source, dp *recordingDatapath) error {
-		a, err := New(Config{Source: src, Datapath: dp, Policy: policy.NewLive(nil), Tokens: eng, Poll: 10 * time.Millisecond})
+		a, err := New(Config{Source: src, Datapath: dp, Policy: policy.NewLive(nil), Placement: NewLivePlacement(), Tokens: eng, Poll: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,8 +256,8 @@ func TestRunSourceFails(t *testing.T) {
 	if err := run(&chanSource{states: states}, dp); err == nil || !strings.Contains(err.Error(), "stopped before its context ended") {
 		t.Errorf("Run = %v; want an error for a source that stopped", err)
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after the source stopped: installed %v; want nothing", got)
+	if got, want := dp.snapshot(), []string{"ns-a=x/a app=web"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after the source stopped: installed %v; want %v left in place", got, want)
 	}
 }
 
@@ -255,7 +269,7 @@ func TestRunStopsWithAPromptSource(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		src := &chanSource{states: make(chan desired.State)}
 		a, err := New(Config{Source: src, Datapath: &recordingDatapath{state: map[string]desired.Workload{}},
-			Policy: policy.NewLive(nil), Tokens: eng, Poll: time.Millisecond})
+			Policy: policy.NewLive(nil), Placement: NewLivePlacement(), Tokens: eng, Poll: time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -277,11 +291,12 @@ func TestRunStopsWithAPromptSource(t *testing.T) {
 
 func TestNewRefusesIncompleteConfig(t *testing.T) {
 	_, eng := testCA(t, "c1", "n1")
-	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Tokens: eng}
+	good := Config{Source: &chanSource{}, Datapath: &recordingDatapath{}, Policy: policy.NewLive(nil), Placement: NewLivePlacement(), Tokens: eng}
 	for name, change := range map[string]func(*Config){
 		"no source":     func(c *Config) { c.Source = nil },
 		"no datapath":   func(c *Config) { c.Datapath = nil },
 		"no policy":     func(c *Config) { c.Policy = nil },
+		"no placement":  func(c *Config) { c.Placement = nil },
 		"no tokens":     func(c *Config) { c.Tokens = nil },
 		"negative poll": func(c *Config) { c.Poll = -time.Second },
 	} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -34,6 +35,9 @@ type NodeDatapathConfig struct {
 	Tokens *tokens.Engine
 	// Policy decides each connection (the agent swaps the policy in it).
 	Policy policy.Decider
+	// Placement says which node runs each peer's pod (the agent swaps the
+	// placement in it); see enforcer.Config.Placement.
+	Placement enforcer.Placement
 	// Flows receives one record per decision (nil: discarded).
 	Flows *flowlog.Writer
 	// OnDecision is called with every decision, on the packet path (see
@@ -41,6 +45,9 @@ type NodeDatapathConfig struct {
 	OnDecision func(*flowlog.Record)
 	// Log receives the enforcer's messages (nil: discarded).
 	Log *slog.Logger
+	// IdentityNetworks are where peers run an enforcer: only SYNs to them
+	// carry tokens (enforcer.Config.IdentityNetworks; nil: everywhere).
+	IdentityNetworks []netip.Prefix
 }
 
 // handshakeTimeout bounds how long a half-open handshake is remembered.
@@ -63,9 +70,11 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Node:             cfg.Node,
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
+		Placement:        cfg.Placement,
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
 		Log:              cfg.Log,
+		IdentityNetworks: cfg.IdentityNetworks,
 		HandshakeTimeout: handshakeTimeout,
 	})
 	if err != nil {
@@ -114,9 +123,16 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 	return EnforcerStats{
 		HandshakesInFlight: func() float64 { return float64(d.enf.HandshakesInFlight()) },
 		FlowRecordsDropped: func() float64 { return float64(d.enf.FlowRecordsDropped()) },
+		BulkDrops: map[string]func() float64{
+			"bad-checksum":       func() float64 { return float64(d.enf.BulkDrops().BadChecksum) },
+			"over-source-budget": func() float64 { return float64(d.enf.BulkDrops().OverSourceBudget) },
+			"over-node-budget":   func() float64 { return float64(d.enf.BulkDrops().OverNodeBudget) },
+			"known-bad-token":    func() float64 { return float64(d.enf.BulkDrops().KnownBadToken) },
+		},
 	}
 }
 
-// Close stops the enforcer and writes the flow records still queued. Call
-// it after the agent has removed the workloads.
+// Close stops the enforcer (its queues close) and writes the flow records
+// still queued. Call it after the agent's Run returned. The rules stay:
+// until an enforcer reads the queues again, handshakes are dropped.
 func (d *NodeDatapath) Close() error { return d.enf.Close() }

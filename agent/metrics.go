@@ -39,6 +39,8 @@ const (
 type EnforcerStats struct {
 	HandshakesInFlight func() float64 // bireme_handshakes_in_flight
 	FlowRecordsDropped func() float64 // bireme_flow_records_dropped_total
+	// BulkDrops, by kind: bireme_bulk_drops_total{kind}.
+	BulkDrops map[string]func() float64
 }
 
 // NewMetrics registers the agent's metrics in reg. The enforcer's own
@@ -85,6 +87,13 @@ func (m *Metrics) RegisterEnforcer(stats EnforcerStats) error {
 			Name: "bireme_flow_records_dropped_total",
 			Help: "Flow records dropped because the flow output fell behind (the packet path never waits for it); non-zero means the flow log is incomplete.",
 		}, stats.FlowRecordsDropped))
+	}
+	for kind, count := range stats.BulkDrops {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "bireme_bulk_drops_total",
+			Help:        "Packets dropped for reasons a flood can cause, whose flow records are rate-limited: bad-checksum, over-source-budget and over-node-budget (SYNs with a new token over the verification budget), known-bad-token (a token refused from memory).",
+			ConstLabels: prometheus.Labels{"kind": kind},
+		}, count))
 	}
 	return m.register(cs...)
 }

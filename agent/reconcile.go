@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 
@@ -190,26 +189,4 @@ func (r *reconciler) fail(w desired.Workload, what string, err error) {
 	}
 	r.failing[w.NetNS] = err.Error()
 	r.log.Error("workload "+what+" failed; will retry", "pod", w.Ref, "netns", w.NetNS, "err", err)
-}
-
-// removeAll releases every installed workload; it is the agent's shutdown.
-// Every removal is tried; the errors are joined.
-func (r *reconciler) removeAll(ctx context.Context) error {
-	r.desired = nil
-	all := Diff(r.installed, nil).Remove
-	var errs []error
-	for i, err := range each(all, func(w desired.Workload) error { return r.dp.Remove(ctx, w) }) {
-		w := all[i]
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		delete(r.installed, w.NetNS)
-		delete(r.nsIDs, w.NetNS)
-		r.log.Info("workload released", "pod", w.Ref, "netns", w.NetNS)
-	}
-	if r.metrics != nil {
-		r.metrics.workloads.Set(float64(len(r.installed)))
-	}
-	return errors.Join(errs...)
 }

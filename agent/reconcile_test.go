@@ -138,23 +138,6 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 	if got := testutil.ToFloat64(m.reconcileErrors); got != 2 {
 		t.Errorf("bireme_reconcile_errors_total = %v, want 2", got)
 	}
-
-	// Shutdown removes everything, and tries every workload even when one fails.
-	r.setDesired([]desired.Workload{wl("/n/a", "x/a", nil), wl("/n/c", "x/c", nil)})
-	r.reconcile(ctx)
-	fd.failRemove["/n/a"] = true
-	fd.calls = nil
-	if err := r.removeAll(ctx); err == nil {
-		t.Error("removeAll hid a failed removal")
-	}
-	sort.Strings(fd.calls)
-	if want := []string{"remove /n/a", "remove /n/c"}; !reflect.DeepEqual(fd.calls, want) {
-		t.Errorf("shutdown calls %v, want %v", fd.calls, want)
-	}
-	fd.failRemove = map[string]bool{}
-	if err := r.removeAll(ctx); err != nil || len(fd.state) != 0 {
-		t.Errorf("second removeAll: %v, left %v", err, fd.state)
-	}
 }
 
 // TestMetricsObserve: each decision the enforcer reports through its
@@ -244,5 +227,39 @@ func TestReconcilerNoticesReplacedNamespaces(t *testing.T) {
 	}
 	if got := r.nsIDs["/n/b"]; got != (nsID{1, 99}) {
 		t.Errorf("replaced namespace recorded as %v, want the new one", got)
+	}
+}
+
+// TestMetricsBulkDrops: the enforcer's counts of drops whose records are
+// rate-limited are exported, one series per kind.
+func TestMetricsBulkDrops(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RegisterEnforcer(EnforcerStats{BulkDrops: map[string]func() float64{
+		"bad-checksum":     func() float64 { return 2 },
+		"over-node-budget": func() float64 { return 7 },
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "bireme_bulk_drops_total"); err != nil || n != 2 {
+		t.Fatalf("%d series of bireme_bulk_drops_total, want 2 (%v)", n, err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			if mf.GetName() == "bireme_bulk_drops_total" {
+				got[s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["bad-checksum"] != 2 || got["over-node-budget"] != 7 {
+		t.Errorf("bireme_bulk_drops_total = %v", got)
 	}
 }

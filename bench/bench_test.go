@@ -52,15 +52,15 @@ func TestShortRun(t *testing.T) {
 	if !res.Short || res.Failure != "" || res.Machine.CPUs < 1 || len(res.Topology) != 2 {
 		t.Fatalf("header: short=%v failure=%q machine=%+v topology=%+v", res.Short, res.Failure, res.Machine, res.Topology)
 	}
-	if len(res.Cases) != 7 {
-		t.Fatalf("%d cases, want 7", len(res.Cases))
+	if len(res.Cases) != 8 {
+		t.Fatalf("%d cases, want 8", len(res.Cases))
 	}
 	for i, c := range res.Cases {
 		if c.ID != i+1 {
 			t.Fatalf("case %d has id %d", i+1, c.ID)
 		}
 		if c.Unavailable != "" {
-			if c.ID != 4 && c.ID != 5 && c.ID != 7 {
+			if c.ID != 4 && c.ID != 5 && c.ID != 7 && c.ID != 8 {
 				t.Errorf("case %d unavailable: %s", c.ID, c.Unavailable)
 			}
 			t.Logf("case %d not available: %s", c.ID, c.Unavailable)
@@ -75,6 +75,19 @@ func TestShortRun(t *testing.T) {
 		case "bireme-denied":
 			if s.Connected != 0 || s.Failed == 0 || s.GiveUpP50us <= 0 {
 				t.Errorf("case 7: connected %d failed %d give-up %v", s.Connected, s.Failed, s.GiveUpP50us)
+			}
+		case "bireme-flood":
+			// The flooded runs' failures are a result, not an error; the
+			// quiet ones must all connect.
+			r := c.Rounds[0]
+			rows := report.FloodComparison(c, cfg.concurrency)
+			if len(r.Quiet) != 3 || len(r.Loads) != 3 || len(rows) != 3 || s.Connected == 0 {
+				t.Errorf("case 8: %d quiet and %d flooded runs, %d comparisons, %d connected", len(r.Quiet), len(r.Loads), len(rows), s.Connected)
+			}
+			for _, q := range r.Quiet {
+				if q.Result.Failed != 0 {
+					t.Errorf("case 8: %d connections failed without the flood", q.Result.Failed)
+				}
 			}
 		case "bireme-cold":
 			r := c.Rounds[0]
@@ -91,7 +104,7 @@ func TestShortRun(t *testing.T) {
 				}
 			}
 		}
-		wantEnforcer := c.ID == 3 || c.ID == 4 || c.ID == 5 || c.ID == 7
+		wantEnforcer := c.ID == 3 || c.ID == 4 || c.ID == 5 || c.ID == 7 || c.ID == 8
 		if s.HasEnforcer != wantEnforcer || (wantEnforcer && (s.PeakRSSMB <= 0 || len(c.Rounds[0].Procs) != 2)) {
 			t.Errorf("case %d: enforcer figures %v, peak RSS %v", c.ID, s.HasEnforcer, s.PeakRSSMB)
 		}
@@ -108,7 +121,11 @@ func TestShortRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"# Benchmarks", "| 1 | plain TCP |", "| 6 | TCP + TLS 1.3", "Headline ratios", "b.json"} {
+	want := []string{"# Benchmarks", "| 1 | plain TCP |", "| 6 | TCP + TLS 1.3", "Headline ratios", "b.json"}
+	if res.Cases[7].Unavailable == "" {
+		want = append(want, "Under a forged-SYN flood (case 8)")
+	}
+	for _, want := range want {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("markdown lacks %q", want)
 		}

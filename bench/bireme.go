@@ -191,7 +191,8 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 		args := []string{"enforce", "--node", node, "--store", env.store, "--cluster", trustDomain,
 			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
 			"--cert", filepath.Join(env.dir, node, "node.crt"), "--key", filepath.Join(env.dir, node, "node.key"),
-			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(r.cfg.queues), "--poll", enforcerPoll.String()}
+			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(r.cfg.queues), "--poll", enforcerPoll.String(),
+			"--identity-networks", topology.HostsPrefix.String()}
 		w, err := r.startProcess(ctx, "bireme enforce "+node, env.bin, args...)
 		if err != nil {
 			return nil, errors.Join(err, act.stop())

@@ -34,6 +34,7 @@ type benchCase struct {
 	tls         bool
 	denied      bool // connections must fail; latency is the time to give up
 	cold        bool // first contact: one fresh identity per measured connection
+	flood       bool // each load run twice: without, then with a forged-SYN flood (flood.go)
 	needsBireme bool
 	result      *report.Case
 	// start installs the case (rules, processes) and returns what to charge
@@ -62,6 +63,8 @@ func (r *runner) cases() []*benchCase {
 		{id: 6, port: portTLS, tls: true, result: &report.Case{Key: "mtls", Name: "TCP + TLS 1.3 mutual auth (P-256)"},
 			start: func(context.Context) (*active, error) { return &active{stop: func() error { return nil }}, nil }},
 		{id: 7, port: portDenied, needsBireme: true, denied: true, result: &report.Case{Key: "bireme-denied", Name: "Bireme denied"},
+			start: r.startBireme},
+		{id: 8, port: portPlain, needsBireme: true, flood: true, result: &report.Case{Key: "bireme-flood", Name: "Bireme allowed, known peer, under a forged-SYN flood"},
 			start: r.startBireme},
 	}
 	var out []*benchCase
@@ -119,6 +122,10 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 	}
 	if c.cold {
 		if err := r.measureCold(ctx, act, rr); err != nil {
+			return nil, err
+		}
+	} else if c.flood {
+		if err := r.measureFlood(ctx, c, act, rr); err != nil {
 			return nil, err
 		}
 	} else {

@@ -217,13 +217,14 @@ func (r *runner) setup(ctx context.Context) (cleanup func() error, err error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	prefix := "bb" + hex.EncodeToString(b[:])
-	topo, err := topology.Build(ctx, topology.Spec{
-		Prefix: prefix,
-		Nodes: []topology.NodeSpec{
-			{Name: clientNode, Hosts: []string{clientHost}},
-			{Name: serverNode, Hosts: []string{serverHost}},
-		},
-	})
+	nodes := []topology.NodeSpec{
+		{Name: clientNode, Hosts: []string{clientHost}},
+		{Name: serverNode, Hosts: []string{serverHost}},
+	}
+	if r.cfg.cases[8] {
+		nodes = append(nodes, topology.NodeSpec{Name: attackerNode, Hosts: []string{attackerHost}})
+	}
+	topo, err := topology.Build(ctx, topology.Spec{Prefix: prefix, Nodes: nodes})
 	if err != nil {
 		return cleanup, fmt.Errorf("build topology: %w", err)
 	}
@@ -264,7 +265,7 @@ func (r *runner) setup(ctx context.Context) (cleanup func() error, err error) {
 	}
 	undo.push(srv.stop)
 
-	if r.cfg.cases[4] || r.cfg.cases[5] || r.cfg.cases[7] {
+	if r.cfg.cases[4] || r.cfg.cases[5] || r.cfg.cases[7] || r.cfg.cases[8] {
 		env, err := prepareBireme(ctx, r)
 		if err != nil {
 			r.noBire = err.Error()

@@ -33,6 +33,7 @@ const (
 	roleLoad   = "load"       // one load run; prints a workload.LoadResult as JSON
 	roleBulk   = "bulk"       // one bulk transfer; prints a workload.BulkResult as JSON
 	roleNFQ    = "nfq-accept" // accept-only NFQUEUE reader until SIGTERM
+	// roleFlood (flood.go) sends forged-token SYNs until SIGTERM.
 )
 
 // readyLine is what long-running workers print once they serve.
@@ -52,6 +53,8 @@ func runWorker(role string, args []string) int {
 		err = workerBulk(ctx, args)
 	case roleNFQ:
 		err = workerNFQ(ctx, args)
+	case roleFlood:
+		err = workerFlood(ctx, args)
 	default:
 		err = fmt.Errorf("unknown worker role %q", role)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,8 +16,11 @@ import (
 // TestEnforcerRestartAndStop proves the promises about the enforcer process
 // itself: an authorized connection survives `kill -9` of both enforcers and
 // their restart; while an enforcer is down new connections to its workloads
-// fail (fail closed); SIGTERM exits 0 and leaves no rule, chain or queue in
-// any workload namespace.
+// fail (fail closed); SIGTERM exits 0 and fails closed too: the rules stay,
+// connections attempted in the gap are refused during it and after the
+// restart, an allowed connect waiting in the gap completes after it, and
+// the live connection keeps flowing; only `bireme uninstall` leaves no
+// rule, chain or queue in any workload namespace.
 func TestEnforcerRestartAndStop(t *testing.T) {
 	c := newCluster(t, modelSpec(false))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -72,16 +76,64 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 		}
 	})
 
-	t.Run("SIGTERM leaves nothing behind", func(t *testing.T) {
+	t.Run("SIGTERM fails closed and the restart adopts nothing", func(t *testing.T) {
+		n2Pods := map[string]string{} // protected pod of n2 -> its rules
+		for _, p := range c.lab.Status().Pods {
+			if p.Protected && p.Node == "n2" {
+				n2Pods[p.Pod] = c.rules(p.Pod)
+			}
+		}
+		// An error also when the enforcer exited with a non-zero status.
+		if err := c.lab.StopEnforcer(ctx, "n2"); err != nil {
+			t.Fatalf("stop enforcer n2: %v (want exit status 0)", err)
+		}
+		for pod, before := range n2Pods {
+			if got := c.rules(pod); got != before {
+				t.Errorf("%s: rules changed by SIGTERM:\nbefore:\n%s\nafter:\n%s", pod, before, got)
+			}
+		}
+		check("with the server's enforcer stopped")
+		// The gap: nobody reads n2's queues.
+		c.expectDenied(t, "mallory", "cache", 8080)  // no enforcer, no identity
+		c.expectDenied(t, "intruder", "cache", 8080) // policy denies it
+		// An allowed client connecting in the gap waits: its SYN is
+		// dropped and retransmitted until the restarted enforcer answers.
+		waiting := make(chan error, 1)
+		go func() {
+			conn, err := c.dial("web", "cache", 8080, 30*time.Second)
+			if err == nil {
+				err = echoCheck(conn, 1<<16)
+				conn.Close()
+			}
+			waiting <- err
+		}()
+		if err := c.lab.StartEnforcer(ctx, "n2"); err != nil {
+			t.Fatalf("restart enforcer n2: %v", err)
+		}
+		if err := <-waiting; err != nil {
+			t.Errorf("web -> cache, connecting across the restart: %v", err)
+		}
+		check("after the server's enforcer restarted")
+		// Nothing attempted in the gap was adopted, and the attacks are
+		// still refused.
+		c.expectDenied(t, "mallory", "cache", 8080)
+		c.expectDenied(t, "intruder", "cache", 8080)
+		c.expectAllowed(t, "web", "cache", 8080)
+	})
+
+	t.Run("explicit uninstall leaves nothing behind", func(t *testing.T) {
 		for _, n := range []string{"n1", "n2"} {
-			// An error also when the enforcer exited with a non-zero status.
 			if err := c.lab.StopEnforcer(ctx, n); err != nil {
 				t.Errorf("stop enforcer %s: %v (want exit status 0)", n, err)
+			}
+			out, err := exec.CommandContext(ctx, biremeBin, "uninstall", "--node", n, "--store", c.lab.Status().Store).CombinedOutput()
+			if err != nil {
+				t.Fatalf("bireme uninstall --node %s: %v\n%s", n, err, out)
 			}
 		}
 		for _, p := range c.lab.Status().Pods {
 			if got := c.rules(p.Pod); got != noRules {
-				t.Errorf("%s: rules left after stop:\n%s", p.Pod, got)
+				t.Errorf("%s: rules left after uninstall:\n%s", p.Pod, got)
 			}
 			if q := c.queues(p.Pod); q != "" {
 				t.Errorf("%s: NFQUEUE still bound after stop: %s", p.Pod, q)
@@ -89,7 +141,7 @@ func TestEnforcerRestartAndStop(t *testing.T) {
 		}
 	})
 	// Removing protection must not cut the connection either.
-	check("after the enforcers stopped")
+	check("after the uninstall")
 }
 
 // TestStoreChanges proves the agent follows its inputs while it runs: a pod

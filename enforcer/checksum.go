@@ -34,6 +34,14 @@ func foldChecksum(sum uint64) uint16 {
 func setTCPChecksum(pkt []byte, v6 bool, tcpOff int) {
 	seg := pkt[tcpOff:]
 	seg[16], seg[17] = 0, 0
+	binary.BigEndian.PutUint16(seg[16:18], ^foldChecksum(tcpChecksumSum(pkt, v6, tcpOff)))
+}
+
+// tcpChecksumSum is the unfolded one's-complement sum of the TCP
+// pseudo-header and the segment of pkt, checksum field included: it folds
+// to 0xffff when the checksum is right.
+func tcpChecksumSum(pkt []byte, v6 bool, tcpOff int) uint64 {
+	seg := pkt[tcpOff:]
 	var sum uint64
 	if v6 {
 		sum = sum16(pkt[8:40], 0) // source and destination
@@ -41,7 +49,5 @@ func setTCPChecksum(pkt []byte, v6 bool, tcpOff int) {
 		sum = sum16(pkt[12:20], 0)
 	}
 	sum += 6 + uint64(len(seg)) // protocol and TCP length
-	sum = sum16(seg, sum)
-	c := ^foldChecksum(sum)
-	binary.BigEndian.PutUint16(seg[16:18], c)
+	return sum16(seg, sum)
 }

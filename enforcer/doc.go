@@ -7,7 +7,7 @@
 //
 //	layout := marks.Layout{} // queues and mark bits: the supervisor and the enforcer take the same
 //	sup := supervisor.New(layout)
-//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Flows: w, Layout: layout})
+//	e, _ := enforcer.New(enforcer.Config{Node: "n1", Tokens: eng, Policy: live, Placement: placement, Flows: w, Layout: layout})
 //	e.Attach(ctx, enforcer.Workload{Identity: id, NetNS: "/run/netns/pod1"}) // open its queue(s)
 //	sup.Protect(ctx, "/run/netns/pod1")                                        // then the rules that feed them
 //	...
@@ -30,8 +30,9 @@
 //     SYN-ACK gets the server's answer; its ACK gets the client proof in an
 //     option.
 //   - ingress.go: a packet arriving. A SYN's token is verified
-//     (ConsumeSYN) and stripped, and the server workload's ingress policy is
-//     asked about the client identity; a SYN-ACK is verified against the
+//     (VerifySYN) and stripped with any data behind it, and the server
+//     workload's ingress policy is asked about the client identity (the
+//     nonce is recorded only if it allows); a SYN-ACK is verified against the
 //     client handshake (ConsumeSYNACK) and the client's egress policy
 //     decides; the ACK's proof is verified (ConsumeACK), the ACK passes
 //     still Pending and, once its verdict is given, the connection is marked
@@ -45,6 +46,11 @@
 //     (flowqueue.go) off it.
 //   - conntrack.go: the server's conntrack update after the proof ACK.
 //   - checksum.go: the checksums a rewrite needs.
+//   - limits.go: what a flood may cost: incoming checksums checked before
+//     anything is used, a CPU budget (token buckets per node and per
+//     source) for SYNs whose token is new, and rate-limited records of
+//     such bulk drops, counted in Enforcer.BulkDrops. The node-wide cap
+//     on handshakes is in handshake.go.
 //
 // After the handshake the connection carries the Authorized conntrack mark
 // and the supervisor's rules let its packets pass without visiting user

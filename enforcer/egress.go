@@ -28,8 +28,14 @@ func (q *queue) egress(p *packet) verdict {
 // fresh handshake (a server rejects a nonce it has seen); the ones before
 // are kept, since the SYN-ACK may answer any of them.
 func (q *queue) egressSYN(p *packet, key connKey) verdict {
+	if !q.e.expectsEnforcer(p.dst) {
+		return q.egressPlainSYN(p, key) // external.go
+	}
 	local := q.wl.id.Load()
-	payload, ch, err := q.e.cfg.Tokens.NewSYN(local)
+	// The proofs will bind this connection as the workload opens it: a
+	// SYN-ACK proving another one (a relay's) is refused in ingressSYNACK.
+	opened := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+	payload, ch, err := q.e.cfg.Tokens.NewSYN(local, opened)
 	if err != nil {
 		q.record(p, outcome{outgoing: true, dir: policy.Egress, stage: stageSYN, local: local,
 			reason: "denied: cannot sign the SYN token: " + err.Error(), tokenErr: err})
@@ -68,7 +74,7 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 		return verdict{accept: true, mark: q.e.cfg.Layout.Authorized}
 	}
 	local := q.wl.id.Load()
-	payload, err := c.server.NewSYNACK(local)
+	payload, err := c.server.NewSYNACK(local, p.seq)
 	if err != nil {
 		q.record(p, outcome{outgoing: true, dir: policy.Ingress, stage: stageSYNACK, local: local, peer: c.peer,
 			reason: "denied: cannot build the SYN-ACK token: " + err.Error(), tokenErr: err})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,11 @@ const (
 	// DefaultMaxHandshakes bounds the half-open handshakes remembered per
 	// workload; beyond it new handshakes are refused (fail closed).
 	DefaultMaxHandshakes = 65536
+	// DefaultMaxNodeHandshakes bounds them over the whole node: about
+	// 1.5 KB each with the peer's identity, 200 MB at most. A node that
+	// opens 5,000 connections a second remembers 50,000 handshakes
+	// (HandshakeTimeout), well below.
+	DefaultMaxNodeHandshakes = 1 << 17
 )
 
 // Config configures an Enforcer.
@@ -36,6 +42,9 @@ type Config struct {
 	Tokens *tokens.Engine
 	// Policy decides each connection.
 	Policy policy.Decider
+	// Placement says which node runs each pod: a peer token of the local
+	// trust domain is refused unless its signer runs the peer's pod.
+	Placement Placement
 	// Flows receives one record per decision; nil discards them. Records
 	// are written by a goroutine of the enforcer's, never on the packet
 	// path; Close writes those still queued.
@@ -64,6 +73,21 @@ type Config struct {
 	// MaxHandshakes bounds the handshakes in progress per workload
 	// (default DefaultMaxHandshakes).
 	MaxHandshakes int
+	// MaxNodeHandshakes bounds the handshakes in progress over all the
+	// node's workloads (default DefaultMaxNodeHandshakes), so a flood
+	// spread over many workloads cannot hold MaxHandshakes in each.
+	MaxNodeHandshakes int
+	// VerifyBudget bounds the signature verifications that SYNs with
+	// unseen tokens may cost, per node and per source address.
+	VerifyBudget VerifyBudget
+	// IdentityNetworks are the address ranges where peers run an enforcer
+	// (pod CIDRs; the lab's pod range). A SYN to a destination in them
+	// carries the workload's token; a SYN to any other destination leaves
+	// plain, so identities and labels never reach external hosts, and is
+	// decided by the workload's egress policy on the destination address
+	// (ipBlock and peer-less rules). nil means every destination, the
+	// behaviour before this setting existed; `bireme enforce` requires it.
+	IdentityNetworks []netip.Prefix
 }
 
 // Workload is one protected workload: its identity and its network
@@ -85,6 +109,10 @@ type Enforcer struct {
 	closed    bool
 
 	flows *flowQueue
+
+	handshakes *nodeHandshakes // over all workloads' connTables
+	budget     *verifyBudget
+	bulk       *bulkDrops
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -109,6 +137,9 @@ func New(cfg Config) (*Enforcer, error) {
 	if cfg.Policy == nil {
 		return nil, errors.New("enforcer: Config.Policy is required")
 	}
+	if cfg.Placement == nil {
+		return nil, errors.New("enforcer: Config.Placement is required")
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
@@ -118,13 +149,18 @@ func New(cfg Config) (*Enforcer, error) {
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
+	if cfg.MaxNodeHandshakes <= 0 {
+		cfg.MaxNodeHandshakes = DefaultMaxNodeHandshakes
+	}
+	cfg.VerifyBudget = cfg.VerifyBudget.withDefaults()
 	cfg.Layout = cfg.Layout.WithDefaults()
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel}
+	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel,
+		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops()}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -166,7 +202,7 @@ func (e *Enforcer) Attach(ctx context.Context, w Workload) error {
 func (e *Enforcer) open(ctx context.Context, w Workload) (wl *workload, err error) {
 	// The queues' context is the workload's own: Detach and Close end it.
 	qctx, cancel := context.WithCancel(context.Background())
-	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes), cancel: cancel}
+	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes, e.handshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
 	defer func() {
 		if err != nil {
@@ -229,6 +265,9 @@ func (wl *workload) close() error {
 			errs = append(errs, err)
 		}
 	}
+	// The queues are closed: nothing adds handshakes any more, and the
+	// node's count gives back what this workload held.
+	wl.conns.forgetAll()
 	if wl.marker != nil {
 		if err := wl.marker.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close conntrack socket of %s: %w", wl.netns, err))

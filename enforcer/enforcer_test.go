@@ -144,6 +144,10 @@ func newLab(t testing.TB, queues uint16) *lab {
 	}
 
 	eng := newTokenEngine(t, "lab", "node1")
+	placement := fixedPlacement{}
+	for _, pod := range objs.Pods {
+		placement[pod.Namespace+"/"+pod.Name] = "node1"
+	}
 	layout := marks.Layout{Queues: queues}
 	l.sup = supervisor.New(layout)
 	// newEnforcer starts an enforcer attached to both workloads and
@@ -151,7 +155,7 @@ func newLab(t testing.TB, queues uint16) *lab {
 	l.newEnforcer = func() *Enforcer {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		enf, err := New(Config{Node: "node1", Tokens: eng, Policy: pol, Flows: flowlog.NewWriter(l.flows),
+		enf, err := New(Config{Node: "node1", Tokens: eng, Policy: pol, Placement: placement, Flows: flowlog.NewWriter(l.flows),
 			HandshakeTimeout: 5 * time.Second, Layout: layout})
 		if err != nil {
 			t.Fatal(err)

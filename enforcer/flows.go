@@ -27,8 +27,10 @@ type outcome struct {
 	peer     *identity.Identity // nil when the peer proved no identity
 	allowed  bool
 	policy   string // the NetworkPolicy that decided, if one did
-	reason   string
-	tokenErr error // the token rejection, if that was the cause
+	// selectedBy: the policies selecting local in dir, when policy decided
+	selectedBy []string
+	reason     string
+	tokenErr   error // the token rejection, if that was the cause
 }
 
 // record reports o about the connection of packet p: to Config.OnDecision
@@ -42,18 +44,19 @@ func (q *queue) record(p *packet, o outcome) {
 		localAP, peerAP = peerAP, localAP
 	}
 	r := &flowlog.Record{
-		Time:      time.Now().UTC(),
-		Node:      q.e.cfg.Node,
-		Direction: o.dir.String(),
-		Stage:     o.stage,
-		Protocol:  "TCP",
-		LocalAddr: localAP.String(),
-		PeerAddr:  peerAP.String(),
-		Local:     o.local,
-		Peer:      o.peer,
-		Verdict:   flowlog.Deny,
-		Policy:    o.policy,
-		Reason:    o.reason,
+		Time:       time.Now().UTC(),
+		Node:       q.e.cfg.Node,
+		Direction:  o.dir.String(),
+		Stage:      o.stage,
+		Protocol:   "TCP",
+		LocalAddr:  localAP.String(),
+		PeerAddr:   peerAP.String(),
+		Local:      o.local,
+		Peer:       o.peer,
+		Verdict:    flowlog.Deny,
+		Policy:     o.policy,
+		SelectedBy: o.selectedBy,
+		Reason:     o.reason,
 	}
 	if o.allowed {
 		r.Verdict = flowlog.Allow
@@ -85,6 +88,6 @@ func (q *queue) decide(p *packet, outgoing bool, dir policy.Direction, stage str
 	local *identity.Identity, peer policy.Peer, port uint16) bool {
 	d := q.e.cfg.Policy.Decide(local, peer, dir, port, "TCP")
 	q.record(p, outcome{outgoing: outgoing, dir: dir, stage: stage, local: local, peer: peer.Identity,
-		allowed: d.Allowed, policy: d.Policy, reason: d.Reason})
+		allowed: d.Allowed, policy: d.Policy, selectedBy: d.SelectedBy, reason: d.Reason})
 	return d.Allowed
 }

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bireme/bireme/identity"
@@ -24,6 +25,9 @@ type connKey struct {
 // table's lock too.
 type conn struct {
 	expires time.Time
+	// plain: the workload dialed a destination outside the identity
+	// networks; no token was sent and none may come back (external.go).
+	plain bool
 
 	// Client side (the workload sent the SYN). clients holds one
 	// handshake per SYN transmission, newest last: the SYN-ACK says by its
@@ -100,16 +104,34 @@ func (c *conn) earlierAccepts(proof []byte) *identity.Identity {
 	return nil
 }
 
-// connTable holds the handshakes in progress of one workload, bounded.
+// connTable holds the handshakes in progress of one workload, bounded
+// per workload (limit) and over the node (node).
 type connTable struct {
 	mu    sync.Mutex
 	m     map[connKey]*conn
 	limit int
+	node  *nodeHandshakes
 	held  int // packets held in all of m's conns
 }
 
-func newConnTable(limit int) *connTable {
-	return &connTable{m: map[connKey]*conn{}, limit: limit}
+// nodeHandshakes counts the handshakes of all the node's connTables
+// against the node-wide limit.
+type nodeHandshakes struct {
+	n     atomic.Int64
+	limit int
+}
+
+// reserve counts one more handshake if the node has room for it.
+func (n *nodeHandshakes) reserve() bool {
+	if n.n.Add(1) > int64(n.limit) {
+		n.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func newConnTable(limit int, node *nodeHandshakes) *connTable {
+	return &connTable{m: map[connKey]*conn{}, limit: limit, node: node}
 }
 
 func (t *connTable) get(k connKey) *conn {
@@ -125,7 +147,7 @@ func (t *connTable) put(k connKey, c *conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old, ok := t.m[k]
-	if !ok && len(t.m) >= t.limit {
+	if !ok && (len(t.m) >= t.limit || !t.node.reserve()) {
 		return false
 	}
 	if old != nil && old != c {
@@ -176,6 +198,17 @@ func (t *connTable) complete(c *conn, proof []byte, peer *identity.Identity) {
 	c.peer = peer
 }
 
+// forgetAll empties the table (its workload is gone) and gives its
+// handshakes back to the node's count. Held packets are not released:
+// their queue is closed, and the kernel dropped them with it.
+func (t *connTable) forgetAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.node.n.Add(-int64(len(t.m)))
+	t.m = map[connKey]*conn{}
+	t.held = 0
+}
+
 func (t *connTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -194,6 +227,7 @@ func (t *connTable) expire(now time.Time) (unfinished []expiredHandshake, held [
 	for k, c := range t.m {
 		if now.After(c.expires) {
 			delete(t.m, k)
+			t.node.n.Add(-1)
 			held = append(held, c.held...)
 			t.held -= len(c.held)
 			// Only a server conn's fields are read here: a client conn's

@@ -78,6 +78,9 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 // whether flow records are written (to pair.flows).
 func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
 	cfg.Node, cfg.Tokens, cfg.Policy = "n1", newTokenEngine(t, "unit", "n1"), labelDecider{}
+	if cfg.Placement == nil {
+		cfg.Placement = everyPodOn("n1") // the pair's one engine signs as n1 for every pod
+	}
 	flows := &syncBuffer{}
 	if withFlows {
 		cfg.Flows = flowlog.NewWriter(flows)
@@ -89,7 +92,7 @@ func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
 	t.Cleanup(func() { e.Close() })
 	flows.flush = e.flows.flush
 	mk := func(pod, app string) *queue {
-		wl := &workload{netns: pod, conns: newConnTable(e.cfg.MaxHandshakes)}
+		wl := &workload{netns: pod, conns: newConnTable(e.cfg.MaxHandshakes, e.handshakes)}
 		wl.id.Store(&identity.Identity{Namespace: "t", Pod: pod, Labels: map[string]string{"app": app}})
 		return &queue{e: e, wl: wl, buf: make([]byte, 0x10000+tokenOptSpace)}
 	}
@@ -457,8 +460,9 @@ func FuzzProcess(f *testing.F) {
 	f.Add(seg(f, false, 1, true, true, linuxSYNOptions, nil), true)
 	f.Add(seg(f, true, 1, false, true, linuxACKOptions, []byte("x")), false)
 	f.Fuzz(func(t *testing.T, b []byte, outgoing bool) {
-		p.cli.wl.conns = newConnTable(16)
-		p.srv.wl.conns = newConnTable(16)
+		node := &nodeHandshakes{limit: 32}
+		p.cli.wl.conns = newConnTable(16, node)
+		p.srv.wl.conns = newConnTable(16, node)
 		v := p.cli.process(synBytes, true)
 		p.srv.process(v.packet, false)
 		for _, q := range []*queue{p.cli, p.srv} {
@@ -549,7 +553,7 @@ func TestConnTableHeldPackets(t *testing.T) {
 	key := func(port uint16) connKey {
 		return connKey{local: netip.MustParseAddrPort("198.18.0.2:80"), remote: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), port)}
 	}
-	tab := newConnTable(maxHeld)
+	tab := newConnTable(maxHeld, &nodeHandshakes{limit: maxHeld})
 	if tab.hold(key(1), heldPacket{id: 1}) {
 		t.Fatal("held a packet of a connection with no handshake")
 	}

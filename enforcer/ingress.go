@@ -34,20 +34,41 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 	if tok := p.token(); tok == nil {
 		c.noToken = true
 	} else {
+		// The connection as this namespace sees it must be the one the
+		// client opened (or its NAT-translated form, if declared).
+		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
+		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok, observed)
+		if costly && !q.affordsVerification(p, local) {
+			return drop
+		}
 		// The packet lives in the reader's reused buffer: the tokens
-		// engine may keep what it parsed (certificate, cache key).
-		sh, err := q.e.cfg.Tokens.ConsumeSYN(bytes.Clone(tok))
+		// engine may keep what it parsed (certificate, cache key). The
+		// nonce is checked here but recorded only once policy allows
+		// (below): refused SYNs must not churn the replay cache.
+		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
 		if err != nil {
-			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
 			return drop
 		}
 		c.server = sh
 		c.peer = sh.Peer()
+		if err := q.e.checkPlacement(c.peer, sh.PeerNode()); err != nil {
+			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: c.peer,
+				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
+			return drop
+		}
 		peer.Identity = c.peer
 	}
 	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
 		return drop
+	}
+	if c.server != nil {
+		if err := c.server.RecordNonce(); err != nil { // the same SYN, accepted meanwhile
+			q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: peer.Identity,
+				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
+			return drop
+		}
 	}
 	if old := q.wl.conns.get(key); c.server != nil && old != nil && old.server != nil && !old.authorized &&
 		len(old.earlier) < maxSYNRetries {
@@ -69,6 +90,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 // egress policy on the server identity.
 func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	c := q.wl.conns.get(key)
+	if c != nil && c.plain {
+		return q.ingressPlainSYNACK(p) // external.go
+	}
 	if c == nil || len(c.clients) == 0 {
 		return drop // we sent no SYN for this tuple (or gave up on it)
 	}
@@ -111,9 +135,17 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 			ch = match
 		}
 	}
-	id, err := ch.ConsumeSYNACK(bytes.Clone(tok)) // see ingressSYN
+	// The identity returned is bound to the connection this workload
+	// dialed, so the egress decision below is about the server it dialed,
+	// not whatever a relay in between presents.
+	id, err := ch.ConsumeSYNACK(bytes.Clone(tok), p.seq) // see ingressSYN
 	if err != nil {
 		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local,
+			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})
+		return drop
+	}
+	if err := q.e.checkPlacement(id, ch.PeerNode()); err != nil {
+		q.record(p, outcome{dir: policy.Egress, stage: stageSYNACK, local: local, peer: id,
 			reason: "denied: server token rejected: " + err.Error(), tokenErr: err})
 		return drop
 	}

@@ -107,58 +107,15 @@ func (p *packet) dstPort() netip.AddrPort { return netip.AddrPortFrom(p.dst, p.d
 // allocates.
 func parsePacket(b []byte, p *packet) error {
 	*p = packet{}
-	if len(b) < 1 {
-		return errMalformed
+	ip, err := parseIP(b)
+	if err != nil {
+		return err
 	}
-	var proto uint8
-	off := 0
-	switch b[0] >> 4 {
-	case 4:
-		if len(b) < 20 {
-			return errMalformed
-		}
-		ihl := int(b[0]&0x0f) * 4
-		total := int(binary.BigEndian.Uint16(b[2:4]))
-		if ihl < 20 || total < ihl || total > len(b) {
-			return errMalformed
-		}
-		if binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 { // MF or fragment offset
-			return errFragment
-		}
-		b = b[:total]
-		proto = b[9]
-		p.src = netip.AddrFrom4([4]byte(b[12:16]))
-		p.dst = netip.AddrFrom4([4]byte(b[16:20]))
-		off = ihl
-	case 6:
-		if len(b) < 40 {
-			return errMalformed
-		}
-		total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
-		if total > len(b) {
-			return errMalformed
-		}
-		b = b[:total]
-		p.v6 = true
-		p.src = netip.AddrFrom16([16]byte(b[8:24]))
-		p.dst = netip.AddrFrom16([16]byte(b[24:40]))
-		proto = b[6]
-		off = 40
-		for proto == 0 || proto == 43 || proto == 60 { // hop-by-hop, routing, dest opts
-			if off+8 > len(b) {
-				return errMalformed
-			}
-			proto, off = b[off], off+(int(b[off+1])+1)*8
-		}
-		if proto == 44 {
-			return errFragment
-		}
-	default:
-		return errMalformed
-	}
-	if proto != 6 {
+	if ip.proto != 6 {
 		return errNotTCP
 	}
+	b, off := ip.b, ip.l4Off
+	p.v6, p.src, p.dst = ip.v6, ip.src, ip.dst
 	if off+20 > len(b) {
 		return errMalformed
 	}
@@ -175,6 +132,71 @@ func parsePacket(b []byte, p *packet) error {
 		return errMalformed
 	}
 	return p.scanOptions()
+}
+
+// ipHeader is what parseIP reads from an IP header.
+type ipHeader struct {
+	b        []byte // the packet, trimmed to the IP total length
+	v6       bool
+	src, dst netip.Addr
+	proto    uint8 // the upper-layer protocol (IPPROTO_*)
+	l4Off    int   // offset of the upper-layer header
+}
+
+// parseIP reads the IPv4 or IPv6 header of b (skipping IPv6 hop-by-hop,
+// routing and destination-options headers). Fragments are errors: conntrack
+// reassembles before anything is queued, so a fragment here is malformed.
+func parseIP(b []byte) (ipHeader, error) {
+	var h ipHeader
+	if len(b) < 1 {
+		return h, errMalformed
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return h, errMalformed
+		}
+		ihl := int(b[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(b[2:4]))
+		if ihl < 20 || total < ihl || total > len(b) {
+			return h, errMalformed
+		}
+		if binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 { // MF or fragment offset
+			return h, errFragment
+		}
+		h.b = b[:total]
+		h.proto = b[9]
+		h.src = netip.AddrFrom4([4]byte(b[12:16]))
+		h.dst = netip.AddrFrom4([4]byte(b[16:20]))
+		h.l4Off = ihl
+	case 6:
+		if len(b) < 40 {
+			return h, errMalformed
+		}
+		total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
+		if total > len(b) {
+			return h, errMalformed
+		}
+		b = b[:total]
+		h.b = b
+		h.v6 = true
+		h.src = netip.AddrFrom16([16]byte(b[8:24]))
+		h.dst = netip.AddrFrom16([16]byte(b[24:40]))
+		proto, off := b[6], 40
+		for proto == 0 || proto == 43 || proto == 60 { // hop-by-hop, routing, dest opts
+			if off+8 > len(b) {
+				return h, errMalformed
+			}
+			proto, off = b[off], off+(int(b[off+1])+1)*8
+		}
+		if proto == 44 {
+			return h, errFragment
+		}
+		h.proto, h.l4Off = proto, off
+	default:
+		return h, errMalformed
+	}
+	return h, nil
 }
 
 // scanOptions walks the TCP options, checks they are well formed, and
@@ -314,9 +336,36 @@ func (p *packet) insertProof(dst []byte, proof []byte, maxLen int) ([]byte, erro
 	return p.rewrite(dst, o, nil, 0)
 }
 
-// strip returns in dst p without Bireme's options and without the token
-// at the start of the payload, options re-padded with NOPs to a multiple of
-// 4 bytes. A packet with nothing of ours is copied unchanged.
+// TCP Fast Open options: kind 34 (RFC 7413) and the experimental form
+// used before it was assigned (kind 254, ExID 0xF989).
+const (
+	optKindFastOpen    = 34
+	optKindExperiment2 = 254
+	exidFastOpen       = 0xF989
+)
+
+// isFastOpen reports whether the option at the start of opt (kind, length,
+// data; length already checked) is a TCP Fast Open cookie or cookie
+// request.
+func isFastOpen(opt []byte) bool {
+	return opt[0] == optKindFastOpen ||
+		opt[0] == optKindExperiment2 && len(opt) >= 4 && binary.BigEndian.Uint16(opt[2:4]) == exidFastOpen
+}
+
+// strip returns in dst p without Bireme's options, options re-padded with
+// NOPs to a multiple of 4 bytes. A packet with nothing of ours is copied
+// unchanged.
+//
+// A packet carrying a token (a SYN or SYN-ACK) also loses everything a
+// TCP Fast Open handshake would use before the proof: the payload behind
+// the token and any Fast Open option. Data in a SYN or SYN-ACK reaches the
+// peer's socket before the client has proven anything (a Fast Open server
+// hands it to accept() at once, and a SYN with a valid cookie makes the
+// server's kernel create the socket at once even without data); an honest
+// sender's enforcer never puts data there (egressSYN, egressSYNACK), so
+// it can only come from a forger. Stripped, the packet is an ordinary SYN
+// or SYN-ACK: an honest Fast Open sender's kernel sends the data again
+// once the connection is open, as when a server declines Fast Open.
 func (p *packet) strip(dst []byte) ([]byte, error) {
 	var optBuf [maxTCPHeader]byte
 	o := optBuf[:0]
@@ -335,9 +384,12 @@ func (p *packet) strip(dst []byte) ([]byte, error) {
 			continue
 		}
 		l := int(opts[i+1]) // bounds checked by parsePacket
-		if at != p.tokenOpt && at != p.proofOpt {
+		switch {
+		case p.tokenOpt != 0 && isFastOpen(opts[i:i+l]):
+			// Dropped with the data: see above.
+		case at != p.tokenOpt && at != p.proofOpt:
 			o = append(o, opts[i:i+l]...)
-		} else {
+		default:
 			// Drop the NOP padding inserted in front of our option, so
 			// the receiver gets the sender kernel's header back exactly.
 			for len(o) > 0 && o[len(o)-1] == 1 {
@@ -351,7 +403,13 @@ func (p *packet) strip(dst []byte) ([]byte, error) {
 	}
 	skip := 0
 	if p.tokenOpt != 0 {
-		skip = p.tokenLen
+		skip = len(p.payload()) // the token and any data behind it
 	}
 	return p.rewrite(dst, o, nil, skip)
+}
+
+// tcpChecksumOK reports whether p's TCP checksum is right for its
+// pseudo-header and segment.
+func (p *packet) tcpChecksumOK() bool {
+	return foldChecksum(tcpChecksumSum(p.b, p.v6, p.tcpOff)) == 0xffff
 }

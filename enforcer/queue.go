@@ -154,15 +154,24 @@ func (p heldPacket) release(accept bool) {
 }
 
 // process decides one packet. Outgoing packets leave the workload
-// (egress.go); incoming ones arrive at it (ingress.go).
+// (egress.go); incoming ones arrive at it (ingress.go); non-TCP packets
+// open a flow (nontcp.go).
 func (q *queue) process(b []byte, outgoing bool) verdict {
 	var p packet
 	if err := parsePacket(b, &p); err != nil {
+		if err == errNotTCP {
+			// Queued by the supervisor's non-TCP chains: the first
+			// packet of a UDP, SCTP, ICMP or other flow (nontcp.go).
+			return q.newFlow(b, outgoing)
+		}
 		q.e.log.Debug("unparsable packet dropped", "netns", q.wl.netns, "err", err)
 		return drop
 	}
 	if outgoing {
 		return q.egress(&p)
+	}
+	if !q.checksumOK(&p) { // see checksumOK for why only incoming packets
+		return drop
 	}
 	return q.ingress(&p)
 }

@@ -27,11 +27,12 @@ type Record struct {
 	// Direction is "ingress" (Local is the server) or "egress" (Local is
 	// the client), relative to the protected workload Local.
 	Direction string `json:"direction"`
-	// Stage is the handshake packet the decision was made on:
-	// "syn", "synack" or "ack".
+	// Stage is the packet the decision was made on: for TCP the
+	// handshake packet, "syn", "synack" or "ack"; for UDP, SCTP, ICMP and
+	// other protocols "new", the first packet of the flow.
 	Stage     string `json:"stage"`
 	Protocol  string `json:"protocol"`
-	LocalAddr string `json:"localAddr"` // ip:port as seen by this node
+	LocalAddr string `json:"localAddr"` // ip:port as seen by this node (ip alone for ICMP and other portless protocols)
 	PeerAddr  string `json:"peerAddr"`  // ip:port as seen by this node (after any NAT)
 	// Local is the protected workload; Peer the authenticated peer, nil
 	// when the peer presented no identity (then only ipBlock rules apply).
@@ -42,6 +43,11 @@ type Record struct {
 	// Policy is "namespace/name" of the NetworkPolicy that decided, empty
 	// when none did (unselected workload, or a token failure).
 	Policy string `json:"policy,omitempty"`
+	// SelectedBy lists the policies that selected Local in Direction when
+	// policy decided ("namespace/name", sorted). On a policy denial these
+	// are the policies that isolated Local and of which no rule allowed:
+	// what a report counts the refusal against.
+	SelectedBy []string `json:"selectedBy,omitempty"`
 	// TokenError is the typed token rejection reason (for example
 	// "expired", "bad-proof"), empty when the token verified.
 	TokenError string `json:"tokenError,omitempty"`

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"maps"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -9,7 +10,7 @@ import (
 )
 
 // namespaceNameLabel is the label the API server puts on every namespace.
-const namespaceNameLabel = "kubernetes.io/metadata.name"
+const namespaceNameLabel = identity.LabelKubernetesNamespaceName
 
 // IdentityOf builds the identity a pod is given in tokens: its labels, its
 // namespace's labels plus kubernetes.io/metadata.name (as the API server
@@ -17,6 +18,13 @@ const namespaceNameLabel = "kubernetes.io/metadata.name"
 // ports (regular containers and restartable init containers, i.e. sidecars;
 // protocol defaulted to TCP). ns may be nil (a namespace with no labels).
 // The result shares nothing with the inputs.
+//
+// Labels with the reserved prefix bireme.io/ that the pod or namespace set
+// themselves are left out: the API server accepts them, so refusing them
+// here would leave an informer-fed node unable to protect such a pod (and a
+// file store unable to load any change while one is there). Policy sees
+// Bireme's own values instead, derived from the service account and the
+// namespace (see identity.LabelServiceAccount).
 func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity.Identity {
 	nsName := pod.Namespace
 	if nsName == "" {
@@ -27,7 +35,7 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		Namespace:       nsName,
 		Pod:             pod.Name,
 		ServiceAccount:  pod.Spec.ServiceAccountName,
-		Labels:          maps.Clone(pod.Labels),
+		Labels:          maps.Clone(identity.WithoutReserved(pod.Labels)),
 		NamespaceLabels: map[string]string{},
 	}
 	if id.ServiceAccount == "" {
@@ -37,7 +45,7 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		id.ServiceAccount = "default"
 	}
 	if ns != nil {
-		maps.Copy(id.NamespaceLabels, ns.Labels)
+		maps.Copy(id.NamespaceLabels, identity.WithoutReserved(ns.Labels))
 	}
 	id.NamespaceLabels[namespaceNameLabel] = nsName
 	add := func(c corev1.Container) {
@@ -61,4 +69,19 @@ func IdentityOf(cluster string, ns *corev1.Namespace, pod *corev1.Pod) *identity
 		}
 	}
 	return id
+}
+
+// IgnoredReservedLabels returns the labels with the reserved prefix
+// bireme.io/ that pod set itself, as sorted "key=value": labels
+// [IdentityOf] leaves out. A pod that claims, say, another service account
+// this way is worth an auditor's attention even though it gains nothing.
+func IgnoredReservedLabels(pod *corev1.Pod) []string {
+	var out []string
+	for k, v := range pod.Labels {
+		if identity.IsReserved(k) {
+			out = append(out, k+"="+v)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

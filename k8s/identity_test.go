@@ -50,4 +50,21 @@ func TestIdentityOf(t *testing.T) {
 		!reflect.DeepEqual(got.NamespaceLabels, map[string]string{namespaceNameLabel: "default"}) {
 		t.Fatalf("IdentityOf with nil namespace = %+v", got)
 	}
+
+	// Reserved labels a pod or namespace set themselves are dropped (the
+	// API server accepts them; policy sees Bireme's values instead).
+	pod.Labels = map[string]string{"app": "web", identity.LabelServiceAccount: "payments", "bireme.io/anything": "x"}
+	ns.Labels = map[string]string{"team": "a", identity.LabelNamespace: "pay"}
+	pod.Namespace = "x"
+	got = IdentityOf("c1", ns, pod)
+	if !reflect.DeepEqual(got.Labels, map[string]string{"app": "web"}) ||
+		!reflect.DeepEqual(got.NamespaceLabels, map[string]string{"team": "a", namespaceNameLabel: "x"}) {
+		t.Fatalf("IdentityOf kept reserved labels: %v / %v", got.Labels, got.NamespaceLabels)
+	}
+	if sa, _ := got.PodLabel(identity.LabelServiceAccount); sa != "builder" {
+		t.Fatalf("service account pseudo-label %q, want builder", sa)
+	}
+	if got := IgnoredReservedLabels(pod); !reflect.DeepEqual(got, []string{"bireme.io/anything=x", "bireme.io/service-account=payments"}) {
+		t.Fatalf("IgnoredReservedLabels = %v", got)
+	}
 }

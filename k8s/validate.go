@@ -2,7 +2,9 @@ package k8s
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/policy"
 )
 
@@ -118,7 +121,7 @@ func validateNetworkPolicy(np *networkingv1.NetworkPolicy) field.ErrorList {
 	errs := validateName(np.Name, validation.IsDNS1123Subdomain, md.Child("name"))
 	errs = append(errs, validateName(np.Namespace, validation.IsDNS1123Label, md.Child("namespace"))...)
 	spec := field.NewPath("spec")
-	errs = append(errs, validateSelector(&np.Spec.PodSelector, spec.Child("podSelector"))...)
+	errs = append(errs, validateSelector(&np.Spec.PodSelector, podLabels, spec.Child("podSelector"))...)
 	for i, rule := range np.Spec.Ingress {
 		p := spec.Child("ingress").Index(i)
 		errs = append(errs, validatePorts(rule.Ports, p.Child("ports"))...)
@@ -156,10 +159,33 @@ func validateName(name string, rule func(string) []string, path *field.Path) fie
 	return errs
 }
 
+// selectorSide says whose labels a selector is matched against.
+type selectorSide bool
+
+const (
+	podLabels       selectorSide = false
+	namespaceLabels selectorSide = true
+)
+
 // validateSelector checks keys, operators and the values rule of each
-// operator (In/NotIn need values, Exists/DoesNotExist must have none).
-func validateSelector(sel *metav1.LabelSelector, path *field.Path) field.ErrorList {
-	return metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, path)
+// operator (In/NotIn need values, Exists/DoesNotExist must have none), and,
+// beyond the API server, that a reserved bireme.io/ key is one Bireme sets
+// on that side (identity.CheckSelectorKey): a selector on a label that
+// never exists selects nothing, which for a podSelector isolates nothing.
+func validateSelector(sel *metav1.LabelSelector, side selectorSide, path *field.Path) field.ErrorList {
+	errs := metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, path)
+	keys := slices.Sorted(maps.Keys(sel.MatchLabels))
+	for _, k := range keys {
+		if err := identity.CheckSelectorKey(k, bool(side)); err != nil {
+			errs = append(errs, field.Invalid(path.Child("matchLabels"), k, err.Error()))
+		}
+	}
+	for i, e := range sel.MatchExpressions {
+		if err := identity.CheckSelectorKey(e.Key, bool(side)); err != nil {
+			errs = append(errs, field.Invalid(path.Child("matchExpressions").Index(i).Child("key"), e.Key, err.Error()))
+		}
+	}
+	return errs
 }
 
 // validateProtocol accepts "" (meaning TCP), TCP, UDP and SCTP, case-sensitively
@@ -220,11 +246,11 @@ func validatePeers(peers []networkingv1.NetworkPolicyPeer, path *field.Path) fie
 		n := 0
 		if peer.PodSelector != nil {
 			n++
-			errs = append(errs, validateSelector(peer.PodSelector, p.Child("podSelector"))...)
+			errs = append(errs, validateSelector(peer.PodSelector, podLabels, p.Child("podSelector"))...)
 		}
 		if peer.NamespaceSelector != nil {
 			n++
-			errs = append(errs, validateSelector(peer.NamespaceSelector, p.Child("namespaceSelector"))...)
+			errs = append(errs, validateSelector(peer.NamespaceSelector, namespaceLabels, p.Child("namespaceSelector"))...)
 		}
 		if peer.IPBlock != nil {
 			n++

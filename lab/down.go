@@ -14,17 +14,18 @@ import (
 	"github.com/bireme/bireme/netns"
 )
 
-// StopGrace is how long an enforcer may take to remove its rules after
-// SIGTERM before it is killed.
+// StopGrace is how long an enforcer may take to exit after SIGTERM before
+// it is killed.
 const StopGrace = 30 * time.Second
 
 // Down removes the lab in cfg.StateDir: it stops the enforcers (which
-// remove their rules), deletes every namespace with the lab's prefix (and
-// with them the servers), and removes the state directory. It works from
+// leave their rules: fail closed), deletes every namespace with the lab's
+// prefix (and with them the servers and every rule in them), and removes
+// the state directory. It works from
 // whatever a crash left behind and does nothing if there is no lab.
 func Down(ctx context.Context, cfg Config) error {
 	var errs []error
-	// Enforcers stop in parallel: each removes its own rules.
+	// Enforcers stop in parallel; their rules go with the namespaces below.
 	pids, _ := filepath.Glob(cfg.path("pids", "*.pid"))
 	stopErrs := make([]error, len(pids))
 	var wg sync.WaitGroup

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bireme/bireme/lab/topology"
 )
 
 // Each node of an enforced lab runs one detached `bireme enforce`. Any lab
@@ -47,7 +49,11 @@ func (l *Lab) startEnforcer(node string) error {
 		"--flows", l.flowFile(node),
 		"--metrics-addr", addr,
 		"--poll", l.st.Options.Poll.String(),
+		// Every pod of the lab runs in the hosts' range; unprotected pods
+		// there get tokens they ignore, like a pod whose enforcer is down.
+		"--identity-networks", topology.HostsPrefix.String(),
 	)
+	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
 	proc, err := startDetached(cmd, l.enforcerLog(node))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
@@ -140,11 +146,13 @@ func (l *Lab) StartEnforcer(ctx context.Context, node string) error {
 	return l.waitProtected(ctx)
 }
 
-// StopEnforcer stops node's enforcer as an operator would: SIGTERM, after
-// which it removes every rule and queue it installed and exits. It is
-// killed if it takes longer than StopGrace. For an enforcer that this
-// process started, a non-zero exit status is an error too. Until
-// StartEnforcer the node's pods are unprotected.
+// StopEnforcer stops node's enforcer as an operator or a rolling update
+// would: SIGTERM, after which it closes its queues and exits, leaving its
+// rules in place (fail closed: new connections of the node's pods wait,
+// authorized ones continue in the kernel) until StartEnforcer, whose
+// enforcer takes the rules over. It is killed if it takes longer than
+// StopGrace. For an enforcer that this process started, a non-zero exit
+// status is an error too. `bireme uninstall` removes the rules.
 func (l *Lab) StopEnforcer(ctx context.Context, node string) error {
 	if err := l.checkEnforcedNode(node); err != nil {
 		return fmt.Errorf("stop enforcer: %w", err)

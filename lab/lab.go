@@ -70,7 +70,12 @@ type Config struct {
 // Options choose how Up builds a lab.
 type Options struct {
 	// NAT masquerades traffic between nodes, so servers see node addresses.
+	// The enforcers are told (--nat-peers) that the lab's trust domain is
+	// reached through NAT from those addresses.
 	NAT bool
+	// NoNATDeclaration leaves that declaration out, so that connections
+	// between nodes fail closed under NAT: for tests of exactly that.
+	NoNATDeclaration bool `json:",omitempty"`
 	// NoEnforce builds the lab without enforcers: plain routing, every
 	// connection allowed. For comparisons and debugging.
 	NoEnforce bool

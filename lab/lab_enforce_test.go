@@ -107,6 +107,27 @@ func TestLabPoliciesNAT(t *testing.T) {
 	expectMatrix(t, "nat", probe(t, l), l.Pods(), w.allowed)
 }
 
+// With NAT between the nodes and no declaration of it, the servers see a
+// node's address where the client's handshake names the client's own: v2
+// handshakes bind the endpoints, so every connection between nodes is
+// refused, with the reason, and connections within a node still work.
+// (TestLabPoliciesNAT is the same lab with the declaration.)
+func TestLabNATUndeclaredFailsClosed(t *testing.T) {
+	netnstest.RequireNamespaces(t)
+	l, _ := upLab(t, lab.Options{NAT: true, NoNATDeclaration: true}, "testdata/three.yaml")
+	nodeOf := func(ref string) string { // three.yaml: a and b on node1, c on node2
+		if strings.HasSuffix(ref, "/c") {
+			return "node2"
+		}
+		return "node1"
+	}
+	got := probe(t, l)
+	expectMatrix(t, "nat undeclared", got, l.Pods(), func(from, to string) bool { return nodeOf(from) == nodeOf(to) })
+	if r := got["x/a>y/c:80"]; !strings.Contains(r.Reason, "endpoint-mismatch") {
+		t.Errorf("x/a -> y/c refused for %q, want endpoint-mismatch", r.Reason)
+	}
+}
+
 // The README's demo command runs to its matrices and its refused attack.
 func TestDemoScript(t *testing.T) {
 	netnstest.RequireNamespaces(t)

@@ -51,6 +51,10 @@ type Decision struct {
 	// Rule is the index of that rule in the policy's ingress or egress list,
 	// -1 if none.
 	Rule int `json:"rule"`
+	// Match names what in that rule matched the peer: the facts of the
+	// matching from/to entry ("service account web in namespace shop"),
+	// or that the rule names no peers. Empty when no rule allowed.
+	Match string `json:"match,omitempty"`
 	// SelectedBy lists the policies selecting local in this direction
 	// ("ns/name"), sorted. Shared with the cache: callers must not modify it.
 	SelectedBy []string `json:"selectedBy,omitempty"`
@@ -63,7 +67,9 @@ type Decider interface {
 	// Decide: local is the protected workload on this node. For Ingress,
 	// local is the server and port is the local (destination) port; for
 	// Egress, local is the client and port is the peer's destination port.
-	// protocol is "TCP" (also "UDP", "SCTP"; "" means TCP). Named ports
+	// protocol is "TCP" (also "UDP", "SCTP"; "" means TCP), or
+	// ProtocolICMP or ProtocolOtherIP, which have no ports (port is
+	// ignored) and which only rules without ports allow. Named ports
 	// resolve against the destination workload's identity Ports (local for
 	// ingress, peer.Identity for egress).
 	Decide(local *identity.Identity, peer Peer, dir Direction, port uint16, protocol string) Decision
@@ -106,12 +112,15 @@ func (e *Engine) Decide(local *identity.Identity, peer Peer, dir Direction, port
 	if local == nil {
 		return Decision{Rule: -1, Reason: "denied: no local identity"}
 	}
-	p, ok := parseProtocol(proto)
+	p, ok := parseDecideProtocol(proto)
 	if !ok {
 		return Decision{Rule: -1, Reason: fmt.Sprintf("denied: unsupported protocol %q", proto)}
 	}
 	if dir != Ingress && dir != Egress {
 		return Decision{Rule: -1, Reason: fmt.Sprintf("denied: unknown %s", dir)}
+	}
+	if p == protoICMP || p == protoOtherIP {
+		port = 0 // they have none; one cache entry per peer, not per number
 	}
 	key := decisionKey{local: keyOf(local), dir: dir, port: port, proto: p}
 	if peer.Identity != nil {
@@ -154,13 +163,18 @@ func (e *Engine) decide(local *identity.Identity, sel *selection, peer Peer, dir
 		}
 		m.policyNamespace = cp.namespace
 		for i := range rules {
-			if m.matches(&rules[i]) {
+			if match, ok := m.matches(&rules[i]); ok {
+				why := "peer matched by " + match
+				if match == anyPeerDescription {
+					why = "the rule allows any peer"
+				}
 				return Decision{
 					Allowed:    true,
 					Policy:     cp.name,
 					Rule:       i,
+					Match:      match,
 					SelectedBy: s.names,
-					Reason:     fmt.Sprintf("allowed by %s %s rule %d", cp.name, dir, i),
+					Reason:     fmt.Sprintf("allowed by %s %s rule %d: %s", cp.name, dir, i, why),
 				}
 			}
 		}
@@ -177,7 +191,7 @@ func (e *Engine) decide(local *identity.Identity, sel *selection, peer Peer, dir
 func (e *Engine) selectionFor(local *identity.Identity) *selection {
 	sel := &selection{}
 	for _, cp := range e.byNamespace[local.Namespace] {
-		if !cp.podSelector.matches(local.Labels) {
+		if !cp.podSelector.matchesPod(local) {
 			continue
 		}
 		if cp.ingress {
@@ -202,9 +216,21 @@ type ruleMatch struct {
 	policyNamespace string
 }
 
-// matches: a rule allows when some peer AND some port match.
-func (m *ruleMatch) matches(r *compiledRule) bool {
-	return (r.allPorts || m.anyPort(r.ports)) && (r.allPeers || m.anyPeer(r.peers))
+// matches: a rule allows when some peer AND some port match. It returns
+// the description of the peer entry that matched.
+func (m *ruleMatch) matches(r *compiledRule) (match string, ok bool) {
+	if !r.allPorts && !m.anyPort(r.ports) {
+		return "", false
+	}
+	if r.allPeers {
+		return anyPeerDescription, true
+	}
+	for i := range r.peers {
+		if m.peerMatches(&r.peers[i]) {
+			return r.peers[i].description, true
+		}
+	}
+	return "", false
 }
 
 func (m *ruleMatch) anyPort(ports []compiledPort) bool {
@@ -237,15 +263,6 @@ func (m *ruleMatch) portMatches(p *compiledPort) bool {
 	}
 }
 
-func (m *ruleMatch) anyPeer(peers []compiledPeer) bool {
-	for i := range peers {
-		if m.peerMatches(&peers[i]) {
-			return true
-		}
-	}
-	return false
-}
-
 // peerMatches applies one NetworkPolicyPeer, with the two product rules:
 // ipBlock matches only peers without identity; a podSelector-only peer
 // ("pods of this namespace") matches only same-cluster peers.
@@ -258,9 +275,9 @@ func (m *ruleMatch) peerMatches(p *compiledPeer) bool {
 		return false
 	}
 	if p.namespaces == nil {
-		return id.Cluster == m.local.Cluster && id.Namespace == m.policyNamespace && p.pods.matches(id.Labels)
+		return id.Cluster == m.local.Cluster && id.Namespace == m.policyNamespace && p.pods.matchesPod(id)
 	}
-	return p.namespaces.matches(id.NamespaceLabels) && (p.pods == nil || p.pods.matches(id.Labels))
+	return p.namespaces.matchesNamespace(id) && (p.pods == nil || p.pods.matchesPod(id))
 }
 
 // contains: inside cidr and in no except.

@@ -51,6 +51,9 @@ type compiledPeer struct {
 	pods       *selector // nil: podSelector not specified
 	namespaces *selector // nil: namespaceSelector not specified
 	block      *ipBlock
+	// description names the facts a peer must have, for decisions and
+	// reports ("service account web in namespace shop").
+	description string
 }
 
 // ipBlock is a CIDR minus exceptions, masked and unmapped.
@@ -109,7 +112,7 @@ func (e *Engine) Objects() Objects { return e.objs }
 
 // compilePolicy compiles a NetworkPolicy; errors name the field.
 func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
-	podSelector, err := compileSelector(&np.Spec.PodSelector)
+	podSelector, err := compileSelector(&np.Spec.PodSelector, podSide)
 	if err != nil {
 		return nil, fmt.Errorf("spec.podSelector: %w", err)
 	}
@@ -136,14 +139,14 @@ func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 		}
 	}
 	for i, r := range np.Spec.Ingress {
-		rule, err := compileRule(r.From, r.Ports)
+		rule, err := compileRule(np.Namespace, r.From, r.Ports)
 		if err != nil {
 			return nil, fmt.Errorf("spec.ingress[%d]: %w", i, err)
 		}
 		cp.ingressRules = append(cp.ingressRules, rule)
 	}
 	for i, r := range np.Spec.Egress {
-		rule, err := compileRule(r.To, r.Ports)
+		rule, err := compileRule(np.Namespace, r.To, r.Ports)
 		if err != nil {
 			return nil, fmt.Errorf("spec.egress[%d]: %w", i, err)
 		}
@@ -152,8 +155,9 @@ func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 	return cp, nil
 }
 
-// compileRule compiles the peers and ports of one rule.
-func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (compiledRule, error) {
+// compileRule compiles the peers and ports of one rule of a policy in
+// namespace policyNS.
+func compileRule(policyNS string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (compiledRule, error) {
 	r := compiledRule{allPeers: len(peers) == 0, allPorts: len(ports) == 0}
 	for i, p := range peers {
 		if p.PodSelector == nil && p.NamespaceSelector == nil && p.IPBlock == nil {
@@ -162,12 +166,12 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 		var cp compiledPeer
 		var err error
 		if p.PodSelector != nil {
-			if cp.pods, err = compileSelector(p.PodSelector); err != nil {
+			if cp.pods, err = compileSelector(p.PodSelector, podSide); err != nil {
 				return compiledRule{}, fmt.Errorf("peer %d: podSelector: %w", i, err)
 			}
 		}
 		if p.NamespaceSelector != nil {
-			if cp.namespaces, err = compileSelector(p.NamespaceSelector); err != nil {
+			if cp.namespaces, err = compileSelector(p.NamespaceSelector, namespaceSide); err != nil {
 				return compiledRule{}, fmt.Errorf("peer %d: namespaceSelector: %w", i, err)
 			}
 		}
@@ -186,6 +190,7 @@ func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.Ne
 			}
 			cp.block = b
 		}
+		cp.description = describePeer(&cp, policyNS)
 		r.peers = append(r.peers, cp)
 	}
 	for i, p := range ports {
@@ -228,7 +233,40 @@ const (
 	protoTCP
 	protoUDP
 	protoSCTP
+	// protoICMP and protoOtherIP are never in a compiled port: a
+	// NetworkPolicy cannot name them, so only rules without ports match
+	// them (see ProtocolICMP).
+	protoICMP
+	protoOtherIP
 )
+
+// Protocols that NetworkPolicy cannot name, for [Decider.Decide]. A rule
+// allows them only when it lists no ports: "ports absent" means every
+// port and protocol, and no port list can name them. This is what common
+// CNIs do for ICMP under a port-less rule; Kubernetes itself leaves ICMP
+// unspecified. An isolated workload thus gets ICMP only from a rule that
+// allows everything from that peer.
+const (
+	// ProtocolICMP is ICMP and ICMPv6 (echo and the other messages that
+	// open a conntrack flow; errors about an allowed connection are the
+	// datapath's business, not policy's).
+	ProtocolICMP = "ICMP"
+	// ProtocolOtherIP is any IP protocol other than TCP, UDP, SCTP and
+	// ICMP (GRE, IGMP, ESP, ...).
+	ProtocolOtherIP = "OTHER-IP"
+)
+
+// parseDecideProtocol is parseProtocol plus the protocols a decision may
+// be asked about but no policy port may name.
+func parseDecideProtocol(s string) (protocol, bool) {
+	switch strings.ToUpper(s) {
+	case ProtocolICMP, "ICMPV6":
+		return protoICMP, true
+	case ProtocolOtherIP:
+		return protoOtherIP, true
+	}
+	return parseProtocol(s)
+}
 
 // parseProtocol accepts TCP, UDP, SCTP in any case; "" means TCP.
 func parseProtocol(s string) (protocol, bool) {
@@ -252,6 +290,10 @@ func (p protocol) String() string {
 		return string(corev1.ProtocolUDP)
 	case protoSCTP:
 		return string(corev1.ProtocolSCTP)
+	case protoICMP:
+		return ProtocolICMP
+	case protoOtherIP:
+		return ProtocolOtherIP
 	}
 	return "invalid"
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/k8s"
 	"github.com/bireme/bireme/policy"
 )
@@ -34,24 +35,32 @@ var (
 		{"ns2", map[string]string{"env": "dev"}},
 		{"ns3", nil},
 	}
+	// Pods with equal labels but different service accounts (ns1/cli and
+	// ns1/cli2), and pods that label themselves with reserved keys to claim
+	// another service account or namespace (ns2/forger, ns3/bare): the
+	// reference evaluator gives every pod the pseudo-labels from its spec,
+	// overwriting what it set, and the engine must agree.
 	modelPods = []struct {
-		ns, name string
-		labels   map[string]string
-		ports    []corev1.ContainerPort
+		ns, name       string
+		serviceAccount string // "" = default
+		labels         map[string]string
+		ports          []corev1.ContainerPort
 	}{
-		{"ns1", "web", map[string]string{"app": "web", "tier": "front"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 80}, {Name: "metrics", ContainerPort: 9090}}},
-		{"ns1", "db", map[string]string{"app": "db", "tier": "back"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}},
-		{"ns1", "cli", map[string]string{"app": "client"}, nil},
-		{"ns2", "web", map[string]string{"app": "web"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 443}}},
-		{"ns2", "cli", map[string]string{"app": "client", "tier": "front"}, nil},
-		{"ns3", "db", map[string]string{"app": "db"}, []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}},
-		{"ns3", "bare", nil, nil},
+		{"ns1", "web", "web", map[string]string{"app": "web", "tier": "front"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 80}, {Name: "metrics", ContainerPort: 9090}}},
+		{"ns1", "db", "db", map[string]string{"app": "db", "tier": "back"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}},
+		{"ns1", "cli", "payments", map[string]string{"app": "client"}, nil},
+		{"ns1", "cli2", "batch", map[string]string{"app": "client"}, nil},
+		{"ns2", "web", "web", map[string]string{"app": "web"}, []corev1.ContainerPort{{Name: "http", ContainerPort: 443}}},
+		{"ns2", "cli", "", map[string]string{"app": "client", "tier": "front"}, nil},
+		{"ns2", "forger", "batch", map[string]string{"app": "client", identity.LabelServiceAccount: "payments", identity.LabelNamespace: "ns1"}, nil},
+		{"ns3", "db", "payments", map[string]string{"app": "db"}, []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}},
+		{"ns3", "bare", "", map[string]string{identity.LabelServiceAccount: "web"}, nil},
 	}
 	modelPorts     = []uint16{53, 80, 443, 8080, 9090, 9999}
 	modelProtocols = []string{"TCP", "UDP"}
 	modelAddrs     = []string{"198.18.0.10", "198.18.1.10", "198.19.5.5", "203.0.113.7"}
-	labelKeys      = []string{"app", "tier", "env", "team", "kubernetes.io/metadata.name"}
-	labelValues    = []string{"web", "db", "client", "front", "back", "prod", "dev", "a", "ns1", "ns2", "ns3"}
+	labelKeys      = []string{"app", "tier", "env", "team", "kubernetes.io/metadata.name", identity.LabelServiceAccount, identity.LabelNamespace}
+	labelValues    = []string{"web", "db", "client", "front", "back", "prod", "dev", "a", "ns1", "ns2", "ns3", "payments", "batch", "default"}
 	portNames      = []string{"http", "metrics", "dns", "none"}
 	cidrs          = []string{"198.18.0.0/15", "198.18.0.0/16", "198.18.1.0/24", "0.0.0.0/0", "203.0.113.0/24"}
 )
@@ -67,6 +76,7 @@ func modelWorld() policy.Objects {
 	for _, p := range modelPods {
 		pod := &corev1.Pod{}
 		pod.Namespace, pod.Name, pod.Labels = p.ns, p.name, p.labels
+		pod.Spec.ServiceAccountName = p.serviceAccount
 		pod.Spec.Containers = []corev1.Container{{Name: "c", Ports: p.ports}}
 		objs.Pods = append(objs.Pods, pod)
 	}
@@ -78,17 +88,26 @@ type gen struct{ r *rand.Rand }
 
 func (g gen) pick(s []string) string { return s[g.r.IntN(len(s))] }
 
-func (g gen) selector() *metav1.LabelSelector {
+// selector draws a selector for pods (namespace false) or namespaces; a
+// namespace has no service account, so its selectors never name one.
+func (g gen) selector(namespace bool) *metav1.LabelSelector {
+	key := func() string {
+		for {
+			if k := g.pick(labelKeys); !namespace || k != identity.LabelServiceAccount {
+				return k
+			}
+		}
+	}
 	s := &metav1.LabelSelector{}
 	for range g.r.IntN(3) {
 		if g.r.IntN(2) == 0 {
 			if s.MatchLabels == nil {
 				s.MatchLabels = map[string]string{}
 			}
-			s.MatchLabels[g.pick(labelKeys)] = g.pick(labelValues)
+			s.MatchLabels[key()] = g.pick(labelValues)
 			continue
 		}
-		req := metav1.LabelSelectorRequirement{Key: g.pick(labelKeys)}
+		req := metav1.LabelSelectorRequirement{Key: key()}
 		switch g.r.IntN(4) {
 		case 0:
 			req.Operator = metav1.LabelSelectorOpIn
@@ -121,11 +140,11 @@ func (g gen) peers() []networkingv1.NetworkPolicyPeer {
 		var p networkingv1.NetworkPolicyPeer
 		switch g.r.IntN(4) {
 		case 0:
-			p.PodSelector = g.selector()
+			p.PodSelector = g.selector(false)
 		case 1:
-			p.NamespaceSelector = g.selector()
+			p.NamespaceSelector = g.selector(true)
 		case 2:
-			p.PodSelector, p.NamespaceSelector = g.selector(), g.selector()
+			p.PodSelector, p.NamespaceSelector = g.selector(false), g.selector(true)
 		case 3:
 			cidr := g.pick(cidrs)
 			p.IPBlock = &networkingv1.IPBlock{CIDR: cidr}
@@ -175,7 +194,7 @@ func (g gen) policy(i int) *networkingv1.NetworkPolicy {
 	p.APIVersion, p.Kind = "networking.k8s.io/v1", "NetworkPolicy"
 	p.Namespace = modelNamespaces[g.r.IntN(len(modelNamespaces))].name
 	p.Name = fmt.Sprintf("p%d", i)
-	p.Spec.PodSelector = *g.selector()
+	p.Spec.PodSelector = *g.selector(false)
 	switch g.r.IntN(4) {
 	case 1:
 		p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
@@ -212,7 +231,7 @@ func refDecide(objs policy.Objects, local *corev1.Pod, peer refPeer, dir policy.
 	slices.SortFunc(policies, func(a, b *networkingv1.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
 	selected := false
 	for _, p := range policies {
-		if p.Namespace != local.Namespace || !refSelects(&p.Spec.PodSelector, local.Labels) {
+		if p.Namespace != local.Namespace || !refSelects(&p.Spec.PodSelector, refPodLabels(local)) {
 			continue
 		}
 		types := p.Spec.PolicyTypes
@@ -260,6 +279,23 @@ func refSelects(s *metav1.LabelSelector, l map[string]string) bool {
 	return sel.Matches(labels.Set(l))
 }
 
+// refPodLabels is a pod's labels as docs/policy.md specifies them for
+// selection: its own, with the reserved pseudo-labels set from its spec
+// over whatever the pod wrote under those keys.
+func refPodLabels(p *corev1.Pod) map[string]string {
+	l := map[string]string{}
+	for k, v := range p.Labels {
+		l[k] = v
+	}
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	l[identity.LabelServiceAccount] = sa
+	l[identity.LabelNamespace] = p.Namespace
+	return l
+}
+
 func refPeersAllow(objs policy.Objects, policyNS string, peers []networkingv1.NetworkPolicyPeer, peer refPeer) bool {
 	if len(peers) == 0 {
 		return true
@@ -283,17 +319,19 @@ func refPeersAllow(objs policy.Objects, policyNS string, peers []networkingv1.Ne
 		if peer.pod == nil {
 			continue
 		}
-		nsLabels := map[string]string{"kubernetes.io/metadata.name": peer.pod.Namespace}
+		nsLabels := map[string]string{}
 		for k, v := range objs.Namespace(peer.pod.Namespace).Labels {
 			nsLabels[k] = v
 		}
+		nsLabels["kubernetes.io/metadata.name"] = peer.pod.Namespace
+		nsLabels[identity.LabelNamespace] = peer.pod.Namespace
 		nsOK := false
 		if p.NamespaceSelector == nil {
 			nsOK = !peer.foreign && peer.pod.Namespace == policyNS
 		} else {
 			nsOK = refSelects(p.NamespaceSelector, nsLabels)
 		}
-		podOK := p.PodSelector == nil || refSelects(p.PodSelector, peer.pod.Labels)
+		podOK := p.PodSelector == nil || refSelects(p.PodSelector, refPodLabels(peer.pod))
 		if nsOK && podOK {
 			return true
 		}

@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/bireme/bireme/identity"
 )
 
 // selector is a compiled metav1.LabelSelector: a flat list of requirements,
@@ -22,16 +24,33 @@ type requirement struct {
 	values []string // sorted; In / NotIn only
 }
 
+// selectorSide says whose labels a selector reads: a pod's (podSelector)
+// or its namespace's (namespaceSelector). The reserved pseudo-labels differ
+// between the two (identity.CheckSelectorKey).
+type selectorSide uint8
+
+const (
+	podSide selectorSide = iota
+	namespaceSide
+)
+
 // compileSelector compiles a selector. It refuses an operator it does not
-// know and values that contradict the operator (In/NotIn without values,
-// Exists/DoesNotExist with some): matching nothing instead would make a
-// podSelector select no pod, and so isolate none.
-func compileSelector(s *metav1.LabelSelector) (*selector, error) {
+// know, values that contradict the operator (In/NotIn without values,
+// Exists/DoesNotExist with some) and a reserved bireme.io/ key that does not
+// exist on that side: matching nothing instead would make a podSelector
+// select no pod, and so isolate none.
+func compileSelector(s *metav1.LabelSelector, side selectorSide) (*selector, error) {
 	out := &selector{}
 	for k, v := range s.MatchLabels {
+		if err := identity.CheckSelectorKey(k, side == namespaceSide); err != nil {
+			return nil, fmt.Errorf("matchLabels: %w", err)
+		}
 		out.reqs = append(out.reqs, requirement{key: k, op: metav1.LabelSelectorOpIn, values: []string{v}})
 	}
 	for i, e := range s.MatchExpressions {
+		if err := identity.CheckSelectorKey(e.Key, side == namespaceSide); err != nil {
+			return nil, fmt.Errorf("matchExpressions[%d]: %w", i, err)
+		}
 		switch e.Operator {
 		case metav1.LabelSelectorOpIn, metav1.LabelSelectorOpNotIn:
 			if len(e.Values) == 0 {
@@ -62,12 +81,25 @@ func compileSelector(s *metav1.LabelSelector) (*selector, error) {
 	return out, nil
 }
 
-// matches reports whether labels satisfy every requirement. NotIn and
-// DoesNotExist hold when the key is absent, as in Kubernetes.
-func (s *selector) matches(labels map[string]string) bool {
+// matchesPod reports whether id's pod labels, pseudo-labels included,
+// satisfy the selector.
+func (s *selector) matchesPod(id *identity.Identity) bool { return s.matches(id.PodLabel) }
+
+// matchesNamespace reports whether the labels of id's namespace, as signed
+// in id and with the namespace pseudo-labels, satisfy the selector.
+func (s *selector) matchesNamespace(id *identity.Identity) bool {
+	return s.matches(id.NamespaceLabel)
+}
+
+// matches reports whether the labels label looks up satisfy every
+// requirement. NotIn and DoesNotExist hold when the key is absent, as in
+// Kubernetes. Labels are looked up rather than passed as a map so that the
+// pseudo-labels come from the identity's signed fields and cannot be
+// shadowed by a map entry.
+func (s *selector) matches(label func(key string) (string, bool)) bool {
 	for i := range s.reqs {
 		r := &s.reqs[i]
-		v, ok := labels[r.key]
+		v, ok := label(r.key)
 		switch r.op {
 		case metav1.LabelSelectorOpIn:
 			if !ok || !contains(r.values, v) {

@@ -249,7 +249,7 @@ func TestReasons(t *testing.T) {
 		port        uint16
 		want        string
 	}{
-		{"x/a", "x/c", policy.Ingress, 80, "allowed by x/allow-web ingress rule 0"},
+		{"x/a", "x/c", policy.Ingress, 80, "allowed by x/allow-web ingress rule 0: the rule allows any peer"},
 		{"x/a", "x/c", policy.Ingress, 81, "denied: selected by x/allow-web, x/deny-all and no rule allows"},
 		{"x/a", "x/c", policy.Egress, 81, "denied: selected by x/deny-all and no rule allows"},
 		{"y/a", "x/c", policy.Ingress, 81, "allowed: no policy selects y/a for ingress"},
@@ -264,7 +264,7 @@ func TestReasons(t *testing.T) {
 	a := ident(t, objs, "y/a")
 	for name, d := range map[string]policy.Decision{
 		"nil local":     e.Decide(nil, policy.Peer{}, policy.Ingress, 80, "TCP"),
-		"bad protocol":  e.Decide(a, policy.Peer{}, policy.Ingress, 80, "ICMP"),
+		"bad protocol":  e.Decide(a, policy.Peer{}, policy.Ingress, 80, "GRE"),
 		"bad direction": e.Decide(a, policy.Peer{}, policy.Direction(7), 80, "TCP"),
 	} {
 		if d.Allowed || !strings.HasPrefix(d.Reason, "denied: ") {

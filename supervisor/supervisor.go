@@ -21,7 +21,8 @@
 //	            own, so that no data can overtake the ACK while its socket
 //	            is made.
 //
-// mangle table (runs before filter, priority -150):
+// mangle table (runs before filter, priority -150), for TCP (nontcp.go
+// has the chains for every other protocol):
 //
 //	INPUT  -p tcp -j BIREME-INPUT     OUTPUT -p tcp -j BIREME-OUTPUT
 //
@@ -43,7 +44,7 @@
 //
 // filter table (priority 0):
 //
-//	INPUT, OUTPUT  -p tcp -j BIREME-SAVE
+//	INPUT, OUTPUT  -p tcp -j BIREME-SAVE     (and ! -p tcp, see nontcp.go)
 //	BIREME-SAVE    packet mark has one of our bits -> CONNMARK --save-mark (our bits only)
 //
 // The enforcer cannot set the connection mark in the verdict of a packet
@@ -61,6 +62,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -117,20 +119,26 @@ func (s *Supervisor) tables() ([]*iptables.IPTables, error) {
 // in.
 func (s *Supervisor) Layout() marks.Layout { return s.layout }
 
-// jump is one rule in a built-in chain that sends TCP to one of ours.
+// jump is one rule in a built-in chain that sends one protocol (TCP
+// unless protocol says otherwise) to one of our chains.
 type jump struct {
 	table, from, to string
+	protocol        []string // the rule's protocol match; nil: -p tcp
 }
 
-var jumps = []jump{
-	{"mangle", "INPUT", chainInput},
-	{"mangle", "OUTPUT", chainOutput},
-	{"filter", "INPUT", chainSave},
-	{"filter", "OUTPUT", chainSave},
-}
+var jumps = append([]jump{
+	{table: "mangle", from: "INPUT", to: chainInput},
+	{table: "mangle", from: "OUTPUT", to: chainOutput},
+	{table: "filter", from: "INPUT", to: chainSave},
+	{table: "filter", from: "OUTPUT", to: chainSave},
+}, nonTCPJumps...) // nontcp.go
 
 func (j jump) rule() []string {
-	return []string{"-p", "tcp", "-m", "comment", "--comment", "bireme", "-j", j.to}
+	proto := j.protocol
+	if proto == nil {
+		proto = []string{"-p", "tcp"}
+	}
+	return append(slices.Clip(proto), "-m", "comment", "--comment", "bireme", "-j", j.to)
 }
 
 // chainSpec is one of our chains with the rules it must hold, in order.
@@ -176,7 +184,7 @@ func (s *Supervisor) chains() []chainSpec {
 	dirOrig := []string{"-m", "conntrack", "--ctdir", "ORIGINAL"}
 	dirReply := []string{"-m", "conntrack", "--ctdir", "REPLY"}
 	tcp := []string{"-p", "tcp"}
-	return []chainSpec{
+	return append([]chainSpec{
 		{"mangle", chainInput, [][]string{
 			{"-i", "lo", "-j", "RETURN"},
 			r(tcp, isAuth, notSYN, []string{"-j", "RETURN"}),
@@ -210,14 +218,25 @@ func (s *Supervisor) chains() []chainSpec {
 			{"-m", "mark", "!", "--mark", "0x0/" + mask, "-j", "CONNMARK", "--save-mark",
 				"--nfmask", mask, "--ctmask", mask},
 		}},
-	}
+	}, s.nonTCPChains()...) // nontcp.go
 }
 
 // Protect puts the namespace at netnsPath (for example /run/netns/NAME or
-// /proc/PID/ns/net) under protection. It is idempotent: chains that already
-// hold the right rules are left alone, so a restarted agent neither
-// duplicates rules nor opens a gap. Connections established before the
-// first Protect are marked authorized so enforcement does not cut them.
+// /proc/PID/ns/net) under protection. It is idempotent and never opens a
+// gap: chains that already hold the right rules are left alone, a chain
+// that differs is replaced in one iptables-restore transaction, and jumps
+// already present stay, so a restarted or upgraded enforcer takes over the
+// rules of the one before without a moment in which the namespace is
+// unprotected.
+//
+// Adoption of established connections depends on whether Bireme protected
+// the namespace before. On the first install (no BIREME- chain in it),
+// connections established before are marked authorized so enforcement
+// does not cut them. On a takeover (our chains are there), nothing is
+// adopted: every connection made under our rules was decided by an
+// enforcer and carries its mark, so an unmarked established one was made
+// while the rules were missing or bypassed, and is exactly what must not
+// become authorized; it stays unmarked and its packets are dropped.
 func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -226,14 +245,23 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	// Pass 1 of the marking runs before the jumps exist, pass 2 after: a
-	// connection that completed its handshake in between was not seen by
-	// the enforcer and would otherwise be cut. Neither pass touches a
-	// connection that carries one of our bits, so handshakes the enforcer
-	// handled (or refused before ESTABLISHED) are never promoted.
-	var present [][]string // per family: the rules of the built-in chains, as listed
+	// On a first install, pass 1 of the marking runs before the jumps
+	// exist, pass 2 after: a connection that completed its handshake in
+	// between was not seen by the enforcer and would otherwise be cut.
+	// Neither pass touches a connection that carries one of our bits, so
+	// handshakes the enforcer handled (or refused before ESTABLISHED) are
+	// never promoted.
+	var (
+		present  [][]string // per family: the rules of the built-in chains, as listed
+		takeover bool       // a BIREME- chain was there before this call
+	)
 	err = inNetNS(netnsPath, func() error {
 		for _, ipt := range ipts {
+			ours, err := s.chainsPresent(ipt)
+			if err != nil {
+				return fmt.Errorf("%s: %w", protoName(ipt.Proto()), err)
+			}
+			takeover = takeover || ours
 			for _, c := range s.chains() {
 				if err := ensureChain(ipt, c); err != nil {
 					return fmt.Errorf("%s: %w", protoName(ipt.Proto()), err)
@@ -254,12 +282,20 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	// The chains above use conntrack, so from here on the namespace is
-	// tracked; give the sockets that existed before an authorized entry.
-	if err := trackEstablishedSockets(netnsPath, s.layout.Authorized); err != nil {
-		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	adopt := func() error {
+		if takeover {
+			return nil
+		}
+		return markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask())
 	}
-	if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
+	if !takeover {
+		// The chains above use conntrack, so from here on the namespace is
+		// tracked; give the sockets that existed before an authorized entry.
+		if err := trackEstablishedSockets(netnsPath, s.layout.Authorized); err != nil {
+			return fmt.Errorf("protect %s: %w", netnsPath, err)
+		}
+	}
+	if err := adopt(); err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
 	err = inNetNS(netnsPath, func() error {
@@ -286,10 +322,25 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
+	if err := adopt(); err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
 	return nil
+}
+
+// chainsPresent reports whether any chain Protect creates exists in the
+// tables of one family: whether Bireme protected the namespace before.
+func (s *Supervisor) chainsPresent(ipt *iptables.IPTables) (bool, error) {
+	for _, c := range s.chains() {
+		ok, err := ipt.ChainExists(c.table, c.name)
+		if err != nil {
+			return false, fmt.Errorf("check chain %s/%s: %w", c.table, c.name, err)
+		}
+		if ok {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // ensureChain makes chain c exist with exactly c.rules. A chain that
@@ -321,16 +372,31 @@ func ensureChain(ipt *iptables.IPTables, c chainSpec) error {
 			return nil
 		}
 	}
-	// ClearChain creates the chain or empties it. Rebuilding a chain that
-	// is already jumped to leaves a short gap; it only happens when the
-	// layout changed between versions or someone edited our chain.
-	if err := ipt.ClearChain(c.table, c.name); err != nil {
-		return fmt.Errorf("create chain %s/%s: %w", c.table, c.name, err)
-	}
+	return replaceChain(ipt, c)
+}
+
+// replaceChain makes chain c hold exactly c.rules in one iptables-restore
+// transaction: the kernel sees the old chain or the new one, never an
+// empty or half-written one (a chain emptied while jumped to returns every
+// packet unchecked: fail open). An upgrade that changes the rules goes
+// through here while the old rules still protect the namespace; if the new
+// rules are refused, the old ones stay. It runs in the calling thread's
+// network namespace.
+func replaceChain(ipt *iptables.IPTables, c chainSpec) error {
+	var in strings.Builder
+	fmt.Fprintf(&in, "*%s\n:%s - [0:0]\n", c.table, c.name) // declaring a chain with --noflush empties it first
 	for _, rule := range c.rules {
-		if err := ipt.Append(c.table, c.name, rule...); err != nil {
-			return fmt.Errorf("append to %s/%s: %w", c.table, c.name, err)
-		}
+		fmt.Fprintf(&in, "-A %s %s\n", c.name, strings.Join(rule, " "))
+	}
+	in.WriteString("COMMIT\n")
+	tool := "iptables-restore"
+	if ipt.Proto() == iptables.ProtocolIPv6 {
+		tool = "ip6tables-restore"
+	}
+	cmd := exec.Command(tool, "--noflush", "--wait", "5")
+	cmd.Stdin = strings.NewReader(in.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("replace chain %s/%s: %s: %w: %s", c.table, c.name, tool, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

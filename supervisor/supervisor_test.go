@@ -96,8 +96,15 @@ func TestProtectIdempotentAndUnprotectRestores(t *testing.T) {
 	if !strings.Contains(once, ":BIREME-INPUT") || !strings.Contains(once, "-A OUTPUT -p tcp -m comment --comment bireme -j BIREME-SAVE") {
 		t.Fatalf("rules not installed in the namespace:\n%s", once)
 	}
-	if strings.Count(once, "-j NFQUEUE") != 10 { // (2 in BIREME-INPUT + 3 in BIREME-OUTPUT) x 2 families
-		t.Errorf("want 5 NFQUEUE rules per family, got:\n%s", once)
+	if strings.Count(once, "-j NFQUEUE") != 14 { // (2 in BIREME-INPUT + 3 in BIREME-OUTPUT + 1 in each NONTCP chain) x 2 families
+		t.Errorf("want 7 NFQUEUE rules per family, got:\n%s", once)
+	}
+	for _, want := range []string{"-A INPUT ! -p tcp -m comment --comment bireme -j BIREME-NONTCP-IN",
+		"-A OUTPUT ! -p tcp -m comment --comment bireme -j BIREME-NONTCP-OUT",
+		"-A INPUT ! -p tcp -m comment --comment bireme -j BIREME-SAVE"} {
+		if strings.Count(once, want) != 2 { // both families
+			t.Errorf("want %q in both families, got:\n%s", want, once)
+		}
 	}
 	if err := s.Protect(ctx, ns.Path()); err != nil {
 		t.Fatal(err)
@@ -218,4 +225,147 @@ func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 	} else {
 		c.Close()
 	}
+}
+
+// TestChainReplacedInOneStep: a chain that must change (an upgrade with new
+// rules, or someone edited it) is replaced in one transaction. When the new
+// rules are refused, the old ones stay in force rather than an empty or
+// half-written chain, which would return every packet unchecked.
+func TestChainReplacedInOneStep(t *testing.T) {
+	netnstest.RequireNamespaces(t)
+	ns := netnstest.NewNS(t, netnstest.Prefix()+"-r")
+	s := New(marks.Layout{})
+	old := chainSpec{"mangle", "BIREME-TEST", [][]string{
+		{"-p", "tcp", "-j", "RETURN"},
+		{"-j", "DROP"},
+	}}
+	broken := chainSpec{"mangle", "BIREME-TEST", [][]string{
+		{"-p", "udp", "-j", "RETURN"},
+		{"-m", "no-such-match", "-j", "ACCEPT"},
+		{"-j", "DROP"},
+	}}
+	var before, after []string
+	err := inNetNS(ns.Path(), func() error {
+		ipts, err := s.tables()
+		if err != nil {
+			return err
+		}
+		ipt := ipts[0]
+		if err := ensureChain(ipt, old); err != nil {
+			return fmt.Errorf("first install: %w", err)
+		}
+		if before, err = ipt.List(old.table, old.name); err != nil {
+			return err
+		}
+		if err := ensureChain(ipt, broken); err == nil {
+			return fmt.Errorf("a chain with an invalid rule was accepted")
+		}
+		after, err = ipt.List(old.table, old.name)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("a refused replacement changed the chain:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
+	}
+}
+
+// TestTakeoverAdoptsNothing: protection that starts on a namespace adopts
+// the connections established before it, but a later Protect on the same
+// namespace (a restarted or upgraded enforcer taking over) must not adopt a
+// connection made while our rules were not in force: here another tool
+// flushed the built-in chains, removing our jumps but not our chains, and
+// a client connected in that gap. After the takeover the gap connection
+// carries no data; the one adopted at the first install still does.
+func TestTakeoverAdoptsNothing(t *testing.T) {
+	netnstest.RequireNamespaces(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := netnstest.Prefix()
+	srv := netnstest.NewNS(t, p+"-s")
+	cli := netnstest.NewNS(t, p+"-c")
+	if err := netns.Veth(ctx, srv, p+"s0", cli, p+"c0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		ns        *netns.NS
+		dev, addr string
+	}{{srv, p + "s0", "198.18.6.1/24"}, {cli, p + "c0", "198.18.6.2/24"}} {
+		if err := x.ns.Exec(ctx, "ip", "addr", "add", x.addr, "dev", x.dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := srv.Listen("tcp", "198.18.6.1:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := cli.Dial("tcp", "198.18.6.1:7000", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	before := dial()
+
+	s := New(marks.Layout{QueueBase: 3})
+	t.Cleanup(func() { _ = s.Unprotect(context.Background(), srv.Path()) })
+	if err := s.Protect(ctx, srv.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(before, "adopted at the first install"); err != nil {
+		t.Fatalf("connection established before the first Protect: %v", err)
+	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"mangle", "filter"} {
+			// Every chain of the table is emptied, ours too, but ours
+			// still exist: Bireme had protected this namespace.
+			if err := srv.Exec(ctx, tool, "-t", table, "-F"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	gap := dial()
+	if err := echo(gap, "in the gap"); err != nil {
+		t.Fatalf("connection in the gap (no rules in force): %v", err)
+	}
+
+	if err := s.Protect(ctx, srv.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(gap, "after the takeover"); err == nil {
+		t.Error("a connection made while the rules were not in force was adopted as authorized by the takeover")
+	}
+	if err := echo(before, "after the takeover"); err != nil {
+		t.Errorf("connection adopted at the first install, after the takeover: %v", err)
+	}
+}
+
+// echo writes msg on c and expects it back within 3 seconds.
+func echo(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if !bytes.Equal(buf, []byte(msg)) {
+		return fmt.Errorf("echo %q, got %q", msg, buf)
+	}
+	return nil
 }

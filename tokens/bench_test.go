@@ -31,7 +31,7 @@ func BenchmarkSign(b *testing.B) {
 func BenchmarkVerifyCold(b *testing.B) {
 	f := newFixture(b, "cluster.local")
 	e := newTestEngine(b, f.a, f.bundle, nil)
-	syn, _, err := e.NewSYN(workload("frontend", "web-1", 10))
+	syn, _, err := e.NewSYN(workload("frontend", "web-1", 10), testConn)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -54,18 +54,18 @@ func BenchmarkVerifyCached(b *testing.B) {
 	f := newFixture(b, "cluster.local")
 	ce := newTestEngine(b, f.a, f.bundle, nil)
 	se := newTestEngine(b, f.b, f.bundle, nil)
-	syn, _, err := ce.NewSYN(workload("frontend", "web-1", 10))
+	syn, _, err := ce.NewSYN(workload("frontend", "web-1", 10), testConn)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := se.ConsumeSYN(syn); err != nil {
+	if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
 		n := newNonce()
 		copy(syn[1:], n[:]) // what a new SYN from the same workload looks like
-		if _, err := se.ConsumeSYN(syn); err != nil {
+		if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -109,21 +109,21 @@ func benchHandshake(b *testing.B, forget int) {
 			b.StartTimer()
 		}
 		t0 := time.Now()
-		syn, ch, err := ce.NewSYN(client)
+		syn, ch, err := ce.NewSYN(client, testConn)
 		if err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		sh, err := se.ConsumeSYN(syn)
+		sh, err := se.ConsumeSYN(syn, testConn)
 		if err != nil {
 			b.Fatal(err)
 		}
-		synack, err := sh.NewSYNACK(server)
+		synack, err := sh.NewSYNACK(server, testServerISN)
 		if err != nil {
 			b.Fatal(err)
 		}
 		t2 := time.Now()
-		if _, err := ch.ConsumeSYNACK(synack); err != nil {
+		if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 			b.Fatal(err)
 		}
 		ack, err := ch.NewACK()
@@ -159,7 +159,7 @@ func BenchmarkProofs(b *testing.B) {
 	var hc, hs [32]byte
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := handshakeProofs(prk, &nc, &ns, &hc, &hs); err != nil {
+		if _, _, err := handshakeProofs(prk, &nc, &ns, &hc, &hs, &testConn, testServerISN); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -98,6 +98,19 @@ func newReplayCache(max int, width time.Duration) *replayCache {
 	return &replayCache{max: max, width: w, buckets: map[int64]map[[NonceSize]byte]struct{}{}}
 }
 
+// seen reports whether nonce is remembered, without recording it.
+func (r *replayCache) seen(nonce [NonceSize]byte, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	nowIdx := floorDiv(now.Unix(), r.width)
+	for i, b := range r.buckets {
+		if _, ok := b[nonce]; ok && i > nowIdx {
+			return true
+		}
+	}
+	return false
+}
+
 // check records nonce, to be remembered until expires, and reports whether
 // it was already there.
 func (r *replayCache) check(nonce [NonceSize]byte, expires, now time.Time) (replayed bool) {

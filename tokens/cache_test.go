@@ -69,14 +69,14 @@ func TestEngineReplayBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 1), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var last []byte
 	for i := 0; i < 500; i++ {
 		last = withNewNonce(syn)
-		if _, err := se.ConsumeSYN(last); err != nil {
+		if _, err := se.ConsumeSYN(last, testConn); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +85,7 @@ func TestEngineReplayBound(t *testing.T) {
 	}
 	// Bounded, not disabled: the newest nonce is still remembered (an empty
 	// cache would pass the bound above).
-	_, err = se.ConsumeSYN(last)
+	_, err = se.ConsumeSYN(last, testConn)
 	wantReason(t, err, ReasonReplayed)
 }
 

@@ -35,7 +35,7 @@ func TestNodeCertificateUsage(t *testing.T) {
 			odd := issueNodeWith(t, f.ca, "spiffe://cluster.local/node/odd", tt.edit)
 			claims := testClaims("cluster.local", "odd", time.Now())
 			for range 2 { // the second time from the bad-certificate memory
-				_, err := se.ConsumeSYN(craftSYN(t, odd.Cert.Raw, claims, odd.Key))
+				_, err := se.ConsumeSYN(craftSYN(t, odd.Cert.Raw, claims, odd.Key), testConn)
 				wantReason(t, err, ReasonWrongCertUsage)
 			}
 			if n := se.verifier.Load().badCerts.len(); n != 1 {

@@ -74,14 +74,20 @@ func parseClaims(payload []byte) (*Claims, error) {
 }
 
 // identity converts verified claims into a fresh Identity.
+//
+// Labels with the reserved prefix bireme.io/ are dropped: the pseudo-labels
+// policy selects on (service account, namespace) are derived from the
+// signed "sa" and "ns" claims (identity.Identity.PodLabel), never from
+// labels the sender put in "l" or "nl". Dropping them here also keeps a
+// forged value out of flow records.
 func (c *Claims) identity() (*identity.Identity, error) {
 	id := &identity.Identity{
 		Cluster:         c.Cluster,
 		Namespace:       c.Namespace,
 		Pod:             c.Pod,
 		ServiceAccount:  c.ServiceAccount,
-		Labels:          c.Labels,
-		NamespaceLabels: c.NamespaceLabels,
+		Labels:          identity.WithoutReserved(c.Labels),
+		NamespaceLabels: identity.WithoutReserved(c.NamespaceLabels),
 	}
 	for _, p := range c.Ports {
 		name, ok1 := p[0].(string)
@@ -163,34 +169,45 @@ func (c *Claims) window() (start time.Time, span time.Duration) {
 	return start, c.ExpiresAt.Sub(earliest)
 }
 
+// checkClaimsUnsigned does the checks of verifyClaims that come before
+// the signature: the claims parse, and the token's own window. An old
+// captured token, or one valid for too long, is turned away without an
+// ECDSA verification.
+func checkClaimsUnsigned(payload, sig []byte, now time.Time, skew, maxLifetime time.Duration) (claims *Claims, id *identity.Identity, start time.Time, err error) {
+	claims, err = parseClaims(payload)
+	if err != nil {
+		return nil, nil, start, err
+	}
+	id, err = claims.identity()
+	if err != nil {
+		return nil, nil, start, err
+	}
+	// The span needs no skew: iat, nbf and exp all come from the signer's
+	// clock.
+	start, span := claims.window()
+	if span > maxLifetime {
+		return nil, nil, start, reject(ReasonLifetimeTooLong, "identity token of %s/%s/%s valid for %s (until %s), longer than the %s this node accepts", claims.Cluster, claims.Namespace, claims.Pod, span, claims.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime)
+	}
+	if now.Add(skew).Before(start) {
+		return nil, nil, start, reject(ReasonNotYetValid, "identity token of %s/%s/%s not valid before %s (iat or nbf)", claims.Cluster, claims.Namespace, claims.Pod, start.UTC().Format(time.RFC3339))
+	}
+	if now.Add(-skew).After(claims.ExpiresAt.Time) {
+		return nil, nil, start, reject(ReasonExpired, "identity token of %s/%s/%s expired at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if len(sig) != es256SigSize {
+		return nil, nil, start, reject(ReasonMalformed, "identity token signature: %d bytes, want %d", len(sig), es256SigSize)
+	}
+	return claims, id, start, nil
+}
+
 // verifyClaims checks a claims payload and its signature under a verified
 // node certificate at now: a lifetime of at most maxLifetime, validity with
 // skew, signature, that the token names the certificate's node and trust
 // domain.
 func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew, maxLifetime time.Duration) (*verifiedToken, error) {
-	claims, err := parseClaims(payload)
+	claims, id, start, err := checkClaimsUnsigned(payload, sig, now, skew, maxLifetime)
 	if err != nil {
 		return nil, err
-	}
-	id, err := claims.identity()
-	if err != nil {
-		return nil, err
-	}
-	// The token's own window first: an old captured token, or one valid for
-	// too long, is turned away without an ECDSA verification. The span needs
-	// no skew: iat, nbf and exp all come from the signer's clock.
-	start, span := claims.window()
-	if span > maxLifetime {
-		return nil, reject(ReasonLifetimeTooLong, "identity token of %s/%s/%s valid for %s (until %s), longer than the %s this node accepts", claims.Cluster, claims.Namespace, claims.Pod, span, claims.ExpiresAt.UTC().Format(time.RFC3339), maxLifetime)
-	}
-	if now.Add(skew).Before(start) {
-		return nil, reject(ReasonNotYetValid, "identity token of %s/%s/%s not valid before %s (iat or nbf)", claims.Cluster, claims.Namespace, claims.Pod, start.UTC().Format(time.RFC3339))
-	}
-	if now.Add(-skew).After(claims.ExpiresAt.Time) {
-		return nil, reject(ReasonExpired, "identity token of %s/%s/%s expired at %s", claims.Cluster, claims.Namespace, claims.Pod, claims.ExpiresAt.UTC().Format(time.RFC3339))
-	}
-	if len(sig) != es256SigSize {
-		return nil, reject(ReasonMalformed, "identity token signature: %d bytes, want %d", len(sig), es256SigSize)
 	}
 	if err := verifyClaimsSignature(payload, sig, vc.pub); err != nil {
 		return nil, err

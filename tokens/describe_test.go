@@ -70,13 +70,13 @@ func TestDescribePEM(t *testing.T) {
 func TestNilHandshakes(t *testing.T) {
 	var c *ClientHandshake
 	var s *ServerHandshake
-	if _, err := c.ConsumeSYNACK(nil); err == nil {
+	if _, err := c.ConsumeSYNACK(nil, testServerISN); err == nil {
 		t.Error("nil ConsumeSYNACK")
 	}
 	if _, err := c.NewACK(); err == nil {
 		t.Error("nil NewACK")
 	}
-	if _, err := s.NewSYNACK(nil); err == nil {
+	if _, err := s.NewSYNACK(nil, testServerISN); err == nil {
 		t.Error("nil NewSYNACK")
 	}
 	if err := s.ConsumeACK(nil); err == nil {
@@ -87,13 +87,13 @@ func TestNilHandshakes(t *testing.T) {
 	}
 	// Zero values (not made by the engine) fail the same way.
 	c, s = new(ClientHandshake), new(ServerHandshake)
-	if _, err := c.ConsumeSYNACK([]byte{typeSYNACK}); err == nil {
+	if _, err := c.ConsumeSYNACK([]byte{typeSYNACK}, testServerISN); err == nil {
 		t.Error("zero ConsumeSYNACK")
 	}
 	if _, err := c.NewACK(); err == nil {
 		t.Error("zero NewACK")
 	}
-	if _, err := s.NewSYNACK(&identity.Identity{Namespace: "a", Pod: "b"}); err == nil {
+	if _, err := s.NewSYNACK(&identity.Identity{Namespace: "a", Pod: "b"}, testServerISN); err == nil {
 		t.Error("zero NewSYNACK")
 	}
 	if err := s.ConsumeACK(make([]byte, ACKSize)); err == nil {

@@ -20,12 +20,13 @@
 //
 //	e, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: bundle})
 //	// client side
-//	syn, ch, err := e.NewSYN(clientWorkload)      // attach syn to the SYN
-//	peer, err := ch.ConsumeSYNACK(synackPayload)  // verified server identity
-//	ack, err := ch.NewACK()                       // attach ack to the ACK
-//	// server side
-//	sh, err := e.ConsumeSYN(synPayload)           // sh.Peer(): verified client
-//	synack, err := sh.NewSYNACK(serverWorkload)
+//	conn := tokens.Endpoints{Client: src, Server: dst, ClientISN: synSeq}
+//	syn, ch, err := e.NewSYN(clientWorkload, conn)       // attach syn to the SYN
+//	peer, err := ch.ConsumeSYNACK(synackPayload, synackSeq) // verified server identity
+//	ack, err := ch.NewACK()                              // attach ack to the ACK
+//	// server side, conn as the server observes it
+//	sh, err := e.ConsumeSYN(synPayload, conn)            // sh.Peer(): verified client
+//	synack, err := sh.NewSYNACK(serverWorkload, synackSeq)
 //	err = sh.ConsumeACK(ackPayload)
 //
 // Every Consume* error is a *RejectError; ReasonOf gives its Reason for flow

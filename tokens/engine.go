@@ -61,6 +61,13 @@ type Config struct {
 	// not be below TokenLifetime, or peers configured alike would refuse
 	// each other's tokens.
 	MaxPeerTokenLifetime time.Duration
+	// NATGateways declares the trust domains whose nodes reach this one
+	// through source NAT, each with the address ranges of its gateways (the
+	// translated source addresses). A SYN's claimed source must equal the
+	// observed one, except for a client of a declared domain seen from one
+	// of its gateways; the destination the client dialed must always be
+	// this server. Empty: no NAT, every address is bound.
+	NATGateways NATGateways
 }
 
 // Engine signs this node's workload identities, verifies peers', and runs
@@ -81,6 +88,7 @@ type Engine struct {
 	keys     atomic.Pointer[localKeys]
 	verifier atomic.Pointer[verifier]
 	replay   *replayCache
+	nat      NATGateways
 }
 
 // verifier is a trust bundle with the caches of what was verified under it.
@@ -94,14 +102,23 @@ type verifier struct {
 	// peer node costs one ECDSA verification per minute, not one per SYN.
 	badCerts *byteCache[error]
 	peers    *byteCache[*peerToken] // by token encoding
+	// badTokens remembers tokens that failed for a reason time cannot
+	// cure (bad signature, malformed claims, wrong trust domain, too long
+	// a lifetime, expired), by the SHA-256 of their encoding, for
+	// badTokenMemory:
+	// a forged token replayed in a flood of SYNs costs a hash and a map
+	// lookup, not an ECDSA verification each time. Keyed by the digest so
+	// that a flood of large forged tokens does not hold their bytes.
+	badTokens *byteCache[error]
 }
 
 func newVerifier(trust *TrustBundle, cacheMax int) *verifier {
 	return &verifier{
-		trust:    trust,
-		certs:    newByteCache[*verifiedCert](cacheMax),
-		badCerts: newByteCache[error](cacheMax),
-		peers:    newByteCache[*peerToken](cacheMax),
+		trust:     trust,
+		certs:     newByteCache[*verifiedCert](cacheMax),
+		badCerts:  newByteCache[error](cacheMax),
+		peers:     newByteCache[*peerToken](cacheMax),
+		badTokens: newByteCache[error](cacheMax),
 	}
 }
 
@@ -135,6 +152,12 @@ type localToken struct {
 // cannot cure is rejected without being checked again.
 const badCertMemory = time.Minute
 
+// badTokenMemory is how long a token that failed for a reason time cannot
+// cure is rejected without being checked again. Short: the entry only
+// saves work, and a flood of distinct forged tokens churns the cache
+// anyway (the datapath's verification budget bounds that case).
+const badTokenMemory = time.Minute
+
 // maxLocalTokens bounds the signed-token cache; a node hosts at most a few
 // hundred workloads, each with one current identity.
 const maxLocalTokens = 4096
@@ -156,6 +179,17 @@ func NewEngine(cfg Config) (*Engine, error) {
 		skew:            cfg.ClockSkew,
 		now:             cfg.Now,
 		cacheMax:        cfg.PeerCacheSize,
+		nat:             maps.Clone(cfg.NATGateways),
+	}
+	for td, gateways := range e.nat {
+		if td == "" || len(gateways) == 0 {
+			return nil, fmt.Errorf("tokens engine: NAT declaration %q=%v: a trust domain and at least one gateway range are needed", td, gateways)
+		}
+		for _, g := range gateways {
+			if !g.IsValid() {
+				return nil, fmt.Errorf("tokens engine: NAT declaration for %q: invalid prefix", td)
+			}
+		}
 	}
 	if e.lifetime <= 0 {
 		e.lifetime = DefaultTokenLifetime
@@ -362,13 +396,49 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 		}
 		vf.certs.put(t.cert, vc, vc.notAfter.Add(e.skew), now)
 	}
-	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
-	if err != nil {
+	digest := sha256.Sum256(t.raw)
+	if err, bad := vf.badTokens.get(digest[:], now); bad {
 		return nil, err
 	}
-	p := &peerToken{v: v, digest: sha256.Sum256(t.raw)}
+	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+	if err != nil {
+		// Not-yet-valid may become valid; everything else stays
+		// refused (expired included: it is checked before the signature,
+		// but remembering it keeps a replayed old token from costing a
+		// datapath's verification budget more than once).
+		if ReasonOf(err) != ReasonNotYetValid {
+			vf.badTokens.put(digest[:], err, now.Add(badTokenMemory), now)
+		}
+		return nil, err
+	}
+	p := &peerToken{v: v, digest: digest}
 	vf.peers.put(t.raw, p, v.notAfter.Add(e.skew), now)
 	return p, nil
+}
+
+// needsVerification reports whether verifyPeer(t) would verify a
+// signature: t is neither a verified token nor remembered as bad, its
+// certificate is not remembered as bad either, and, if its certificate is
+// known, its claims pass the checks that come before the signature. (A
+// certificate never seen is counted as a verification: checking it is
+// one, unless it names no trusted CA.)
+func (e *Engine) needsVerification(t wireToken, now time.Time) bool {
+	vf := e.verifier.Load()
+	if _, ok := vf.peers.get(t.raw, now); ok {
+		return false
+	}
+	if _, bad := vf.badCerts.get(t.cert, now); bad {
+		return false
+	}
+	digest := sha256.Sum256(t.raw)
+	if _, bad := vf.badTokens.get(digest[:], now); bad {
+		return false
+	}
+	if _, known := vf.certs.get(t.cert, now); known {
+		_, _, _, err := checkClaimsUnsigned(t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+		return err == nil
+	}
+	return true
 }
 
 // pairKey returns the cached key shared by this node's key and the peer's.

@@ -50,7 +50,7 @@ func TestMessageSizes(t *testing.T) {
 	client := workload("frontend", "web-7d9f8c6b5-abcde", 10)
 	h := startHandshake(t, ce, se, client, workload("backend", "api-5c6d7e8f9-fghij", 10))
 	syn, ch, synack := h.syn, h.ch, h.synack
-	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+	if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	ack, err := ch.NewACK()
@@ -80,22 +80,22 @@ func TestConcurrentHandshakes(t *testing.T) {
 			for i := 0; i < 20; i++ {
 				client := workload("ns", "client", g%3)
 				server := workload("ns", "server", i%2)
-				syn, ch, err := ce.NewSYN(client)
+				syn, ch, err := ce.NewSYN(client, testConn)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				sh, err := se.ConsumeSYN(syn)
+				sh, err := se.ConsumeSYN(syn, testConn)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				synack, err := sh.NewSYNACK(server)
+				synack, err := sh.NewSYNACK(server, testServerISN)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				if _, err := ch.ConsumeSYNACK(synack); err != nil {
+				if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 					t.Error(err)
 					return
 				}
@@ -135,7 +135,7 @@ func TestRetransmissions(t *testing.T) {
 	_, ce, se := newPair(t)
 	h := startHandshake(t, ce, se, workload("ns", "c", 1), workload("ns", "s", 1))
 	ch, sh, s1 := h.ch, h.sh, h.synack
-	s2, err := sh.NewSYNACK(workload("ns", "s", 1))
+	s2, err := sh.NewSYNACK(workload("ns", "s", 1), testServerISN)
 	if err != nil {
 		t.Fatal("retransmitted NewSYNACK:", err)
 	}
@@ -145,14 +145,14 @@ func TestRetransmissions(t *testing.T) {
 	// Each call returns its own bytes: what a caller does with one (the
 	// datapath writes into packets) does not change the next.
 	s2[len(s2)-1] ^= 1
-	if s3, err := sh.NewSYNACK(workload("ns", "s", 1)); err != nil || string(s3) != string(s1) {
+	if s3, err := sh.NewSYNACK(workload("ns", "s", 1), testServerISN); err != nil || string(s3) != string(s1) {
 		t.Fatalf("SYN-ACK after a caller changed an earlier one: %v, same bytes %v", err, string(s3) == string(s1))
 	}
 	if n, ok := SYNACKClientNonce(s1); !ok || n != ch.Nonce() {
 		t.Fatal("SYNACKClientNonce does not return the echoed nonce")
 	}
 	for i := 0; i < 2; i++ {
-		if _, err := ch.ConsumeSYNACK(s1); err != nil {
+		if _, err := ch.ConsumeSYNACK(s1, testServerISN); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -192,8 +192,8 @@ func TestNewEngineErrors(t *testing.T) {
 		"no pod":       {Namespace: "ns"},
 		"no namespace": {Pod: "p"},
 	} {
-		if _, _, err := e.NewSYN(id); err == nil {
-			t.Errorf("NewSYN(%s) accepted", name)
+		if _, _, err := e.NewSYN(id, testConn); err == nil {
+			t.Errorf("NewSYN(%s, testConn) accepted", name)
 		}
 	}
 }

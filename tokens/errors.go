@@ -40,8 +40,18 @@ const (
 	// lifetime.
 	ReasonReplayed Reason = "replayed-nonce"
 	// ReasonBadProof: a handshake proof does not verify, or a SYN-ACK does
-	// not echo the client's nonce.
+	// not echo the client's nonce. On the client this includes a server
+	// proof bound to another connection than the one the client dialed
+	// (the client cannot tell that from a forged proof).
 	ReasonBadProof Reason = "bad-proof"
+	// ReasonEndpointMismatch: the connection a SYN claims (the client's
+	// source and the destination it dialed) is not the one the server
+	// observes: the SYN was relayed, or its source was translated by a NAT
+	// not declared for the client's trust domain.
+	ReasonEndpointMismatch Reason = "endpoint-mismatch"
+	// ReasonUnsupportedVersion: the message is of another protocol version
+	// (version 1 binds no endpoints and is never accepted).
+	ReasonUnsupportedVersion Reason = "unsupported-version"
 )
 
 // RejectError is the error every Consume* method returns: a Reason for flow

@@ -3,6 +3,7 @@ package tokens_test
 import (
 	"fmt"
 	"log"
+	"net/netip"
 
 	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/tokens"
@@ -34,21 +35,30 @@ func Example() {
 	client := &identity.Identity{Namespace: "shop", Pod: "web-1", Labels: map[string]string{"app": "web"}}
 	server := &identity.Identity{Namespace: "shop", Pod: "db-1", Labels: map[string]string{"app": "db"}}
 
-	syn, ch, err := clientNode.NewSYN(client) // rides in the SYN
+	// The connection as both sides see it (no NAT between them): the
+	// addresses and ports, and the ISNs of the SYN and the SYN-ACK.
+	conn := tokens.Endpoints{
+		Client:    netip.MustParseAddrPort("198.18.1.2:40000"),
+		Server:    netip.MustParseAddrPort("198.18.2.2:5432"),
+		ClientISN: 1000,
+	}
+	const serverISN = 2000
+
+	syn, ch, err := clientNode.NewSYN(client, conn) // rides in the SYN
 	if err != nil {
 		log.Fatal(err)
 	}
-	sh, err := serverNode.ConsumeSYN(syn)
+	sh, err := serverNode.ConsumeSYN(syn, conn)
 	if err != nil {
 		log.Fatal(tokens.ReasonOf(err), err)
 	}
 	fmt.Println("server sees", sh.Peer(), sh.Peer().Labels)
 
-	synack, err := sh.NewSYNACK(server) // rides in the SYN-ACK
+	synack, err := sh.NewSYNACK(server, serverISN) // rides in the SYN-ACK
 	if err != nil {
 		log.Fatal(err)
 	}
-	peer, err := ch.ConsumeSYNACK(synack)
+	peer, err := ch.ConsumeSYNACK(synack, serverISN)
 	if err != nil {
 		log.Fatal(tokens.ReasonOf(err), err)
 	}
@@ -61,12 +71,19 @@ func Example() {
 	fmt.Println("ACK bytes:", len(ack))
 	fmt.Println("ACK verifies:", sh.ConsumeACK(ack) == nil)
 
-	_, err = serverNode.ConsumeSYN(syn) // the same SYN again
+	_, err = serverNode.ConsumeSYN(syn, conn) // the same SYN again
 	fmt.Println("replayed SYN:", tokens.ReasonOf(err))
+
+	// The SYN passed on by a third address: it names the server it was
+	// sent to and the address it came from.
+	relayed := tokens.Endpoints{Client: netip.MustParseAddrPort("198.18.1.66:40000"), Server: netip.MustParseAddrPort("198.18.3.2:5432"), ClientISN: 1000}
+	_, err = engine("node-c").ConsumeSYN(syn, relayed)
+	fmt.Println("relayed SYN:", tokens.ReasonOf(err))
 	// Output:
 	// server sees cluster.local/shop/web-1 map[app:web]
 	// client sees cluster.local/shop/db-1 map[app:db]
 	// ACK bytes: 17
 	// ACK verifies: true
 	// replayed SYN: replayed-nonce
+	// relayed SYN: endpoint-mismatch
 }

@@ -2,8 +2,10 @@ package tokens
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -30,23 +32,31 @@ type fuzzWorld struct {
 	syn, synack, ack []byte
 }
 
+// fuzzGateway is a NAT gateway declared for cluster.local on the fuzz
+// world's server: a fuzzed SYN seen from it may claim any source.
+var fuzzGateway = netip.MustParseAddrPort("198.18.100.7:61000")
+
 func newFuzzWorld(t testing.TB) *fuzzWorld {
 	f := newFixture(t, "cluster.local")
-	w := &fuzzWorld{ce: newTestEngine(t, f.a, f.bundle, nil), se: newTestEngine(t, f.b, f.bundle, nil)}
-	var err error
-	if w.syn, w.ch, err = w.ce.NewSYN(workload("frontend", "web-1", 4)); err != nil {
+	se, err := NewEngine(Config{Credentials: f.b, Trust: f.bundle,
+		NATGateways: NATGateways{"cluster.local": {netip.MustParsePrefix("198.18.100.0/24")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &fuzzWorld{ce: newTestEngine(t, f.a, f.bundle, nil), se: se}
+	if w.syn, w.ch, err = w.ce.NewSYN(workload("frontend", "web-1", 4), testConn); err != nil {
 		t.Fatal(err)
 	}
 	// The server engine verifies a copy so that the fuzzed SYN seed is not a replay.
-	if w.sh, err = w.se.ConsumeSYN(withNewNonce(w.syn)); err != nil {
+	if w.sh, err = w.se.ConsumeSYN(withNewNonce(w.syn), testConn); err != nil {
 		t.Fatal(err)
 	}
 	// A SYN-ACK answering the client's real nonce.
 	w.sh.clientNonce = w.ch.Nonce()
-	if w.synack, err = w.sh.NewSYNACK(workload("backend", "api-1", 3)); err != nil {
+	if w.synack, err = w.sh.NewSYNACK(workload("backend", "api-1", 3), testServerISN); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.ch.ConsumeSYNACK(w.synack); err != nil {
+	if _, err := w.ch.ConsumeSYNACK(w.synack, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	if w.ack, err = w.ch.NewACK(); err != nil {
@@ -61,23 +71,55 @@ func checkRejection(t *testing.T, err error) {
 	}
 }
 
+// FuzzConsumeSYN fuzzes the SYN, seen either directly (observed as the
+// fuzz world's connection) or from a declared NAT gateway.
 func FuzzConsumeSYN(f *testing.F) {
 	w := newFuzzWorld(f)
-	f.Add(w.syn)
-	f.Add(w.syn[:len(w.syn)/2])
-	f.Add([]byte{typeSYN})
-	f.Fuzz(func(t *testing.T, payload []byte) {
-		sh, err := w.se.ConsumeSYN(payload)
+	f.Add(w.syn, false)
+	f.Add(w.syn, true)
+	f.Add(w.syn[:len(w.syn)/2], false)
+	f.Add([]byte{typeSYN}, false)
+	f.Add(ipv6SYN(f, w), false)
+	f.Fuzz(func(t *testing.T, payload []byte, viaGateway bool) {
+		observed := testConn
+		if viaGateway {
+			observed.Client = fuzzGateway
+		}
+		sh, err := w.se.ConsumeSYN(payload, observed)
 		checkRejection(t, err)
 		if err == nil {
 			if sh.Peer() == nil {
 				t.Fatal("accepted SYN without a peer identity")
 			}
-			if _, err := sh.NewSYNACK(workload("backend", "api-1", 1)); err != nil {
+			if sh.conn.Server != observed.Server {
+				t.Fatalf("accepted a SYN sent to %s at %s", sh.conn.Server, observed.Server)
+			}
+			if sh.conn.Client != observed.Client && !viaGateway {
+				t.Fatalf("accepted a SYN sent from %s, seen from %s, not a NAT gateway", sh.conn.Client, observed.Client)
+			}
+			if _, err := sh.NewSYNACK(workload("backend", "api-1", 1), testServerISN); err != nil {
 				t.Fatal(err)
 			}
 		}
 	})
+}
+
+// ipv6SYN is a SYN of the fuzz world's client on an IPv6 connection (the
+// long form of the endpoints) that the fuzz world's server accepts when it
+// observes testConn: its endpoints are testConn's, IPv4-mapped.
+func ipv6SYN(t testing.TB, w *fuzzWorld) []byte {
+	mapped := func(ap netip.AddrPort) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
+	}
+	conn := Endpoints{Client: mapped(testConn.Client), Server: mapped(testConn.Server), ClientISN: testConn.ClientISN}
+	syn, _, err := w.ce.NewSYN(workload("frontend", "web-1", 1), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if syn[1+NonceSize] != 6 {
+		t.Fatalf("IPv4-mapped endpoints encoded as family %d", syn[1+NonceSize])
+	}
+	return syn
 }
 
 func FuzzConsumeSYNACK(f *testing.F) {
@@ -88,8 +130,8 @@ func FuzzConsumeSYNACK(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		// A fresh handshake with the world's nonce, so an accepted fuzzed
 		// SYN-ACK does not change the state other inputs see.
-		ch := &ClientHandshake{e: w.ce, keys: w.ch.keys, nonce: w.ch.nonce, token: w.ch.token}
-		peer, err := ch.ConsumeSYNACK(payload)
+		ch := &ClientHandshake{e: w.ce, keys: w.ch.keys, nonce: w.ch.nonce, token: w.ch.token, conn: w.ch.conn}
+		peer, err := ch.ConsumeSYNACK(payload, testServerISN)
 		checkRejection(t, err)
 		if err == nil && peer == nil {
 			t.Fatal("accepted SYN-ACK without a peer identity")
@@ -116,7 +158,7 @@ func FuzzConsumeACK(f *testing.F) {
 // arbitrary certificate, claims and signature bytes.
 func FuzzParseToken(f *testing.F) {
 	w := newFuzzWorld(f)
-	f.Add(w.syn[1+NonceSize:])
+	f.Add(w.syn[1+NonceSize+wireEndpointsSize4:])
 	f.Add([]byte{0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tok, err := parseToken(b)
@@ -166,21 +208,32 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		case string:
 			line = fmt.Sprintf("string(%q)", v)
 		}
+		if target == "FuzzConsumeSYN" { // (payload, viaGateway)
+			line += fmt.Sprintf("\nbool(%v)", strings.HasSuffix(name, "-via-gateway"))
+		}
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("go test fuzz v1\n"+line+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	flip := func(b []byte, i int) []byte { c := append([]byte(nil), b...); c[i] ^= 0x55; return c }
+	tokenAt := 1 + NonceSize + wireEndpointsSize4
 	write("FuzzConsumeSYN", "valid", w.syn)
+	write("FuzzConsumeSYN", "valid-via-gateway", w.syn)
+	write("FuzzConsumeSYN", "ipv6", ipv6SYN(t, w))
+	write("FuzzConsumeSYN", "version-1", append([]byte{0x11}, w.syn[1:]...))
+	write("FuzzConsumeSYN", "bad-endpoint-family", flip(w.syn, 1+NonceSize))
+	write("FuzzConsumeSYN", "other-server-via-gateway", flip(w.syn, tokenAt-2))
 	write("FuzzConsumeSYN", "truncated", w.syn[:100])
-	write("FuzzConsumeSYN", "bad-cert-length", flip(w.syn, 1+NonceSize))
+	write("FuzzConsumeSYN", "bad-cert-length", flip(w.syn, tokenAt))
 	write("FuzzConsumeSYN", "bad-claims", flip(w.syn, len(w.syn)-80))
 	write("FuzzConsumeSYNACK", "valid", w.synack)
 	write("FuzzConsumeSYNACK", "bad-proof", flip(w.synack, len(w.synack)-1))
 	write("FuzzConsumeSYNACK", "short", w.synack[:33])
 	write("FuzzConsumeACK", "valid", w.ack)
 	write("FuzzConsumeACK", "wrong-type", flip(w.ack, 0))
-	write("FuzzParseToken", "valid", w.syn[1+NonceSize:])
+	write("FuzzConsumeSYNACK", "version-1", append([]byte{0x12}, w.synack[1:]...))
+	write("FuzzConsumeACK", "version-1", append([]byte{0x13}, w.ack[1:]...))
+	write("FuzzParseToken", "valid", w.syn[tokenAt:])
 	write("FuzzParseToken", "empty-fields", []byte{0, 0, 0, 0})
 	m, _ := parseSYN(w.syn)
 	write("FuzzParseClaims", "valid", m.token.payload)

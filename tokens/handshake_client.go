@@ -20,34 +20,41 @@ type ClientHandshake struct {
 	keys  *localKeys
 	nonce [NonceSize]byte
 	token *localToken
+	// conn is the connection the SYN was sent on: the proofs must bind it.
+	conn Endpoints
 
 	mu   sync.Mutex
 	peer *peerToken
 	ack  [ACKSize]byte
 }
 
-// NewSYN starts a client handshake for the local workload: its signed
-// identity token and a fresh nonce. Call it for every SYN sent, including
-// retransmissions: a server rejects a nonce it has seen.
-func (e *Engine) NewSYN(local *identity.Identity) ([]byte, *ClientHandshake, error) {
+// NewSYN starts a client handshake for the local workload on conn (its
+// source, the destination it dialed and the SYN's sequence number): its
+// signed identity token, a fresh nonce and conn's addresses. Call it for
+// every SYN sent, including retransmissions: a server rejects a nonce it
+// has seen.
+func (e *Engine) NewSYN(local *identity.Identity, conn Endpoints) ([]byte, *ClientHandshake, error) {
 	keys := e.keys.Load()
 	t, err := e.localToken(keys, local, e.now())
 	if err != nil {
 		return nil, nil, fmt.Errorf("new SYN: %w", err)
 	}
-	c := &ClientHandshake{e: e, keys: keys, nonce: newNonce(), token: t}
-	payload := appendSYN(make([]byte, 0, 1+NonceSize+len(t.wire)), &c.nonce, t.wire)
+	c := &ClientHandshake{e: e, keys: keys, nonce: newNonce(), token: t, conn: conn}
+	payload := appendSYN(make([]byte, 0, 1+NonceSize+wireEndpointsSize6+len(t.wire)), &c.nonce, &c.conn, t.wire)
 	return payload, c, nil
 }
 
 // Nonce returns the client nonce this handshake's SYN carried.
 func (c *ClientHandshake) Nonce() [NonceSize]byte { return c.nonce }
 
-// ConsumeSYNACK verifies the server's SYN-ACK payload: that it echoes this
-// handshake's nonce, that the server token is valid, and that the server's
-// proof is bound to both nonces and both tokens under the key only the two
-// nodes share. It returns the verified server identity.
-func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, error) {
+// ConsumeSYNACK verifies the server's SYN-ACK payload, whose packet
+// carried the sequence number serverISN: that it echoes this handshake's
+// nonce, that the server token is valid, and that the server's proof is
+// bound to both nonces, both tokens and this connection (the address the
+// client dialed, its own, both ISNs) under the key only the two nodes
+// share. It returns the verified server identity: the workload that
+// answers at the dialed address, on which the egress decision is made.
+func (c *ClientHandshake) ConsumeSYNACK(payload []byte, serverISN uint32) (*identity.Identity, error) {
 	if c == nil || c.e == nil || c.keys == nil || c.token == nil {
 		return nil, reject(ReasonBadProof, "no client handshake (not made by NewSYN)")
 	}
@@ -67,12 +74,14 @@ func (c *ClientHandshake) ConsumeSYNACK(payload []byte) (*identity.Identity, err
 	if err != nil {
 		return nil, reject(ReasonBadProof, "%v", err)
 	}
-	serverProof, clientProof, err := handshakeProofs(k, &c.nonce, &m.serverNonce, &c.token.digest, &p.digest)
+	serverProof, clientProof, err := handshakeProofs(k, &c.nonce, &m.serverNonce, &c.token.digest, &p.digest, &c.conn, serverISN)
 	if err != nil {
 		return nil, reject(ReasonBadProof, "%v", err)
 	}
 	if subtle.ConstantTimeCompare(serverProof[:], m.proof[:]) != 1 {
-		return nil, reject(ReasonBadProof, "server proof of %s does not verify", p.v.id)
+		// Either a forged proof, or a genuine one of p for another
+		// connection: a relay that passed our SYN on to p from elsewhere.
+		return nil, reject(ReasonBadProof, "server proof of %s does not verify for %s (relayed, or forged)", p.v.id, c.conn)
 	}
 	c.mu.Lock()
 	c.peer = p

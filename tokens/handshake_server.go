@@ -19,22 +19,53 @@ type ServerHandshake struct {
 	e           *Engine
 	clientNonce [NonceSize]byte
 	client      *peerToken
+	// conn is the connection as the client claimed it, checked against
+	// what this server observed; the proofs bind it.
+	conn Endpoints
 
 	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
 	// carries the same bytes; the payload itself is rebuilt from them rather
 	// than stored and copied, one allocation less per connection.
-	mu          sync.Mutex
-	token       *localToken // nil until a SYN-ACK was built
-	serverNonce [NonceSize]byte
-	serverProof [ProofSize]byte
-	clientProof [ProofSize]byte
+	mu sync.Mutex
+	// nonceRecorded: the client nonce is in the replay cache (RecordNonce).
+	nonceRecorded bool
+	token         *localToken // nil until a SYN-ACK was built
+	serverNonce   [NonceSize]byte
+	serverProof   [ProofSize]byte
+	clientProof   [ProofSize]byte
 }
 
-// ConsumeSYN verifies a SYN payload: the client's token (certificate chain,
-// trust domain, validity, signature) and that its nonce is new.
-func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
+// ConsumeSYN verifies a SYN payload that arrived on observed and records
+// its nonce: VerifySYN and RecordNonce in one.
+func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
+	s, err := e.VerifySYN(payload, observed)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.RecordNonce(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// VerifySYN verifies a SYN payload that arrived on observed (the client
+// address and port as this server sees them, its own, and the SYN's
+// sequence number): that the connection the client claims is this one
+// (endpoint-mismatch otherwise, see Config.NATGateways), the client's token
+// (certificate chain, trust domain, validity, signature) and that its
+// nonce is new. It does not record the nonce: call RecordNonce once the
+// handshake is accepted (policy allowed it), so that SYNs refused anyway —
+// a flood of denied identities — cannot fill the replay cache and push out
+// the nonces of accepted handshakes. NewSYNACK refuses to answer until the
+// nonce is recorded.
+func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
+		return nil, err
+	}
+	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
+	// Before the signature check: a relayed SYN costs no ECDSA.
+	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, ""); err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -42,10 +73,56 @@ func (e *Engine) ConsumeSYN(payload []byte) (*ServerHandshake, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.replay.check(m.clientNonce, p.v.notAfter.Add(e.skew), now) {
+	if claimed.Client != observed.Client {
+		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain); err != nil {
+			return nil, err
+		}
+	}
+	if e.replay.seen(m.clientNonce, now) {
 		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
 	}
-	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p}, nil
+	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}, nil
+}
+
+// SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload,
+// arrived on observed, would verify a signature (an ECDSA verification,
+// the expensive part): the SYN is not refused by a cheaper check first
+// (malformed, relayed, claims expired or too long-lived under a known
+// certificate), and its token was neither verified before nor remembered
+// as invalid. A datapath asks it to charge only such SYNs to a CPU budget,
+// so that SYNs refused cheaply cannot use the budget up. It verifies
+// nothing and keeps nothing of payload.
+func (e *Engine) SYNNeedsVerification(payload []byte, observed Endpoints) bool {
+	m, err := parseSYN(payload)
+	if err != nil {
+		return false
+	}
+	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
+	if e.nat.checkClaimedEndpoints(&claimed, &observed, "") != nil {
+		return false
+	}
+	return e.needsVerification(m.token, e.now())
+}
+
+// RecordNonce records the client nonce of a handshake made by VerifySYN as
+// used, until the client token expires. It fails with replayed-nonce if
+// the nonce was recorded since VerifySYN checked it (the same SYN accepted
+// twice). Calling it again on the same handshake does nothing.
+func (s *ServerHandshake) RecordNonce() error {
+	if s == nil || s.e == nil || s.client == nil {
+		return reject(ReasonBadProof, "no server handshake (not made by VerifySYN)")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nonceRecorded {
+		return nil
+	}
+	e := s.e
+	if e.replay.check(s.clientNonce, s.client.v.notAfter.Add(e.skew), e.now()) {
+		return reject(ReasonReplayed, "client nonce of %s already seen", s.client.v.id)
+	}
+	s.nonceRecorded = true
+	return nil
 }
 
 // Peer returns a copy of the verified client identity.
@@ -64,17 +141,24 @@ func (s *ServerHandshake) PeerNode() string {
 	return s.client.v.node
 }
 
-// NewSYNACK returns the SYN-ACK payload for the local (server) workload: its
-// token, a fresh server nonce, the echoed client nonce and the server proof.
-// Called again (a retransmitted SYN-ACK) it returns the same bytes.
-func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
+// NewSYNACK returns the SYN-ACK payload for the local (server) workload,
+// whose SYN-ACK carries the sequence number serverISN: its token, a fresh
+// server nonce, the echoed client nonce and the server proof. Called again
+// (a retransmitted SYN-ACK) it returns the same bytes: the first call's
+// ISN is kept, as the kernel retransmits with the same one.
+func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) ([]byte, error) {
 	if s == nil || s.e == nil || s.client == nil {
 		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.nonceRecorded {
+		// Answering a SYN whose nonce is not recorded would let the same
+		// SYN be answered again and again.
+		return nil, errors.New("new SYN-ACK: client nonce not recorded (RecordNonce)")
+	}
 	if s.token == nil {
-		if err := s.prepareSYNACK(local); err != nil {
+		if err := s.prepareSYNACK(local, serverISN); err != nil {
 			return nil, fmt.Errorf("new SYN-ACK: %w", err)
 		}
 	}
@@ -84,7 +168,7 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity) ([]byte, error) {
 
 // prepareSYNACK signs (or finds) the local token, draws the server nonce and
 // computes both proofs; s.mu is held.
-func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
+func (s *ServerHandshake) prepareSYNACK(local *identity.Identity, serverISN uint32) error {
 	now := s.e.now()
 	keys := s.e.keys.Load()
 	t, err := s.e.localToken(keys, local, now)
@@ -96,7 +180,7 @@ func (s *ServerHandshake) prepareSYNACK(local *identity.Identity) error {
 		return err
 	}
 	ns := newNonce()
-	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest)
+	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest, &s.conn, serverISN)
 	if err != nil {
 		return err
 	}

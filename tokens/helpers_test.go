@@ -2,12 +2,23 @@ package tokens
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/bireme/bireme/identity"
 )
+
+// testConn is the connection the tests' handshakes run on, seen alike by
+// both sides (no NAT), and testServerISN its SYN-ACK's sequence number.
+var testConn = Endpoints{
+	Client:    netip.MustParseAddrPort("198.18.1.2:40000"),
+	Server:    netip.MustParseAddrPort("198.18.2.2:8080"),
+	ClientISN: 0x1000_0001,
+}
+
+const testServerISN = 0x2000_0002
 
 // clock is a settable clock for engines under test.
 type clock struct {
@@ -109,13 +120,13 @@ func startHandshake(t testing.TB, ce, se *Engine, client, server *identity.Ident
 	t.Helper()
 	var h halfHandshake
 	var err error
-	if h.syn, h.ch, err = ce.NewSYN(client); err != nil {
+	if h.syn, h.ch, err = ce.NewSYN(client, testConn); err != nil {
 		t.Fatal("NewSYN:", err)
 	}
-	if h.sh, err = se.ConsumeSYN(h.syn); err != nil {
+	if h.sh, err = se.ConsumeSYN(h.syn, testConn); err != nil {
 		t.Fatal("ConsumeSYN:", err)
 	}
-	if h.synack, err = h.sh.NewSYNACK(server); err != nil {
+	if h.synack, err = h.sh.NewSYNACK(server, testServerISN); err != nil {
 		t.Fatal("NewSYNACK:", err)
 	}
 	return h
@@ -127,7 +138,7 @@ func handshake(t testing.TB, ce, se *Engine, client, server *identity.Identity) 
 	t.Helper()
 	h := startHandshake(t, ce, se, client, server)
 	ch, sh := h.ch, h.sh
-	peer, err := ch.ConsumeSYNACK(h.synack)
+	peer, err := ch.ConsumeSYNACK(h.synack, testServerISN)
 	if err != nil {
 		t.Fatal("ConsumeSYNACK:", err)
 	}

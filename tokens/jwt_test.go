@@ -39,7 +39,7 @@ func TestJWTForm(t *testing.T) {
 		t.Fatalf("VerifyJWT = %v, %q, %v", got, node, err)
 	}
 	// The SYN carries exactly this payload and signature.
-	syn, _, _ := e.NewSYN(id)
+	syn, _, _ := e.NewSYN(id, testConn)
 	parts := strings.Split(tok, ".")
 	payload, _ := decodeSegment(parts[1])
 	sig, _ := decodeSegment(parts[2])

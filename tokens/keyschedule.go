@@ -5,24 +5,33 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding"
+	"encoding/binary"
 	"fmt"
 )
 
-// Key schedule, version 1 (docs/protocol.md has the rationale):
+// Key schedule, version 2 (docs/protocol.md has the rationale):
 //
 //	Z      = ECDH-P256(client node key, server node key)          static-static, cached per node pair
-//	PRK    = HKDF-Extract(SHA-256, salt="bireme/v1 node pair", IKM=Z)     cached with Z
+//	PRK    = HKDF-Extract(SHA-256, salt="bireme/v2 node pair", IKM=Z)     cached with Z
 //	T      = Nc || Ns || SHA-256(client token) || SHA-256(server token)
-//	P      = HKDF-Expand(SHA-256, PRK, info="bireme/v1 proofs" || T, 32)  per handshake
+//	         || clientAddr(16) clientPort(2) serverAddr(16) serverPort(2)
+//	         || ISNc(4) || ISNs(4)
+//	P      = HKDF-Expand(SHA-256, PRK, info="bireme/v2 proofs" || T, 32)  per handshake
 //	proofS = P[0:16]   in the SYN-ACK
 //	proofC = P[16:32]  in the ACK
 //
+// The addresses, ports and ISNs are the connection as the client sees it
+// (the SYN carries that view; the server checked it against its own). So a
+// proof made for one connection proves nothing on another: a relay that
+// carries the messages between two connections fails on both.
+//
 // With L = 32, HKDF-Expand is one HMAC-SHA256(PRK, info || 0x01); the HMAC
-// pads of PRK are hashed once per node pair, so a handshake costs three
-// SHA-256 blocks per side.
+// pads of PRK are hashed once per node pair, so a handshake costs four
+// SHA-256 blocks per side (the inner message is 157 bytes: three blocks
+// with the pad's, one for the outer hash).
 const (
-	pairSalt   = "bireme/v1 node pair"
-	proofsInfo = "bireme/v1 proofs"
+	pairSalt   = "bireme/v2 node pair"
+	proofsInfo = "bireme/v2 proofs"
 )
 
 // pairKey is the PRK of a node pair, kept as the SHA-256 states after the
@@ -68,15 +77,19 @@ func pairKeyFromPRK(prk []byte) (*pairKey, error) {
 	return &pairKey{inner: inner, outer: outer}, nil
 }
 
-// handshakeProofs computes the server and client proofs of one handshake.
-func handshakeProofs(k *pairKey, nc, ns *[NonceSize]byte, clientToken, serverToken *[32]byte) (server, client [ProofSize]byte, err error) {
-	var msg [len(proofsInfo) + 2*NonceSize + 2*sha256.Size + 1]byte
+// handshakeProofs computes the server and client proofs of one handshake
+// on the connection conn (the client's view) whose server chose serverISN.
+func handshakeProofs(k *pairKey, nc, ns *[NonceSize]byte, clientToken, serverToken *[32]byte, conn *Endpoints, serverISN uint32) (server, client [ProofSize]byte, err error) {
+	var msg [len(proofsInfo) + 2*NonceSize + 2*sha256.Size + proofEndpointsSize + 2*4 + 1]byte
 	n := copy(msg[:], proofsInfo)
 	n += copy(msg[n:], nc[:])
 	n += copy(msg[n:], ns[:])
 	n += copy(msg[n:], clientToken[:])
 	n += copy(msg[n:], serverToken[:])
-	msg[n] = 0x01 // HKDF-Expand block counter
+	n = len(appendProofEndpoints(msg[:n], conn))
+	binary.BigEndian.PutUint32(msg[n:], conn.ClientISN)
+	binary.BigEndian.PutUint32(msg[n+4:], serverISN)
+	msg[n+8] = 0x01 // HKDF-Expand block counter
 
 	h := sha256.New()
 	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(k.inner); err != nil {

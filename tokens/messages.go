@@ -2,20 +2,46 @@ package tokens
 
 import (
 	"encoding/binary"
+	"net/netip"
 )
 
-// Wire format, version 1. Every message starts with one type byte whose high
+// Wire format, version 2. Every message starts with one type byte whose high
 // nibble is the version. All integers are big-endian. See docs/protocol.md.
 //
-//	token  = certLen(2) cert(certLen) claimsLen(2) claims(claimsLen) sig(64)
-//	SYN    = 0x11 Nc(16) token
-//	SYNACK = 0x12 Nc(16) Ns(16) token proofS(16)
-//	ACK    = 0x13 proofC(16)
+//	token     = certLen(2) cert(certLen) claimsLen(2) claims(claimsLen) sig(64)
+//	endpoints = 4 clientAddr(4) clientPort(2) serverAddr(4) serverPort(2)
+//	          | 6 clientAddr(16) clientPort(2) serverAddr(16) serverPort(2)
+//	SYN       = 0x21 Nc(16) endpoints token
+//	SYNACK    = 0x22 Nc(16) Ns(16) token proofS(16)
+//	ACK       = 0x23 proofC(16)
+//
+// The SYN's endpoints are the client's view of the connection (its source,
+// the destination it dialed); both proofs bind them (keyschedule.go).
+// Version 1 (0x11..0x13, no endpoints, proofs bound to no connection) is
+// refused with ReasonUnsupportedVersion: accepting it would reopen the
+// relay that v2 closes, so there is no downgrade.
 const (
-	typeSYN    byte = 0x11
-	typeSYNACK byte = 0x12
-	typeACK    byte = 0x13
+	protocolVersion byte = 2
+
+	typeSYN    byte = protocolVersion<<4 | 1
+	typeSYNACK byte = protocolVersion<<4 | 2
+	typeACK    byte = protocolVersion<<4 | 3
 )
+
+// checkType refuses a message whose type byte is not want, naming the
+// version when that is what differs.
+func checkType(b []byte, want byte, what string) error {
+	switch {
+	case len(b) == 0:
+		return reject(ReasonMalformed, "%s payload: empty", what)
+	case b[0] == want:
+		return nil
+	case b[0]>>4 != protocolVersion && b[0]&0x0f == want&0x0f:
+		return reject(ReasonUnsupportedVersion, "%s of Bireme protocol version %d, this node speaks only version %d", what, b[0]>>4, protocolVersion)
+	default:
+		return reject(ReasonMalformed, "%s payload: type byte 0x%02x, want 0x%02x", what, b[0], want)
+	}
+}
 
 // Sizes of the fixed parts of the messages.
 const (
@@ -78,16 +104,26 @@ func lengthPrefixed(b []byte) (field, rest []byte, ok bool) {
 // synMsg is a parsed SYN payload.
 type synMsg struct {
 	clientNonce [NonceSize]byte
-	token       wireToken
+	// client and server are the connection as the client saw it.
+	client, server netip.AddrPort
+	token          wireToken
 }
 
 func parseSYN(b []byte) (synMsg, error) {
 	var m synMsg
-	if len(b) < 1+NonceSize || b[0] != typeSYN {
-		return m, reject(ReasonMalformed, "SYN payload: not a Bireme v1 SYN")
+	if err := checkType(b, typeSYN, "SYN"); err != nil {
+		return m, err
+	}
+	if len(b) < 1+NonceSize {
+		return m, reject(ReasonMalformed, "SYN payload: %d bytes, shorter than its nonce", len(b))
 	}
 	copy(m.clientNonce[:], b[1:])
-	t, err := parseToken(b[1+NonceSize:])
+	var rest []byte
+	var ok bool
+	if m.client, m.server, rest, ok = parseWireEndpoints(b[1+NonceSize:]); !ok {
+		return m, reject(ReasonMalformed, "SYN payload: bad endpoints")
+	}
+	t, err := parseToken(rest)
 	if err != nil {
 		return m, err
 	}
@@ -95,9 +131,10 @@ func parseSYN(b []byte) (synMsg, error) {
 	return m, nil
 }
 
-func appendSYN(dst []byte, clientNonce *[NonceSize]byte, token []byte) []byte {
+func appendSYN(dst []byte, clientNonce *[NonceSize]byte, conn *Endpoints, token []byte) []byte {
 	dst = append(dst, typeSYN)
 	dst = append(dst, clientNonce[:]...)
+	dst = appendWireEndpoints(dst, conn)
 	return append(dst, token...)
 }
 
@@ -111,8 +148,11 @@ type synAckMsg struct {
 
 func parseSYNACK(b []byte) (synAckMsg, error) {
 	var m synAckMsg
-	if len(b) < 1+2*NonceSize+ProofSize || b[0] != typeSYNACK {
-		return m, reject(ReasonMalformed, "SYN-ACK payload: not a Bireme v1 SYN-ACK")
+	if err := checkType(b, typeSYNACK, "SYN-ACK"); err != nil {
+		return m, err
+	}
+	if len(b) < 1+2*NonceSize+ProofSize {
+		return m, reject(ReasonMalformed, "SYN-ACK payload: %d bytes, shorter than its fixed fields", len(b))
 	}
 	copy(m.clientNonce[:], b[1:])
 	copy(m.serverNonce[:], b[1+NonceSize:])
@@ -136,8 +176,11 @@ func appendSYNACK(dst []byte, clientNonce, serverNonce *[NonceSize]byte, token [
 
 func parseACK(b []byte) ([ProofSize]byte, error) {
 	var p [ProofSize]byte
-	if len(b) != ACKSize || b[0] != typeACK {
-		return p, reject(ReasonMalformed, "ACK payload: not a Bireme v1 ACK (%d bytes)", len(b))
+	if err := checkType(b, typeACK, "ACK"); err != nil {
+		return p, err
+	}
+	if len(b) != ACKSize {
+		return p, reject(ReasonMalformed, "ACK payload: %d bytes, want %d", len(b), ACKSize)
 	}
 	copy(p[:], b[1:])
 	return p, nil

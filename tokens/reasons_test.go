@@ -67,7 +67,7 @@ func craftSYN(t *testing.T, certDER []byte, c *Claims, key *ecdsa.PrivateKey) []
 		t.Fatal(err)
 	}
 	n := newNonce()
-	return appendSYN(nil, &n, encodeToken(certDER, payload, sig))
+	return appendSYN(nil, &n, &testConn, encodeToken(certDER, payload, sig))
 }
 
 // issueRaw issues a node certificate with arbitrary URIs signed by ca, with
@@ -152,12 +152,13 @@ func testClaims(cluster, node string, iat time.Time) *Claims {
 
 func TestConsumeSYNMalformed(t *testing.T) {
 	f, ce, se := newPair(t)
-	good, _, err := ce.NewSYN(workload("ns", "pod", 2))
+	good, _, err := ce.NewSYN(workload("ns", "pod", 2), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	certLen := len(f.a.Cert.Raw)
-	claimsAt := 1 + NonceSize + 2 + certLen + 2
+	tokenAt := 1 + NonceSize + wireEndpointsSize4 // IPv4 endpoints
+	claimsAt := tokenAt + 2 + certLen + 2
 	mutate := func(fn func(b []byte) []byte) []byte { return fn(append([]byte(nil), good...)) }
 	now := time.Now()
 	tests := []struct {
@@ -167,15 +168,16 @@ func TestConsumeSYNMalformed(t *testing.T) {
 		{"empty", nil},
 		{"type only", []byte{typeSYN}},
 		{"wrong type", mutate(func(b []byte) []byte { b[0] = typeSYNACK; return b })},
-		{"wrong version", mutate(func(b []byte) []byte { b[0] = 0x21; return b })},
+		{"unknown endpoint family", mutate(func(b []byte) []byte { b[1+NonceSize] = 5; return b })},
 		{"nonce only", good[:1+NonceSize]},
-		{"truncated certificate", good[:1+NonceSize+2+certLen/2]},
+		{"truncated endpoints", good[:tokenAt-1]},
+		{"truncated certificate", good[:tokenAt+2+certLen/2]},
 		{"truncated claims", good[:claimsAt+10]},
 		{"signature short", good[:len(good)-1]},
 		{"trailing byte", append(append([]byte(nil), good...), 0)},
-		{"certificate length too big", mutate(func(b []byte) []byte { b[1+NonceSize] = 0xff; return b })},
-		{"zero certificate length", mutate(func(b []byte) []byte { b[1+NonceSize], b[2+NonceSize] = 0, 0; return b })},
-		{"garbage certificate", mutate(func(b []byte) []byte { copy(b[1+NonceSize+2:], bytes.Repeat([]byte{0x30}, 20)); return b })},
+		{"certificate length too big", mutate(func(b []byte) []byte { b[tokenAt] = 0xff; return b })},
+		{"zero certificate length", mutate(func(b []byte) []byte { b[tokenAt], b[tokenAt+1] = 0, 0; return b })},
+		{"garbage certificate", mutate(func(b []byte) []byte { copy(b[tokenAt+2:], bytes.Repeat([]byte{0x30}, 20)); return b })},
 		{"claims not JSON", mutate(func(b []byte) []byte { b[claimsAt] = '['; return b })},
 		{"claims missing pod", craftSYN(t, f.a.Cert.Raw, func() *Claims { c := testClaims("cluster.local", "node-a", now); c.Pod = ""; return c }(), f.a.Key)},
 		{"claims missing exp", craftSYN(t, f.a.Cert.Raw, func() *Claims { c := testClaims("cluster.local", "node-a", now); c.ExpiresAt = nil; return c }(), f.a.Key)},
@@ -188,7 +190,7 @@ func TestConsumeSYNMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := se.ConsumeSYN(tt.payload)
+			_, err := se.ConsumeSYN(tt.payload, testConn)
 			wantReason(t, err, ReasonMalformed)
 		})
 	}
@@ -206,14 +208,14 @@ func TestConsumeSYNACKAndACKMalformed(t *testing.T) {
 		"trailing bytes": append(append([]byte(nil), synack...), 1, 2),
 	} {
 		t.Run("SYN-ACK "+name, func(t *testing.T) {
-			_, err := ch.ConsumeSYNACK(p)
+			_, err := ch.ConsumeSYNACK(p, testServerISN)
 			wantReason(t, err, ReasonMalformed)
 		})
 	}
 	if _, err := ch.NewACK(); err == nil {
 		t.Fatal("NewACK before a verified SYN-ACK succeeded")
 	}
-	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+	if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	ack, err := ch.NewACK()
@@ -265,19 +267,19 @@ func TestValidityWithClockSkew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+				syn, _, err := ce.NewSYN(workload("ns", "c", 1), testConn)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if cached { // verify once at the signing time, so the token is cached
-					if _, err := se.ConsumeSYN(syn); err != nil {
+					if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 						t.Fatal(err)
 					}
 					syn = withNewNonce(syn)
 				}
 				// Tokens carry whole seconds: keep clear of the boundary.
 				verifierClock.Advance(tt.verifier)
-				_, err = se.ConsumeSYN(syn)
+				_, err = se.ConsumeSYN(syn, testConn)
 				if tt.want == "" {
 					if err != nil {
 						t.Fatal(err)
@@ -306,7 +308,7 @@ func TestExpiredNodeCertificate(t *testing.T) {
 	clk.Advance(2 * time.Hour) // the certificate from issueRaw ends in 1h
 	syn := craftSYN(t, old.Cert.Raw, testClaims("cluster.local", "old", clk.Now()), old.Key)
 	se.now = clk.Now
-	_, err := se.ConsumeSYN(syn)
+	_, err := se.ConsumeSYN(syn, testConn)
 	wantReason(t, err, ReasonExpired)
 }
 
@@ -321,11 +323,11 @@ func TestUnknownCA(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			ce := newTestEngine(t, creds, other.bundle, nil)
-			syn, _, err := ce.NewSYN(workload("ns", "c", 1))
+			syn, _, err := ce.NewSYN(workload("ns", "c", 1), testConn)
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = se.ConsumeSYN(syn)
+			_, err = se.ConsumeSYN(syn, testConn)
 			wantReason(t, err, ReasonUnknownCA)
 		})
 	}
@@ -336,7 +338,7 @@ func TestUnknownCA(t *testing.T) {
 		}
 		n := issueRaw(t, rogue, "spiffe://cluster.local/node/x")
 		syn := craftSYN(t, n.Cert.Raw, testClaims("cluster.local", "x", time.Now()), n.Key)
-		_, err = se.ConsumeSYN(syn)
+		_, err = se.ConsumeSYN(syn, testConn)
 		wantReason(t, err, ReasonUnknownCA)
 	})
 }
@@ -362,7 +364,7 @@ func TestWrongTrustDomain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := se.ConsumeSYN(tt.syn)
+			_, err := se.ConsumeSYN(tt.syn, testConn)
 			wantReason(t, err, ReasonWrongTrustDomain)
 		})
 	}
@@ -370,14 +372,14 @@ func TestWrongTrustDomain(t *testing.T) {
 	ce := newTestEngine(t, a.a, both, nil)
 	id := workload("ns", "c", 1)
 	id.Cluster = "b.example"
-	if _, _, err := ce.NewSYN(id); err == nil {
+	if _, _, err := ce.NewSYN(id, testConn); err == nil {
 		t.Fatal("NewSYN signed an identity of another cluster")
 	}
 }
 
 func TestBadSignature(t *testing.T) {
 	f, ce, se := newPair(t)
-	syn, _, err := ce.NewSYN(workload("ns", "c", 3))
+	syn, _, err := ce.NewSYN(workload("ns", "c", 3), testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,11 +402,11 @@ func TestBadSignature(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := se.ConsumeSYN(tt.syn)
+			_, err := se.ConsumeSYN(tt.syn, testConn)
 			wantReason(t, err, ReasonBadSignature)
 		})
 	}
-	if _, err := se.ConsumeSYN(syn); err != nil {
+	if _, err := se.ConsumeSYN(syn, testConn); err != nil {
 		t.Fatal("the genuine SYN after forgeries:", err)
 	}
 }
@@ -420,16 +422,16 @@ func TestReplayedSYN(t *testing.T) {
 	other := newTestEngine(t, third, f.bundle, nil)
 	client, server := workload("ns", "c", 1), workload("ns", "s", 1)
 
-	syn, ch, err := ce.NewSYN(client)
+	syn, ch, err := ce.NewSYN(client, testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh, err := se.ConsumeSYN(syn)
+	sh, err := se.ConsumeSYN(syn, testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	synack, _ := sh.NewSYNACK(server)
-	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+	synack, _ := sh.NewSYNACK(server, testServerISN)
+	if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	ack, _ := ch.NewACK()
@@ -437,14 +439,14 @@ func TestReplayedSYN(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	_, err = se.ConsumeSYN(syn)
+	_, err = se.ConsumeSYN(syn, testConn)
 	wantReason(t, err, ReasonReplayed)
 
-	sh2, err := other.ConsumeSYN(syn)
+	sh2, err := other.ConsumeSYN(syn, testConn)
 	if err != nil {
 		t.Fatal("a server that never saw the nonce:", err)
 	}
-	if _, err := sh2.NewSYNACK(server); err != nil {
+	if _, err := sh2.NewSYNACK(server, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	wantReason(t, sh2.ConsumeACK(ack), ReasonBadProof) // the captured ACK
@@ -454,24 +456,24 @@ func TestReplayedSYN(t *testing.T) {
 
 	// The token cut out of the captured SYN into a SYN with a fresh nonce:
 	// the server answers, but nobody without node-a's key can finish.
-	sh3, err := se.ConsumeSYN(withNewNonce(syn))
+	sh3, err := se.ConsumeSYN(withNewNonce(syn), testConn)
 	if err != nil {
 		t.Fatal("a fresh nonce with a valid token:", err)
 	}
-	if _, err := sh3.NewSYNACK(server); err != nil {
+	if _, err := sh3.NewSYNACK(server, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	wantReason(t, sh3.ConsumeACK(ack), ReasonBadProof)
 	// An attacker holding another node's key (node-c) cannot check or
 	// answer the server's proof either.
-	forged := appendSYN(nil, &[NonceSize]byte{1}, syn[1+NonceSize:])
-	sh4, err := se.ConsumeSYN(forged)
+	forged := appendSYN(nil, &[NonceSize]byte{1}, &testConn, syn[1+NonceSize+wireEndpointsSize4:])
+	sh4, err := se.ConsumeSYN(forged, testConn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	synack4, _ := sh4.NewSYNACK(server)
-	attacker := &ClientHandshake{e: other, keys: other.keys.Load(), nonce: [NonceSize]byte{1}, token: ch.token}
-	_, err = attacker.ConsumeSYNACK(synack4)
+	synack4, _ := sh4.NewSYNACK(server, testServerISN)
+	attacker := &ClientHandshake{e: other, keys: other.keys.Load(), nonce: [NonceSize]byte{1}, token: ch.token, conn: testConn}
+	_, err = attacker.ConsumeSYNACK(synack4, testServerISN)
 	wantReason(t, err, ReasonBadProof)
 }
 
@@ -488,26 +490,26 @@ func TestBadProof(t *testing.T) {
 	ch2, sh2, synack2 := start()
 
 	t.Run("SYN-ACKs swapped", func(t *testing.T) {
-		_, err := ch1.ConsumeSYNACK(synack2)
+		_, err := ch1.ConsumeSYNACK(synack2, testServerISN)
 		wantReason(t, err, ReasonBadProof)
 	})
 	t.Run("SYN-ACK echoing another nonce", func(t *testing.T) {
 		b := append([]byte(nil), synack1...)
 		b[1] ^= 0x80
-		_, err := ch1.ConsumeSYNACK(b)
+		_, err := ch1.ConsumeSYNACK(b, testServerISN)
 		wantReason(t, err, ReasonBadProof)
 	})
 	t.Run("SYN-ACK with the right echo but another handshake's nonce and proof", func(t *testing.T) {
 		b := append([]byte(nil), synack2...)
 		n := ch1.Nonce()
 		copy(b[1:], n[:])
-		_, err := ch1.ConsumeSYNACK(b)
+		_, err := ch1.ConsumeSYNACK(b, testServerISN)
 		wantReason(t, err, ReasonBadProof)
 	})
 	t.Run("SYN-ACK proof bit flipped", func(t *testing.T) {
 		b := append([]byte(nil), synack1...)
 		b[len(b)-1] ^= 1
-		_, err := ch1.ConsumeSYNACK(b)
+		_, err := ch1.ConsumeSYNACK(b, testServerISN)
 		wantReason(t, err, ReasonBadProof)
 	})
 	t.Run("server token cut into another SYN-ACK", func(t *testing.T) {
@@ -516,13 +518,13 @@ func TestBadProof(t *testing.T) {
 		b := append([]byte(nil), synack1[:1+2*NonceSize]...)
 		b = append(b, other[1+2*NonceSize:len(other)-ProofSize]...)
 		b = append(b, synack1[len(synack1)-ProofSize:]...)
-		_, err := ch1.ConsumeSYNACK(b)
+		_, err := ch1.ConsumeSYNACK(b, testServerISN)
 		wantReason(t, err, ReasonBadProof)
 	})
-	if _, err := ch1.ConsumeSYNACK(synack1); err != nil {
+	if _, err := ch1.ConsumeSYNACK(synack1, testServerISN); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ch2.ConsumeSYNACK(synack2); err != nil {
+	if _, err := ch2.ConsumeSYNACK(synack2, testServerISN); err != nil {
 		t.Fatal(err)
 	}
 	ack1, _ := ch1.NewACK()
@@ -532,8 +534,8 @@ func TestBadProof(t *testing.T) {
 		wantReason(t, sh2.ConsumeACK(ack1), ReasonBadProof)
 	})
 	t.Run("ACK before SYN-ACK", func(t *testing.T) {
-		syn, _, _ := ce.NewSYN(client)
-		sh, err := se.ConsumeSYN(syn)
+		syn, _, _ := ce.NewSYN(client, testConn)
+		sh, err := se.ConsumeSYN(syn, testConn)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -561,21 +563,21 @@ func TestRotationMidHandshake(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			syn, ch, err := ce.NewSYN(client)
+			syn, ch, err := ce.NewSYN(client, testConn)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if at == "client after SYN" {
 				rotate(ce, "node-a")
 			}
-			sh, err := se.ConsumeSYN(syn)
+			sh, err := se.ConsumeSYN(syn, testConn)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if at == "server after SYN" {
 				rotate(se, "node-b")
 			}
-			synack, err := sh.NewSYNACK(server)
+			synack, err := sh.NewSYNACK(server, testServerISN)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -585,7 +587,7 @@ func TestRotationMidHandshake(t *testing.T) {
 			if at == "both after SYN-ACK" {
 				rotate(ce, "node-a")
 			}
-			if _, err := ch.ConsumeSYNACK(synack); err != nil {
+			if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
 				t.Fatal(err)
 			}
 			ack, _ := ch.NewACK()
@@ -594,7 +596,7 @@ func TestRotationMidHandshake(t *testing.T) {
 			}
 			// New handshakes work and carry the new certificates.
 			handshake(t, ce, se, client, server)
-			syn2, _, _ := ce.NewSYN(client)
+			syn2, _, _ := ce.NewSYN(client, testConn)
 			if bytes.Contains(syn2, f.a.Cert.Raw) && at != "server after SYN" && at != "server after SYN-ACK" {
 				t.Fatal("a new SYN still carries the old certificate")
 			}
@@ -644,8 +646,8 @@ func TestFederation(t *testing.T) {
 	}
 	// Without federation, b's node does not know a's CA.
 	alone := newTestEngine(t, b.b, b.bundle, nil)
-	syn, _, _ := ea.NewSYN(client)
-	_, err = alone.ConsumeSYN(syn)
+	syn, _, _ := ea.NewSYN(client, testConn)
+	_, err = alone.ConsumeSYN(syn, testConn)
 	wantReason(t, err, ReasonUnknownCA)
 }
 
@@ -703,8 +705,8 @@ func TestBadCertificateRemembered(t *testing.T) {
 	se := newTestEngine(t, f.b, f.bundle, nil)
 	ce := newTestEngine(t, other.a, other.bundle, nil)
 	for i := 0; i < 3; i++ {
-		syn, _, _ := ce.NewSYN(workload("ns", "c", 1))
-		_, err := se.ConsumeSYN(syn)
+		syn, _, _ := ce.NewSYN(workload("ns", "c", 1), testConn)
+		_, err := se.ConsumeSYN(syn, testConn)
 		wantReason(t, err, ReasonUnknownCA)
 	}
 	if n := se.verifier.Load().badCerts.len(); n != 1 {
@@ -726,8 +728,8 @@ func TestBadCertificateRemembered(t *testing.T) {
 	if err := se.SetTrust(other.bundle); err != nil {
 		t.Fatal(err)
 	}
-	syn, _, _ := newTestEngine(t, f.a, f.bundle, nil).NewSYN(workload("ns", "c", 1))
-	_, err = se.ConsumeSYN(syn)
+	syn, _, _ := newTestEngine(t, f.a, f.bundle, nil).NewSYN(workload("ns", "c", 1), testConn)
+	_, err = se.ConsumeSYN(syn, testConn)
 	wantReason(t, err, ReasonUnknownCA)
 	if se.SetTrust(nil) == nil {
 		t.Fatal("SetTrust(nil) accepted")

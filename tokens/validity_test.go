@@ -23,7 +23,7 @@ func claimsAt(iat, nbf, exp time.Time) *Claims {
 // fails unless both give want ("" for accepted).
 func checkToken(t *testing.T, f *fixture, se *Engine, c *Claims, want Reason) {
 	t.Helper()
-	_, synErr := se.ConsumeSYN(craftSYN(t, f.a.Cert.Raw, c, f.a.Key))
+	_, synErr := se.ConsumeSYN(craftSYN(t, f.a.Cert.Raw, c, f.a.Key), testConn)
 	jwtString, _, _, err := signClaims(c, f.a.Key)
 	if err != nil {
 		t.Fatal(err)
@@ -69,10 +69,10 @@ func TestTokenNotBefore(t *testing.T) {
 	}
 	t.Run("accepted once nbf has come", func(t *testing.T) {
 		syn := craftSYN(t, f.a.Cert.Raw, claimsAt(now, now.Add(time.Minute), now.Add(5*time.Minute)), f.a.Key)
-		_, err := se.ConsumeSYN(syn)
+		_, err := se.ConsumeSYN(syn, testConn)
 		wantReason(t, err, ReasonNotYetValid)
 		clk.Advance(time.Minute)
-		if _, err := se.ConsumeSYN(withNewNonce(syn)); err != nil {
+		if _, err := se.ConsumeSYN(withNewNonce(syn), testConn); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -95,7 +95,7 @@ func TestCertificateNotBefore(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			n := issueNodeWith(t, f.ca, "spiffe://cluster.local/node/early", startingIn(tt.from))
-			_, err := se.ConsumeSYN(craftSYN(t, n.Cert.Raw, testClaims("cluster.local", "early", time.Now()), n.Key))
+			_, err := se.ConsumeSYN(craftSYN(t, n.Cert.Raw, testClaims("cluster.local", "early", time.Now()), n.Key), testConn)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -112,7 +112,7 @@ func TestCertificateNotBefore(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := issueRaw(t, early, "spiffe://cluster.local/node/n")
-		_, err = newTestEngine(t, f.b, bundle, nil).ConsumeSYN(craftSYN(t, n.Cert.Raw, testClaims("cluster.local", "n", time.Now()), n.Key))
+		_, err = newTestEngine(t, f.b, bundle, nil).ConsumeSYN(craftSYN(t, n.Cert.Raw, testClaims("cluster.local", "n", time.Now()), n.Key), testConn)
 		wantReason(t, err, ReasonNotYetValid)
 	})
 }

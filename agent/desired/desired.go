@@ -28,6 +28,23 @@ type State struct {
 	// Trust is the set of CAs whose nodes this node trusts; nil leaves the
 	// trust in force unchanged.
 	Trust *tokens.TrustBundle
+	// Placement is where the source places every pod it knows, those of
+	// other nodes included; nil leaves the placement in force unchanged.
+	Placement Placement
+}
+
+// Placement maps each pod a source knows to the node it runs on, keyed
+// "namespace/pod". A node speaks only for its own workloads: the enforcer
+// refuses a peer token of the local trust domain unless its signing node is
+// the one the placement gives the pod. A Placement is not changed once
+// delivered; a new state brings a new one.
+type Placement map[string]string
+
+// NodeOf returns the node the pod runs on, and false when the source does
+// not know the pod (or it is not scheduled on any node).
+func (p Placement) NodeOf(namespace, pod string) (node string, known bool) {
+	node, known = p[namespace+"/"+pod]
+	return node, known
 }
 
 // Workload is one workload this node protects: where its network namespace

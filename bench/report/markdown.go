@@ -132,6 +132,22 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 		}
 		p("%s\n", row(cells))
 	}
+	for _, c := range r.Cases {
+		rows := FloodComparison(c, st.Concurrency)
+		if len(rows) == 0 {
+			continue
+		}
+		p("\n## Under a forged-SYN flood (case %d)\n\n", c.ID)
+		p("The legitimate client's load runs of case %d, each made twice back to back: without, then with a third namespace sending SYNs ", c.ID)
+		p("with forged tokens (a real node certificate, fresh claims, a random signature: each new to the server) from a raw socket at the server's port. ")
+		p("Ratios are flooded ÷ quiet within each round, median over rounds; success is completed ÷ attempted connections.\n\n")
+		p("| clients | connect p50 µs quiet / flood | connect p99 µs quiet / flood | p50 ratio | p99 ratio | conn/s ratio | success quiet / flood |\n|---|---|---|---|---|---|---|\n")
+		for _, fr := range rows {
+			p("| %d | %s / %s | %s / %s | %.2fx | %.2fx | %.2fx | %.1f %% / %.1f %% |\n", fr.Concurrency,
+				num(fr.QuietP50us), num(fr.FloodP50us), num(fr.QuietP99us), num(fr.FloodP99us),
+				fr.P50Ratio, fr.P99Ratio, fr.ConnPerSRatio, 100*fr.QuietSuccess, 100*fr.FloodSuccess)
+		}
+	}
 	if len(r.Targets) > 0 {
 		p("\n## Targets of issue 6\n\n| goal | measured | met |\n|---|---|---|\n")
 		for _, t := range r.Targets {

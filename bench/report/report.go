@@ -89,6 +89,9 @@ type Round struct {
 	Loads []*Load `json:"loads,omitempty"`
 	// Cold holds one single-connection run per fresh identity (case 5).
 	Cold []*Load `json:"cold,omitempty"`
+	// Quiet holds, for a case measured under a flood (case 8), the same
+	// load runs made just before each flooded one (in Loads) without it.
+	Quiet []*Load `json:"quiet,omitempty"`
 	// ColdVerified counts cold samples whose flow record shows the server
 	// enforcer saw the fresh client identity (proof the sample was cold).
 	ColdVerified int `json:"cold_verified,omitempty"`

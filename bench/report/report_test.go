@@ -191,3 +191,28 @@ func TestRatiosPairRounds(t *testing.T) {
 		t.Fatalf("fallback ratio = %v %v, want 4", v, ok)
 	}
 }
+
+func TestFloodComparison(t *testing.T) {
+	load := func(n int, p50, p99, rate float64, done, tried int) *Load {
+		return &Load{Concurrency: n, Result: workload.LoadResult{ConnectP50us: p50, ConnectP99us: p99, ConnPerS: rate, Completed: done, Attempts: tried}}
+	}
+	c := &Case{ID: 8, Rounds: []*Round{
+		{Quiet: []*Load{load(1, 100, 200, 1000, 10, 10)}, Loads: []*Load{load(1, 150, 800, 500, 9, 10)}},
+		{Quiet: []*Load{load(1, 200, 400, 800, 10, 10)}, Loads: []*Load{load(1, 200, 400, 800, 10, 10)}},
+		{Quiet: []*Load{load(1, 100, 100, 1000, 10, 10)}, Loads: []*Load{load(1, 300, 100, 1000, 10, 10)}},
+	}}
+	rows := FloodComparison(c, []int{1, 8})
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1 (no runs at concurrency 8)", len(rows))
+	}
+	r := rows[0]
+	if r.P50Ratio != 1.5 || r.P99Ratio != 1 || r.ConnPerSRatio != 1 || r.QuietP50us != 100 || r.FloodP50us != 200 {
+		t.Errorf("row %+v", r)
+	}
+	if r.QuietSuccess != 1 || r.FloodSuccess != 29.0/30 {
+		t.Errorf("success %v / %v", r.QuietSuccess, r.FloodSuccess)
+	}
+	if FloodComparison(&Case{Rounds: []*Round{{Loads: []*Load{load(1, 1, 1, 1, 1, 1)}}}}, []int{1}) != nil {
+		t.Error("a case without quiet runs has a flood comparison")
+	}
+}

@@ -261,3 +261,63 @@ func Targets(rs []Ratio, concurrency []int) []Target {
 	}
 	return out
 }
+
+// FloodRow compares, at one concurrency, a case's load runs under a flood
+// (Round.Loads) with the same runs made just before without it
+// (Round.Quiet).
+type FloodRow struct {
+	Concurrency int
+	// Connect latencies, medians over rounds.
+	QuietP50us, QuietP99us float64
+	FloodP50us, FloodP99us float64
+	// Completed connections ÷ attempts, over all rounds.
+	QuietSuccess, FloodSuccess float64
+	// Flooded ÷ quiet within each round, median over rounds (the two runs
+	// of a round are seconds apart).
+	P50Ratio, P99Ratio, ConnPerSRatio float64
+}
+
+// FloodComparison returns c's FloodRows, one per concurrency measured both
+// ways; none for a case without quiet runs.
+func FloodComparison(c *Case, concurrency []int) []FloodRow {
+	var out []FloodRow
+	for _, n := range concurrency {
+		row := FloodRow{Concurrency: n}
+		var qp50, qp99, fp50, fp99, r50, r99, rrate []float64
+		var qDone, qTried, fDone, fTried int
+		for _, r := range c.Rounds {
+			q, f := loadAt(r.Quiet, n), loadAt(r.Loads, n)
+			if q == nil || f == nil {
+				continue
+			}
+			qDone, qTried = qDone+q.Result.Completed, qTried+q.Result.Attempts
+			fDone, fTried = fDone+f.Result.Completed, fTried+f.Result.Attempts
+			qp50, qp99 = append(qp50, q.Result.ConnectP50us), append(qp99, q.Result.ConnectP99us)
+			fp50, fp99 = append(fp50, f.Result.ConnectP50us), append(fp99, f.Result.ConnectP99us)
+			if q.Result.ConnectP50us > 0 && q.Result.ConnectP99us > 0 && q.Result.ConnPerS > 0 {
+				r50 = append(r50, f.Result.ConnectP50us/q.Result.ConnectP50us)
+				r99 = append(r99, f.Result.ConnectP99us/q.Result.ConnectP99us)
+				rrate = append(rrate, f.Result.ConnPerS/q.Result.ConnPerS)
+			}
+		}
+		if qTried == 0 || fTried == 0 {
+			continue
+		}
+		row.QuietP50us, row.QuietP99us = Median(qp50), Median(qp99)
+		row.FloodP50us, row.FloodP99us = Median(fp50), Median(fp99)
+		row.QuietSuccess = float64(qDone) / float64(qTried)
+		row.FloodSuccess = float64(fDone) / float64(fTried)
+		row.P50Ratio, row.P99Ratio, row.ConnPerSRatio = Median(r50), Median(r99), Median(rrate)
+		out = append(out, row)
+	}
+	return out
+}
+
+func loadAt(ls []*Load, concurrency int) *Load {
+	for _, l := range ls {
+		if l.Concurrency == concurrency {
+			return l
+		}
+	}
+	return nil
+}

@@ -34,7 +34,7 @@ func newAgentCmd() *cobra.Command {
 		verbose     bool
 	)
 	cmd := &cobra.Command{
-		Use:   "agent --node NAME --cluster NAME --ca-bundle FILE[,FILE...] --cert FILE --key FILE [--kubeconfig FILE]",
+		Use:   "agent --node NAME --cluster NAME --ca-bundle FILE[,FILE...] --cert FILE --key FILE --identity-networks CIDR[,CIDR...] [--kubeconfig FILE]",
 		Short: "Run the node enforcer for the pods the Kubernetes API server places on this node",
 		Long: `agent protects every Running pod whose spec.nodeName is --node, following the
 API server (in-cluster configuration, or --kubeconfig): pods, namespaces and
@@ -42,8 +42,10 @@ NetworkPolicies are watched, and a change takes effect for new connections at
 once. A pod's network namespace is the one on this machine that holds the pod's
 IP (found by scanning /proc/*/ns/net, so the agent needs the host's PID
 namespace, and /run/netns), checked again every --netns-check. hostNetwork pods
-are never protected. One JSON flow record per decision goes to --flows. On
-SIGTERM or SIGINT every rule and queue it installed is removed and it exits 0.`,
+are never protected. A peer's token is accepted only for a pod the API server
+places on the peer's node. One JSON flow record per decision goes to --flows.
+On SIGTERM or SIGINT it exits 0 and leaves its rules in place, as enforce does
+(fail closed until an agent runs again; 'bireme uninstall' removes them).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			newSource := func(log *slog.Logger) (desired.Source, error) { return api.source(opts, log) }
@@ -57,7 +59,7 @@ SIGTERM or SIGINT every rule and queue it installed is removed and it exits 0.`,
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often failed installs are retried and key files checked for changes")
 	f.DurationVar(&api.netnsCheck, "netns-check", time.Second, "how often the pods' network namespaces are looked up again")
 	f.DurationVar(&api.syncTimeout, "sync-timeout", time.Minute, "how long to wait for the first complete view of the API before giving up")
-	for _, name := range []string{"cluster", "ca-bundle", "cert", "key"} {
+	for _, name := range []string{"cluster", "ca-bundle", "cert", "key", "identity-networks"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,12 +31,15 @@ type enforceOptions struct {
 	caBundle             []string
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
+	natPeers             natPeersFlag
+	identityNetworks     []string
 	queues               int
 	poll                 time.Duration
 }
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
-// the file store until SIGTERM/SIGINT, then removes everything it installed.
+// the file store until SIGTERM/SIGINT, then stops reading its queues and
+// leaves its rules in place (fail closed; `bireme uninstall` removes them).
 func newEnforceCmd() *cobra.Command {
 	var (
 		opts        enforceOptions
@@ -49,8 +54,12 @@ func newEnforceCmd() *cobra.Command {
 carries the bireme.io/netns annotation (a name under /run/netns or an absolute
 path). Namespaces, Pods and NetworkPolicies are re-read from --store every --poll;
 an invalid change is logged and the last good set kept. One JSON flow record per
-decision goes to --flows. On SIGTERM or SIGINT every rule and queue it installed
-is removed and it exits 0.`,
+decision goes to --flows. On SIGTERM or SIGINT it stops reading its queues and
+exits 0, leaving its rules in place: until an enforcer runs again, new
+connections of its workloads wait (their SYNs are dropped and retransmitted)
+while authorized ones keep flowing, and a restarted enforcer takes the rules
+over. The rules of a pod go when it leaves the store; 'bireme uninstall'
+removes them all.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return serveNode(cmd, opts, opts.fileStore, flows, metricsAddr, verbose)
@@ -61,14 +70,21 @@ is removed and it exits 0.`,
 	f.StringVar(&opts.store, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (required)")
 	addNodeFlags(f, &opts, &flows, &metricsAddr, &verbose)
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
-	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key"} {
+	// --identity-networks has no default on purpose. "Everywhere" (the
+	// behaviour before it existed) sends every workload's labels to any
+	// external host it dials; a guess such as the RFC 1918 ranges would
+	// leak them to private networks outside the cluster and silently
+	// decide pods in other ranges by address only. Only the operator
+	// knows the pod CIDRs.
+	for _, name := range []string{"node", "store", "cluster", "ca-bundle", "cert", "key", "identity-networks"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
 }
 
 // addNodeFlags declares the flags every node command shares (enforce,
-// agent): credentials, trust, flow records, metrics and the datapath.
+// agent): credentials, trust, identity networks, flow records, metrics and
+// the datapath.
 func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, flows, metricsAddr *string, verbose *bool) {
 	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
 	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
@@ -77,6 +93,8 @@ func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, flows, metricsAddr *st
 	f.StringVar(flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
 	f.StringVar(metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
 	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
+	f.StringSliceVar(&opts.identityNetworks, "identity-networks", nil, "address ranges where peers run an enforcer (the pod CIDRs), comma separated (required): only SYNs to them carry this node's identity tokens; other destinations get a plain SYN and are decided by ipBlock egress rules. 0.0.0.0/0,::/0 sends tokens everywhere, external hosts included")
+	f.Var(&opts.natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
 	f.BoolVarP(verbose, "verbose", "v", false, "log debug messages")
 }
@@ -148,9 +166,16 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
+	// No pod placed either: every peer token is refused until then.
+	placement := agent.NewLivePlacement()
+	identityNetworks, err := parseIdentityNetworks(o.identityNetworks)
+	if err != nil {
+		return err
+	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
-		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live,
+		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
 		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
+		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
 		return err
@@ -166,7 +191,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 		}
 	}
 	node, err := agent.New(agent.Config{
-		Source: source, Datapath: dp, Policy: live, Tokens: engine,
+		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
 		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
 		Poll:     o.poll, Metrics: metrics, Log: log,
 	})
@@ -192,7 +217,7 @@ func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load CA bundle: %w", err)
 	}
-	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime})
+	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways})
 	if err != nil {
 		return nil, fmt.Errorf("token engine: %w", err)
 	}
@@ -214,4 +239,20 @@ func openFlows(path string, stdout io.Writer) (io.Writer, func(), error) {
 			fmt.Fprintln(os.Stderr, "bireme: close flows file:", err)
 		}
 	}, nil
+}
+
+// parseIdentityNetworks reads --identity-networks: at least one CIDR.
+func parseIdentityNetworks(cidrs []string) ([]netip.Prefix, error) {
+	if len(cidrs) == 0 {
+		return nil, errors.New("--identity-networks: give the address ranges where peers run an enforcer (the pod CIDRs)")
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--identity-networks %q: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -45,7 +45,8 @@ func TestRunNodeRefusesBadStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := enforceOptions{node: "n1", cluster: "c1", store: store, caBundle: []string{caFile},
-		certFile: certFile, keyFile: keyFile, queues: 1, poll: 20 * time.Millisecond}
+		certFile: certFile, keyFile: keyFile, queues: 1, poll: 20 * time.Millisecond,
+		identityNetworks: []string{"198.18.0.0/16"}}
 
 	tests := []struct {
 		name   string
@@ -62,6 +63,8 @@ func TestRunNodeRefusesBadStart(t *testing.T) {
 		{"invalid store", func(o *enforceOptions) { o.store = badStore }, "Bad_Name"},
 		{"too many queues", func(o *enforceOptions) { o.queues = 5000 }, "queues"},
 		{"negative poll", func(o *enforceOptions) { o.poll = -time.Second }, "poll"},
+		{"no identity networks", func(o *enforceOptions) { o.identityNetworks = nil }, "--identity-networks"},
+		{"bad identity network", func(o *enforceOptions) { o.identityNetworks = []string{"198.18.0.0/33"} }, "198.18.0.0/33"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,19 +159,21 @@ func handshakeWith(t *testing.T, client, server *tokens.NodeCredentials, bundle 
 	if err != nil {
 		t.Fatal(err)
 	}
-	syn, ch, err := ce.NewSYN(&identity.Identity{Namespace: "ns", Pod: "client"})
+	conn := tokens.Endpoints{Client: netip.MustParseAddrPort("198.18.1.2:40000"), Server: netip.MustParseAddrPort("198.18.2.2:80"), ClientISN: 1}
+	const serverISN = 2
+	syn, ch, err := ce.NewSYN(&identity.Identity{Namespace: "ns", Pod: "client"}, conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh, err := se.ConsumeSYN(syn)
+	sh, err := se.ConsumeSYN(syn, conn)
 	if err != nil {
 		t.Fatal("ConsumeSYN:", err)
 	}
-	synack, err := sh.NewSYNACK(&identity.Identity{Namespace: "ns", Pod: "server"})
+	synack, err := sh.NewSYNACK(&identity.Identity{Namespace: "ns", Pod: "server"}, serverISN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ch.ConsumeSYNACK(synack); err != nil {
+	if _, err := ch.ConsumeSYNACK(synack, serverISN); err != nil {
 		t.Fatal("ConsumeSYNACK:", err)
 	}
 	ack, err := ch.NewACK()

@@ -16,9 +16,9 @@ import (
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Validate NetworkPolicy files and explain decisions",
+		Short: "Validate NetworkPolicy files, explain decisions and report coverage",
 	}
-	cmd.AddCommand(newPolicyCheckCmd(), newPolicyExplainCmd())
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyExplainCmd(), newPolicyReportCmd())
 	return cmd
 }
 

@@ -64,6 +64,9 @@ func newFabric(t *testing.T) *fabric {
 	return f
 }
 
+// network is the pods' address range, where every peer runs an enforcer.
+func (f *fabric) network() string { return f.subnet + ".0/24" }
+
 // podNS makes a pod's network namespace on the fabric and returns it with
 // its address.
 func (f *fabric) podNS(t *testing.T, name string) (*netns.NS, netip.Addr) {
@@ -172,7 +175,7 @@ type agent struct {
 	log  *syncbuf.Buffer
 }
 
-func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA) *agent {
+func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA, podNetwork string) *agent {
 	t.Helper()
 	bin, err := testbin.Bireme()
 	if err != nil {
@@ -189,6 +192,7 @@ func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA)
 	a := &agent{node: node, log: new(syncbuf.Buffer)}
 	cmd := exec.Command(bin, "agent", "--node", node, "--kubeconfig", env.Kubeconfig,
 		"--cluster", cluster, "--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", certFile, "--key", keyFile,
+		"--identity-networks", podNetwork,
 		"--flows", filepath.Join(dir, node+".flows.jsonl"), "--netns-check", "500ms")
 	cmd.Stdout, cmd.Stderr = a.log, a.log
 	// The agent dies with the test process, even if the test is killed.
@@ -317,8 +321,8 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 	// One pod exists before the agents start, the others after.
 	kubelet(t, ctx, client, f, a)
-	n1 := startAgent(t, env, dir, "n1", ca)
-	n2 := startAgent(t, env, dir, "n2", ca)
+	n1 := startAgent(t, env, dir, "n1", ca, f.network())
+	n2 := startAgent(t, env, dir, "n2", ca, f.network())
 	kubelet(t, ctx, client, f, b)
 	kubelet(t, ctx, client, f, c)
 	for _, w := range []struct {

@@ -1,79 +1,100 @@
 #!/usr/bin/env python3
-"""Token relay: an attacker that received an honest client's SYN (the
-client connected to the attacker) presents that client's token to another
-server from the attacker's own address, answers the server's SYN-ACK with
-an ACK (carrying the proof bytes it saw, or none) and sends data.
+"""Handshake relay (issue 11): run inside a compromised workload that an
+honest client dials. It passes the client's handshake on to another server
+from its own address and the server's answers back to the client, with
+raw sockets, so that the server would take the relay for the client:
 
-With --proof-pcap the ACK also carries a proof option copied from another
-handshake seen on the wire, so the server's enforcer has a wrong proof to
-reject (not just a missing one).
+  client SYN  (token, Nc)            -> same payload and options, ISN and
+                                        TCP options in our SYN to the server
+  server SYN-ACK (token, Ns, proofS) -> same payload and options, ISN and
+                                        ack in our SYN-ACK to the client
+  client ACK (proofC option), data   -> to the server, and the server's
+                                        packets back to the client
 
-The attacker namespace must drop its own kernel's RSTs (the test installs
-that rule), or the kernel would reset the handshake it does not know about.
+Sequence numbers are kept, so every packet is valid on both connections:
+only addresses and ports differ. The workload's own rules must be flushed
+and its kernel's RSTs dropped (the test does both): its kernel knows
+neither connection.
 
-Prints one JSON object: whether a SYN-ACK came back and what was sent.
+With --rewrite-endpoints the SYN's claimed endpoints (protocol version 2,
+IPv4) are rewritten to the relay's own connection to the server, so the
+server answers; the client must then refuse the server's proof.
+
+Prints "ready" once it listens, then one JSON object of what it relayed
+when --duration is over.
 """
 import argparse
 import json
 import random
+import socket
+import struct
 import sys
+import time
 
-from scapy.all import IP, TCP, Raw, rdpcap, send, sr1  # noqa: E402
+from scapy.all import IP, TCP, Raw, AsyncSniffer, conf  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("pcap", help="capture holding the honest client's SYN to us")
-    ap.add_argument("--captured-dport", type=int, required=True, help="port the honest client connected to")
-    ap.add_argument("--captured-src", required=True, help="address of the honest client whose token to relay")
-    ap.add_argument("--proof-pcap", help="capture of another handshake whose proof option to put in the ACK")
-    ap.add_argument("--dst", required=True, help="server to relay the token to")
-    ap.add_argument("--dport", type=int, required=True)
+    ap.add_argument("--self", required=True, help="this workload's address")
+    ap.add_argument("--port", type=int, required=True, help="port the client dials here")
+    ap.add_argument("--server", required=True, help="server to relay to")
+    ap.add_argument("--server-port", type=int, required=True)
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--rewrite-endpoints", action="store_true")
     a = ap.parse_args()
 
-    syn = ack = None
-    for p in rdpcap(a.pcap):
-        ip = p.getlayer(IP)
-        if ip is None or not ip.haslayer(TCP) or ip[TCP].dport != a.captured_dport:
-            continue
-        if ip.src == a.captured_src and (ip[TCP].flags & 0x12) == 0x02:
-            syn = ip
-            break
-    for p in rdpcap(a.proof_pcap) if a.proof_pcap else []:
-        ip = p.getlayer(IP)
-        if ip is not None and ip.haslayer(TCP) and (ip[TCP].flags & 0x12) == 0x10 \
-                and any(o[0] == 253 for o in ip[TCP].options):
-            # A handshake-completing ACK with a proof option: a proof the
-            # attacker saw on the wire, for some other handshake.
-            ack = ip
-            break
-    if syn is None or len(syn[TCP].payload) == 0:
-        print(json.dumps({"error": "no SYN with a token from %s in the capture" % a.captured_src}))
-        return 2
-    token = bytes(syn[TCP].payload)
-    proof = bytes(ack[TCP].payload) if ack is not None else b""  # normally empty: the proof is an option
+    relay_port = random.randint(20000, 60000)
+    out = conf.L3socket()
+    state = {"client": None, "client_port": None}
+    counts = {"syn_relayed": 0, "synack_from_server": 0, "synack_relayed": 0,
+              "to_server": 0, "to_client": 0, "relay_port": relay_port}
 
-    sport = random.randint(20000, 60000)
-    seq = random.randint(0, 2**32 - 1)
-    ip = IP(dst=a.dst)
-    synack = sr1(ip / TCP(sport=sport, dport=a.dport, flags="S", seq=seq, options=syn[TCP].options) / Raw(token),
-                 timeout=2, verbose=0)
-    got = synack is not None and synack.haslayer(TCP) and (synack[TCP].flags & 0x12) == 0x12
-    sent = 1
-    if got:
-        a_seq, a_ack = seq + 1, synack[TCP].seq + 1
-        # The ACK with the relayed proof bytes (if any), then a plain one,
-        # then data: whatever completes the handshake at the server's kernel.
-        relayed = [(ack[TCP].options, proof)] if ack is not None else []
-        for options, payload in relayed + [([], b"")]:
-            pkt = ip / TCP(sport=sport, dport=a.dport, flags="A", seq=a_seq, ack=a_ack, options=options)
-            if payload:
-                pkt = pkt / Raw(payload)
-            send(pkt, verbose=0)
-            sent += 1
-        send(ip / TCP(sport=sport, dport=a.dport, flags="PA", seq=a_seq, ack=a_ack) / Raw(b"hello\n"), verbose=0)
-        sent += 1
-    print(json.dumps({"synack": bool(got), "sent": sent, "token": len(token), "proof_ack": ack is not None}))
+    def fwd(p, src, sport, dst, dport):
+        t = p[TCP]
+        pkt = IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=t.flags, seq=t.seq,
+                                         ack=t.ack, window=t.window, options=t.options)
+        payload = bytes(t.payload)
+        if payload:
+            pkt = pkt / Raw(payload)
+        out.send(pkt)
+
+    def handle(p):
+        if IP not in p or TCP not in p or p[IP].dst != a.self:
+            return  # our own packets, seen on the way out
+        ip, t = p[IP], p[TCP]
+        syn, ack = bool(t.flags & 0x02), bool(t.flags & 0x10)
+        if t.dport == a.port:  # from the client
+            state["client"], state["client_port"] = ip.src, t.sport
+            if syn and not ack:
+                payload = bytes(t.payload)
+                if a.rewrite_endpoints and len(payload) > 30 and payload[17] == 4:
+                    ends = struct.pack("!4sH4sH", socket.inet_aton(a.self), relay_port,
+                                       socket.inet_aton(a.server), a.server_port)
+                    payload = payload[:18] + ends + payload[30:]
+                pkt = IP(src=a.self, dst=a.server) / TCP(sport=relay_port, dport=a.server_port, flags="S",
+                                                         seq=t.seq, window=t.window, options=t.options)
+                out.send(pkt / Raw(payload) if payload else pkt)
+                counts["syn_relayed"] += 1
+            else:
+                fwd(p, a.self, relay_port, a.server, a.server_port)
+                counts["to_server"] += 1
+        elif ip.src == a.server and t.sport == a.server_port and t.dport == relay_port and state["client"]:
+            if syn:
+                counts["synack_from_server"] += 1
+            fwd(p, a.self, a.port, state["client"], state["client_port"])
+            counts["synack_relayed" if syn else "to_client"] += 1
+
+    sniffer = AsyncSniffer(iface="eth0", prn=handle, store=False)
+    sniffer.start()
+    deadline = time.time() + 5
+    while not getattr(sniffer, "running", False) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the capture socket is open once running is set; be sure
+    print("ready", flush=True)
+    time.sleep(a.duration)
+    sniffer.stop()
+    print(json.dumps(counts), flush=True)
     return 0
 
 

@@ -5,8 +5,11 @@ handshake (SYN, the ACK carrying the proof, data).
 
 Optionally the source address or port is rewritten (spoofing) and byte
 strings in the payload are replaced by strings of the same length (editing
-the claims of a signed token in place). Checksums are recomputed, so the
-only thing wrong with the packets is what the test means to be wrong.
+the claims of a signed token in place). When addresses or ports change, the
+endpoints a protocol version 2 SYN claims (unsigned) are rewritten to match,
+as an attacker would, so the server's enforcer reaches the check the test
+is about. Checksums are recomputed, so the only thing wrong with the
+packets is what the test means to be wrong.
 
 Prints one JSON object: how many packets were sent and the replacements
 made. Exits 2 when the capture holds no matching SYN or a replacement
@@ -16,6 +19,8 @@ passing vacuously).
 import argparse
 import json
 import random
+import socket
+import struct
 import sys
 import time
 
@@ -79,6 +84,12 @@ def main():
             p[TCP].dport = a.to_port
         if sport:
             p[TCP].sport = sport
+        raw = bytes(p[TCP].payload)
+        if (p[TCP].flags & 0x12) == 0x02 and len(raw) > 30 and raw[0] == 0x21 and raw[17] == 4:
+            ends = struct.pack("!4sH4sH", socket.inet_aton(p.src), p[TCP].sport,
+                               socket.inet_aton(p.dst), p[TCP].dport)
+            p[TCP].remove_payload()
+            p = p / Raw(raw[:18] + ends + raw[30:])
         del p.len
         del p.chksum
         del p[TCP].chksum

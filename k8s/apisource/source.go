@@ -4,8 +4,10 @@
 // compiled NetworkPolicies.
 //
 // It watches the pods of one node (a field selector on spec.nodeName, so a
-// node's agent holds only its own pods), and every Namespace and
-// NetworkPolicy. A pod is protected once it is Running, has an IP, and one
+// node's agent holds only its own pods in full), every Namespace and
+// NetworkPolicy, and every pod trimmed to where it runs: the placement
+// against which peers' tokens are checked (a node speaks only for its own
+// pods). A pod is protected once it is Running, has an IP, and one
 // network namespace on the node holds that IP (package podnetns finds it;
 // nothing the pod wrote is trusted); it is released when it is deleted,
 // stops running or its namespace can no longer be found. hostNetwork pods
@@ -110,6 +112,7 @@ func New(cfg Config) (*Source, error) {
 // listers are the informers' caches the state is computed from.
 type listers struct {
 	pods       corelisters.PodLister // this node's pods only
+	allPods    corelisters.PodLister // every pod, trimmed to its placement
 	namespaces corelisters.NamespaceLister
 	policies   networkinglisters.NetworkPolicyLister
 }
@@ -127,7 +130,12 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.cfg.Node).String()
 		}))
+	// Where every pod runs (node authorization of peer tokens) needs only
+	// a few fields of each pod of the cluster: the rest is dropped as
+	// objects arrive, so the cache stays small on large clusters.
+	allPods := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithTransform(trimPod))
 	podInformer := nodePods.Core().V1().Pods()
+	allPodInformer := allPods.Core().V1().Pods()
 	nsInformer := cluster.Core().V1().Namespaces()
 	npInformer := cluster.Networking().V1().NetworkPolicies()
 
@@ -141,6 +149,7 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		mark func()
 	}{
 		{podInformer.Informer(), ch.podsChanged},
+		{allPodInformer.Informer(), ch.placementChanged},
 		{nsInformer.Informer(), ch.policyChanged}, // namespace labels: identities and policy
 		{npInformer.Informer(), ch.policyChanged},
 	} {
@@ -150,14 +159,17 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		}
 		handlersSynced = append(handlersSynced, h.HasSynced)
 	}
-	l := listers{pods: podInformer.Lister(), namespaces: nsInformer.Lister(), policies: npInformer.Lister()}
+	l := listers{pods: podInformer.Lister(), allPods: allPodInformer.Lister(), namespaces: nsInformer.Lister(), policies: npInformer.Lister()}
 
-	cluster.Start(ctx.Done())
-	nodePods.Start(ctx.Done())
+	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
+	for _, f := range factories {
+		f.Start(ctx.Done())
+	}
 	defer func() {
 		cancel()
-		cluster.Shutdown()
-		nodePods.Shutdown()
+		for _, f := range factories {
+			f.Shutdown()
+		}
 	}()
 
 	syncCtx, syncDone := context.WithTimeout(ctx, s.cfg.SyncTimeout)
@@ -176,7 +188,7 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	verify := time.NewTicker(s.cfg.Verify)
 	defer verify.Stop()
 	ch.take()
-	first, _ := st.compute(ctx, true, true)
+	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true})
 	update(first)
 	for {
 		verifyDue := false
@@ -187,10 +199,9 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		case <-verify.C:
 			verifyDue = true
 		}
-		policyChanged, podsChanged := ch.take()
-		// A policy-only change reuses the last scan: it must take effect
-		// at once, and the pods' namespaces did not move.
-		if next, changed := st.compute(ctx, policyChanged, podsChanged || verifyDue); changed {
+		what := ch.take()
+		what.pods = what.pods || verifyDue
+		if next, differs := st.compute(ctx, what); differs {
 			update(next)
 		}
 	}
@@ -209,20 +220,27 @@ func stripBookkeeping(obj any) (any, error) {
 	return obj, nil
 }
 
-// changes records what changed since the loop last looked.
+// changed says what the informers saw change: the policy (network
+// policies and namespaces), the placement (any pod's node) or this node's
+// pods (which also asks for a new scan of the namespaces).
+type changed struct{ policy, placement, pods bool }
+
+// changes collects what changed since the loop last looked.
 type changes struct {
-	mu           sync.Mutex
-	policy, pods bool
-	wake         chan struct{}
+	mu   sync.Mutex
+	seen changed
+	wake chan struct{}
 }
 
-func (c *changes) policyChanged() { c.mark(true, false) }
-func (c *changes) podsChanged()   { c.mark(false, true) }
+func (c *changes) policyChanged()    { c.mark(changed{policy: true}) }
+func (c *changes) placementChanged() { c.mark(changed{placement: true}) }
+func (c *changes) podsChanged()      { c.mark(changed{pods: true}) }
 
-func (c *changes) mark(policy, pods bool) {
+func (c *changes) mark(w changed) {
 	c.mu.Lock()
-	c.policy = c.policy || policy
-	c.pods = c.pods || pods
+	c.seen.policy = c.seen.policy || w.policy
+	c.seen.placement = c.seen.placement || w.placement
+	c.seen.pods = c.seen.pods || w.pods
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -231,12 +249,12 @@ func (c *changes) mark(policy, pods bool) {
 }
 
 // take returns and clears what changed.
-func (c *changes) take() (policy, pods bool) {
+func (c *changes) take() changed {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	policy, pods = c.policy, c.pods
-	c.policy, c.pods = false, false
-	return policy, pods
+	w := c.seen
+	c.seen = changed{}
+	return w
 }
 
 // notifyOn calls mark on every add, update and delete; resyncs (an update
@@ -268,33 +286,77 @@ type state struct {
 	status    map[string]string  // pod ref -> its protection status, as last logged
 }
 
-// compute builds the desired state; changed reports whether it differs
-// from the last one delivered (a new policy always does).
-func (s *state) compute(ctx context.Context, policyChanged, rescan bool) (next desired.State, changed bool) {
-	if policyChanged {
+// compute builds the desired state; differs reports whether it differs
+// from the last one delivered (a new policy or placement always does). A
+// change of policy or placement alone reuses the last scan: it must take
+// effect at once, and the pods' namespaces did not move.
+func (s *state) compute(ctx context.Context, what changed) (next desired.State, differs bool) {
+	if what.policy {
 		if eng, err := s.compilePolicy(); err != nil {
 			s.log.Error("network policies rejected; keeping the policy in force", "err", err)
 		} else {
 			next.Policy = eng
-			changed = true
+			differs = true
 			s.log.Info("network policies in force", "policies", len(eng.Objects().Policies))
 		}
 	}
+	if what.placement {
+		if p, err := s.placement(); err != nil { // a cache lister does not fail; keep the placement if it ever does
+			s.log.Error("list every pod's node", "err", err)
+		} else {
+			next.Placement = p
+			differs = true
+		}
+	}
 	pods, err := s.l.pods.List(labels.Everything())
-	if err != nil { // a cache lister does not fail; keep the last set if it ever does
+	if err != nil {
 		s.log.Error("list this node's pods", "err", err)
 		next.Workloads = s.workloads
-		return next, changed
+		return next, differs
 	}
-	if rescan || s.snapshot == nil {
+	if what.pods || s.snapshot == nil {
 		s.rescan(ctx, pods)
 	}
 	next.Workloads = s.selectWorkloads(pods)
 	if !sameWorkloads(next.Workloads, s.workloads) {
-		changed = true
+		differs = true
 		s.workloads = next.Workloads
 	}
-	return next, changed
+	return next, differs
+}
+
+// placement maps every pod the API server places on a node to that node.
+// A pod not yet scheduled runs nowhere and is left out, so a token for it
+// is refused as unknown.
+func (s *state) placement() (desired.Placement, error) {
+	pods, err := s.l.allPods.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	p := make(desired.Placement, len(pods))
+	for _, pod := range pods {
+		if pod.Spec.NodeName != "" {
+			p[podRef(pod)] = pod.Spec.NodeName
+		}
+	}
+	return p, nil
+}
+
+// trimPod keeps of a pod what its placement needs: namespace, name, node,
+// phase and addresses (the addresses for deciding non-TCP peers by address
+// next).
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a tombstone of a deleted pod: nothing to trim
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, ResourceVersion: p.ResourceVersion,
+		},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}, nil
 }
 
 // compilePolicy compiles every NetworkPolicy, with the namespaces their

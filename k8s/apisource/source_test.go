@@ -95,6 +95,25 @@ func (s *states) next(what string) desired.State {
 	}
 }
 
+// until reads states until one satisfies cond, for at most a second: one
+// API change may come as several states (this node's pods and every pod's
+// placement are two informers).
+func (s *states) until(what string, cond func(desired.State) bool) desired.State {
+	s.t.Helper()
+	deadline := time.After(time.Second)
+	for {
+		select {
+		case st := <-s.ch:
+			if cond(st) {
+				return st
+			}
+		case <-deadline:
+			s.t.Fatalf("no state as expected within 1s after %s", what)
+			return desired.State{}
+		}
+	}
+}
+
 func refs(st desired.State) string {
 	var out []string
 	for _, w := range st.Workloads {
@@ -132,6 +151,12 @@ func TestSourceFollowsTheAPI(t *testing.T) {
 	if got, want := refs(first), "x/a@/run/netns/a"; got != want {
 		t.Fatalf("first workloads = %q, want %q (only the running pod of n1 with one namespace, not hostNetwork)", got, want)
 	}
+	if node, ok := first.Placement.NodeOf("x", "other-node"); !ok || node != "n2" {
+		t.Errorf("first placement of x/other-node = %q, %v; want n2 (every node's pods are placed)", node, ok)
+	}
+	if node, ok := first.Placement.NodeOf("x", "a"); !ok || node != "n1" {
+		t.Errorf("first placement of x/a = %q, %v; want n1", node, ok)
+	}
 	id := first.Workloads[0].Identity
 	if id.Cluster != "c1" || id.Namespace != "x" || id.Pod != "a" || id.ServiceAccount != "sa-a" ||
 		id.Labels["app"] != "a" || id.NamespaceLabels["team"] != "blue" {
@@ -144,9 +169,9 @@ func TestSourceFollowsTheAPI(t *testing.T) {
 	if _, err := client.CoreV1().Pods("x").UpdateStatus(ctx, running, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := refs(s.next("pod running")), "x/a@/run/netns/a x/pending@/run/netns/pending"; got != want {
-		t.Errorf("workloads = %q, want %q", got, want)
-	}
+	s.until("pod running", func(st desired.State) bool {
+		return refs(st) == "x/a@/run/netns/a x/pending@/run/netns/pending"
+	})
 
 	// A label change gives the pod its new identity.
 	a, err := client.CoreV1().Pods("x").Get(ctx, "a", metav1.GetOptions{})
@@ -157,9 +182,9 @@ func TestSourceFollowsTheAPI(t *testing.T) {
 	if _, err := client.CoreV1().Pods("x").Update(ctx, a, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if st := s.next("label change"); st.Workloads[0].Identity.Labels["app"] != "a2" {
-		t.Errorf("after the label change, identity labels = %v", st.Workloads[0].Identity.Labels)
-	}
+	s.until("label change", func(st desired.State) bool {
+		return len(st.Workloads) > 0 && st.Workloads[0].Identity.Labels["app"] == "a2"
+	})
 
 	// A namespace label change reaches the identities and the policy.
 	nsX, err := client.CoreV1().Namespaces().Get(ctx, "x", metav1.GetOptions{})
@@ -170,10 +195,9 @@ func TestSourceFollowsTheAPI(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Update(ctx, nsX, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	st := s.next("namespace label change")
-	if st.Policy == nil || st.Workloads[0].Identity.NamespaceLabels["team"] != "red" {
-		t.Errorf("after the namespace label change: policy %v, namespace labels %v", st.Policy, st.Workloads[0].Identity.NamespaceLabels)
-	}
+	s.until("namespace label change", func(st desired.State) bool {
+		return st.Policy != nil && len(st.Workloads) > 0 && st.Workloads[0].Identity.NamespaceLabels["team"] == "red"
+	})
 
 	// A new policy is compiled and delivered.
 	np := &networkingv1.NetworkPolicy{
@@ -183,25 +207,30 @@ func TestSourceFollowsTheAPI(t *testing.T) {
 	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, np, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	st = s.next("policy created")
-	if st.Policy == nil || len(st.Policy.Objects().Policies) != 1 || st.Policy.Objects().Policies[0].Name != "deny-all" {
-		t.Errorf("after creating x/deny-all, policy = %v", st.Policy)
-	}
+	s.until("policy created", func(st desired.State) bool {
+		return st.Policy != nil && len(st.Policy.Objects().Policies) == 1 && st.Policy.Objects().Policies[0].Name == "deny-all"
+	})
 
 	// Deleting a pod releases it.
 	if err := client.CoreV1().Pods("x").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := refs(s.next("pod deleted")), "x/pending@/run/netns/pending"; got != want {
-		t.Errorf("after deleting x/a, workloads = %q, want %q", got, want)
-	}
+	// Two informers see the deletion; the two states may come in either
+	// order.
+	placed, released := true, false
+	s.until("pod deleted", func(st desired.State) bool {
+		if st.Placement != nil {
+			_, stillPlaced := st.Placement.NodeOf("x", "a")
+			placed = stillPlaced
+		}
+		released = refs(st) == "x/pending@/run/netns/pending"
+		return !placed && released
+	})
 
 	// A namespace that vanishes without the API knowing is noticed by the
 	// periodic check.
 	scan.set("198.18.0.3")
-	if got := refs(s.next("namespace vanished")); got != "" {
-		t.Errorf("after x/pending's namespace vanished, workloads = %q, want none", got)
-	}
+	s.until("namespace vanished", func(st desired.State) bool { return refs(st) == "" })
 }
 
 // Nothing changes, nothing is delivered: the periodic check finds the same

@@ -95,5 +95,5 @@ func (s *Source) state(objs policy.Objects, eng *policy.Engine) desired.State {
 	for _, p := range sel.Problems {
 		s.log.Warn("workload skipped", "problem", p)
 	}
-	return desired.State{Workloads: sel.Workloads, Policy: eng}
+	return desired.State{Workloads: sel.Workloads, Policy: eng, Placement: PlacementOf(objs)}
 }

@@ -189,7 +189,7 @@ func TestAgentFollowsStore(t *testing.T) {
 	}
 	dp := &recordingDatapath{state: map[string]desired.Workload{}}
 	live := policy.NewLive(nil)
-	a, err := agent.New(agent.Config{Source: src, Datapath: dp, Policy: live, Tokens: engine, Poll: 20 * time.Millisecond, Log: log})
+	a, err := agent.New(agent.Config{Source: src, Datapath: dp, Policy: live, Placement: agent.NewLivePlacement(), Tokens: engine, Poll: 20 * time.Millisecond, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,8 @@ func TestAgentFollowsStore(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
 	}
-	if got := dp.snapshot(); len(got) != 0 {
-		t.Errorf("after stop: installed %v; want nothing", got)
+	// Stopping fails closed: the rules stay until an explicit uninstall.
+	if got, want := dp.snapshot(), []string{"net=x/d app=web", "ns-a=x/a app=api"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after stop: installed %v; want %v left in place", got, want)
 	}
 }

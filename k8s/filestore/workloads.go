@@ -75,6 +75,20 @@ func SelectWorkloads(objs policy.Objects, cluster, node string) Selection {
 	return sel
 }
 
+// PlacementOf returns where the store runs every pod: its spec.nodeName,
+// for the pods of every node (a peer's token is checked against it). A pod
+// with no nodeName runs nowhere and is left out, so a token for it is
+// refused as unknown.
+func PlacementOf(objs policy.Objects) desired.Placement {
+	p := make(desired.Placement, len(objs.Pods))
+	for _, pod := range objs.Pods {
+		if pod.Spec.NodeName != "" {
+			p[podRef(pod)] = pod.Spec.NodeName
+		}
+	}
+	return p
+}
+
 // NetNSPath turns a bireme.io/netns annotation into the namespace's path: an
 // absolute path is kept (cleaned), a bare name is looked up under /run/netns.
 func NetNSPath(annotation string) (string, error) {

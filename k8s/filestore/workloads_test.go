@@ -142,3 +142,30 @@ func TestSelectWorkloadsIdentity(t *testing.T) {
 		t.Errorf("identity of orphan/b = %+v; want the namespace name label the API server adds", b)
 	}
 }
+
+// TestPlacementOf: the placement covers the pods of every node, annotated
+// or not (a peer's token is checked against it); a pod with no node runs
+// nowhere and is unknown.
+func TestPlacementOf(t *testing.T) {
+	objs := policy.Objects{Pods: []*corev1.Pod{
+		pod("x", "a", "n1", "ns-a", nil),
+		pod("x", "b", "n2", "", nil),
+		pod("", "c", "n2", "", nil),
+		pod("x", "pending", "", "", nil),
+	}}
+	got := PlacementOf(objs)
+	for _, tt := range []struct {
+		ns, pod, node string
+		known         bool
+	}{
+		{"x", "a", "n1", true},
+		{"x", "b", "n2", true},
+		{"default", "c", "n2", true},
+		{"x", "pending", "", false},
+		{"y", "a", "", false},
+	} {
+		if node, known := got.NodeOf(tt.ns, tt.pod); node != tt.node || known != tt.known {
+			t.Errorf("NodeOf(%s, %s) = %q, %v; want %q, %v", tt.ns, tt.pod, node, known, tt.node, tt.known)
+		}
+	}
+}

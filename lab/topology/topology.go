@@ -50,6 +50,11 @@ import (
 // MaxNodes is the number of nodes a topology can hold (one /24 each).
 const MaxNodes = 254
 
+// HostsPrefix holds every host's address (node I's hosts are in
+// 198.18.I.0/24): the pod range, where the lab's peers may run an
+// enforcer (bireme enforce --identity-networks).
+var HostsPrefix = netip.MustParsePrefix("198.18.0.0/16")
+
 // MaxHostsPerNode is the number of hosts one node can hold (.2 to .254).
 const MaxHostsPerNode = 253
 
@@ -134,7 +139,13 @@ func NodeNSName(prefix, node string) string { return prefix + "-node-" + node }
 // HostNSName is the name of the namespace of host in a topology with prefix.
 func HostNSName(prefix, host string) string { return prefix + "-" + host }
 
-func nodeAddr(index int) netip.Addr   { return netip.AddrFrom4([4]byte{198, 19, byte(index), 2}) }
+func nodeAddr(index int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(index), 2}) }
+
+// NATSources is the range of every node's router-facing address: with NAT,
+// the source a server on another node sees for any client, whichever
+// nodes exist now or are added later.
+func NATSources() netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, 0}), 16) }
+
 func routerAddr(index int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(index), 1}) }
 func gateway(index int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 18, byte(index), 1}) }
 func subnet(index int) netip.Prefix {
