@@ -20,11 +20,15 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
@@ -175,7 +179,7 @@ type agent struct {
 	log  *syncbuf.Buffer
 }
 
-func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA, podNetwork string) *agent {
+func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string) *agent {
 	t.Helper()
 	bin, err := testbin.Bireme()
 	if err != nil {
@@ -190,7 +194,7 @@ func startAgent(t *testing.T, env *kubeenv.Env, dir, node string, ca *tokens.CA,
 		t.Fatal(err)
 	}
 	a := &agent{node: node, log: new(syncbuf.Buffer)}
-	cmd := exec.Command(bin, "agent", "--node", node, "--kubeconfig", env.Kubeconfig,
+	cmd := exec.Command(bin, "agent", "--node", node, "--kubeconfig", kubeconfig,
 		"--cluster", cluster, "--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", certFile, "--key", keyFile,
 		"--identity-networks", podNetwork,
 		"--flows", filepath.Join(dir, node+".flows.jsonl"), "--netns-check", "500ms")
@@ -307,6 +311,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		}
 	}
 
+	agentKubeconfig := agentCredentials(t, ctx, env, dir)
 	f := newFabric(t)
 	a := &pod{namespace: "x", name: "a", node: "n1", labels: map[string]string{"app": "a"}}
 	b := &pod{namespace: "x", name: "b", node: "n1", labels: map[string]string{"app": "b"}}
@@ -321,8 +326,8 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 	// One pod exists before the agents start, the others after.
 	kubelet(t, ctx, client, f, a)
-	n1 := startAgent(t, env, dir, "n1", ca, f.network())
-	n2 := startAgent(t, env, dir, "n2", ca, f.network())
+	n1 := startAgent(t, agentKubeconfig, dir, "n1", ca, f.network())
+	n2 := startAgent(t, agentKubeconfig, dir, "n2", ca, f.network())
 	kubelet(t, ctx, client, f, b)
 	kubelet(t, ctx, client, f, c)
 	for _, w := range []struct {
@@ -343,7 +348,6 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 
 	// y/c accepts only pods labelled app=a in namespaces labelled team=x.
-	t.Logf("%s creating policy y/c-from-a", time.Now().Format("15:04:05.000"))
 	np := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: "c-from-a"},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -417,6 +421,70 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	if !connects(b.ns, c.addr) {
 		t.Error("x/b cannot reach the released y/c's namespace")
 	}
+}
+
+// agentCredentials gives the agents the least privilege the README
+// documents: a service account that may only get, list and watch pods,
+// namespaces and network policies. It returns a kubeconfig with a token of
+// that account.
+func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir string) string {
+	t.Helper()
+	client := env.Client
+	const ns, name = "bireme-system", "bireme-agent"
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+		},
+	}
+	if _, err := client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: name}},
+	}
+	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.LoadFromFile(env.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, auth := range cfg.AuthInfos {
+		*auth = clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	}
+	path := filepath.Join(dir, "agent.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	// The token must be the agent's, not an admin's: it may not write.
+	restCfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentClient, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentClient.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "not-allowed"}}, metav1.CreateOptions{}); err == nil {
+		t.Fatal("the agent's service account could create a namespace; it must only read")
+	}
+	return path
 }
 
 func patchLabels(t *testing.T, ctx context.Context, client kubernetes.Interface, p *pod, labels map[string]string) {
