@@ -72,6 +72,9 @@ func Start(t testing.TB) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test sets up thousands of objects: client-go's default rate limit
+	// (5 requests/s) would make that minutes.
+	cfg.QPS, cfg.Burst = 1000, 1000
 	if env.Client, err = kubernetes.NewForConfig(cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,242 @@
+package kubernetes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/bireme/bireme/internal/kubeenv"
+	"github.com/bireme/bireme/internal/syncbuf"
+	"github.com/bireme/bireme/internal/testbin"
+	"github.com/bireme/bireme/netns/netnstest"
+	"github.com/bireme/bireme/tokens"
+)
+
+// Issue 12's scale goals for one agent on a cluster of 10,000 pods (most
+// on other nodes) and 1,000 NetworkPolicies.
+const (
+	scalePods     = 10000
+	scalePolicies = 1000
+	scaleNodes    = 100 // pods spread over this many nodes; the agent is one of them
+	maxAgentRSS   = 150 << 20
+	maxPolicyLag  = time.Second
+)
+
+// TestAgentAtScale measures an agent on a large cluster: memory, time to
+// its first complete state, and time from a policy change to the policy
+// being in force. It creates 10,000 pods, so it runs only when asked:
+// BIREME_K8S_SCALE=1 (make k8s-scale).
+func TestAgentAtScale(t *testing.T) {
+	if os.Getenv("BIREME_K8S_SCALE") == "" {
+		t.Skip("skipping: creates 10,000 pods and 1,000 policies (minutes); set BIREME_K8S_SCALE=1 or run make k8s-scale")
+	}
+	netnstest.RequireNamespaces(t)
+	env := kubeenv.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+
+	started := time.Now()
+	populate(t, ctx, env.Client)
+	t.Logf("created %d pods and %d network policies in %v", scalePods, scalePolicies, time.Since(started).Round(time.Second))
+
+	dir := t.TempDir()
+	ca, err := tokens.NewCA(cluster, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ca.IssueNode("n0", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := creds.Save(filepath.Join(dir, "n0.crt"), filepath.Join(dir, "n0.key")); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := testbin.Bireme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := new(syncbuf.Buffer)
+	cmd := exec.Command(bin, "agent", "--node", "n0", "--kubeconfig", env.Kubeconfig, "--cluster", cluster,
+		"--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", filepath.Join(dir, "n0.crt"), "--key", filepath.Join(dir, "n0.key"),
+		"--identity-networks", "198.18.0.0/15", "--flows", filepath.Join(dir, "flows.jsonl"))
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	agentStart := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Error("agent did not stop within 15s of SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("agent log (tail):\n%s", tail(log.String(), 30))
+		}
+	})
+
+	waitFor := func(what string, timeout time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > timeout {
+				t.Fatalf("%s: not within %v", what, timeout)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	waitFor("agent started", 2*time.Minute, func() bool { return strings.Contains(log.String(), "msg=started") })
+	converge := time.Since(agentStart)
+	time.Sleep(3 * time.Second) // settle: the first state's garbage collected
+	rss := rssOf(t, cmd.Process.Pid)
+
+	// A policy change: the time until the agent has compiled and put in
+	// force the 1,001st policy.
+	np := scalePolicy(0, scalePolicies)
+	changed := time.Now()
+	if _, err := env.Client.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("policies=%d", scalePolicies+1)
+	waitFor("policy change in force", 30*time.Second, func() bool { return strings.Contains(log.String(), want) })
+	lag := time.Since(changed)
+
+	t.Logf("SCALE pods=%d policies=%d agent: converged in %v, RSS %.1f MB, policy change in force after %v",
+		scalePods, scalePolicies, converge.Round(time.Millisecond), float64(rss)/(1<<20), lag.Round(time.Millisecond))
+	if rss > maxAgentRSS {
+		t.Errorf("agent RSS %.1f MB; goal under %d MB", float64(rss)/(1<<20), maxAgentRSS>>20)
+	}
+	if lag > maxPolicyLag {
+		t.Errorf("policy change in force after %v; goal under %v", lag, maxPolicyLag)
+	}
+}
+
+// populate creates the namespaces, pods and policies, in parallel.
+func populate(t *testing.T, ctx context.Context, client kubernetes.Interface) {
+	t.Helper()
+	const namespaces = 50
+	for n := 0; n < namespaces; n++ {
+		name := fmt.Sprintf("ns-%d", n)
+		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"team": fmt.Sprintf("t%d", n%5)}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobs := make(chan func() error)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for job := range jobs {
+				if err := job(); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < scalePods; i++ {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", i%namespaces), Name: fmt.Sprintf("pod-%d", i),
+				Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%200), "tier": fmt.Sprintf("tier-%d", i%3)}},
+			Spec: corev1.PodSpec{NodeName: fmt.Sprintf("n%d", i%scaleNodes), AutomountServiceAccountToken: new(bool),
+				Containers: []corev1.Container{{Name: "main", Image: "none", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}}}},
+		}
+		jobs <- func() error {
+			_, err := client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+			return err
+		}
+	}
+	for i := 0; i < scalePolicies; i++ {
+		np := scalePolicy(i, i)
+		jobs <- func() error {
+			_, err := client.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, np, metav1.CreateOptions{})
+			return err
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		t.Fatal(firstErr)
+	}
+}
+
+// scalePolicy is policy number i in namespace ns-(ns % 50): one app's
+// ingress from a tier in a team's namespaces, on the named port.
+func scalePolicy(ns, i int) *networkingv1.NetworkPolicy {
+	port := ptr(intstr.FromString("http"))
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", ns%50), Name: "np-" + strconv.Itoa(i)},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", i%200)}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", i%5)}},
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"tier": fmt.Sprintf("tier-%d", i%3)}},
+				}},
+				Ports: []networkingv1.NetworkPolicyPort{{Port: port}},
+			}},
+		},
+	}
+}
+
+// rssOf reads a process's resident set size.
+func rssOf(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/PID/status")
+	return 0
+}
+
+func tail(s string, lines int) string {
+	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
