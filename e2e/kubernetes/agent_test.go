@@ -280,7 +280,9 @@ func eventually(timeout time.Duration, cond func() bool) (time.Duration, bool) {
 
 // TestAgentFollowsTheAPIServer: reachability between pods on two simulated
 // nodes follows the NetworkPolicies, pod labels and namespace labels
-// written to the API server, and a deleted pod's rules are removed.
+// written to the API server; a trusted node claiming a pod the API places
+// elsewhere is refused; a deleted pod's rules are removed. The agents run
+// with the least privilege the README documents.
 func TestAgentFollowsTheAPIServer(t *testing.T) {
 	netnstest.RequireNamespaces(t)
 	env := kubeenv.Start(t)
@@ -345,6 +347,21 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		if !connects(pair[0].ns, pair[1].addr) {
 			t.Errorf("with no policy, %s cannot reach %s", pair[0].ref(), pair[1].ref())
 		}
+	}
+
+	// A node the CA trusts but the API server does not place x/a on signs
+	// tokens claiming to be x/a: the agents refuse them (node
+	// authorization from the API's placement), while the real x/a still
+	// connects.
+	forger := startForger(t, dir, ca, f)
+	if connects(forger, c.addr) {
+		t.Error("a pod on node n3 claiming x/a reached y/c; the API places x/a on n1")
+	}
+	if !connects(a.ns, c.addr) {
+		t.Error("the real x/a cannot reach y/c")
+	}
+	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), "wrong-node") {
+		t.Errorf("n2's flow records name no wrong-node refusal (err %v)", err)
 	}
 
 	// y/c accepts only pods labelled app=a in namespaces labelled team=x.
@@ -421,6 +438,60 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	if !connects(b.ns, c.addr) {
 		t.Error("x/b cannot reach the released y/c's namespace")
 	}
+}
+
+// startForger runs node n3, with credentials from the cluster's CA, as
+// `bireme enforce` on a store of its own that places x/a, labels and all,
+// on n3 in a namespace on the fabric; it returns that namespace.
+func startForger(t *testing.T, dir string, ca *tokens.CA, f *fabric) *netns.NS {
+	t.Helper()
+	ns, _ := f.podNS(t, "forger")
+	store := filepath.Join(dir, "n3-store")
+	if err := os.Mkdir(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}, annotations: {bireme.io/netns: %s}}
+spec: {nodeName: n3, containers: [{name: main, image: none, ports: [{name: http, containerPort: 80}]}]}
+`, ns.Path())
+	if err := os.WriteFile(filepath.Join(store, "store.yaml"), []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := ca.IssueNode("n3", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "n3.crt"), filepath.Join(dir, "n3.key")
+	if err := creds.Save(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := testbin.Bireme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{node: "n3", log: new(syncbuf.Buffer)}
+	cmd := exec.Command(bin, "enforce", "--node", "n3", "--store", store, "--cluster", cluster,
+		"--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", certFile, "--key", keyFile,
+		"--identity-networks", f.network(), "--flows", filepath.Join(dir, "n3.flows.jsonl"))
+	cmd.Stdout, cmd.Stderr = a.log, a.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("forging node n3 log:\n%s", a.log.String())
+		}
+	})
+	a.waitLog(t, 20*time.Second, "workload protected", "pod=x/a")
+	return ns
 }
 
 // agentCredentials gives the agents the least privilege the README
