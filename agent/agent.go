@@ -59,6 +59,9 @@ type Config struct {
 	Poll time.Duration
 	// Metrics receives the workload and reconcile metrics (nil: none).
 	Metrics *Metrics
+	// Health is set ready whenever the source's latest state is applied
+	// (nil: no probes).
+	Health *Health
 	// Log receives the agent's own log (nil: discarded).
 	Log *slog.Logger
 }
@@ -156,8 +159,10 @@ func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 			}
 			return fmt.Errorf("source: %w", err)
 		case ws := <-a.latest.ch:
+			a.cfg.Health.setReady(false)
 			a.rec.setDesired(ws)
 			converged = a.rec.reconcile(ctx)
+			a.cfg.Health.setReady(converged)
 			if !started {
 				started = true
 				a.log.Info("started", "workloads", len(a.rec.installed))
@@ -169,6 +174,8 @@ func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 			if !converged {
 				converged = a.rec.reconcile(ctx)
 			}
+			// Before the first state, "converged" means nothing to do yet.
+			a.cfg.Health.setReady(started && converged)
 			if a.keys != nil {
 				a.keys.reload()
 			}

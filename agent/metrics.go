@@ -125,16 +125,19 @@ func (m *Metrics) Observe(r *flowlog.Record) {
 	m.decisions.WithLabelValues(r.Verdict, r.Direction, reason).Inc()
 }
 
-// ServeMetrics serves reg at /metrics on addr until ctx ends. It returns once
-// the listener is open (so a bad address is reported at start) and the
+// ServeMetrics serves reg at /metrics, and the probes /healthz (the process
+// answers) and /readyz (health is ready), on addr until ctx ends. It returns
+// once the listener is open (so a bad address is reported at start) and the
 // returned channel yields the server's final error.
-func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer) (<-chan error, error) {
+func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer, health *Health) (<-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", livez)
+	mux.HandleFunc("/readyz", health.readyz)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() {

@@ -126,11 +126,12 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, fl
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()                       // also stops the metrics server when the node fails
 	var metricsReg prometheus.Registerer // nil: no metrics
+	health := &agent.Health{}
 	if metricsAddr != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		metricsReg = reg
-		served, err := agent.ServeMetrics(ctx, metricsAddr, reg)
+		served, err := agent.ServeMetrics(ctx, metricsAddr, reg, health)
 		if err != nil {
 			return err
 		}
@@ -141,13 +142,13 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, fl
 			}
 		}()
 	}
-	return runNode(ctx, opts, newSource, out, metricsReg, log)
+	return runNode(ctx, opts, newSource, out, metricsReg, health, log)
 }
 
 // runNode assembles one node (the token engine from the node's keys and
 // the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
-func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows io.Writer, reg prometheus.Registerer, log *slog.Logger) (err error) {
+func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows io.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
 	engine, err := o.tokenEngine()
 	if err != nil {
 		return err
@@ -193,7 +194,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
 		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
-		Poll:     o.poll, Metrics: metrics, Log: log,
+		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
