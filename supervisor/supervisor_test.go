@@ -137,35 +137,7 @@ func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := netnstest.Prefix()
-	srv := netnstest.NewNS(t, p+"-s")
-	cli := netnstest.NewNS(t, p+"-c")
-	if err := netns.Veth(ctx, srv, p+"s0", cli, p+"c0"); err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range []struct {
-		ns   *netns.NS
-		dev  string
-		addr string
-	}{{srv, p + "s0", "198.18.5.1/24"}, {cli, p + "c0", "198.18.5.2/24"}} {
-		if err := x.ns.Exec(ctx, "ip", "addr", "add", x.addr, "dev", x.dev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l, err := srv.Listen("tcp", "198.18.5.1:7000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	srv, cli := echoPair(ctx, t, 5)
 	old, err := cli.Dial("tcp", "198.18.5.1:7000", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -282,34 +254,7 @@ func TestTakeoverAdoptsNothing(t *testing.T) {
 	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := netnstest.Prefix()
-	srv := netnstest.NewNS(t, p+"-s")
-	cli := netnstest.NewNS(t, p+"-c")
-	if err := netns.Veth(ctx, srv, p+"s0", cli, p+"c0"); err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range []struct {
-		ns        *netns.NS
-		dev, addr string
-	}{{srv, p + "s0", "198.18.6.1/24"}, {cli, p + "c0", "198.18.6.2/24"}} {
-		if err := x.ns.Exec(ctx, "ip", "addr", "add", x.addr, "dev", x.dev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l, err := srv.Listen("tcp", "198.18.6.1:7000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	srv, cli := echoPair(ctx, t, 6)
 	dial := func() net.Conn {
 		t.Helper()
 		c, err := cli.Dial("tcp", "198.18.6.1:7000", 5*time.Second)
@@ -352,6 +297,43 @@ func TestTakeoverAdoptsNothing(t *testing.T) {
 	if err := echo(before, "after the takeover"); err != nil {
 		t.Errorf("connection adopted at the first install, after the takeover: %v", err)
 	}
+}
+
+// echoPair makes a server and a client namespace joined by a veth pair on
+// 198.18.<subnet>.0/24 (server .1, client .2), with a TCP echo server on
+// 198.18.<subnet>.1:7000 in the server's, until the test ends.
+func echoPair(ctx context.Context, t *testing.T, subnet int) (srv, cli *netns.NS) {
+	t.Helper()
+	p := netnstest.Prefix()
+	srv = netnstest.NewNS(t, p+"-s")
+	cli = netnstest.NewNS(t, p+"-c")
+	if err := netns.Veth(ctx, srv, p+"s0", cli, p+"c0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		ns        *netns.NS
+		dev, host string
+	}{{srv, p + "s0", "1"}, {cli, p + "c0", "2"}} {
+		addr := fmt.Sprintf("198.18.%d.%s/24", subnet, x.host)
+		if err := x.ns.Exec(ctx, "ip", "addr", "add", addr, "dev", x.dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := srv.Listen("tcp", fmt.Sprintf("198.18.%d.1:7000", subnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return srv, cli
 }
 
 // echo writes msg on c and expects it back within 3 seconds.
