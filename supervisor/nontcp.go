@@ -1,7 +1,5 @@
 package supervisor
 
-import "strconv"
-
 // Chains for everything that is not TCP (UDP, SCTP, ICMP, ICMPv6, other IP
 // protocols). Non-TCP carries no identity, so the enforcer decides each new
 // flow on the local identity and the peer's address only (only ipBlock or
@@ -54,11 +52,7 @@ var notTCP = []string{"!", "-p", "tcp"}
 func (s *Supervisor) nonTCPChains() []chainSpec {
 	c := s.layout
 	auth := hex32(c.Authorized) + "/" + hex32(c.Mask())
-	queue := []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(c.QueueBase))}
-	if c.Queues > 1 {
-		queue = []string{"-j", "NFQUEUE", "--queue-balance",
-			strconv.Itoa(int(c.QueueBase)) + ":" + strconv.Itoa(int(c.QueueBase)+int(c.Queues)-1)}
-	}
+	queue := s.queueTarget()
 	chain := func(name, loopback string) chainSpec {
 		return chainSpec{"mangle", name, [][]string{
 			{loopback, "lo", "-j", "RETURN"},

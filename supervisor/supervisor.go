@@ -164,11 +164,7 @@ func (s *Supervisor) chains() []chainSpec {
 	mask := hex32(c.Mask())
 	auth := hex32(c.Authorized) + "/" + mask
 	pending := hex32(c.Pending) + "/" + mask
-	queue := []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(c.QueueBase))}
-	if c.Queues > 1 {
-		queue = []string{"-j", "NFQUEUE", "--queue-balance",
-			fmt.Sprintf("%d:%d", c.QueueBase, int(c.QueueBase)+int(c.Queues)-1)}
-	}
+	queue := s.queueTarget()
 	r := func(parts ...[]string) []string {
 		var out []string
 		for _, p := range parts {
@@ -219,6 +215,16 @@ func (s *Supervisor) chains() []chainSpec {
 				"--nfmask", mask, "--ctmask", mask},
 		}},
 	}, s.nonTCPChains()...) // nontcp.go
+}
+
+// queueTarget is the NFQUEUE target that feeds the layout's queues.
+func (s *Supervisor) queueTarget() []string {
+	c := s.layout
+	if c.Queues > 1 {
+		return []string{"-j", "NFQUEUE", "--queue-balance",
+			fmt.Sprintf("%d:%d", c.QueueBase, int(c.QueueBase)+int(c.Queues)-1)}
+	}
+	return []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(c.QueueBase))}
 }
 
 // Protect puts the namespace at netnsPath (for example /run/netns/NAME or
