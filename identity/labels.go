@@ -122,13 +122,7 @@ func WithoutReserved(labels map[string]string) map[string]string {
 	if reserved == 0 {
 		return labels
 	}
-	out := make(map[string]string, len(labels)-reserved)
-	for k, v := range labels {
-		if !IsReserved(k) {
-			out[k] = v
-		}
-	}
-	return out
+	return withoutReservedCopy(labels)
 }
 
 // withoutReservedCopy returns a new map of labels' unreserved entries.
