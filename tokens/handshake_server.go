@@ -10,7 +10,8 @@ import (
 )
 
 // The server side of the handshake: the client's SYN it verifies
-// (ConsumeSYN), the SYN-ACK it answers with (NewSYNACK) and the client's ACK
+// (VerifySYN, then RecordNonce once accepted; ConsumeSYN does both), the
+// SYN-ACK it answers with (NewSYNACK) and the client's ACK
 // proof it checks (ConsumeACK).
 
 // ServerHandshake is the server side of one handshake, from the verified SYN
@@ -148,7 +149,7 @@ func (s *ServerHandshake) PeerNode() string {
 // ISN is kept, as the kernel retransmits with the same one.
 func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) ([]byte, error) {
 	if s == nil || s.e == nil || s.client == nil {
-		return nil, errors.New("new SYN-ACK: no server handshake (not made by ConsumeSYN)")
+		return nil, errors.New("new SYN-ACK: no server handshake (not made by VerifySYN or ConsumeSYN)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -191,7 +192,7 @@ func (s *ServerHandshake) prepareSYNACK(local *identity.Identity, serverISN uint
 // ConsumeACK verifies the client's proof in the ACK payload.
 func (s *ServerHandshake) ConsumeACK(payload []byte) error {
 	if s == nil || s.client == nil {
-		return reject(ReasonBadProof, "no server handshake (not made by ConsumeSYN)")
+		return reject(ReasonBadProof, "no server handshake (not made by VerifySYN or ConsumeSYN)")
 	}
 	proof, err := parseACK(payload)
 	if err != nil {
