@@ -288,21 +288,15 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	adopt := func() error {
-		if takeover {
-			return nil
-		}
-		return markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask())
-	}
 	if !takeover {
 		// The chains above use conntrack, so from here on the namespace is
 		// tracked; give the sockets that existed before an authorized entry.
 		if err := trackEstablishedSockets(netnsPath, s.layout.Authorized); err != nil {
 			return fmt.Errorf("protect %s: %w", netnsPath, err)
 		}
-	}
-	if err := adopt(); err != nil {
-		return fmt.Errorf("protect %s: %w", netnsPath, err)
+		if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
+			return fmt.Errorf("protect %s: %w", netnsPath, err)
+		}
 	}
 	err = inNetNS(netnsPath, func() error {
 		for i, ipt := range ipts {
@@ -328,8 +322,10 @@ func (s *Supervisor) Protect(ctx context.Context, netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", netnsPath, err)
 	}
-	if err := adopt(); err != nil {
-		return fmt.Errorf("protect %s: %w", netnsPath, err)
+	if !takeover {
+		if err := markEstablished(netnsPath, s.layout.Authorized, s.layout.Mask()); err != nil {
+			return fmt.Errorf("protect %s: %w", netnsPath, err)
+		}
 	}
 	return nil
 }
