@@ -383,7 +383,7 @@ func (s *state) compilePolicy() (*policy.Engine, error) {
 // protected: a node with no running pod needs no scan.
 func (s *state) rescan(ctx context.Context, pods []*corev1.Pod) {
 	for _, p := range pods {
-		if _, ok := candidate(p); ok {
+		if candidate(p) {
 			snap, err := s.cfg.NetNS.Scan(ctx)
 			if err != nil {
 				s.log.Error("scan network namespaces; keeping the previous scan", "err", err)
@@ -399,14 +399,14 @@ func (s *state) rescan(ctx context.Context, pods []*corev1.Pod) {
 	s.snapshot = podnetns.NewSnapshot(nil)
 }
 
-// candidate returns a pod's IP when it may be protected: Running, not on
-// the host network, with an IP.
-func candidate(p *corev1.Pod) (netip.Addr, bool) {
+// candidate reports whether a pod may be protected: Running, not on the
+// host network, with an IP (workloadOf says why one is not).
+func candidate(p *corev1.Pod) bool {
 	if p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning {
-		return netip.Addr{}, false
+		return false
 	}
-	ip, err := netip.ParseAddr(p.Status.PodIP)
-	return ip, err == nil
+	_, err := netip.ParseAddr(p.Status.PodIP)
+	return err == nil
 }
 
 // selectWorkloads picks the workloads: pods that may be protected and whose IP one
