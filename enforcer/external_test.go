@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -126,6 +127,7 @@ func TestTokensOnlyToIdentityNetworks(t *testing.T) {
 		rs := l.flows.records(t)
 		r := findRecord(rs, "egress", "syn", "allow")
 		if r == nil || r.PeerAddr != "198.18.21.2:9000" || r.Policy != "prod/egress-to-ext" ||
+			!slices.Contains(r.SelectedBy, "prod/egress-to-ext") ||
 			!strings.Contains(r.Reason, "outside the identity networks: plain SYN, no token") {
 			t.Errorf("egress record: %+v", r)
 		}
