@@ -173,6 +173,9 @@ func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 		c.Close()
 		t.Error("new connection succeeded with no enforcer reading the queue (must fail closed)")
 	}
+	if udpArrives(t, srv, cli, "198.18.5.1:7002") {
+		t.Error("a UDP datagram passed with no enforcer reading the queue (non-TCP must fail closed too)")
+	}
 	// Loopback inside the protected namespace is not enforced.
 	ll, err := srv.Listen("tcp", "127.0.0.1:7001")
 	if err != nil {
@@ -197,6 +200,36 @@ func TestProtectFailsClosedAndKeepsExistingConnections(t *testing.T) {
 	} else {
 		c.Close()
 	}
+	if !udpArrives(t, srv, cli, "198.18.5.1:7002") {
+		t.Error("UDP datagram lost after Unprotect")
+	}
+}
+
+// udpArrives sends one datagram from a fresh socket in cli (a new flow) to
+// addr in srv and reports whether it arrived within 2 seconds.
+func udpArrives(t *testing.T, srv, cli *netns.NS, addr string) bool {
+	t.Helper()
+	var pc net.PacketConn
+	if err := srv.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	c, err := cli.Dial("udp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("datagram")); err != nil {
+		return false
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 16)
+	_, _, err = pc.ReadFrom(buf)
+	return err == nil
 }
 
 // TestChainReplacedInOneStep: a chain that must change (an upgrade with new
