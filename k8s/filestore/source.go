@@ -1,7 +1,7 @@
 // Package filestore is Bireme's first source of desired state: a directory
 // of Kubernetes YAML or JSON (Namespaces, Pods, NetworkPolicies) that is
-// loaded ([LoadDir], [LoadFiles], [LoadPaths]), polled for changes
-// ([Watch]) and turned into what one node enforces ([Source]): the pods of
+// loaded ([LoadDir], [LoadFiles], [LoadPaths]), polled for changes and
+// turned into what one node enforces ([Source]): the pods of
 // the node that carry the bireme.io/netns annotation ([SelectWorkloads])
 // and the compiled policy.
 //

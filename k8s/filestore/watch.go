@@ -15,18 +15,18 @@ import (
 	"github.com/bireme/bireme/policy"
 )
 
-// Watch polls dir every interval. When the store's content changes and the
+// watchDir polls dir every interval. When the store's content changes and the
 // new set is valid, it compiles it and calls onChange with the objects and
 // the new Engine. On invalid input it logs the error (file, Kind
 // namespace/name, field) to log once and keeps the previous set: onChange
 // is not called. The first valid set found at start is reported too, so a
-// caller may rely on Watch alone. A change is acted on once the store has
+// caller may rely on watchDir alone. A change is acted on once the store has
 // not changed for one interval (so a change takes effect within two
 // intervals); writers should still replace files atomically (write a
 // ".name" temporary, then rename), which LoadDir's skipping of dot files
 // makes safe.
 // It returns nil when ctx ends; an error only for a bad interval.
-func Watch(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
+func watchDir(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
 	if interval <= 0 {
 		return fmt.Errorf("watch %s: interval must be > 0, got %v", dir, interval)
 	}
@@ -43,7 +43,7 @@ type dirWatcher struct {
 	started bool
 }
 
-// watch polls until ctx ends; see [Watch].
+// watch polls until ctx ends; see [watchDir].
 func (w *dirWatcher) watch(ctx context.Context, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -14,7 +14,7 @@ import (
 	"github.com/bireme/bireme/policy"
 )
 
-// TestWatch: a valid change is compiled and reported; a bad edit is
+// TestWatch (watchDir, which Source runs on): a valid change is compiled and reported; a bad edit is
 // logged with file, object and field and keeps the previous set; fixing it
 // is picked up.
 func TestWatch(t *testing.T) {
@@ -29,7 +29,7 @@ func TestWatch(t *testing.T) {
 	changes := make(chan *policy.Engine, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- Watch(ctx, dir, 5*time.Millisecond, log, func(_ policy.Objects, e *policy.Engine) { changes <- e })
+		done <- watchDir(ctx, dir, 5*time.Millisecond, log, func(_ policy.Objects, e *policy.Engine) { changes <- e })
 	}()
 	live := policy.NewLive(nil)
 	next := func(what string) {
@@ -105,9 +105,9 @@ func TestWatch(t *testing.T) {
 	}
 	cancel()
 	if err := <-done; err != nil {
-		t.Fatalf("Watch returned %v", err)
+		t.Fatalf("watchDir returned %v", err)
 	}
-	if err := Watch(context.Background(), dir, 0, log, func(policy.Objects, *policy.Engine) {}); err == nil {
+	if err := watchDir(context.Background(), dir, 0, log, func(policy.Objects, *policy.Engine) {}); err == nil {
 		t.Fatal("zero interval accepted")
 	}
 }
