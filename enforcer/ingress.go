@@ -47,8 +47,10 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// (below): refused SYNs must not churn the replay cache.
 		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
 		if err != nil {
-			q.recordTokenRejection(p, costly, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
-				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
+			q.recordTokenRejection(p, costly, func() outcome {
+				return outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+					reason: "denied: client token rejected: " + err.Error(), tokenErr: err}
+			})
 			return drop
 		}
 		c.server = sh

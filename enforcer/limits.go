@@ -216,13 +216,16 @@ func (d *bulkDrops) note(kind bulkDrop, now time.Time) (record bool, unrecorded 
 	return true, d.unrecorded[kind].Swap(0)
 }
 
-// recordBulk counts a bulk drop of p and writes its record o if the
-// records of its kind are within their rate.
-func (q *queue) recordBulk(p *packet, kind bulkDrop, o outcome) {
+// recordBulk counts a bulk drop of p and, if the records of its kind are
+// within their rate, writes the record that build returns. build runs only
+// then: such drops come by the million, most unrecorded, and their
+// reasons cost formatting.
+func (q *queue) recordBulk(p *packet, kind bulkDrop, build func() outcome) {
 	record, unrecorded := q.e.bulk.note(kind, time.Now())
 	if !record {
 		return
 	}
+	o := build()
 	if unrecorded > 0 {
 		o.reason += fmt.Sprintf(" (and %d more drops of this kind not recorded since the last record)", unrecorded)
 	}
@@ -232,12 +235,12 @@ func (q *queue) recordBulk(p *packet, kind bulkDrop, o outcome) {
 // recordTokenRejection records the refusal of a client token: always when
 // its verification was paid for (the budget bounds how often), as a bulk
 // drop when it cost nothing, since such SYNs can come by the million.
-func (q *queue) recordTokenRejection(p *packet, verified bool, o outcome) {
+func (q *queue) recordTokenRejection(p *packet, verified bool, build func() outcome) {
 	if verified {
-		q.record(p, o)
+		q.record(p, build())
 		return
 	}
-	q.recordBulk(p, bulkDropKnownBadToken, o)
+	q.recordBulk(p, bulkDropKnownBadToken, build)
 }
 
 // affordsVerification says whether the SYN p, whose token for the local
@@ -248,12 +251,14 @@ func (q *queue) affordsVerification(p *packet, local *identity.Identity) bool {
 	if over == bulkDropNone {
 		return true
 	}
-	scope := fmt.Sprintf("source %s (%g/s)", p.src, q.e.budget.cfg.SourceRate)
-	if over == bulkDropNodeBudget {
-		scope = fmt.Sprintf("node (%g/s)", q.e.budget.cfg.NodeRate)
-	}
-	q.recordBulk(p, over, outcome{dir: policy.Ingress, stage: stageSYN, local: local,
-		reason: "denied: over the token verification budget of the " + scope + "; client token not checked"})
+	q.recordBulk(p, over, func() outcome {
+		scope := fmt.Sprintf("source %s (%g/s)", p.src, q.e.budget.cfg.SourceRate)
+		if over == bulkDropNodeBudget {
+			scope = fmt.Sprintf("node (%g/s)", q.e.budget.cfg.NodeRate)
+		}
+		return outcome{dir: policy.Ingress, stage: stageSYN, local: local,
+			reason: "denied: over the token verification budget of the " + scope + "; client token not checked"}
+	})
 	return false
 }
 
@@ -291,7 +296,9 @@ func (q *queue) checksumOK(p *packet) bool {
 	if stage == stageSYNACK {
 		dir = policy.Egress // the client's decision on the server's answer
 	}
-	q.recordBulk(p, bulkDropBadChecksum, outcome{dir: dir, stage: stage, local: q.wl.id.Load(),
-		reason: "denied: bad TCP checksum; packet not used"})
+	q.recordBulk(p, bulkDropBadChecksum, func() outcome {
+		return outcome{dir: dir, stage: stage, local: q.wl.id.Load(),
+			reason: "denied: bad TCP checksum; packet not used"}
+	})
 	return false
 }
