@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -135,4 +136,64 @@ func TestNonceRecordedOnlyWhenAccepted(t *testing.T) {
 	// A copy verified before the nonce was recorded (two copies of one
 	// SYN handled at once) cannot be accepted too.
 	wantReason(t, denied.RecordNonce(), ReasonReplayed)
+}
+
+// VerifySYNWithin asks its budget exactly when SYNNeedsVerification says
+// a SYN needs a signature verification, and verifies nothing if refused.
+func TestVerifySYNWithin(t *testing.T) {
+	_, ce, se := newPair(t)
+	syn, _, err := ce.NewSYN(workload("ns", "c", 10), testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := 0
+	within := func(payload []byte, conn Endpoints, ok bool) (*ServerHandshake, bool, error) {
+		t.Helper()
+		want := se.SYNNeedsVerification(payload, conn)
+		asked = 0
+		sh, costly, err := se.VerifySYNWithin(payload, conn, func() bool { asked++; return ok })
+		wantAsks := 0
+		if want {
+			wantAsks = 1
+		}
+		if costly != want || asked != wantAsks {
+			t.Errorf("costly %v after %d asks, SYNNeedsVerification said %v", costly, asked, want)
+		}
+		return sh, costly, err
+	}
+
+	// Refused: nothing verified, nothing remembered.
+	if _, costly, err := within(syn, testConn, false); !costly || !errors.Is(err, ErrNotAfforded) {
+		t.Fatalf("unaffordable new token: costly %v, %v; want ErrNotAfforded", costly, err)
+	}
+	if !se.SYNNeedsVerification(syn, testConn) {
+		t.Error("a token refused for the budget was remembered")
+	}
+	sh, costly, err := within(syn, testConn, true)
+	if err != nil || !costly {
+		t.Fatalf("affordable new token: costly %v, %v", costly, err)
+	}
+	if err := sh.RecordNonce(); err != nil {
+		t.Fatal(err)
+	}
+	if _, costly, err := within(withNewNonce(syn), testConn, false); err != nil || costly {
+		t.Errorf("verified token: costly %v, %v; want no verification asked", costly, err)
+	}
+
+	forged := forgeSignature(syn)
+	_, _, err = within(forged, testConn, true)
+	wantReason(t, err, ReasonBadSignature)
+	_, costly, err = within(withNewNonce(forged), testConn, false)
+	wantReason(t, err, ReasonBadSignature)
+	if costly {
+		t.Error("a token already found forged asked for a verification")
+	}
+
+	relayed := testConn
+	relayed.Server = netip.AddrPortFrom(relayed.Server.Addr(), relayed.Server.Port()+1)
+	_, costly, err = within(withNewNonce(syn), relayed, false)
+	wantReason(t, err, ReasonEndpointMismatch)
+	if costly {
+		t.Error("a relayed SYN asked for a verification")
+	}
 }

@@ -209,6 +209,12 @@ func verifyClaims(vc *verifiedCert, payload, sig []byte, now time.Time, skew, ma
 	if err != nil {
 		return nil, err
 	}
+	return verifySignedClaims(vc, claims, id, start, payload, sig, now, skew)
+}
+
+// verifySignedClaims does the checks of verifyClaims from the signature
+// on, on what checkClaimsUnsigned returned.
+func verifySignedClaims(vc *verifiedCert, claims *Claims, id *identity.Identity, start time.Time, payload, sig []byte, now time.Time, skew time.Duration) (*verifiedToken, error) {
 	if err := verifyClaimsSignature(payload, sig, vc.pub); err != nil {
 		return nil, err
 	}

@@ -374,6 +374,33 @@ func sameIdentity(a, b *identity.Identity) bool {
 // verifyPeer returns the verified token encoded in wire, from the cache or
 // by verifying it.
 func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
+	return e.verifyPeerWithin(t, now, nil)
+}
+
+// verifyBudget lets a datapath bound the signature verifications a SYN
+// costs (Engine.VerifySYNWithin): afford is asked, at most once, before the
+// first one.
+type verifyBudget struct {
+	afford func() bool
+	asked  bool
+}
+
+// take is called before a signature verification; it fails with
+// ErrNotAfforded if afford refuses it.
+func (b *verifyBudget) take() error {
+	if b == nil || b.afford == nil || b.asked {
+		return nil
+	}
+	b.asked = true
+	if !b.afford() {
+		return ErrNotAfforded
+	}
+	return nil
+}
+
+// verifyPeerWithin is verifyPeer, asking b before any signature
+// verification.
+func (e *Engine) verifyPeerWithin(t wireToken, now time.Time, b *verifyBudget) (*peerToken, error) {
 	vf := e.verifier.Load()
 	if p, ok := vf.peers.get(t.raw, now); ok {
 		if err := p.v.checkTime(now, e.skew); err != nil {
@@ -384,6 +411,9 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 	vc, ok := vf.certs.get(t.cert, now)
 	if !ok {
 		if err, bad := vf.badCerts.get(t.cert, now); bad {
+			return nil, err
+		}
+		if err := b.take(); err != nil {
 			return nil, err
 		}
 		var err error
@@ -400,7 +430,14 @@ func (e *Engine) verifyPeer(t wireToken, now time.Time) (*peerToken, error) {
 	if err, bad := vf.badTokens.get(digest[:], now); bad {
 		return nil, err
 	}
-	v, err := verifyClaims(vc, t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+	claims, id, start, err := checkClaimsUnsigned(t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
+	var v *verifiedToken
+	if err == nil {
+		if err := b.take(); err != nil {
+			return nil, err // not verified: nothing to remember
+		}
+		v, err = verifySignedClaims(vc, claims, id, start, t.payload, t.sig, now, e.skew)
+	}
 	if err != nil {
 		// Not-yet-valid may become valid; everything else stays
 		// refused (expired included: it is checked before the signature,

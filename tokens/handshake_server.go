@@ -60,6 +60,26 @@ func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshak
 // the nonces of accepted handshakes. NewSYNACK refuses to answer until the
 // nonce is recorded.
 func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
+	return e.verifySYN(payload, observed, nil)
+}
+
+// ErrNotAfforded is VerifySYNWithin's refusal when its afford refused the
+// signature verification the SYN needed: the SYN was not verified.
+var ErrNotAfforded = errors.New("SYN needs a signature verification the caller cannot afford")
+
+// VerifySYNWithin is VerifySYN for a datapath that bounds the signature
+// verifications (ECDSA) SYNs cost it: if payload needs one, afford is
+// asked, once, before it is done, and if it refuses, VerifySYNWithin
+// returns ErrNotAfforded. costly reports whether afford was asked (the SYN
+// was not refused by a cheaper check first). Unlike SYNNeedsVerification
+// followed by VerifySYN, it parses the SYN and looks its token up once.
+func (e *Engine) VerifySYNWithin(payload []byte, observed Endpoints, afford func() bool) (s *ServerHandshake, costly bool, err error) {
+	b := verifyBudget{afford: afford}
+	s, err = e.verifySYN(payload, observed, &b)
+	return s, b.asked, err
+}
+
+func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
 		return nil, err
@@ -70,7 +90,7 @@ func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake
 		return nil, err
 	}
 	now := e.now()
-	p, err := e.verifyPeer(m.token, now)
+	p, err := e.verifyPeerWithin(m.token, now, b)
 	if err != nil {
 		return nil, err
 	}
