@@ -2,6 +2,7 @@ package enforcer
 
 import (
 	"bytes"
+	"errors"
 	"time"
 
 	"github.com/bireme/bireme/policy"
@@ -37,15 +38,16 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// The connection as this namespace sees it must be the one the
 		// client opened (or its NAT-translated form, if declared).
 		observed := tokens.Endpoints{Client: p.srcPort(), Server: p.dstPort(), ClientISN: p.seq}
-		costly := q.e.cfg.Tokens.SYNNeedsVerification(tok, observed)
-		if costly && !q.affordsVerification(p, local) {
-			return drop
-		}
 		// The packet lives in the reader's reused buffer: the tokens
-		// engine may keep what it parsed (certificate, cache key). The
-		// nonce is checked here but recorded only once policy allows
-		// (below): refused SYNs must not churn the replay cache.
-		sh, err := q.e.cfg.Tokens.VerifySYN(bytes.Clone(tok), observed)
+		// engine may keep what it parsed (certificate, cache key). Only
+		// a SYN needing a signature verification is charged to the
+		// budget. The nonce is checked here but recorded only once policy
+		// allows (below): refused SYNs must not churn the replay cache.
+		sh, costly, err := q.e.cfg.Tokens.VerifySYNWithin(bytes.Clone(tok), observed,
+			func() bool { return q.affordsVerification(p, local) })
+		if errors.Is(err, tokens.ErrNotAfforded) {
+			return drop // recorded by affordsVerification
+		}
 		if err != nil {
 			q.recordTokenRejection(p, costly, func() outcome {
 				return outcome{dir: policy.Ingress, stage: stageSYN, local: local,
