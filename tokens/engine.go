@@ -453,31 +453,6 @@ func (e *Engine) verifyPeerWithin(t wireToken, now time.Time, b *verifyBudget) (
 	return p, nil
 }
 
-// needsVerification reports whether verifyPeer(t) would verify a
-// signature: t is neither a verified token nor remembered as bad, its
-// certificate is not remembered as bad either, and, if its certificate is
-// known, its claims pass the checks that come before the signature. (A
-// certificate never seen is counted as a verification: checking it is
-// one, unless it names no trusted CA.)
-func (e *Engine) needsVerification(t wireToken, now time.Time) bool {
-	vf := e.verifier.Load()
-	if _, ok := vf.peers.get(t.raw, now); ok {
-		return false
-	}
-	if _, bad := vf.badCerts.get(t.cert, now); bad {
-		return false
-	}
-	digest := sha256.Sum256(t.raw)
-	if _, bad := vf.badTokens.get(digest[:], now); bad {
-		return false
-	}
-	if _, known := vf.certs.get(t.cert, now); known {
-		_, _, _, err := checkClaimsUnsigned(t.payload, t.sig, now, e.skew, e.maxPeerLifetime)
-		return err == nil
-	}
-	return true
-}
-
 // pairKey returns the cached key shared by this node's key and the peer's.
 func (keys *localKeys) pairKey(p *peerToken, now time.Time) (*pairKey, error) {
 	vc := p.v.cert

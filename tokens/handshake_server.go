@@ -110,19 +110,11 @@ func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) 
 // the expensive part): the SYN is not refused by a cheaper check first
 // (malformed, relayed, claims expired or too long-lived under a known
 // certificate), and its token was neither verified before nor remembered
-// as invalid. A datapath asks it to charge only such SYNs to a CPU budget,
-// so that SYNs refused cheaply cannot use the budget up. It verifies
-// nothing and keeps nothing of payload.
+// as invalid. It is VerifySYNWithin refusing every verification, so the
+// two agree; it verifies nothing and keeps nothing of payload.
 func (e *Engine) SYNNeedsVerification(payload []byte, observed Endpoints) bool {
-	m, err := parseSYN(payload)
-	if err != nil {
-		return false
-	}
-	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
-	if e.nat.checkClaimedEndpoints(&claimed, &observed, "") != nil {
-		return false
-	}
-	return e.needsVerification(m.token, e.now())
+	_, costly, _ := e.VerifySYNWithin(payload, observed, func() bool { return false })
+	return costly
 }
 
 // RecordNonce records the client nonce of a handshake made by VerifySYN as
