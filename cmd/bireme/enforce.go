@@ -175,6 +175,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
+		Services: placement, Addresses: placement,
 		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
 		IdentityNetworks: identityNetworks,
 	})

@@ -496,7 +496,7 @@ spec: {nodeName: n3, containers: [{name: main, image: none, ports: [{name: http,
 
 // agentCredentials gives the agents the least privilege the README
 // documents: a service account that may only get, list and watch pods,
-// namespaces and network policies. It returns a kubeconfig with a token of
+// namespaces, services and network policies. It returns a kubeconfig with a token of
 // that account.
 func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir string) string {
 	t.Helper()
@@ -511,7 +511,7 @@ func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir s
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "services"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
 		},
 	}
