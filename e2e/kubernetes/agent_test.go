@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -177,6 +178,9 @@ func kubelet(t *testing.T, ctx context.Context, client kubernetes.Interface, f *
 type agent struct {
 	node string
 	log  *syncbuf.Buffer
+	// stop sends SIGTERM and waits for the agent to exit (once; the
+	// test's cleanup calls it too).
+	stop func()
 }
 
 func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string) *agent {
@@ -206,7 +210,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	a.stop = sync.OnceFunc(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-exited:
@@ -229,6 +233,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 			t.Logf("agent %s log:\n%s", node, a.log.String())
 		}
 	})
+	t.Cleanup(a.stop)
 	return a
 }
 
