@@ -29,6 +29,8 @@ import (
 type enforceOptions struct {
 	node, cluster, store string
 	caBundle             []string
+	trustBundles         string
+	endRevoked           bool
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
 	natPeers             natPeersFlag
@@ -97,6 +99,8 @@ removes them all.`,
 func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, metricsAddr *string, verbose *bool) {
 	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
 	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
+	f.StringVar(&opts.trustBundles, "trust-bundles", "", "directory of foreign clusters' trust bundles, one SPIFFE bundle per trust domain named TRUST-DOMAIN.json (a mounted ConfigMap works), re-read every --poll: adding a file federates with that cluster, removing it refuses its new connections at once (docs/federation.md)")
+	f.BoolVar(&opts.endRevoked, "end-revoked", false, "when a trust bundle is removed, also end the established connections with that cluster's workloads (conntrack entries deleted, sockets aborted, one flow record each)")
 	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
 	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
 	f.StringVar(&opts.flows.path, "flows", "-", "file the JSON flow records are appended to; - for stdout")
@@ -161,7 +165,7 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 // the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
 func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows *flowlog.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
-	engine, err := o.tokenEngine()
+	trust, engine, err := o.tokenEngine(log)
 	if err != nil {
 		return err
 	}
@@ -206,9 +210,12 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 			return err
 		}
 	}
+	if o.endRevoked {
+		trust.OnRevoke(func(td string) { dp.EndConnections(td) })
+	}
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
-		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
+		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile}, Trust: trust,
 		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
@@ -217,27 +224,31 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	return node.Run(ctx)
 }
 
-// tokenEngine loads the node's credentials and the trusted CAs.
-func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
+// tokenEngine loads the node's credentials and the trust (the local CAs
+// and the foreign bundles), and returns the engine with the reloader that
+// keeps its trust up to date.
+func (o enforceOptions) tokenEngine(log *slog.Logger) (*agent.TrustReloader, *tokens.Engine, error) {
 	creds, err := tokens.LoadNodeCredentials(o.certFile, o.keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("load node credentials: %w", err)
+		return nil, nil, fmt.Errorf("load node credentials: %w", err)
 	}
 	if creds.TrustDomain != o.cluster {
-		return nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
+		return nil, nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
 	}
 	if len(o.caBundle) == 0 {
-		return nil, errors.New("no CA bundle: give --ca-bundle")
+		return nil, nil, errors.New("no CA bundle: give --ca-bundle")
 	}
-	trust, err := tokens.LoadTrustBundle(o.caBundle...)
+	reloader, trust, err := agent.LoadTrust(agent.TrustFiles{CAFiles: o.caBundle, BundleDir: o.trustBundles, LocalDomain: o.cluster}, log)
 	if err != nil {
-		return nil, fmt.Errorf("load CA bundle: %w", err)
+		return nil, nil, err
 	}
 	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways})
 	if err != nil {
-		return nil, fmt.Errorf("token engine: %w", err)
+		return nil, nil, fmt.Errorf("token engine: %w", err)
 	}
-	return engine, nil
+	reloader.Attach(engine)
+	log.Info("trust", "trust_domains", strings.Join(trust.TrustDomains(), ","))
+	return reloader, engine, nil
 }
 
 // openFlows returns where flow records go: stdout for "-", else the file,
