@@ -43,6 +43,9 @@ type NodeDatapathConfig struct {
 	// OnDecision is called with every decision, on the packet path (see
 	// enforcer.Config.OnDecision); [Metrics.Observe] fits.
 	OnDecision func(*flowlog.Record)
+	// OnStage is called with the time each queued packet took to decide
+	// (see enforcer.Config.OnStage); [Metrics.ObserveStage] fits.
+	OnStage func(stage string, outgoing bool, took time.Duration)
 	// Log receives the enforcer's messages (nil: discarded).
 	Log *slog.Logger
 	// IdentityNetworks are where peers run an enforcer: only SYNs to them
@@ -73,6 +76,7 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Placement:        cfg.Placement,
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
+		OnStage:          cfg.OnStage,
 		Log:              cfg.Log,
 		IdentityNetworks: cfg.IdentityNetworks,
 		HandshakeTimeout: handshakeTimeout,
@@ -128,6 +132,10 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 			"over-source-budget": func() float64 { return float64(d.enf.BulkDrops().OverSourceBudget) },
 			"over-node-budget":   func() float64 { return float64(d.enf.BulkDrops().OverNodeBudget) },
 			"known-bad-token":    func() float64 { return float64(d.enf.BulkDrops().KnownBadToken) },
+		},
+		QueueDrops: map[string]func() float64{
+			"queue-full":  func() float64 { return float64(d.enf.QueueDrops().QueueFull) },
+			"socket-full": func() float64 { return float64(d.enf.QueueDrops().SocketFull) },
 		},
 	}
 }

@@ -197,12 +197,15 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 		return err
 	}
 	var metrics *agent.Metrics
-	var onDecision func(*flowlog.Record)
+	var (
+		onDecision func(*flowlog.Record)
+		onStage    func(string, bool, time.Duration)
+	)
 	if reg != nil {
 		if metrics, err = agent.NewMetrics(reg); err != nil {
 			return err
 		}
-		onDecision = metrics.Observe
+		onDecision, onStage = metrics.Observe, metrics.ObserveStage
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
@@ -214,7 +217,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
-		Flows: flows, OnDecision: onDecision, Log: log,
+		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
