@@ -240,7 +240,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
 		NodeKeys: nodeKeys, Trust: trust,
-		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
+		Poll: o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
