@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale demo bench bench-short lint deps clean
+.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale k8s-demo demo bench bench-short lint deps clean
 
 all: build
 
@@ -49,6 +49,12 @@ k8s-scale: deps build
 # identity; see README.md.
 demo:
 	./scripts/demo.sh
+
+# Bireme on Kubernetes: a local API server, two simulated nodes with agents,
+# three pods, the reachability matrix before and after a NetworkPolicy
+# created through the API; everything torn down at the end. See README.md.
+k8s-demo:
+	./scripts/k8s-demo.sh
 
 # Full benchmark run (by hand): writes docs/benchmarks.md and .json.
 bench: deps build
