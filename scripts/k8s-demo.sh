@@ -51,10 +51,14 @@ bash scripts/k8s-env.sh start "$STATE/api"
 source "$STATE/api/env"
 TOKEN=$(cut -d, -f1 "$STATE/api/tokens.csv")
 api() {
-	curl -fsS --cacert "$STATE/api/pki/apiserver.crt" -H "Authorization: Bearer $TOKEN" "$@"
+	curl -sS --fail-with-body --cacert "$STATE/api/pki/apiserver.crt" -H "Authorization: Bearer $TOKEN" "$@"
 }
 # create PATH: creates the YAML object on stdin under PATH.
-create() { api -X POST -H 'Content-Type: application/yaml' --data-binary @- "$APISERVER_URL$1" >/dev/null; }
+create() {
+	local out
+	out=$(api -X POST -H 'Content-Type: application/yaml' --data-binary @- "$APISERVER_URL$1") ||
+		{ echo "k8s-demo: POST $1: $out" >&2; return 1; }
+}
 
 echo "### Cluster CA and node credentials (bireme keys)"
 "$BIREME" keys init-ca --trust-domain demo.local --out "$STATE/ca" >/dev/null
@@ -67,7 +71,7 @@ for ns in x y; do
 	create /api/v1/namespaces <<EOF
 apiVersion: v1
 kind: Namespace
-metadata: {name: $ns, labels: {team: $ns}}
+metadata: {name: "$ns", labels: {team: "$ns"}}
 EOF
 	# No controller manager: the service account admission wants the
 	# namespace's default account to exist.
@@ -82,9 +86,9 @@ for ref in "${PODS[@]}"; do
 	create "/api/v1/namespaces/$ns/pods" <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: $name, namespace: $ns, labels: {app: ${LABEL[$ref]}}}
+metadata: {name: "$name", namespace: "$ns", labels: {app: "${LABEL[$ref]}"}}
 spec:
-  nodeName: ${NODE[$ref]}
+  nodeName: "${NODE[$ref]}"
   automountServiceAccountToken: false
   containers: [{name: main, image: none, ports: [{name: http, containerPort: 80}]}]
 EOF
@@ -152,12 +156,12 @@ echo "### 2. NetworkPolicy y/c-from-a, created through the API: y/c takes pods a
 create /apis/networking.k8s.io/v1/namespaces/y/networkpolicies <<EOF
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: c-from-a, namespace: y}
+metadata: {name: c-from-a, namespace: "y"}
 spec:
-  podSelector: {matchLabels: {app: c}}
+  podSelector: {matchLabels: {app: "c"}}
   policyTypes: [Ingress]
   ingress:
-  - from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchLabels: {app: a}}}]
+  - from: [{namespaceSelector: {matchLabels: {team: "x"}}, podSelector: {matchLabels: {app: "a"}}}]
     ports: [{port: http}]
 EOF
 sleep 1
