@@ -441,3 +441,40 @@ func FuzzConsumeSYNACK2(f *testing.F) {
 		checkRejection(t, err)
 	})
 }
+
+// The sizes docs/protocol.md gives: a SYN2 is 32 bytes longer than a SYN,
+// a SYN-ACK2 16 bytes shorter than a SYN-ACK.
+func TestTwoMessageSizes(t *testing.T) {
+	_, _, ce, se := twoMsgPair(t)
+	three := newTestEngine(t, ce.keys.Load().creds, ce.verifier.Load().trust, nil)
+	syn1, _, err := three.NewSYN(twoMsgClient, testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syn2, _, err := ce.NewSYN(twoMsgClient, testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(syn2) != len(syn1)+32 {
+		t.Errorf("SYN2 %d bytes, SYN %d: want 32 more", len(syn2), len(syn1))
+	}
+	sh, err := se.ConsumeSYN(syn2, testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa2, err := sh.NewSYNACK(twoMsgServer, testServerISN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh1, err := se.ConsumeSYN(syn1, testConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa1, err := sh1.NewSYNACK(twoMsgServer, testServerISN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sa2) != len(sa1)-16 {
+		t.Errorf("SYN-ACK2 %d bytes, SYN-ACK %d: want 16 fewer", len(sa2), len(sa1))
+	}
+}
