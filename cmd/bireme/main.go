@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		newLabCmd(),
 		newPolicyCmd(),
 		newKeysCmd(),
+		newFlowsCmd(),
 	)
 	return root
 }
