@@ -45,9 +45,11 @@ func TestRelay(t *testing.T) {
 	// api dials evil once while evil is still protected: api's node now
 	// knows evil's node key, so api's SYNs to evil are two-message SYNs
 	// (docs/protocol.md) until api's enforcer restarts.
-	evilSrv := c.server(t, "evil", 8080)
+	evilKey := serverKey(evil.Ref, 8080)
+	c.servers[evilKey] = startServer(t, evil, 8080)
 	c.expectAllowed(t, "api", "evil", 8080)
-	evilSrv.ln.Close()
+	c.servers[evilKey].ln.Close() // relay.py answers on evil:8080 from here on
+	delete(c.servers, evilKey)
 
 	// evil takes its namespace back from its enforcer and keeps its kernel
 	// from resetting the connections it relays (it knows neither).
