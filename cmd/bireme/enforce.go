@@ -29,6 +29,8 @@ import (
 type enforceOptions struct {
 	node, cluster, store string
 	caBundle             []string
+	trustBundles         string
+	endRevoked           bool
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
 	natPeers             natPeersFlag
@@ -38,6 +40,10 @@ type enforceOptions struct {
 	queues               int
 	poll                 time.Duration
 	flows                flowOptions
+	// credentials, when set, replaces the --cert/--key files: it gets the
+	// node's first credentials and a function that keeps them fresh
+	// (the agent's certificate signing requests).
+	credentials credentialsFunc
 }
 
 // flowOptions say where flow records go: the file (or stdout), its
@@ -48,6 +54,10 @@ type flowOptions struct {
 	maxBytes int64
 	keep     int
 }
+
+// credentialsFunc gets a node's first credentials, and keep, which renews
+// them into rotate until its context ends.
+type credentialsFunc func(ctx context.Context, log *slog.Logger) (first *tokens.NodeCredentials, keep func(ctx context.Context, rotate func(*tokens.NodeCredentials) error) error, err error)
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
 // the file store until SIGTERM/SIGINT, then stops reading its queues and
@@ -99,6 +109,8 @@ removes them all.`,
 func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, metricsAddr *string, verbose *bool) {
 	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
 	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
+	f.StringVar(&opts.trustBundles, "trust-bundles", "", "directory of foreign clusters' trust bundles, one SPIFFE bundle per trust domain named TRUST-DOMAIN.json (a mounted ConfigMap works), re-read every --poll: adding a file federates with that cluster, removing it refuses its new connections at once (docs/federation.md)")
+	f.BoolVar(&opts.endRevoked, "end-revoked", false, "when a trust bundle is removed, also end the established connections with that cluster's workloads (conntrack entries deleted, sockets aborted, one flow record each)")
 	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
 	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
 	f.StringVar(&opts.flows.path, "flows", "-", "file the JSON flow records are appended to; - for stdout")
@@ -133,7 +145,7 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
-	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout())
+	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout(), log)
 	if err != nil {
 		return err
 	}
@@ -165,7 +177,22 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 // the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
 func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows *flowlog.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
-	engine, err := o.tokenEngine()
+	var (
+		creds    *tokens.NodeCredentials
+		keep     func(context.Context, func(*tokens.NodeCredentials) error) error
+		nodeKeys *agent.NodeKeys // the files, reloaded when they change
+	)
+	if o.credentials != nil {
+		if creds, keep, err = o.credentials(ctx, log); err != nil {
+			return err
+		}
+	} else {
+		if creds, err = tokens.LoadNodeCredentials(o.certFile, o.keyFile); err != nil {
+			return fmt.Errorf("load node credentials: %w", err)
+		}
+		nodeKeys = &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile}
+	}
+	trust, engine, err := o.tokenEngine(creds, log)
 	if err != nil {
 		return err
 	}
@@ -174,12 +201,15 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 		return err
 	}
 	var metrics *agent.Metrics
-	var onDecision func(*flowlog.Record)
+	var (
+		onDecision func(*flowlog.Record)
+		onStage    func(string, bool, time.Duration)
+	)
 	if reg != nil {
 		if metrics, err = agent.NewMetrics(reg); err != nil {
 			return err
 		}
-		onDecision = metrics.Observe
+		onDecision, onStage = metrics.Observe, metrics.ObserveStage
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
@@ -191,7 +221,8 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
-		Flows: flows, OnDecision: onDecision, Log: log,
+		Services: placement, Addresses: placement,
+		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
@@ -207,52 +238,66 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 			return err
 		}
 	}
+	if o.endRevoked {
+		trust.OnRevoke(func(td string) { dp.EndConnections(td) })
+	}
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
-		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
-		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
+		NodeKeys: nodeKeys, Trust: trust,
+		Poll: o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
 	}
+	if keep != nil {
+		keepCtx, stopKeep := context.WithCancel(ctx)
+		kept := make(chan error, 1)
+		go func() { kept <- keep(keepCtx, engine.Rotate) }()
+		defer func() {
+			stopKeep()
+			if kerr := <-kept; kerr != nil {
+				err = errors.Join(err, fmt.Errorf("node credentials: %w", kerr))
+			}
+		}()
+	}
 	return node.Run(ctx)
 }
 
-// tokenEngine loads the node's credentials and the trusted CAs.
-func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
-	creds, err := tokens.LoadNodeCredentials(o.certFile, o.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load node credentials: %w", err)
-	}
+// tokenEngine builds the token engine from the node's credentials and
+// the trust (the local CAs and the foreign bundles), and returns it with
+// the reloader that keeps its trust up to date.
+func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Logger) (*agent.TrustReloader, *tokens.Engine, error) {
 	if creds.TrustDomain != o.cluster {
-		return nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
+		return nil, nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
 	}
 	if len(o.caBundle) == 0 {
-		return nil, errors.New("no CA bundle: give --ca-bundle")
+		return nil, nil, errors.New("no CA bundle: give --ca-bundle")
 	}
-	trust, err := tokens.LoadTrustBundle(o.caBundle...)
+	reloader, trust, err := agent.LoadTrust(agent.TrustFiles{CAFiles: o.caBundle, BundleDir: o.trustBundles, LocalDomain: o.cluster}, log)
 	if err != nil {
-		return nil, fmt.Errorf("load CA bundle: %w", err)
+		return nil, nil, err
 	}
 	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways,
 		TwoMessage: o.twoMessage, TwoMessageWindow: o.twoMessageWindow})
 	if err != nil {
-		return nil, fmt.Errorf("token engine: %w", err)
+		return nil, nil, fmt.Errorf("token engine: %w", err)
 	}
-	return engine, nil
+	reloader.Attach(engine)
+	log.Info("trust", "trust_domains", strings.Join(trust.TrustDomains(), ","))
+	return reloader, engine, nil
 }
 
 // openFlows returns where flow records go: stdout for "-", else the file,
 // appended to so that a restarted enforcer continues the same log and its
 // chain, rotated and with a keyed head as o says.
-func openFlows(o flowOptions, stdout io.Writer) (*flowlog.Writer, func(), error) {
+func openFlows(o flowOptions, stdout io.Writer, log *slog.Logger) (*flowlog.Writer, func(), error) {
 	if o.path == "-" || o.path == "" {
 		if o.key != "" || o.maxBytes != 0 {
 			return nil, nil, errors.New("--flows-key and --flows-max-bytes need a --flows file")
 		}
 		return flowlog.NewWriter(stdout), func() {}, nil
 	}
-	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep}
+	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep, Log: log}
 	if o.key != "" {
 		key, err := flowlog.LoadOrCreateKey(o.key)
 		if err != nil {
