@@ -136,3 +136,8 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 // still queued. Call it after the agent's Run returned. The rules stay:
 // until an enforcer reads the queues again, handshakes are dropped.
 func (d *NodeDatapath) Close() error { return d.enf.Close() }
+
+// EndConnections ends this node's established connections with workloads
+// of trustDomain, one flow record each (enforcer.Enforcer.EndConnections),
+// and returns their number.
+func (d *NodeDatapath) EndConnections(trustDomain string) int { return d.enf.EndConnections(trustDomain) }

@@ -113,6 +113,7 @@ type Enforcer struct {
 	handshakes *nodeHandshakes // over all workloads' connTables
 	budget     *verifyBudget
 	bulk       *bulkDrops
+	foreign    *foreignConns // revoke.go
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -160,7 +161,8 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel,
-		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops()}
+		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops(),
+		foreign: newForeignConns(DefaultMaxForeignConns)}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -254,6 +256,7 @@ func (e *Enforcer) Detach(netnsPath string) error {
 	if !ok {
 		return nil
 	}
+	e.foreign.forgetNetns(netnsPath)
 	return wl.close()
 }
 

@@ -263,9 +263,13 @@ func (m *ruleMatch) portMatches(p *compiledPort) bool {
 	}
 }
 
-// peerMatches applies one NetworkPolicyPeer, with the two product rules:
+// peerMatches applies one NetworkPolicyPeer, with the product rules:
 // ipBlock matches only peers without identity; a podSelector-only peer
-// ("pods of this namespace") matches only same-cluster peers.
+// ("pods of this namespace") matches only same-cluster peers; and a
+// namespaceSelector matches a peer of another cluster only when it names
+// the cluster (identity.LabelCluster), so that a policy written for one
+// cluster never admits a federated cluster's workloads by their namespace
+// labels, which that cluster chose.
 func (m *ruleMatch) peerMatches(p *compiledPeer) bool {
 	id := m.peer.Identity
 	if p.block != nil {
@@ -276,6 +280,9 @@ func (m *ruleMatch) peerMatches(p *compiledPeer) bool {
 	}
 	if p.namespaces == nil {
 		return id.Cluster == m.local.Cluster && id.Namespace == m.policyNamespace && p.pods.matchesPod(id)
+	}
+	if id.Cluster != m.local.Cluster && !p.namespaces.namesCluster {
+		return false
 	}
 	return p.namespaces.matchesNamespace(id) && (p.pods == nil || p.pods.matchesPod(id))
 }

@@ -24,6 +24,9 @@ type Explanation struct {
 	Egress   *Decision `json:"egress,omitempty"`
 	Ingress  *Decision `json:"ingress,omitempty"`
 	Allowed  bool      `json:"allowed"`
+	// Notes say what else a reader needs to know, such as which cluster
+	// decides the side of a remote workload.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Endpoint is one end of an explained connection: a workload, with the
@@ -36,6 +39,10 @@ type Endpoint struct {
 	// Addr is the address an anonymous end is seen from (ipBlock rules
 	// match it); ignored when Identity is set.
 	Addr netip.Addr
+	// Remote marks a workload of another, federated cluster: its own
+	// cluster's enforcer decides its side with that cluster's policy, so
+	// Explain decides only the local end's side.
+	Remote bool
 }
 
 // Explain decides a connection from src to dst as the two ends' enforcers
@@ -71,12 +78,19 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 		x.Port, x.PortName = n, port
 	}
 	x.Allowed = true
-	if src.Identity != nil {
+	for _, end := range []Endpoint{src, dst} {
+		if end.Remote && end.Identity != nil {
+			x.Notes = append(x.Notes, fmt.Sprintf("%s is a workload of cluster %q: its side is decided by that cluster's enforcer and policy, not shown here; "+
+				"this side admits it only through a namespaceSelector naming %s: %s (docs/policy.md)",
+				end.Ref, end.Identity.Cluster, identity.LabelCluster, end.Identity.Cluster))
+		}
+	}
+	if src.Identity != nil && !src.Remote {
 		d := e.Decide(src.Identity, Peer{Identity: dst.Identity, Addr: dst.Addr}, Egress, x.Port, x.Protocol)
 		x.Egress = &d
 		x.Allowed = x.Allowed && d.Allowed
 	}
-	if dst.Identity != nil {
+	if dst.Identity != nil && !dst.Remote {
 		d := e.Decide(dst.Identity, Peer{Identity: src.Identity, Addr: src.Addr}, Ingress, x.Port, x.Protocol)
 		x.Ingress = &d
 		x.Allowed = x.Allowed && d.Allowed
@@ -93,15 +107,24 @@ func (x *Explanation) String() string {
 		port += " (" + x.PortName + ")"
 	}
 	fmt.Fprintf(&b, "%s -> %s port %s/%s\n", x.From, x.To, port, x.Protocol)
+	notDecided := func(ref string) string {
+		if strings.Count(ref, "/") == 2 {
+			return "not decided here (a remote cluster's workload: its own cluster decides)"
+		}
+		return "not decided (an address runs no enforcer)"
+	}
 	if x.Egress != nil {
 		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, x.Egress.Reason)
 	} else {
-		fmt.Fprintf(&b, "  egress  of %s: not decided (an address runs no enforcer)\n", x.From)
+		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, notDecided(x.From))
 	}
 	if x.Ingress != nil {
 		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, x.Ingress.Reason)
 	} else {
-		fmt.Fprintf(&b, "  ingress of %s: not decided (an address runs no enforcer)\n", x.To)
+		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, notDecided(x.To))
+	}
+	for _, n := range x.Notes {
+		fmt.Fprintf(&b, "  note: %s\n", n)
 	}
 	verdict := "denied"
 	if x.Allowed {

@@ -29,7 +29,6 @@ func newAgentCmd() *cobra.Command {
 	var (
 		opts        enforceOptions
 		api         agentOptions
-		flows       string
 		metricsAddr string
 		verbose     bool
 	)
@@ -49,13 +48,13 @@ On SIGTERM or SIGINT it exits 0 and leaves its rules in place, as enforce does
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			newSource := func(log *slog.Logger) (desired.Source, error) { return api.source(opts, log) }
-			return serveNode(cmd, opts, newSource, flows, metricsAddr, verbose)
+			return serveNode(cmd, opts, newSource, metricsAddr, verbose)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.node, "node", os.Getenv("NODE_NAME"), "this node's name, matched against pods' spec.nodeName (default $NODE_NAME, which a DaemonSet sets from spec.nodeName)")
 	f.StringVar(&api.kubeconfig, "kubeconfig", "", "kubeconfig file of the API server; empty: the in-cluster service account")
-	addNodeFlags(f, &opts, &flows, &metricsAddr, &verbose)
+	addNodeFlags(f, &opts, &metricsAddr, &verbose)
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often failed installs are retried and key files checked for changes")
 	f.DurationVar(&api.netnsCheck, "netns-check", time.Second, "how often the pods' network namespaces are looked up again")
 	f.DurationVar(&api.syncTimeout, "sync-timeout", time.Minute, "how long to wait for the first complete view of the API before giving up")

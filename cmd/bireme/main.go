@@ -36,6 +36,7 @@ func newRootCmd() *cobra.Command {
 		newLabCmd(),
 		newPolicyCmd(),
 		newKeysCmd(),
+		newFlowsCmd(),
 	)
 	return root
 }
