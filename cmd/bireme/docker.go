@@ -66,7 +66,6 @@ func newDockerCmd() *cobra.Command {
 		dock        dockerOptions
 		policyDir   string
 		resync      time.Duration
-		flows       string
 		metricsAddr string
 		verbose     bool
 	)
@@ -109,13 +108,13 @@ and leaves its rules in place, as enforce does; 'bireme uninstall
 			if st, err := os.Stat(policyDir); err != nil || !st.IsDir() {
 				return fmt.Errorf("--policy-dir %q: not a directory", policyDir)
 			}
-			return serveNode(cmd, opts, newSource, flows, metricsAddr, verbose)
+			return serveNode(cmd, opts, newSource, metricsAddr, verbose)
 		},
 	}
 	f := cmd.Flags()
 	dock.addFlags(f)
 	f.StringVar(&policyDir, "policy-dir", "", "directory of Namespace, NetworkPolicy (and other nodes' Pod) YAML/JSON (required)")
-	addNodeFlags(f, &opts, &flows, &metricsAddr, &verbose)
+	addNodeFlags(f, &opts, &metricsAddr, &verbose)
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the policy directory and key files are checked for changes")
 	f.DurationVar(&resync, "resync", 30*time.Second, "how often the containers are listed again without an event")
 	for _, name := range []string{"policy-dir", "cluster", "ca-bundle", "cert", "key", "identity-networks"} {
