@@ -38,11 +38,18 @@ type NodeDatapathConfig struct {
 	// Placement says which node runs each peer's pod (the agent swaps the
 	// placement in it); see enforcer.Config.Placement.
 	Placement enforcer.Placement
+	// Services and Addresses are the cluster's Service addresses and
+	// which pod holds each address (nil: none); see enforcer.Config.
+	Services  enforcer.Services
+	Addresses enforcer.Addresses
 	// Flows receives one record per decision (nil: discarded).
 	Flows *flowlog.Writer
 	// OnDecision is called with every decision, on the packet path (see
 	// enforcer.Config.OnDecision); [Metrics.Observe] fits.
 	OnDecision func(*flowlog.Record)
+	// OnStage is called with the time each queued packet took to decide
+	// (see enforcer.Config.OnStage); [Metrics.ObserveStage] fits.
+	OnStage func(stage string, outgoing bool, took time.Duration)
 	// Log receives the enforcer's messages (nil: discarded).
 	Log *slog.Logger
 	// IdentityNetworks are where peers run an enforcer: only SYNs to them
@@ -71,8 +78,11 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
 		Placement:        cfg.Placement,
+		Services:         cfg.Services,
+		Addresses:        cfg.Addresses,
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
+		OnStage:          cfg.OnStage,
 		Log:              cfg.Log,
 		IdentityNetworks: cfg.IdentityNetworks,
 		HandshakeTimeout: handshakeTimeout,
@@ -128,6 +138,10 @@ func (d *NodeDatapath) Stats() EnforcerStats {
 			"over-source-budget": func() float64 { return float64(d.enf.BulkDrops().OverSourceBudget) },
 			"over-node-budget":   func() float64 { return float64(d.enf.BulkDrops().OverNodeBudget) },
 			"known-bad-token":    func() float64 { return float64(d.enf.BulkDrops().KnownBadToken) },
+		},
+		QueueDrops: map[string]func() float64{
+			"queue-full":  func() float64 { return float64(d.enf.QueueDrops().QueueFull) },
+			"socket-full": func() float64 { return float64(d.enf.QueueDrops().SocketFull) },
 		},
 	}
 }

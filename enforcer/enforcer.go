@@ -45,6 +45,14 @@ type Config struct {
 	// Placement says which node runs each pod: a peer token of the local
 	// trust domain is refused unless its signer runs the peer's pod.
 	Placement Placement
+	// Services are the cluster's Service addresses (nil: none): a SYN to
+	// one carries the token, and a SYN a client sent to one may arrive at
+	// the local pod the Service's endpoints include (kube-proxy's
+	// translation), see services.go.
+	Services Services
+	// Addresses maps peer addresses to pods for UDP and SCTP, which carry
+	// no identity (nil: such peers are addresses only).
+	Addresses Addresses
 	// Flows receives one record per decision; nil discards them. Records
 	// are written by a goroutine of the enforcer's, never on the packet
 	// path; Close writes those still queued.
@@ -57,6 +65,13 @@ type Config struct {
 	// It must not modify the record: the flow writer encodes the same one
 	// later.
 	OnDecision func(*flowlog.Record)
+	// OnStage, if set, is called after every queued packet is decided,
+	// with its handshake stage ("syn", "synack", "ack"; "new" for the
+	// first packet of a non-TCP flow), whether it left the workload, and
+	// how long the enforcer took to decide it (parse, tokens, policy,
+	// rewrite; not the time it waited in the kernel's queue). It runs on
+	// the packet path like OnDecision and must be as quick.
+	OnStage func(stage string, outgoing bool, took time.Duration)
 	// Log receives operational messages; nil discards them.
 	Log *slog.Logger
 	// HandshakeTimeout is how long a handshake that has not completed is
@@ -109,6 +124,10 @@ type Enforcer struct {
 	closed    bool
 
 	flows *flowQueue
+
+	// retiredQueueDrops are the kernel queue drops of detached
+	// workloads (guarded by mu; queuestats.go).
+	retiredQueueDrops QueueDrops
 
 	handshakes *nodeHandshakes // over all workloads' connTables
 	budget     *verifyBudget
@@ -256,6 +275,7 @@ func (e *Enforcer) Detach(netnsPath string) error {
 	if !ok {
 		return nil
 	}
+	e.retireQueueDrops(netnsPath) // the counters go with the queues
 	e.foreign.forgetNetns(netnsPath)
 	return wl.close()
 }

@@ -38,6 +38,10 @@ type enforceOptions struct {
 	queues               int
 	poll                 time.Duration
 	flows                flowOptions
+	// credentials, when set, replaces the --cert/--key files: it gets the
+	// node's first credentials and a function that keeps them fresh
+	// (the agent's certificate signing requests).
+	credentials credentialsFunc
 }
 
 // flowOptions say where flow records go: the file (or stdout), its
@@ -48,6 +52,10 @@ type flowOptions struct {
 	maxBytes int64
 	keep     int
 }
+
+// credentialsFunc gets a node's first credentials, and keep, which renews
+// them into rotate until its context ends.
+type credentialsFunc func(ctx context.Context, log *slog.Logger) (first *tokens.NodeCredentials, keep func(ctx context.Context, rotate func(*tokens.NodeCredentials) error) error, err error)
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
 // the file store until SIGTERM/SIGINT, then stops reading its queues and
@@ -133,7 +141,7 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
-	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout())
+	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout(), log)
 	if err != nil {
 		return err
 	}
@@ -165,7 +173,22 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 // the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
 func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows *flowlog.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
-	trust, engine, err := o.tokenEngine(log)
+	var (
+		creds    *tokens.NodeCredentials
+		keep     func(context.Context, func(*tokens.NodeCredentials) error) error
+		nodeKeys *agent.NodeKeys // the files, reloaded when they change
+	)
+	if o.credentials != nil {
+		if creds, keep, err = o.credentials(ctx, log); err != nil {
+			return err
+		}
+	} else {
+		if creds, err = tokens.LoadNodeCredentials(o.certFile, o.keyFile); err != nil {
+			return fmt.Errorf("load node credentials: %w", err)
+		}
+		nodeKeys = &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile}
+	}
+	trust, engine, err := o.tokenEngine(creds, log)
 	if err != nil {
 		return err
 	}
@@ -174,12 +197,15 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 		return err
 	}
 	var metrics *agent.Metrics
-	var onDecision func(*flowlog.Record)
+	var (
+		onDecision func(*flowlog.Record)
+		onStage    func(string, bool, time.Duration)
+	)
 	if reg != nil {
 		if metrics, err = agent.NewMetrics(reg); err != nil {
 			return err
 		}
-		onDecision = metrics.Observe
+		onDecision, onStage = metrics.Observe, metrics.ObserveStage
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
@@ -191,7 +217,8 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
-		Flows: flows, OnDecision: onDecision, Log: log,
+		Services: placement, Addresses: placement,
+		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
@@ -212,23 +239,30 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
-		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile}, Trust: trust,
-		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
+		NodeKeys: nodeKeys, Trust: trust,
+		Poll: o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
 	}
+	if keep != nil {
+		keepCtx, stopKeep := context.WithCancel(ctx)
+		kept := make(chan error, 1)
+		go func() { kept <- keep(keepCtx, engine.Rotate) }()
+		defer func() {
+			stopKeep()
+			if kerr := <-kept; kerr != nil {
+				err = errors.Join(err, fmt.Errorf("node credentials: %w", kerr))
+			}
+		}()
+	}
 	return node.Run(ctx)
 }
 
-// tokenEngine loads the node's credentials and the trust (the local CAs
-// and the foreign bundles), and returns the engine with the reloader that
-// keeps its trust up to date.
-func (o enforceOptions) tokenEngine(log *slog.Logger) (*agent.TrustReloader, *tokens.Engine, error) {
-	creds, err := tokens.LoadNodeCredentials(o.certFile, o.keyFile)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load node credentials: %w", err)
-	}
+// tokenEngine builds the token engine from the node's credentials and
+// the trust (the local CAs and the foreign bundles), and returns it with
+// the reloader that keeps its trust up to date.
+func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Logger) (*agent.TrustReloader, *tokens.Engine, error) {
 	if creds.TrustDomain != o.cluster {
 		return nil, nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
 	}
@@ -251,14 +285,14 @@ func (o enforceOptions) tokenEngine(log *slog.Logger) (*agent.TrustReloader, *to
 // openFlows returns where flow records go: stdout for "-", else the file,
 // appended to so that a restarted enforcer continues the same log and its
 // chain, rotated and with a keyed head as o says.
-func openFlows(o flowOptions, stdout io.Writer) (*flowlog.Writer, func(), error) {
+func openFlows(o flowOptions, stdout io.Writer, log *slog.Logger) (*flowlog.Writer, func(), error) {
 	if o.path == "-" || o.path == "" {
 		if o.key != "" || o.maxBytes != 0 {
 			return nil, nil, errors.New("--flows-key and --flows-max-bytes need a --flows file")
 		}
 		return flowlog.NewWriter(stdout), func() {}, nil
 	}
-	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep}
+	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep, Log: log}
 	if o.key != "" {
 		key, err := flowlog.LoadOrCreateKey(o.key)
 		if err != nil {

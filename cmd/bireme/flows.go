@@ -55,7 +55,7 @@ func (o *flowFilterFlags) filter(now time.Time) (*query.Filter, error) {
 		parse func(string) (query.Endpoint, error)
 	}{
 		{o.from, &f.From, query.ParseEndpoint}, {o.to, &f.To, query.ParseEndpoint},
-		{o.fromLabels, &f.From, query.ParseLabels}, {o.toLabels, &f.To, query.ParseLabels},
+		{o.fromLabels, &f.FromLabels, query.ParseLabels}, {o.toLabels, &f.ToLabels, query.ParseLabels},
 	} {
 		for _, s := range list.in {
 			e, err := list.parse(s)
@@ -140,7 +140,7 @@ ordered by time: as a table, one compact line each, or the JSON lines as written
 With --follow it prints the records already there and then each one appended,
 following the files across rotation, until interrupted.
 
-Filters combine with AND; a repeated filter matches any of its values. FROM is
+Filters combine with AND; a repeated flag matches any of its values. FROM is
 the client and TO the server of the connection, whichever enforcer recorded it.
 --field matches any top-level field of the records, including ones this
 version does not show in columns (those appear in the OTHER column).
@@ -329,19 +329,16 @@ anything done by someone who holds the node's key).`,
 				}
 				key = k
 			}
-			var cfs []flowlog.ChainFile
-			var heads []string
-			for _, name := range files {
-				b, err := os.ReadFile(name)
-				if err != nil {
-					return err
-				}
-				cfs = append(cfs, flowlog.ChainFile{Name: name, Data: b})
-				if _, err := os.Stat(flowlog.HeadPath(name)); err == nil {
-					heads = append(heads, flowlog.HeadPath(name))
-				}
-			}
+			// The head first, then the files: a live file's writer appends
+			// records before it replaces the head, so files read after
+			// the head hold at least the records it names.
 			if headFile == "" {
+				var heads []string
+				for _, name := range files {
+					if _, err := os.Stat(flowlog.HeadPath(name)); err == nil {
+						heads = append(heads, flowlog.HeadPath(name))
+					}
+				}
 				switch len(heads) {
 				case 0:
 				case 1:
@@ -360,6 +357,14 @@ anything done by someone who holds the node's key).`,
 					return fmt.Errorf("--head %s: no such file", headFile)
 				}
 				head = h
+			}
+			var cfs []flowlog.ChainFile
+			for _, name := range files {
+				b, err := os.ReadFile(name)
+				if err != nil {
+					return err
+				}
+				cfs = append(cfs, flowlog.ChainFile{Name: name, Data: b})
 			}
 			v := flowlog.Verify(cfs, head, key)
 			w := cmd.OutOrStdout()

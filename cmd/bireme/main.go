@@ -32,6 +32,7 @@ func newRootCmd() *cobra.Command {
 		newEnforceCmd(),
 		newAgentCmd(),
 		newDockerCmd(),
+		newSignerCmd(),
 		newUninstallCmd(),
 		newLabCmd(),
 		newPolicyCmd(),

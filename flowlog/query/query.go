@@ -145,16 +145,18 @@ func (e Endpoint) Matches(s Side) bool {
 // Filter selects records. Each non-empty field must match; a list matches
 // when any of its values does.
 type Filter struct {
-	Verdicts   []string   // allow, deny
-	From, To   []Endpoint // the client, the server
-	Ports      []uint16   // the server's port
-	Policies   []string   // "namespace/name": the deciding policy or one that selected
-	Reasons    []string   // substrings of the reason or the token error, any case
-	Since      time.Time  // records at or after
-	Until      time.Time  // records before
-	Nodes      []string
-	Directions []string // ingress, egress
-	Protocols  []string // TCP, UDP, ... (any case)
+	Verdicts []string   // allow, deny
+	From, To []Endpoint // the client, the server, by name or address
+	// FromLabels, ToLabels: the client's, the server's pod labels.
+	FromLabels, ToLabels []Endpoint
+	Ports                []uint16  // the server's port
+	Policies             []string  // "namespace/name": the deciding policy or one that selected
+	Reasons              []string  // substrings of the reason or the token error, any case
+	Since                time.Time // records at or after
+	Until                time.Time // records before
+	Nodes                []string
+	Directions           []string // ingress, egress
+	Protocols            []string // TCP, UDP, ... (any case)
 	// Fields are top-level fields by JSON name, with the value as the
 	// record's JSON holds it (strings bare: tier=admin, wouldDeny=true):
 	// any field, including those this version does not know.
@@ -194,12 +196,14 @@ func (f *Filter) Match(e *Entry) bool {
 	if !f.Until.IsZero() && !r.Time.Before(f.Until) {
 		return false
 	}
-	if len(f.From) > 0 && !anyEndpoint(f.From, Client(r)) {
-		return false
-	}
-	server := Server(r)
-	if len(f.To) > 0 && !anyEndpoint(f.To, server) {
-		return false
+	client, server := Client(r), Server(r)
+	for _, list := range [...]struct {
+		es []Endpoint
+		s  Side
+	}{{f.From, client}, {f.FromLabels, client}, {f.To, server}, {f.ToLabels, server}} {
+		if len(list.es) > 0 && !anyEndpoint(list.es, list.s) {
+			return false
+		}
 	}
 	if len(f.Ports) > 0 && !anyPort(f.Ports, server.Addr.Port()) {
 		return false
