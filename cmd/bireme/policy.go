@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -34,6 +35,29 @@ func loadPolicyInput(files []string) (*policy.Engine, error) {
 	return k8s.Compile(objs)
 }
 
+// loadDockerPolicyInput is loadPolicyInput with the Docker engine's
+// protected containers added as the pods the agent makes of them. A pod
+// the files define under the same name stays as the files have it.
+func loadDockerPolicyInput(ctx context.Context, files []string, dock dockerOptions) (*policy.Engine, error) {
+	if len(files) == 0 {
+		return nil, errors.New("no input: give -f DIR (the agent's --policy-dir)")
+	}
+	objs, err := filestore.LoadPaths(files...)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := dockerPods(ctx, dock)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pods {
+		if objs.Pod(p.Namespace, p.Name) == nil {
+			objs.Pods = append(objs.Pods, p)
+		}
+	}
+	return k8s.Compile(objs)
+}
+
 func newPolicyCheckCmd() *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
@@ -60,6 +84,7 @@ func newPolicyExplainCmd() *cobra.Command {
 		from, to, port   string
 		protocol, output string
 		cluster          string
+		dock             dockerOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "explain -f FILE|DIR --from NS/POD --to NS/POD --port P [--protocol TCP] [--output text|json]",
@@ -84,7 +109,13 @@ admits it; its own side is decided by its own cluster and is not shown.`,
 			if from == "" || to == "" || port == "" {
 				return errors.New("--from, --to and --port are required")
 			}
-			e, err := loadPolicyInput(files)
+			var e *policy.Engine
+			var err error
+			if dock.dockerHost == "" {
+				e, err = loadPolicyInput(files)
+			} else {
+				e, err = loadDockerPolicyInput(cmd.Context(), files, dock)
+			}
 			if err != nil {
 				return err
 			}
@@ -107,5 +138,8 @@ admits it; its own side is decided by its own cluster and is not shown.`,
 	f.StringVar(&protocol, "protocol", "TCP", "TCP, UDP or SCTP")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
 	f.StringVar(&cluster, "cluster", "local", "the local cluster (trust domain) of NAMESPACE/POD ends")
+	f.StringVar(&dock.dockerHost, "docker-host", "", "also read the running containers of this Docker engine as pods, as 'bireme docker' does (with -f its --policy-dir)")
+	f.StringVar(&dock.host, "host", defaultHostName(), "with --docker-host: the host's node name")
+	f.BoolVar(&dock.all, "all", false, "with --docker-host: every container, as 'bireme docker --all'")
 	return cmd
 }
