@@ -102,18 +102,21 @@ func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, l
 		localEnd, peerEnd = src, dst
 	}
 	r := &flowlog.Record{
-		Time:       time.Now().UTC(),
-		Node:       q.e.cfg.Node,
-		Direction:  dir.String(),
-		Stage:      stageNew,
-		Protocol:   f.name,
-		LocalAddr:  localEnd,
-		PeerAddr:   peerEnd,
-		Local:      local,
-		Verdict:    flowlog.Deny,
-		Policy:     d.Policy,
-		SelectedBy: d.SelectedBy,
-		Reason:     f.reason(d),
+		Time:             time.Now().UTC(),
+		Node:             q.e.cfg.Node,
+		Direction:        dir.String(),
+		Stage:            stageNew,
+		Protocol:         f.name,
+		LocalAddr:        localEnd,
+		PeerAddr:         peerEnd,
+		Local:            local,
+		Verdict:          flowlog.Deny,
+		Policy:           d.Policy,
+		SelectedBy:       d.SelectedBy,
+		Reason:           f.reason(d),
+		Tier:             d.Tier,
+		MatchedByAddress: d.MatchedByAddress,
+		WouldDeny:        wouldDenyRecord(d.WouldDeny),
 	}
 	if d.Allowed {
 		r.Verdict = flowlog.Allow
@@ -139,8 +142,9 @@ func (f *flowPacket) reason(d policy.Decision) string {
 		// in 198.18.0.0/15 (no identity for UDP)": the decision names the
 		// ipBlock that matched, or that the rule allows any peer.
 		return fmt.Sprintf("%s: %s (no identity for %s)", f.name, d.Reason, f.name)
-	case d.Allowed:
-		// "UDP: allowed: no policy selects ns/pod for ingress"
+	case d.Allowed, d.Policy != "":
+		// "UDP: allowed: no policy selects ns/pod for ingress"; or a
+		// ClusterNetworkPolicy rule that denied: it says which.
 		return f.name + ": " + d.Reason
 	case f.ports:
 		return fmt.Sprintf("denied: %s has no identity; only ipBlock or peer-less rules admit it (%s)",

@@ -9,8 +9,9 @@ import (
 )
 
 // Endpoint resolves one end of a connection to explain: "namespace/pod"
-// (a pod of objs, with the identity [IdentityOf] gives it in cluster) or an
-// IP address (an anonymous peer).
+// (a pod of objs, with the identity [IdentityOf] gives it in cluster and
+// the address of its status.podIP, if any) or an IP address (an anonymous
+// peer).
 func Endpoint(objs policy.Objects, cluster, ref string) (policy.Endpoint, error) {
 	if a, err := netip.ParseAddr(ref); err == nil {
 		return policy.Endpoint{Ref: a.String(), Addr: a.Unmap()}, nil
@@ -23,7 +24,13 @@ func Endpoint(objs policy.Objects, cluster, ref string) (policy.Endpoint, error)
 	if p == nil {
 		return policy.Endpoint{}, fmt.Errorf("no pod %s/%s in the policy input", ns, name)
 	}
-	return policy.Endpoint{Ref: ns + "/" + name, Identity: IdentityOf(cluster, objs.Namespace(ns), p)}, nil
+	ep := policy.Endpoint{Ref: ns + "/" + name, Identity: IdentityOf(cluster, objs.Namespace(ns), p)}
+	// The pod's address, when its object has one, is what ipBlock rules
+	// match (upstream semantics); a pod without status.podIP matches none.
+	if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
+		ep.Addr = a.Unmap()
+	}
+	return ep, nil
 }
 
 // Explain is [policy.Explain] with both ends named as [Endpoint] reads them,

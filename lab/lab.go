@@ -92,6 +92,10 @@ type Options struct {
 	NoServers bool
 	// Poll is the enforcers' store poll interval (200ms if zero).
 	Poll time.Duration
+	// IPBlockIdentityOnly runs the enforcers in the strict ipBlock mode
+	// (--ipblock-identity-only): ipBlock rules match only peers without
+	// identity.
+	IPBlockIdentityOnly bool `json:",omitempty"`
 }
 
 // state is what later commands need to know about a lab: state.json.

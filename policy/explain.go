@@ -24,6 +24,9 @@ type Explanation struct {
 	Egress   *Decision `json:"egress,omitempty"`
 	Ingress  *Decision `json:"ingress,omitempty"`
 	Allowed  bool      `json:"allowed"`
+	// AllowedIfEnforced is the verdict if the policies in audit mode were
+	// enforced (equal to Allowed when none applies).
+	AllowedIfEnforced bool `json:"allowedIfEnforced"`
 }
 
 // Endpoint is one end of an explained connection: a workload, with the
@@ -33,8 +36,9 @@ type Endpoint struct {
 	// Ref names the end in the explanation ("namespace/pod" or the address).
 	Ref      string
 	Identity *identity.Identity
-	// Addr is the address an anonymous end is seen from (ipBlock rules
-	// match it); ignored when Identity is set.
+	// Addr is the address the end is seen from: ipBlock rules match it
+	// (for a pod too, unless the engine is in the strict identity-only
+	// mode); the zero Addr matches no address rule.
 	Addr netip.Addr
 }
 
@@ -51,12 +55,6 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 	if src.Identity == nil && dst.Identity == nil {
 		return nil, errors.New("at least one end must be a pod: Bireme decides nothing between two addresses")
 	}
-	if src.Identity != nil {
-		src.Addr = netip.Addr{}
-	}
-	if dst.Identity != nil {
-		dst.Addr = netip.Addr{}
-	}
 	x := &Explanation{From: src.Ref, To: dst.Ref, Protocol: proto.String()}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n > 0 {
 		x.Port = uint16(n)
@@ -70,16 +68,24 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 		}
 		x.Port, x.PortName = n, port
 	}
-	x.Allowed = true
+	x.Allowed, x.AllowedIfEnforced = true, true
+	both := func(d *Decision) {
+		x.Allowed = x.Allowed && d.Allowed
+		if d.IfEnforced != nil {
+			x.AllowedIfEnforced = x.AllowedIfEnforced && d.IfEnforced.Allowed
+		} else {
+			x.AllowedIfEnforced = x.AllowedIfEnforced && d.Allowed
+		}
+	}
 	if src.Identity != nil {
 		d := e.Decide(src.Identity, Peer{Identity: dst.Identity, Addr: dst.Addr}, Egress, x.Port, x.Protocol)
 		x.Egress = &d
-		x.Allowed = x.Allowed && d.Allowed
+		both(&d)
 	}
 	if dst.Identity != nil {
 		d := e.Decide(dst.Identity, Peer{Identity: src.Identity, Addr: src.Addr}, Ingress, x.Port, x.Protocol)
 		x.Ingress = &d
-		x.Allowed = x.Allowed && d.Allowed
+		both(&d)
 	}
 	return x, nil
 }
@@ -93,19 +99,33 @@ func (x *Explanation) String() string {
 		port += " (" + x.PortName + ")"
 	}
 	fmt.Fprintf(&b, "%s -> %s port %s/%s\n", x.From, x.To, port, x.Protocol)
+	audit := func(d *Decision) {
+		if d.IfEnforced != nil {
+			fmt.Fprintf(&b, "          with audit-mode policies enforced: %s\n", d.IfEnforced.Reason)
+		}
+	}
 	if x.Egress != nil {
 		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, x.Egress.Reason)
+		audit(x.Egress)
 	} else {
 		fmt.Fprintf(&b, "  egress  of %s: not decided (an address runs no enforcer)\n", x.From)
 	}
 	if x.Ingress != nil {
 		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, x.Ingress.Reason)
+		audit(x.Ingress)
 	} else {
 		fmt.Fprintf(&b, "  ingress of %s: not decided (an address runs no enforcer)\n", x.To)
 	}
 	verdict := "denied"
 	if x.Allowed {
 		verdict = "allowed"
+	}
+	if x.AllowedIfEnforced != x.Allowed {
+		if x.AllowedIfEnforced {
+			verdict += " (audit mode: would be allowed if enforced)"
+		} else {
+			verdict += " (audit mode: would be denied if enforced)"
+		}
 	}
 	fmt.Fprintf(&b, "verdict: %s\n", verdict)
 	return b.String()

@@ -35,6 +35,8 @@ type enforceOptions struct {
 	identityNetworks     []string
 	queues               int
 	poll                 time.Duration
+	// ipBlockIdentityOnly: the strict ipBlock mode (policy.Options).
+	ipBlockIdentityOnly bool
 }
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
@@ -96,6 +98,7 @@ func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, flows, metricsAddr *st
 	f.StringSliceVar(&opts.identityNetworks, "identity-networks", nil, "address ranges where peers run an enforcer (the pod CIDRs), comma separated (required): only SYNs to them carry this node's identity tokens; other destinations get a plain SYN and are decided by ipBlock egress rules. 0.0.0.0/0,::/0 sends tokens everywhere, external hosts included")
 	f.Var(&opts.natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	f.BoolVar(&opts.ipBlockIdentityOnly, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
 	f.BoolVarP(verbose, "verbose", "v", false, "log debug messages")
 }
 
@@ -105,7 +108,8 @@ type sourceFunc func(log *slog.Logger) (desired.Source, error)
 
 // fileStore is `bireme enforce`'s source: the store directory.
 func (o enforceOptions) fileStore(log *slog.Logger) (desired.Source, error) {
-	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log,
+		Policy: policy.Options{IPBlockIdentityOnly: o.ipBlockIdentityOnly}})
 }
 
 // serveNode runs a node command (enforce, agent) until its context ends:

@@ -22,8 +22,12 @@ func newPolicyCmd() *cobra.Command {
 	return cmd
 }
 
+// ipBlockIdentityOnlyHelp documents --ipblock-identity-only, the strict
+// ipBlock mode of policy.Options.
+const ipBlockIdentityOnlyHelp = "strict ipBlock mode: ipBlock rules (and ClusterNetworkPolicy networks peers) match only peers WITHOUT an identity; by default they match any peer's observed address, as upstream Kubernetes does"
+
 // loadPolicyInput loads and compiles -f inputs (files or directories).
-func loadPolicyInput(files []string) (*policy.Engine, error) {
+func loadPolicyInput(files []string, opts ...policy.Options) (*policy.Engine, error) {
 	if len(files) == 0 {
 		return nil, errors.New("no input: give -f FILE or -f DIR")
 	}
@@ -31,7 +35,11 @@ func loadPolicyInput(files []string) (*policy.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return k8s.Compile(objs)
+	var o policy.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	return k8s.CompileWith(objs, o)
 }
 
 func newPolicyCheckCmd() *cobra.Command {
@@ -46,7 +54,7 @@ func newPolicyCheckCmd() *cobra.Command {
 				return err
 			}
 			o := e.Objects()
-			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d namespaces, %d pods, %d network policies\n", len(o.Namespaces), len(o.Pods), len(o.Policies))
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d namespaces, %d pods, %d network policies, %d cluster network policies\n", len(o.Namespaces), len(o.Pods), len(o.Policies), len(o.ClusterPolicies))
 			return nil
 		},
 	}
@@ -60,6 +68,7 @@ func newPolicyExplainCmd() *cobra.Command {
 		from, to, port   string
 		protocol, output string
 		cluster          string
+		strict           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "explain -f FILE|DIR --from NS/POD --to NS/POD --port P [--protocol TCP] [--output text|json]",
@@ -67,7 +76,10 @@ func newPolicyExplainCmd() *cobra.Command {
 		Long: `Explain decides a connection as the two enforcers would: the egress decision of
 the client (--from) and the ingress decision of the server (--to); the connection
 is allowed only if both allow. --from or --to may be an IP address instead of a
-pod: such a peer has no identity and only ipBlock rules can match it. --port is
+pod: such a peer has no identity and only ipBlock rules can match it (a pod's
+status.podIP, if its object has one, is matched by ipBlock rules too, unless
+--ipblock-identity-only). ClusterNetworkPolicy tiers are decided first and last;
+a policy in audit mode (bireme.io/enforcement: audit) is shown both ways. --port is
 a number or a port name resolved on the destination pod. The exit status is 0
 whenever a verdict was printed, allowed or not.`,
 		Args: cobra.NoArgs,
@@ -78,7 +90,7 @@ whenever a verdict was printed, allowed or not.`,
 			if from == "" || to == "" || port == "" {
 				return errors.New("--from, --to and --port are required")
 			}
-			e, err := loadPolicyInput(files)
+			e, err := loadPolicyInput(files, policy.Options{IPBlockIdentityOnly: strict})
 			if err != nil {
 				return err
 			}
@@ -101,5 +113,6 @@ whenever a verdict was printed, allowed or not.`,
 	f.StringVar(&protocol, "protocol", "TCP", "TCP, UDP or SCTP")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
 	f.StringVar(&cluster, "cluster", "local", "cluster name given to both pods' identities")
+	f.BoolVar(&strict, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
 	return cmd
 }

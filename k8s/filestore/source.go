@@ -34,6 +34,8 @@ type Config struct {
 	Poll time.Duration
 	// Log receives rejected stores and skipped pods (nil: discarded).
 	Log *slog.Logger
+	// Policy are the policy compile options (the ipBlock mode).
+	Policy policy.Options
 }
 
 // Source delivers the file store's desired state for one node: the
@@ -74,7 +76,7 @@ func NewSource(cfg Config) (*Source, error) {
 // Run implements [desired.Source]. A store that does not load or validate
 // at start is an error: there is no last good set to keep.
 func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
-	w := &dirWatcher{dir: s.cfg.Dir}
+	w := &dirWatcher{dir: s.cfg.Dir, opts: s.cfg.Policy}
 	objs, eng, changed, err := w.check()
 	if err != nil {
 		return fmt.Errorf("load store: %w", err)
