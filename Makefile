@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit k8s-e2e k8s-scale demo bench bench-short lint deps clean
+.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale demo bench bench-short lint deps clean
 
 all: build
 
@@ -24,6 +24,11 @@ test:
 # Unit tests only: no root, no namespaces, seconds.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# `bireme flows`, `flows map`, `flows verify` and the metrics on a lab's
+# records (root; about a minute).
+flows-e2e:
+	$(GO) test -count=1 -run TestFlowsCLI -v ./e2e/
 
 # The Kubernetes suite against a real API server: etcd and a pinned
 # kube-apiserver on loopback (scripts/k8s-env.sh builds it once and caches

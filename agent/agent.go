@@ -54,6 +54,9 @@ type Config struct {
 	Tokens *tokens.Engine
 	// NodeKeys, if set, are reloaded into Tokens when they change on disk.
 	NodeKeys *NodeKeys
+	// Trust, if set, is polled with the node keys: the local CAs and the
+	// foreign trust bundles it watches go into Tokens when they change.
+	Trust *TrustReloader
 	// Poll is how often failed installs are retried, workload namespaces
 	// checked and node keys reloaded (default 200ms).
 	Poll time.Duration
@@ -178,6 +181,9 @@ func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 			a.cfg.Health.setReady(started && converged)
 			if a.keys != nil {
 				a.keys.reload()
+			}
+			if a.cfg.Trust != nil {
+				a.cfg.Trust.Reload()
 			}
 		}
 	}

@@ -141,7 +141,7 @@ func TestReconcilerRetriesAndCleansUp(t *testing.T) {
 }
 
 // TestMetricsObserve: each decision the enforcer reports through its
-// callback is counted by verdict, direction and reduced reason; the
+// callback is counted by verdict, direction, reduced reason and tier; the
 // enforcer's gauges are read at scrape time.
 func TestMetricsObserve(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -158,8 +158,9 @@ func TestMetricsObserve(t *testing.T) {
 		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Allow, Policy: "x/allow", Reason: "allowed by x/allow ingress rule 0"},
 		{Time: time.Now(), Direction: "ingress", Local: a, Verdict: flowlog.Deny, TokenError: "unknown-ca", Reason: "token: unknown CA"},
 		{Time: time.Now(), Direction: "egress", Local: a, Peer: a, Verdict: flowlog.Allow, Reason: "allowed: no policy selects x/a for egress"},
-		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Deny, Reason: "denied: selected by x/deny-all and no rule allows"},
+		{Time: time.Now(), Direction: "ingress", Local: a, Peer: a, Verdict: flowlog.Deny, SelectedBy: []string{"x/deny-all"}, Reason: "denied: selected by x/deny-all and no rule allows"},
 		{Time: time.Now(), Direction: "ingress", Local: a, Verdict: flowlog.Deny, TokenError: "unknown-ca", Reason: "token: unknown CA"},
+		{Time: time.Now(), Direction: "egress", Local: a, Peer: a, Verdict: flowlog.Deny, Policy: "deny-db", Tier: "admin", Reason: "denied by admin policy deny-db"},
 	}
 	for i := range records {
 		m.Observe(&records[i])
@@ -168,10 +169,11 @@ func TestMetricsObserve(t *testing.T) {
 		labels []string
 		want   float64
 	}{
-		{[]string{"allow", "ingress", "policy-rule"}, 1},
-		{[]string{"deny", "ingress", "unknown-ca"}, 2},
-		{[]string{"allow", "egress", "not-selected"}, 1},
-		{[]string{"deny", "ingress", "no-rule-allows"}, 1},
+		{[]string{"allow", "ingress", "policy-rule", "networkpolicy"}, 1},
+		{[]string{"deny", "ingress", "unknown-ca", "none"}, 2},
+		{[]string{"allow", "egress", "not-selected", "none"}, 1},
+		{[]string{"deny", "ingress", "no-rule-allows", "networkpolicy"}, 1},
+		{[]string{"deny", "egress", "policy-rule", "admin"}, 1},
 	} {
 		if got := testutil.ToFloat64(m.decisions.WithLabelValues(c.labels...)); got != c.want {
 			t.Errorf("bireme_decisions_total%v = %v, want %v", c.labels, got, c.want)

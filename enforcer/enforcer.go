@@ -57,6 +57,13 @@ type Config struct {
 	// It must not modify the record: the flow writer encodes the same one
 	// later.
 	OnDecision func(*flowlog.Record)
+	// OnStage, if set, is called after every queued packet is decided,
+	// with its handshake stage ("syn", "synack", "ack"; "new" for the
+	// first packet of a non-TCP flow), whether it left the workload, and
+	// how long the enforcer took to decide it (parse, tokens, policy,
+	// rewrite; not the time it waited in the kernel's queue). It runs on
+	// the packet path like OnDecision and must be as quick.
+	OnStage func(stage string, outgoing bool, took time.Duration)
 	// Log receives operational messages; nil discards them.
 	Log *slog.Logger
 	// HandshakeTimeout is how long a handshake that has not completed is
@@ -110,9 +117,14 @@ type Enforcer struct {
 
 	flows *flowQueue
 
+	// retiredQueueDrops are the kernel queue drops of detached
+	// workloads (guarded by mu; queuestats.go).
+	retiredQueueDrops QueueDrops
+
 	handshakes *nodeHandshakes // over all workloads' connTables
 	budget     *verifyBudget
 	bulk       *bulkDrops
+	foreign    *foreignConns // revoke.go
 
 	stop    context.CancelFunc
 	janitor sync.WaitGroup
@@ -160,7 +172,8 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Enforcer{cfg: cfg, log: log, mask: cfg.Layout.Mask(), workloads: map[string]*workload{}, stop: cancel,
-		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops()}
+		handshakes: &nodeHandshakes{limit: cfg.MaxNodeHandshakes}, budget: newVerifyBudget(cfg.VerifyBudget), bulk: newBulkDrops(),
+		foreign: newForeignConns(DefaultMaxForeignConns)}
 	e.janitor.Add(1)
 	go e.expireLoop(ctx)
 	e.flows = newFlowQueue(ctx, cfg.Flows, log)
@@ -254,6 +267,8 @@ func (e *Enforcer) Detach(netnsPath string) error {
 	if !ok {
 		return nil
 	}
+	e.retireQueueDrops(netnsPath) // the counters go with the queues
+	e.foreign.forgetNetns(netnsPath)
 	return wl.close()
 }
 

@@ -66,7 +66,7 @@ func (q *queue) record(p *packet, o outcome) {
 	if o.allowed {
 		r.Verdict = flowlog.Allow
 	}
-	r.Tier, r.MatchedByAddress, r.WouldDeny = o.tier, o.byAddr, wouldDenyRecord(o.wouldDeny)
+	r.Tier, r.MatchedByAddress, r.WouldDeny = recordTier(o.tier), o.byAddr, wouldDenyRecord(o.wouldDeny)
 	if o.tokenErr != nil {
 		// Only here: ReasonOf's errors.As target is a heap allocation,
 		// and most records (every policy decision) have no token error.
@@ -104,5 +104,19 @@ func wouldDenyRecord(w *policy.WouldDeny) *flowlog.WouldDeny {
 	if w == nil {
 		return nil
 	}
-	return &flowlog.WouldDeny{Tier: w.Tier, Policy: w.Policy, Rule: w.Rule, RuleName: w.RuleName, Reason: w.Reason}
+	return &flowlog.WouldDeny{Tier: recordTier(w.Tier), Policy: w.Policy, Rule: w.Rule, RuleName: w.RuleName, Reason: w.Reason}
+}
+
+// recordTier spells a policy tier as flow records and metrics do:
+// "admin", "networkpolicy", "baseline".
+func recordTier(tier string) string {
+	switch tier {
+	case policy.TierAdmin:
+		return "admin"
+	case policy.TierNetworkPolicy:
+		return "networkpolicy"
+	case policy.TierBaseline:
+		return "baseline"
+	}
+	return tier
 }

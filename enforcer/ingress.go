@@ -167,6 +167,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	c.answered = ch
 	c.proof = proof
 	c.synack = append([]byte(nil), tok...)
+	q.noteForeign(key.local, key.remote, policy.Egress, local, id)
 	return q.acceptStripped(p, q.e.cfg.Layout.Pending)
 }
 
@@ -210,6 +211,7 @@ func (q *queue) ingressACK(p *packet, key connKey) verdict {
 	v := q.acceptStripped(p, q.e.cfg.Layout.Pending)
 	if v.accept {
 		v.authorize, v.key = true, key
+		q.noteForeign(key.remote, key.local, policy.Ingress, q.wl.id.Load(), peer)
 	}
 	return v
 }

@@ -114,7 +114,7 @@ func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, l
 		Policy:           d.Policy,
 		SelectedBy:       d.SelectedBy,
 		Reason:           f.reason(d),
-		Tier:             d.Tier,
+		Tier:             recordTier(d.Tier),
 		MatchedByAddress: d.MatchedByAddress,
 		WouldDeny:        wouldDenyRecord(d.WouldDeny),
 	}

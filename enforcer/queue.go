@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"time"
 )
 
 // Netfilter hooks a queued packet can come from (NF_INET_*).
@@ -157,21 +158,47 @@ func (p heldPacket) release(accept bool) {
 // (egress.go); incoming ones arrive at it (ingress.go); non-TCP packets
 // open a flow (nontcp.go).
 func (q *queue) process(b []byte, outgoing bool) verdict {
+	var start time.Time
+	if q.e.cfg.OnStage != nil {
+		start = time.Now()
+	}
 	var p packet
 	if err := parsePacket(b, &p); err != nil {
 		if err == errNotTCP {
 			// Queued by the supervisor's non-TCP chains: the first
 			// packet of a UDP, SCTP, ICMP or other flow (nontcp.go).
-			return q.newFlow(b, outgoing)
+			v := q.newFlow(b, outgoing)
+			q.timed("new", outgoing, start)
+			return v
 		}
 		q.e.log.Debug("unparsable packet dropped", "netns", q.wl.netns, "err", err)
 		return drop
 	}
-	if outgoing {
-		return q.egress(&p)
-	}
-	if !q.checksumOK(&p) { // see checksumOK for why only incoming packets
+	var v verdict
+	switch {
+	case outgoing:
+		v = q.egress(&p)
+	case !q.checksumOK(&p): // see checksumOK for why only incoming packets
 		return drop
+	default:
+		v = q.ingress(&p)
 	}
-	return q.ingress(&p)
+	if !start.IsZero() {
+		stage := stageACK
+		if p.flags&flagSYN != 0 {
+			stage = stageSYN
+			if p.flags&flagACK != 0 {
+				stage = stageSYNACK
+			}
+		}
+		q.timed(stage, outgoing, start)
+	}
+	return v
+}
+
+// timed reports how long deciding a packet of stage took (Config.OnStage).
+func (q *queue) timed(stage string, outgoing bool, start time.Time) {
+	if !start.IsZero() {
+		q.e.cfg.OnStage(stage, outgoing, time.Since(start))
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/bireme/bireme/identity"
@@ -48,10 +47,6 @@ type Record struct {
 	// are the policies that isolated Local and of which no rule allowed:
 	// what a report counts the refusal against.
 	SelectedBy []string `json:"selectedBy,omitempty"`
-	// Tier is the policy tier that decided: "Admin", "NetworkPolicy" or
-	// "Baseline" (ClusterNetworkPolicy tiers around the NetworkPolicies);
-	// empty when no policy did.
-	Tier string `json:"tier,omitempty"`
 	// MatchedByAddress: the deciding rule matched the peer by its address
 	// (an ipBlock or networks entry), not by its identity.
 	MatchedByAddress bool `json:"matchedByAddress,omitempty"`
@@ -63,6 +58,18 @@ type Record struct {
 	TokenError string `json:"tokenError,omitempty"`
 	// Reason explains the verdict in words.
 	Reason string `json:"reason"`
+	// Tier is the policy tier that decided, when one did: "admin",
+	// "networkpolicy" or "baseline" (the ClusterNetworkPolicy tiers around
+	// the NetworkPolicies); empty when no policy did or the writer of the
+	// record does not know tiers. Metrics label decisions with it.
+	Tier string `json:"tier,omitempty"`
+
+	// Seq numbers the records of a chain from 1: one writer's records, in
+	// the order written, across file rotations and restarts (chain.go).
+	Seq uint64 `json:"seq,omitempty"`
+	// Prev is the hex SHA-256 of the previous record's line (its exact
+	// bytes, without the newline); empty for the first record of a chain.
+	Prev string `json:"prev,omitempty"`
 }
 
 // WouldDeny names the audit-mode policy and rule that would have denied a
@@ -76,51 +83,50 @@ type WouldDeny struct {
 	Reason   string `json:"reason"`
 }
 
-// Writer appends records as JSON lines. It is safe for concurrent use.
-type Writer struct {
-	mu  sync.Mutex
-	w   *bufio.Writer
-	enc *json.Encoder
-}
-
-// NewWriter returns a Writer on w. Records are flushed after every write so
-// that a reader tailing the file sees them at once.
-func NewWriter(w io.Writer) *Writer {
-	bw := bufio.NewWriter(w)
-	return &Writer{w: bw, enc: json.NewEncoder(bw)}
-}
-
-// Write appends one record.
-func (w *Writer) Write(r *Record) error { return w.WriteBatch([]*Record{r}) }
-
-// WriteBatch appends records in order with one flush at the end, for a
-// writer that collects records and writes them periodically.
-func (w *Writer) WriteBatch(rs []*Record) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, r := range rs {
-		if err := w.enc.Encode(r); err != nil {
-			return fmt.Errorf("encode flow record: %w", err)
-		}
-	}
-	return w.w.Flush()
-}
+// MaxLine bounds one record's line: records name two identities with
+// their labels, a few kilobytes at most.
+const MaxLine = 4 << 20
 
 // Read decodes every record in r. A line that does not decode is an error
 // naming its line number.
 func Read(r io.Reader) ([]Record, error) {
 	var out []Record
+	err := ScanLines(r, func(line int, b []byte) error {
+		rec, err := ParseLine(b)
+		if err != nil {
+			return fmt.Errorf("flow record line %d: %w", line, err)
+		}
+		out = append(out, rec)
+		return nil
+	})
+	return out, err
+}
+
+// ScanLines calls fn with every non-empty line of r (without its newline)
+// and its 1-based line number; the slice is valid only during the call.
+func ScanLines(r io.Reader, fn func(line int, b []byte) error) error {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	sc.Buffer(make([]byte, 64*1024), MaxLine)
 	for line := 1; sc.Scan(); line++ {
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
-		var rec Record
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return out, fmt.Errorf("flow record line %d: %w", line, err)
+		if err := fn(line, sc.Bytes()); err != nil {
+			return err
 		}
-		out = append(out, rec)
 	}
-	return out, sc.Err()
+	return sc.Err()
+}
+
+// ParseLine decodes one record line. It requires a JSON object with a
+// verdict, the one field every record has.
+func ParseLine(b []byte) (Record, error) {
+	var rec Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return Record{}, err
+	}
+	if rec.Verdict == "" {
+		return Record{}, fmt.Errorf("not a flow record: no verdict")
+	}
+	return rec, nil
 }

@@ -36,7 +36,7 @@ func TestWriteRead(t *testing.T) {
 	if len(recs) != 50 || recs[0].Local.Pod != "a" || recs[0].Peer != nil {
 		t.Fatalf("got %d records: %+v", len(recs), recs[0])
 	}
-	if _, err := Read(strings.NewReader("{}\nnot json\n")); err == nil || !strings.Contains(err.Error(), "line 2") {
+	if _, err := Read(strings.NewReader("{\"verdict\":\"allow\"}\nnot json\n")); err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("want line 2 error, got %v", err)
 	}
 }

@@ -29,6 +29,12 @@ const (
 	// it from the Namespace field too, for the same reason as the reserved
 	// labels.
 	LabelKubernetesNamespaceName = "kubernetes.io/metadata.name"
+	// LabelCluster is a namespace pseudo-label: the trust domain (cluster)
+	// of the workload, which for a peer is the trust domain of the CA that
+	// verified its node, set by the receiver. A namespaceSelector that does
+	// not name it matches local workloads only (package policy); naming it
+	// is how a policy admits workloads of a federated cluster.
+	LabelCluster = ReservedPrefix + "cluster"
 )
 
 // IsReserved reports whether a label key belongs to Bireme (prefix
@@ -49,13 +55,17 @@ func CheckSelectorKey(key string, namespaceSide bool) error {
 	switch {
 	case key == LabelNamespace:
 		return nil
+	case key == LabelCluster && namespaceSide:
+		return nil
+	case key == LabelCluster:
+		return fmt.Errorf("label %q is a namespace's, not a pod's: select it in a namespaceSelector", key)
 	case key == LabelServiceAccount && !namespaceSide:
 		return nil
 	case key == LabelServiceAccount:
 		return fmt.Errorf("label %q is a pod's, not a namespace's: select it in a podSelector", key)
 	}
-	return fmt.Errorf("label %q: the %s prefix is reserved; the labels Bireme sets are %s (pods) and %s (pods and namespaces)",
-		key, ReservedPrefix, LabelServiceAccount, LabelNamespace)
+	return fmt.Errorf("label %q: the %s prefix is reserved; the labels Bireme sets are %s (pods), %s (pods and namespaces) and %s (namespaces)",
+		key, ReservedPrefix, LabelServiceAccount, LabelNamespace, LabelCluster)
 }
 
 // PodLabel returns the value of a pod label as policy sees it: a reserved
@@ -77,11 +87,14 @@ func (id *Identity) PodLabel(key string) (string, bool) {
 
 // NamespaceLabel returns the value of a label of the identity's namespace
 // as policy sees it: the namespace's name under LabelNamespace and
-// LabelKubernetesNamespaceName, no other reserved key, any other key from
-// NamespaceLabels.
+// LabelKubernetesNamespaceName, the trust domain under LabelCluster, no
+// other reserved key, any other key from NamespaceLabels.
 func (id *Identity) NamespaceLabel(key string) (string, bool) {
 	if key == LabelNamespace || key == LabelKubernetesNamespaceName {
 		return id.Namespace, true
+	}
+	if key == LabelCluster {
+		return id.Cluster, id.Cluster != ""
 	}
 	if IsReserved(key) {
 		return "", false
@@ -107,6 +120,9 @@ func (id *Identity) SelectableNamespaceLabels() map[string]string {
 	m := withoutReservedCopy(id.NamespaceLabels)
 	m[LabelNamespace] = id.Namespace
 	m[LabelKubernetesNamespaceName] = id.Namespace
+	if id.Cluster != "" {
+		m[LabelCluster] = id.Cluster
+	}
 	return m
 }
 

@@ -11,7 +11,7 @@ func TestPseudoLabelsComeFromSignedFields(t *testing.T) {
 		Cluster: "c", Namespace: "shop", Pod: "forger", ServiceAccount: "batch",
 		// What a pod could write into its own metadata.labels.
 		Labels:          map[string]string{"app": "client", LabelServiceAccount: "web", LabelNamespace: "pay", "bireme.io/node": "n9"},
-		NamespaceLabels: map[string]string{"team": "shop", LabelNamespace: "pay", LabelKubernetesNamespaceName: "pay"},
+		NamespaceLabels: map[string]string{"team": "shop", LabelNamespace: "pay", LabelKubernetesNamespaceName: "pay", LabelCluster: "forged"},
 	}
 	for _, c := range []struct {
 		key, want string
@@ -34,6 +34,7 @@ func TestPseudoLabelsComeFromSignedFields(t *testing.T) {
 		{LabelNamespace, "shop", true},
 		{LabelKubernetesNamespaceName, "shop", true},
 		{LabelServiceAccount, "", false},
+		{LabelCluster, "c", true},
 		{"team", "shop", true},
 	} {
 		if v, ok := id.NamespaceLabel(c.key); v != c.want || ok != c.ok {
@@ -44,7 +45,7 @@ func TestPseudoLabelsComeFromSignedFields(t *testing.T) {
 	if got := id.SelectableLabels(); !maps.Equal(got, wantPod) {
 		t.Errorf("SelectableLabels = %v, want %v", got, wantPod)
 	}
-	wantNS := map[string]string{"team": "shop", LabelNamespace: "shop", LabelKubernetesNamespaceName: "shop"}
+	wantNS := map[string]string{"team": "shop", LabelNamespace: "shop", LabelKubernetesNamespaceName: "shop", LabelCluster: "c"}
 	if got := id.SelectableNamespaceLabels(); !maps.Equal(got, wantNS) {
 		t.Errorf("SelectableNamespaceLabels = %v, want %v", got, wantNS)
 	}
@@ -82,6 +83,8 @@ func TestCheckSelectorKey(t *testing.T) {
 		{LabelServiceAccount, true, "podSelector"},
 		{"bireme.io/serviceaccount", false, "reserved"},
 		{"bireme.io/node", true, "reserved"},
+		{LabelCluster, true, ""},
+		{LabelCluster, false, "namespaceSelector"},
 	} {
 		err := CheckSelectorKey(c.key, c.namespace)
 		if (err == nil) != (c.wantErr == "") || (err != nil && !strings.Contains(err.Error(), c.wantErr)) {

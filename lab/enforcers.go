@@ -25,6 +25,9 @@ func (l *Lab) pidFile(node string) string     { return l.cfg.path("pids", "enfor
 func (l *Lab) enforcerLog(node string) string { return l.cfg.path("logs", "enforce-"+node+".log") }
 func (l *Lab) flowFile(node string) string    { return l.cfg.path("flows", node+".jsonl") }
 
+// FlowKey is the file of the key that signs node's flow file head.
+func (l *Lab) FlowKey(node string) string { return filepath.Join(l.keyDir(node), "flows.key") }
+
 // startEnforcer starts node's `bireme enforce`: with the node's keys
 // (issued at its first start, kept across restarts), the lab's store, its
 // flow file and its metrics address (chosen at its first start, kept
@@ -47,6 +50,9 @@ func (l *Lab) startEnforcer(node string) error {
 		"--cert", filepath.Join(l.keyDir(node), "node.crt"),
 		"--key", filepath.Join(l.keyDir(node), "node.key"),
 		"--flows", l.flowFile(node),
+		// The key of the flow file's head (made at the first start):
+		// `bireme flows verify --key` checks the records against it.
+		"--flows-key", l.FlowKey(node),
 		"--metrics-addr", addr,
 		"--poll", l.st.Options.Poll.String(),
 		// Every pod of the lab runs in the hosts' range; unprotected pods

@@ -74,7 +74,7 @@ func TestLabTiers(t *testing.T) {
 			t.Errorf("record %s -> %s has wouldDeny %+v", r.Peer.Ref(), r.Local.Ref(), r.WouldDeny)
 		}
 		if r.Local.Namespace == "x" && r.Peer.Ref() == "z/a" {
-			if r.Verdict != flowlog.Allow || r.Tier != "NetworkPolicy" || !strings.Contains(r.Reason, "passed by ClusterNetworkPolicy admin-pass-z-a") {
+			if r.Verdict != flowlog.Allow || r.Tier != "networkpolicy" || !strings.Contains(r.Reason, "passed by ClusterNetworkPolicy admin-pass-z-a") {
 				t.Errorf("z/a -> x record: %s %s %q", r.Verdict, r.Tier, r.Reason)
 			}
 			passed++

@@ -101,6 +101,7 @@ type NodeStatus struct {
 	EnforcerPID int `json:"enforcerPid"`
 	// The enforcer's files and metrics address; empty without enforcers.
 	Flows   string `json:"flows,omitempty"`   // flow records, one JSON line each
+	FlowKey string `json:"flowKey,omitempty"` // key of the flow file's head (bireme flows verify --key)
 	Log     string `json:"log,omitempty"`     // its standard output and error
 	Metrics string `json:"metrics,omitempty"` // host:port of http://ADDR/metrics
 }
@@ -126,6 +127,7 @@ func (l *Lab) Status() Status {
 		if !l.st.Options.NoEnforce {
 			ns.EnforcerPID = l.enforcerPID(n.Name)
 			ns.Flows, ns.Log, ns.Metrics = l.flowFile(n.Name), l.enforcerLog(n.Name), l.st.MetricsAddrs[n.Name]
+			ns.FlowKey = l.FlowKey(n.Name)
 		}
 		s.Nodes = append(s.Nodes, ns)
 	}

@@ -439,10 +439,14 @@ func (m *ruleMatch) portMatches(p *compiledPort) bool {
 	}
 }
 
-// peerMatches applies one peer: an address block matches the peer's
-// address (only for peers without identity in the strict mode); a
-// podSelector-only peer ("pods of this namespace") matches only
-// same-cluster peers.
+// peerMatches applies one peer, with the product rules: an address block
+// matches the peer's address (for identified peers too, unless in the
+// strict identity-only mode); a podSelector-only peer ("pods of this
+// namespace") matches only same-cluster peers; and a namespaceSelector
+// matches a peer of another cluster only when it names the cluster
+// (identity.LabelCluster), so that a policy written for one cluster never
+// admits a federated cluster's workloads by their namespace labels, which
+// that cluster chose.
 func (m *ruleMatch) peerMatches(p *compiledPeer) bool {
 	id := m.peer.Identity
 	if p.block != nil {
@@ -453,6 +457,9 @@ func (m *ruleMatch) peerMatches(p *compiledPeer) bool {
 	}
 	if p.namespaces == nil {
 		return id.Cluster == m.local.Cluster && id.Namespace == m.policyNamespace && p.pods.matchesPod(id)
+	}
+	if id.Cluster != m.local.Cluster && !p.namespaces.namesCluster {
+		return false
 	}
 	return p.namespaces.matchesNamespace(id) && (p.pods == nil || p.pods.matchesPod(id))
 }

@@ -24,7 +24,10 @@
 //     address carries no trust and never matches an ipBlock.
 //   - A peer from another cluster (Identity.Cluster != local.Cluster) never
 //     matches a peer that has only a podSelector (that means "pods of the
-//     policy's own namespace", which exists only in the local cluster). Peers
-//     with a namespaceSelector match on the signed namespace labels of any
-//     cluster whose CA the node trusts.
+//     policy's own namespace", which exists only in the local cluster). A
+//     peer with a namespaceSelector matches a workload of another cluster
+//     only if the selector names the reserved namespace label
+//     bireme.io/cluster (the peer's verified trust domain, set by the
+//     receiver): without it, it matches local workloads only, and the
+//     namespace labels a federated cluster signs count only next to it.
 package policy

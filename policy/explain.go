@@ -27,6 +27,9 @@ type Explanation struct {
 	// AllowedIfEnforced is the verdict if the policies in audit mode were
 	// enforced (equal to Allowed when none applies).
 	AllowedIfEnforced bool `json:"allowedIfEnforced"`
+	// Notes say what else a reader needs to know, such as which cluster
+	// decides the side of a remote workload.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Endpoint is one end of an explained connection: a workload, with the
@@ -40,6 +43,10 @@ type Endpoint struct {
 	// (for a pod too, unless the engine is in the strict identity-only
 	// mode); the zero Addr matches no address rule.
 	Addr netip.Addr
+	// Remote marks a workload of another, federated cluster: its own
+	// cluster's enforcer decides its side with that cluster's policy, so
+	// Explain decides only the local end's side.
+	Remote bool
 }
 
 // Explain decides a connection from src to dst as the two ends' enforcers
@@ -77,12 +84,19 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 			x.AllowedIfEnforced = x.AllowedIfEnforced && d.Allowed
 		}
 	}
-	if src.Identity != nil {
+	for _, end := range []Endpoint{src, dst} {
+		if end.Remote && end.Identity != nil {
+			x.Notes = append(x.Notes, fmt.Sprintf("%s is a workload of cluster %q: its side is decided by that cluster's enforcer and policy, not shown here; "+
+				"this side admits it only through a namespaceSelector naming %s: %s (docs/policy.md)",
+				end.Ref, end.Identity.Cluster, identity.LabelCluster, end.Identity.Cluster))
+		}
+	}
+	if src.Identity != nil && !src.Remote {
 		d := e.Decide(src.Identity, Peer{Identity: dst.Identity, Addr: dst.Addr}, Egress, x.Port, x.Protocol)
 		x.Egress = &d
 		both(&d)
 	}
-	if dst.Identity != nil {
+	if dst.Identity != nil && !dst.Remote {
 		d := e.Decide(dst.Identity, Peer{Identity: src.Identity, Addr: src.Addr}, Ingress, x.Port, x.Protocol)
 		x.Ingress = &d
 		both(&d)
@@ -104,17 +118,26 @@ func (x *Explanation) String() string {
 			fmt.Fprintf(&b, "          with audit-mode policies enforced: %s\n", d.IfEnforced.Reason)
 		}
 	}
+	notDecided := func(ref string) string {
+		if strings.Count(ref, "/") == 2 {
+			return "not decided here (a remote cluster's workload: its own cluster decides)"
+		}
+		return "not decided (an address runs no enforcer)"
+	}
 	if x.Egress != nil {
 		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, x.Egress.Reason)
 		audit(x.Egress)
 	} else {
-		fmt.Fprintf(&b, "  egress  of %s: not decided (an address runs no enforcer)\n", x.From)
+		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, notDecided(x.From))
 	}
 	if x.Ingress != nil {
 		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, x.Ingress.Reason)
 		audit(x.Ingress)
 	} else {
-		fmt.Fprintf(&b, "  ingress of %s: not decided (an address runs no enforcer)\n", x.To)
+		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, notDecided(x.To))
+	}
+	for _, n := range x.Notes {
+		fmt.Fprintf(&b, "  note: %s\n", n)
 	}
 	verdict := "denied"
 	if x.Allowed {

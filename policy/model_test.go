@@ -59,8 +59,8 @@ var (
 	modelPorts     = []uint16{53, 80, 443, 8080, 9090, 9999}
 	modelProtocols = []string{"TCP", "UDP"}
 	modelAddrs     = []string{"198.18.0.10", "198.18.1.10", "198.19.5.5", "203.0.113.7"}
-	labelKeys      = []string{"app", "tier", "env", "team", "kubernetes.io/metadata.name", identity.LabelServiceAccount, identity.LabelNamespace}
-	labelValues    = []string{"web", "db", "client", "front", "back", "prod", "dev", "a", "ns1", "ns2", "ns3", "payments", "batch", "default"}
+	labelKeys      = []string{"app", "tier", "env", "team", "kubernetes.io/metadata.name", identity.LabelServiceAccount, identity.LabelNamespace, identity.LabelCluster}
+	labelValues    = []string{"web", "db", "client", "front", "back", "prod", "dev", "a", "ns1", "ns2", "ns3", "payments", "batch", "default", "c1", "c2"}
 	portNames      = []string{"http", "metrics", "dns", "none"}
 	cidrs          = []string{"198.18.0.0/15", "198.18.0.0/16", "198.18.1.0/24", "0.0.0.0/0", "203.0.113.0/24"}
 )
@@ -93,9 +93,11 @@ func (g gen) pick(s []string) string { return s[g.r.IntN(len(s))] }
 func (g gen) selector(namespace bool) *metav1.LabelSelector {
 	key := func() string {
 		for {
-			if k := g.pick(labelKeys); !namespace || k != identity.LabelServiceAccount {
-				return k
+			k := g.pick(labelKeys)
+			if namespace && k == identity.LabelServiceAccount || !namespace && k == identity.LabelCluster {
+				continue
 			}
+			return k
 		}
 	}
 	s := &metav1.LabelSelector{}
@@ -328,11 +330,20 @@ func refPeersAllow(objs policy.Objects, policyNS string, peers []networkingv1.Ne
 		}
 		nsLabels["kubernetes.io/metadata.name"] = peer.pod.Namespace
 		nsLabels[identity.LabelNamespace] = peer.pod.Namespace
+		nsLabels[identity.LabelCluster] = testCluster
+		if peer.foreign {
+			nsLabels[identity.LabelCluster] = "c2"
+		}
 		nsOK := false
 		if p.NamespaceSelector == nil {
 			nsOK = !peer.foreign && peer.pod.Namespace == policyNS
 		} else {
-			nsOK = refSelects(p.NamespaceSelector, nsLabels)
+			// A foreign peer only for a selector that names its cluster.
+			_, namesCluster := p.NamespaceSelector.MatchLabels[identity.LabelCluster]
+			for _, e := range p.NamespaceSelector.MatchExpressions {
+				namesCluster = namesCluster || e.Key == identity.LabelCluster
+			}
+			nsOK = refSelects(p.NamespaceSelector, nsLabels) && (!peer.foreign || namesCluster)
 		}
 		podOK := p.PodSelector == nil || refSelects(p.PodSelector, refPodLabels(peer.pod))
 		if nsOK && podOK {

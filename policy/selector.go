@@ -15,6 +15,9 @@ import (
 // which is what an empty selector `{}` means.
 type selector struct {
 	reqs []requirement
+	// namesCluster: a requirement reads identity.LabelCluster. Only such
+	// a namespaceSelector may match a peer of another cluster.
+	namesCluster bool
 }
 
 // requirement is one key test.
@@ -66,6 +69,9 @@ func compileSelector(s *metav1.LabelSelector, side selectorSide) (*selector, err
 		vals := slices.Clone(e.Values)
 		slices.Sort(vals)
 		out.reqs = append(out.reqs, requirement{key: e.Key, op: e.Operator, values: vals})
+	}
+	for _, r := range out.reqs {
+		out.namesCluster = out.namesCluster || r.key == identity.LabelCluster
 	}
 	// Deterministic order; cheap tests (Exists) first would be a micro-gain
 	// not worth the obscurity.

@@ -210,8 +210,18 @@ func TestSemantics(t *testing.T) {
 		// Cross-cluster.
 		{name: "cross-cluster: podSelector alone never matches", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]")},
 			local: "x/a", peer: "c2:x/c", port: 80},
-		{name: "cross-cluster: namespaceSelector matches signed labels", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {}}]}]")},
+		{name: "cross-cluster: namespaceSelector without the cluster label matches local peers only", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {}}]}]")},
+			local: "x/a", peer: "c2:x/c", port: 80},
+		{name: "cross-cluster: empty namespaceSelector is every namespace of this cluster", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}}]}]")},
+			local: "x/a", peer: "c2:x/c", port: 80},
+		{name: "cross-cluster: namespaceSelector naming the cluster matches signed labels", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {bireme.io/cluster: c2, team: a}}, podSelector: {}}]}]")},
 			local: "x/a", peer: "c2:x/c", port: 80, allowed: true, policy: "x/p"},
+		{name: "cross-cluster: namespaceSelector naming another cluster", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {bireme.io/cluster: c3}}}]}]")},
+			local: "x/a", peer: "c2:x/c", port: 80},
+		{name: "cross-cluster: cluster label In list", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: bireme.io/cluster, operator: In, values: [c2, c3]}]}}]}]")},
+			local: "x/a", peer: "c2:x/c", port: 80, allowed: true, policy: "x/p"},
+		{name: "cross-cluster: the cluster label selects the local cluster too", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {bireme.io/cluster: c1}}}]}]")},
+			local: "x/a", peer: "z/c", port: 80, allowed: true, policy: "x/p"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

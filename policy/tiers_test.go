@@ -50,22 +50,22 @@ func TestTiers(t *testing.T) {
   - {action: Deny, from: [{namespaces: {}}]}`)
 	npOpenWeb := np("x", "open-web", "  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: http}]}]")
 	tests := []struct {
-		name     string
-		docs     []string
-		local    string
-		peer     string
-		dir      policy.Direction
-		port     uint16
-		proto    string
-		allowed  bool
-		tier     string
-		policy   string
-		rule     int
-		reason   string // substring
-		ifEnf    *bool  // IfEnforced.Allowed, nil = no audit policy applies
-		would    string // WouldDeny.Policy
-		strict   bool
-		byAddr   bool
+		name    string
+		docs    []string
+		local   string
+		peer    string
+		dir     policy.Direction
+		port    uint16
+		proto   string
+		allowed bool
+		tier    string
+		policy  string
+		rule    int
+		reason  string // substring
+		ifEnf   *bool  // IfEnforced.Allowed, nil = no audit policy applies
+		would   string // WouldDeny.Policy
+		strict  bool
+		byAddr  bool
 	}{
 		{name: "admin deny beats a NetworkPolicy allowing all", docs: []string{adminDenyY, npAllowAll},
 			local: "x/a", peer: "y/b", port: 80, tier: policy.TierAdmin, policy: "deny-from-y",
@@ -229,7 +229,9 @@ func TestClusterCompileErrors(t *testing.T) {
 		{"nodes", func(p *cnp.ClusterNetworkPolicy) {
 			p.Spec.Egress = []cnp.ClusterNetworkPolicyEgressRule{{Action: cnp.ClusterNetworkPolicyRuleActionDeny, To: []cnp.ClusterNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{}}}}}
 		}, "spec.egress[0]: peer 0: nodes: not supported"},
-		{"audit typo", func(p *cnp.ClusterNetworkPolicy) { p.Annotations = map[string]string{policy.AnnotationEnforcement: "Audit"} }, `unknown value "Audit"`},
+		{"audit typo", func(p *cnp.ClusterNetworkPolicy) {
+			p.Annotations = map[string]string{policy.AnnotationEnforcement: "Audit"}
+		}, `unknown value "Audit"`},
 		{"protocol empty", func(p *cnp.ClusterNetworkPolicy) {
 			p.Spec.Ingress[0].Protocols = []cnp.ClusterNetworkPolicyProtocol{{}}
 		}, "spec.ingress[0]: protocols[0]: exactly one of"},
@@ -421,6 +423,7 @@ func refNSLabels(objs policy.Objects, ns string) map[string]string {
 	}
 	l["kubernetes.io/metadata.name"] = ns
 	l[identity.LabelNamespace] = ns
+	l[identity.LabelCluster] = testCluster // every peer of this model is local
 	return l
 }
 

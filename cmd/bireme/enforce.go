@@ -29,15 +29,35 @@ import (
 type enforceOptions struct {
 	node, cluster, store string
 	caBundle             []string
+	trustBundles         string
+	endRevoked           bool
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
 	natPeers             natPeersFlag
 	identityNetworks     []string
 	queues               int
 	poll                 time.Duration
+	flows                flowOptions
+	// credentials, when set, replaces the --cert/--key files: it gets the
+	// node's first credentials and a function that keeps them fresh
+	// (the agent's certificate signing requests).
+	credentials credentialsFunc
 	// ipBlockIdentityOnly: the strict ipBlock mode (policy.Options).
 	ipBlockIdentityOnly bool
 }
+
+// flowOptions say where flow records go: the file (or stdout), its
+// rotation and the key of its head.
+type flowOptions struct {
+	path     string
+	key      string
+	maxBytes int64
+	keep     int
+}
+
+// credentialsFunc gets a node's first credentials, and keep, which renews
+// them into rotate until its context ends.
+type credentialsFunc func(ctx context.Context, log *slog.Logger) (first *tokens.NodeCredentials, keep func(ctx context.Context, rotate func(*tokens.NodeCredentials) error) error, err error)
 
 // newEnforceCmd is the node daemon: it protects this node's workloads from
 // the file store until SIGTERM/SIGINT, then stops reading its queues and
@@ -45,7 +65,6 @@ type enforceOptions struct {
 func newEnforceCmd() *cobra.Command {
 	var (
 		opts        enforceOptions
-		flows       string
 		metricsAddr string
 		verbose     bool
 	)
@@ -64,13 +83,13 @@ over. The rules of a pod go when it leaves the store; 'bireme uninstall'
 removes them all.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serveNode(cmd, opts, opts.fileStore, flows, metricsAddr, verbose)
+			return serveNode(cmd, opts, opts.fileStore, metricsAddr, verbose)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.node, "node", "", "this node's name, matched against pods' spec.nodeName (required)")
 	f.StringVar(&opts.store, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (required)")
-	addNodeFlags(f, &opts, &flows, &metricsAddr, &verbose)
+	addNodeFlags(f, &opts, &metricsAddr, &verbose)
 	f.DurationVar(&opts.poll, "poll", 200*time.Millisecond, "how often the store and key files are checked for changes")
 	// --identity-networks has no default on purpose. "Everywhere" (the
 	// behaviour before it existed) sends every workload's labels to any
@@ -87,12 +106,17 @@ removes them all.`,
 // addNodeFlags declares the flags every node command shares (enforce,
 // agent): credentials, trust, identity networks, flow records, metrics and
 // the datapath.
-func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, flows, metricsAddr *string, verbose *bool) {
+func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, metricsAddr *string, verbose *bool) {
 	f.StringVar(&opts.cluster, "cluster", "", "trust domain of the workloads' identities (required)")
 	f.StringSliceVar(&opts.caBundle, "ca-bundle", nil, "PEM file(s) of the trusted cluster CAs, comma separated (required)")
+	f.StringVar(&opts.trustBundles, "trust-bundles", "", "directory of foreign clusters' trust bundles, one SPIFFE bundle per trust domain named TRUST-DOMAIN.json (a mounted ConfigMap works), re-read every --poll: adding a file federates with that cluster, removing it refuses its new connections at once (docs/federation.md)")
+	f.BoolVar(&opts.endRevoked, "end-revoked", false, "when a trust bundle is removed, also end the established connections with that cluster's workloads (conntrack entries deleted, sockets aborted, one flow record each)")
 	f.StringVar(&opts.certFile, "cert", "", "this node's certificate, issued by the cluster CA (required)")
 	f.StringVar(&opts.keyFile, "key", "", "this node's private key (required)")
-	f.StringVar(flows, "flows", "-", "file the JSON flow records are appended to; - for stdout")
+	f.StringVar(&opts.flows.path, "flows", "-", "file the JSON flow records are appended to; - for stdout")
+	f.StringVar(&opts.flows.key, "flows-key", "", "file of the node-local key (created if missing, mode 0600) that signs the flow file's head FILE.head, so that `bireme flows verify` detects a cut or rewritten tail; empty: no head")
+	f.Int64Var(&opts.flows.maxBytes, "flows-max-bytes", 0, "rotate the flow file before it grows past this many bytes (FILE.1 is the newest old file); 0: never")
+	f.IntVar(&opts.flows.keep, "flows-keep", 5, "rotated flow files kept")
 	f.StringVar(metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464)")
 	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
 	f.StringSliceVar(&opts.identityNetworks, "identity-networks", nil, "address ranges where peers run an enforcer (the pod CIDRs), comma separated (required): only SYNs to them carry this node's identity tokens; other destinations get a plain SYN and are decided by ipBlock egress rules. 0.0.0.0/0,::/0 sends tokens everywhere, external hosts included")
@@ -114,14 +138,14 @@ func (o enforceOptions) fileStore(log *slog.Logger) (desired.Source, error) {
 
 // serveNode runs a node command (enforce, agent) until its context ends:
 // the log, the flow records and the metrics server around [runNode].
-func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, flows, metricsAddr string, verbose bool) error {
+func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, metricsAddr string, verbose bool) error {
 	level := slog.LevelInfo
 	if verbose {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
-	out, closeFlows, err := openFlows(flows, cmd.OutOrStdout())
+	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout())
 	if err != nil {
 		return err
 	}
@@ -152,8 +176,23 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, fl
 // runNode assembles one node (the token engine from the node's keys and
 // the CA bundle, the source newSource builds, the real datapath, the
 // metrics when reg is set) and runs its agent until ctx ends.
-func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows io.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
-	engine, err := o.tokenEngine()
+func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows *flowlog.Writer, reg prometheus.Registerer, health *agent.Health, log *slog.Logger) (err error) {
+	var (
+		creds    *tokens.NodeCredentials
+		keep     func(context.Context, func(*tokens.NodeCredentials) error) error
+		nodeKeys *agent.NodeKeys // the files, reloaded when they change
+	)
+	if o.credentials != nil {
+		if creds, keep, err = o.credentials(ctx, log); err != nil {
+			return err
+		}
+	} else {
+		if creds, err = tokens.LoadNodeCredentials(o.certFile, o.keyFile); err != nil {
+			return fmt.Errorf("load node credentials: %w", err)
+		}
+		nodeKeys = &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile}
+	}
+	trust, engine, err := o.tokenEngine(creds, log)
 	if err != nil {
 		return err
 	}
@@ -162,12 +201,15 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 		return err
 	}
 	var metrics *agent.Metrics
-	var onDecision func(*flowlog.Record)
+	var (
+		onDecision func(*flowlog.Record)
+		onStage    func(string, bool, time.Duration)
+	)
 	if reg != nil {
 		if metrics, err = agent.NewMetrics(reg); err != nil {
 			return err
 		}
-		onDecision = metrics.Observe
+		onDecision, onStage = metrics.Observe, metrics.ObserveStage
 	}
 	// No policy until the source delivers one: nothing is protected yet.
 	live := policy.NewLive(nil)
@@ -179,7 +221,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
-		Flows: flowlog.NewWriter(flows), OnDecision: onDecision, Log: log,
+		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
 	if err != nil {
@@ -195,52 +237,78 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 			return err
 		}
 	}
+	if o.endRevoked {
+		trust.OnRevoke(func(td string) { dp.EndConnections(td) })
+	}
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
-		NodeKeys: &agent.NodeKeys{CertFile: o.certFile, KeyFile: o.keyFile},
-		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
+		NodeKeys: nodeKeys, Trust: trust,
+		Poll: o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
 	}
+	if keep != nil {
+		keepCtx, stopKeep := context.WithCancel(ctx)
+		kept := make(chan error, 1)
+		go func() { kept <- keep(keepCtx, engine.Rotate) }()
+		defer func() {
+			stopKeep()
+			if kerr := <-kept; kerr != nil {
+				err = errors.Join(err, fmt.Errorf("node credentials: %w", kerr))
+			}
+		}()
+	}
 	return node.Run(ctx)
 }
 
-// tokenEngine loads the node's credentials and the trusted CAs.
-func (o enforceOptions) tokenEngine() (*tokens.Engine, error) {
-	creds, err := tokens.LoadNodeCredentials(o.certFile, o.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load node credentials: %w", err)
-	}
+// tokenEngine builds the token engine from the node's credentials and
+// the trust (the local CAs and the foreign bundles), and returns it with
+// the reloader that keeps its trust up to date.
+func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Logger) (*agent.TrustReloader, *tokens.Engine, error) {
 	if creds.TrustDomain != o.cluster {
-		return nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
+		return nil, nil, fmt.Errorf("node certificate is for trust domain %q, not cluster %q", creds.TrustDomain, o.cluster)
 	}
 	if len(o.caBundle) == 0 {
-		return nil, errors.New("no CA bundle: give --ca-bundle")
+		return nil, nil, errors.New("no CA bundle: give --ca-bundle")
 	}
-	trust, err := tokens.LoadTrustBundle(o.caBundle...)
+	reloader, trust, err := agent.LoadTrust(agent.TrustFiles{CAFiles: o.caBundle, BundleDir: o.trustBundles, LocalDomain: o.cluster}, log)
 	if err != nil {
-		return nil, fmt.Errorf("load CA bundle: %w", err)
+		return nil, nil, err
 	}
 	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways})
 	if err != nil {
-		return nil, fmt.Errorf("token engine: %w", err)
+		return nil, nil, fmt.Errorf("token engine: %w", err)
 	}
-	return engine, nil
+	reloader.Attach(engine)
+	log.Info("trust", "trust_domains", strings.Join(trust.TrustDomains(), ","))
+	return reloader, engine, nil
 }
 
 // openFlows returns where flow records go: stdout for "-", else the file,
-// appended to so that a restarted enforcer continues the same log.
-func openFlows(path string, stdout io.Writer) (io.Writer, func(), error) {
-	if path == "-" || path == "" {
-		return stdout, func() {}, nil
+// appended to so that a restarted enforcer continues the same log and its
+// chain, rotated and with a keyed head as o says.
+func openFlows(o flowOptions, stdout io.Writer) (*flowlog.Writer, func(), error) {
+	if o.path == "-" || o.path == "" {
+		if o.key != "" || o.maxBytes != 0 {
+			return nil, nil, errors.New("--flows-key and --flows-max-bytes need a --flows file")
+		}
+		return flowlog.NewWriter(stdout), func() {}, nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep}
+	if o.key != "" {
+		key, err := flowlog.LoadOrCreateKey(o.key)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.Key = key
+	}
+	w, c, err := flowlog.OpenFile(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open flows file: %w", err)
+		return nil, nil, err
 	}
-	return f, func() {
-		if err := f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+	return w, func() {
+		if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 			fmt.Fprintln(os.Stderr, "bireme: close flows file:", err)
 		}
 	}, nil

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -72,7 +73,7 @@ func TestRunNodeRefusesBadStart(t *testing.T) {
 			tt.change(&o)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err := runNode(ctx, o, o.fileStore, io.Discard, nil, nil, slog.New(slog.DiscardHandler))
+			err := runNode(ctx, o, o.fileStore, flowlog.NewWriter(io.Discard), nil, nil, slog.New(slog.DiscardHandler))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("runNode = %v; want an error mentioning %q", err, tt.want)
 			}

@@ -33,9 +33,10 @@ file is written with mode 0600; existing keys are never overwritten without --fo
 
   bireme keys init-ca --trust-domain cluster.local --out ca/
   bireme keys issue-node --ca-dir ca/ --node node-1 --out node-1/
-  bireme keys show node-1/node.crt`,
+  bireme keys show node-1/node.crt
+  bireme keys bundle export --ca-dir ca/ --out cluster.local.json   (federation: see 'bireme keys bundle')`,
 	}
-	cmd.AddCommand(newKeysInitCACmd(), newKeysIssueNodeCmd(), newKeysShowCmd())
+	cmd.AddCommand(newKeysInitCACmd(), newKeysIssueNodeCmd(), newKeysShowCmd(), newKeysBundleCmd())
 	return cmd
 }
 

@@ -31,10 +31,12 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newEnforceCmd(),
 		newAgentCmd(),
+		newSignerCmd(),
 		newUninstallCmd(),
 		newLabCmd(),
 		newPolicyCmd(),
 		newKeysCmd(),
+		newFlowsCmd(),
 	)
 	return root
 }

@@ -81,7 +81,13 @@ status.podIP, if its object has one, is matched by ipBlock rules too, unless
 --ipblock-identity-only). ClusterNetworkPolicy tiers are decided first and last;
 a policy in audit mode (bireme.io/enforcement: audit) is shown both ways. --port is
 a number or a port name resolved on the destination pod. The exit status is 0
-whenever a verdict was printed, allowed or not.`,
+whenever a verdict was printed, allowed or not.
+
+Across clusters: --from or --to may be CLUSTER/NAMESPACE/POD, a workload of a
+federated cluster whose Pod and Namespace objects are in the input (for example
+exported from that cluster). Its identity gets the reserved namespace label
+bireme.io/cluster=CLUSTER, and only a namespaceSelector that names that label
+admits it; its own side is decided by its own cluster and is not shown.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
@@ -107,12 +113,12 @@ whenever a verdict was printed, allowed or not.`,
 	}
 	f := cmd.Flags()
 	f.StringSliceVarP(&files, "filename", "f", nil, "YAML/JSON file or directory (repeatable, comma-separated)")
-	f.StringVar(&from, "from", "", "client: NAMESPACE/POD or an IP address")
-	f.StringVar(&to, "to", "", "server: NAMESPACE/POD or an IP address")
+	f.StringVar(&from, "from", "", "client: NAMESPACE/POD, CLUSTER/NAMESPACE/POD of a federated cluster, or an IP address")
+	f.StringVar(&to, "to", "", "server: NAMESPACE/POD, CLUSTER/NAMESPACE/POD of a federated cluster, or an IP address")
 	f.StringVar(&port, "port", "", "destination port: number or name of a port of the destination pod")
 	f.StringVar(&protocol, "protocol", "TCP", "TCP, UDP or SCTP")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
-	f.StringVar(&cluster, "cluster", "local", "cluster name given to both pods' identities")
+	f.StringVar(&cluster, "cluster", "local", "the local cluster (trust domain) of NAMESPACE/POD ends")
 	f.BoolVar(&strict, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
 	return cmd
 }

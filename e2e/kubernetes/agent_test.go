@@ -430,7 +430,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	} else {
 		t.Logf("ClusterNetworkPolicy created: x/a and x/b refused after %v", took.Round(time.Millisecond))
 	}
-	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), `"tier":"Admin"`) ||
+	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), `"tier":"admin"`) ||
 		!strings.Contains(string(flows), "denied by ClusterNetworkPolicy no-a-into-y") {
 		t.Errorf("n2's flow records name no Admin tier denial by no-a-into-y (err %v)", err)
 	}

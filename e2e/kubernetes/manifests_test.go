@@ -76,7 +76,7 @@ func TestManifestsDryRun(t *testing.T) {
 			t.Errorf("%s %s/%s: the API server refuses it: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
 		}
 	}
-	for _, want := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"} {
+	for _, want := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Deployment"} {
 		if !kinds[want] {
 			t.Errorf("deploy/kubernetes/ has no %s", want)
 		}
