@@ -28,7 +28,7 @@ func (q *queue) egress(p *packet) verdict {
 // fresh handshake (a server rejects a nonce it has seen); the ones before
 // are kept, since the SYN-ACK may answer any of them.
 func (q *queue) egressSYN(p *packet, key connKey) verdict {
-	if !q.e.expectsEnforcer(p.dst) {
+	if !q.e.expectsEnforcer(p.dst) && !q.e.serviceFrontend(p.dstPort()) {
 		return q.egressPlainSYN(p, key) // external.go
 	}
 	local := q.wl.id.Load()

@@ -43,7 +43,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// a SYN needing a signature verification is charged to the
 		// budget. The nonce is checked here but recorded only once policy
 		// allows (below): refused SYNs must not churn the replay cache.
-		sh, costly, err := q.e.cfg.Tokens.VerifySYNWithin(bytes.Clone(tok), observed,
+		// A client that dialed a Service address this pod backs claims
+		// that address: the node vouches for kube-proxy's translation.
+		sh, costly, err := q.e.cfg.Tokens.VerifySYNVia(bytes.Clone(tok), observed, q.e.translation(),
 			func() bool { return q.affordsVerification(p, local) })
 		if errors.Is(err, tokens.ErrNotAfforded) {
 			return drop // recorded by affordsVerification
@@ -154,7 +156,8 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		return drop
 	}
 	peer.Identity = id
-	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, p.sport) {
+	// A Service address: egress is decided on the server pod's port.
+	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, q.e.serverPort(p.srcPort(), id)) {
 		return drop
 	}
 	proof, err := ch.NewACK()

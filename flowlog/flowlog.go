@@ -37,6 +37,11 @@ type Record struct {
 	// when the peer presented no identity (then only ipBlock rules apply).
 	Local *identity.Identity `json:"local"`
 	Peer  *identity.Identity `json:"peer,omitempty"`
+	// ByAddress: Peer was not proven but looked up by the peer's address
+	// (the pod the API server says holds it), for the protocols that
+	// carry no identity (UDP, SCTP). A pod able to send from another
+	// pod's address passes for it there.
+	ByAddress bool `json:"byAddress,omitempty"`
 	// Verdict is Allow or Deny.
 	Verdict string `json:"verdict"`
 	// Policy is "namespace/name" of the NetworkPolicy that decided, empty

@@ -44,8 +44,10 @@ func (l *Lab) startEnforcer(node string) error {
 	}
 	cmd := exec.Command(l.cfg.Binary, "enforce",
 		"--node", node,
-		"--store", l.cfg.path("store"),
-		"--cluster", l.st.Options.Cluster,
+		"--store", l.storeDir(l.clusterOf(node)),
+		"--cluster", l.clusterOf(node),
+		"--trust-bundles", l.bundleDir(l.clusterOf(node)),
+		"--end-revoked",
 		"--ca-bundle", filepath.Join(l.caDir(node), "ca.crt"),
 		"--cert", filepath.Join(l.keyDir(node), "node.crt"),
 		"--key", filepath.Join(l.keyDir(node), "node.key"),
@@ -233,6 +235,13 @@ func (l *Lab) wantProtected() map[string]int {
 	for _, p := range l.objs.Pods {
 		if p.Annotations[NetNSAnnotation] != "" {
 			want[nodeOf(p)]++
+		}
+	}
+	for _, objs := range l.members {
+		for _, p := range objs.Pods {
+			if p.Annotations[NetNSAnnotation] != "" {
+				want[nodeOf(p)]++
+			}
 		}
 	}
 	return want

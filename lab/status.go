@@ -21,6 +21,7 @@ func (l *Lab) targets() []Target {
 		}
 		out = append(out, Target{Ref: podRef(p), NS: h.NS, Addr: h.Addr, Ports: tcpPorts(p)})
 	}
+	out = append(out, l.memberTargets()...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Ref < out[j].Ref })
 	return out
 }

@@ -60,7 +60,7 @@ func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshak
 // the nonces of accepted handshakes. NewSYNACK refuses to answer until the
 // nonce is recorded.
 func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
-	return e.verifySYN(payload, observed, nil)
+	return e.verifySYN(payload, observed, nil, nil)
 }
 
 // ErrNotAfforded is VerifySYNWithin's refusal when its afford refused the
@@ -74,19 +74,28 @@ var ErrNotAfforded = errors.New("SYN needs a signature verification the caller c
 // was not refused by a cheaper check first). Unlike SYNNeedsVerification
 // followed by VerifySYN, it parses the SYN and looks its token up once.
 func (e *Engine) VerifySYNWithin(payload []byte, observed Endpoints, afford func() bool) (s *ServerHandshake, costly bool, err error) {
+	return e.VerifySYNVia(payload, observed, nil, afford)
+}
+
+// VerifySYNVia is VerifySYNWithin for a server that may be reached through
+// destination NAT: a SYN whose claimed destination is not observed.Server
+// is accepted when dnat (nil: none) vouches for the translation, and the
+// proofs then bind the destination the client dialed, as the client sees
+// it. Everything else is bound as without NAT.
+func (e *Engine) VerifySYNVia(payload []byte, observed Endpoints, dnat Translation, afford func() bool) (s *ServerHandshake, costly bool, err error) {
 	b := verifyBudget{afford: afford}
-	s, err = e.verifySYN(payload, observed, &b)
+	s, err = e.verifySYN(payload, observed, dnat, &b)
 	return s, b.asked, err
 }
 
-func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) (*ServerHandshake, error) {
+func (e *Engine) verifySYN(payload []byte, observed Endpoints, dnat Translation, b *verifyBudget) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
 		return nil, err
 	}
 	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
 	// Before the signature check: a relayed SYN costs no ECDSA.
-	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, ""); err != nil {
+	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, "", dnat); err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -95,7 +104,7 @@ func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) 
 		return nil, err
 	}
 	if claimed.Client != observed.Client {
-		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain); err != nil {
+		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain, dnat); err != nil {
 			return nil, err
 		}
 	}

@@ -145,7 +145,7 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
-	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout())
+	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout(), log)
 	if err != nil {
 		return err
 	}
@@ -221,6 +221,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
+		Services: placement, Addresses: placement,
 		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
@@ -288,14 +289,14 @@ func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Log
 // openFlows returns where flow records go: stdout for "-", else the file,
 // appended to so that a restarted enforcer continues the same log and its
 // chain, rotated and with a keyed head as o says.
-func openFlows(o flowOptions, stdout io.Writer) (*flowlog.Writer, func(), error) {
+func openFlows(o flowOptions, stdout io.Writer, log *slog.Logger) (*flowlog.Writer, func(), error) {
 	if o.path == "-" || o.path == "" {
 		if o.key != "" || o.maxBytes != 0 {
 			return nil, nil, errors.New("--flows-key and --flows-max-bytes need a --flows file")
 		}
 		return flowlog.NewWriter(stdout), func() {}, nil
 	}
-	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep}
+	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep, Log: log}
 	if o.key != "" {
 		key, err := flowlog.LoadOrCreateKey(o.key)
 		if err != nil {

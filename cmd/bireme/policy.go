@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -42,6 +43,29 @@ func loadPolicyInput(files []string, opts ...policy.Options) (*policy.Engine, er
 	return k8s.CompileWith(objs, o)
 }
 
+// loadDockerPolicyInput is loadPolicyInput with the Docker engine's
+// protected containers added as the pods the agent makes of them. A pod
+// the files define under the same name stays as the files have it.
+func loadDockerPolicyInput(ctx context.Context, files []string, dock dockerOptions, opts policy.Options) (*policy.Engine, error) {
+	if len(files) == 0 {
+		return nil, errors.New("no input: give -f DIR (the agent's --policy-dir)")
+	}
+	objs, err := filestore.LoadPaths(files...)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := dockerPods(ctx, dock)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pods {
+		if objs.Pod(p.Namespace, p.Name) == nil {
+			objs.Pods = append(objs.Pods, p)
+		}
+	}
+	return k8s.CompileWith(objs, opts)
+}
+
 func newPolicyCheckCmd() *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
@@ -69,6 +93,7 @@ func newPolicyExplainCmd() *cobra.Command {
 		protocol, output string
 		cluster          string
 		strict           bool
+		dock             dockerOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "explain -f FILE|DIR --from NS/POD --to NS/POD --port P [--protocol TCP] [--output text|json]",
@@ -96,7 +121,13 @@ admits it; its own side is decided by its own cluster and is not shown.`,
 			if from == "" || to == "" || port == "" {
 				return errors.New("--from, --to and --port are required")
 			}
-			e, err := loadPolicyInput(files, policy.Options{IPBlockIdentityOnly: strict})
+			var e *policy.Engine
+			var err error
+			if dock.dockerHost == "" {
+				e, err = loadPolicyInput(files, policy.Options{IPBlockIdentityOnly: strict})
+			} else {
+				e, err = loadDockerPolicyInput(cmd.Context(), files, dock, policy.Options{IPBlockIdentityOnly: strict})
+			}
 			if err != nil {
 				return err
 			}
@@ -120,5 +151,8 @@ admits it; its own side is decided by its own cluster and is not shown.`,
 	f.StringVarP(&output, "output", "o", "text", "text or json")
 	f.StringVar(&cluster, "cluster", "local", "the local cluster (trust domain) of NAMESPACE/POD ends")
 	f.BoolVar(&strict, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
+	f.StringVar(&dock.dockerHost, "docker-host", "", "also read the running containers of this Docker engine as pods, as 'bireme docker' does (with -f its --policy-dir)")
+	f.StringVar(&dock.host, "host", defaultHostName(), "with --docker-host: the host's node name")
+	f.BoolVar(&dock.all, "all", false, "with --docker-host: every container, as 'bireme docker --all'")
 	return cmd
 }

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -178,6 +179,9 @@ func kubelet(t *testing.T, ctx context.Context, client kubernetes.Interface, f *
 type agent struct {
 	node string
 	log  *syncbuf.Buffer
+	// stop sends SIGTERM and waits for the agent to exit (once; the
+	// test's cleanup calls it too).
+	stop func()
 }
 
 func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string) *agent {
@@ -207,7 +211,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	a.stop = sync.OnceFunc(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-exited:
@@ -230,6 +234,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 			t.Logf("agent %s log:\n%s", node, a.log.String())
 		}
 	})
+	t.Cleanup(a.stop)
 	return a
 }
 
@@ -533,7 +538,7 @@ spec: {nodeName: n3, containers: [{name: main, image: none, ports: [{name: http,
 
 // agentCredentials gives the agents the least privilege the README
 // documents: a service account that may only get, list and watch pods,
-// namespaces and network policies. It returns a kubeconfig with a token of
+// namespaces, services and network policies. It returns a kubeconfig with a token of
 // that account.
 func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir string) string {
 	t.Helper()
@@ -548,7 +553,7 @@ func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir s
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "services"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"policy.networking.k8s.io"}, Resources: []string{"clusternetworkpolicies"}, Verbs: []string{"get", "list", "watch"}},
 		},
