@@ -61,6 +61,12 @@ docker-demo:
 demo:
 	./scripts/demo.sh
 
+# Two clusters with their own CAs through NAT: no trust, one-way, two-way
+# with a policy admitting one remote workload, revocation cutting new and
+# established connections; see README.md "Across clusters".
+federation-demo:
+	./scripts/federation-demo.sh
+
 # Full benchmark run (by hand): writes docs/benchmarks.md and .json.
 bench: deps build
 	$(GO) run ./bench -bireme $(CURDIR)/$(BIN)

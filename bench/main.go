@@ -91,7 +91,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.queues, "queues", 1, "NFQUEUE queues per workload for `bireme enforce --queues`")
 	fs.StringVar(&cfg.bireme, "bireme", "", "bireme binary (default: built from ./cmd/bireme)")
 	fs.BoolVar(&cfg.micro, "micro", true, "run the tokens/policy/enforcer Go micro-benchmarks at the end (default off in short mode)")
-	casesFlag := fs.String("cases", "1,2,3,4,5,6,7,8", "cases to run")
+	casesFlag := fs.String("cases", "1,2,3,4,5,6,7,8,9,10", "cases to run")
 	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 3m)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs, keys, store)")
 	if err := fs.Parse(args); err != nil {
@@ -133,8 +133,8 @@ func parseFlags(args []string) (config, error) {
 	cfg.cases = map[int]bool{}
 	for _, f := range strings.Split(*casesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 8 {
-			return cfg, fmt.Errorf("-cases: %q is not a case number 1..8", f)
+		if err != nil || n < 1 || n > 10 {
+			return cfg, fmt.Errorf("-cases: %q is not a case number 1..10", f)
 		}
 		cfg.cases[n] = true
 	}

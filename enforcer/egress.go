@@ -87,7 +87,13 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 			reason: fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err)})
 		return drop
 	}
-	return verdict{accept: true, packet: out, mark: q.e.cfg.Layout.Pending}
+	mark := q.e.cfg.Layout.Pending
+	if c.server.TwoMessage() {
+		// Authorized since the SYN: a Pending mark here would be saved
+		// over it and queue the client's ACK for a proof it never sends.
+		mark = q.e.cfg.Layout.Authorized
+	}
+	return verdict{accept: true, packet: out, mark: mark}
 }
 
 // egressACK attaches the client proof to the handshake-completing ACK and

@@ -225,9 +225,13 @@ func (e *Enforcer) open(ctx context.Context, w Workload) (wl *workload, err erro
 	qctx, cancel := context.WithCancel(context.Background())
 	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes, e.handshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
+	// Not wl itself: a `return nil, err` below sets the named result to
+	// nil before this runs (a namespace gone between the store and the
+	// attach crashed the enforcer here).
+	opened := wl
 	defer func() {
 		if err != nil {
-			_ = wl.close()
+			_ = opened.close()
 		}
 	}()
 	if err := ctx.Err(); err != nil {
