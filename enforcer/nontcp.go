@@ -109,20 +109,23 @@ func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, l
 		localEnd, peerEnd = src, dst
 	}
 	r := &flowlog.Record{
-		Time:       time.Now().UTC(),
-		Node:       q.e.cfg.Node,
-		Direction:  dir.String(),
-		Stage:      stageNew,
-		Protocol:   f.name,
-		LocalAddr:  localEnd,
-		PeerAddr:   peerEnd,
-		Local:      local,
-		Peer:       peer,
-		ByAddress:  peer != nil,
-		Verdict:    flowlog.Deny,
-		Policy:     d.Policy,
-		SelectedBy: d.SelectedBy,
-		Reason:     f.reason(d, peer != nil),
+		Time:             time.Now().UTC(),
+		Node:             q.e.cfg.Node,
+		Direction:        dir.String(),
+		Stage:            stageNew,
+		Protocol:         f.name,
+		LocalAddr:        localEnd,
+		PeerAddr:         peerEnd,
+		Local:            local,
+		Peer:             peer,
+		ByAddress:        peer != nil,
+		Verdict:          flowlog.Deny,
+		Policy:           d.Policy,
+		SelectedBy:       d.SelectedBy,
+		Reason:           f.reason(d, peer != nil),
+		Tier:             recordTier(d.Tier),
+		MatchedByAddress: d.MatchedByAddress,
+		WouldDeny:        wouldDenyRecord(d.WouldDeny),
 	}
 	if d.Allowed {
 		r.Verdict = flowlog.Allow
@@ -152,8 +155,9 @@ func (f *flowPacket) reason(d policy.Decision, byAddress bool) string {
 		// in 198.18.0.0/15 (no identity for UDP)": the decision names the
 		// ipBlock that matched, or that the rule allows any peer.
 		return fmt.Sprintf("%s: %s (no identity for %s)", f.name, d.Reason, f.name)
-	case d.Allowed:
-		// "UDP: allowed: no policy selects ns/pod for ingress"
+	case d.Allowed, d.Policy != "":
+		// "UDP: allowed: no policy selects ns/pod for ingress"; or a
+		// ClusterNetworkPolicy rule that denied: it says which.
 		return f.name + ": " + d.Reason
 	case byAddress:
 		return fmt.Sprintf("denied: %s decided by address, on the pod the API says holds it (%s)",

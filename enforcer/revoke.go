@@ -50,7 +50,6 @@ type foreignKey struct {
 
 // foreignConn is what a record of the ended connection needs.
 type foreignConn struct {
-	wl    *workload
 	dir   policy.Direction
 	local *identity.Identity
 	peer  *identity.Identity
@@ -140,7 +139,7 @@ func (f *foreignConns) take(trustDomain string) map[foreignKey]foreignConn {
 // workload: src -> dst is its conntrack original direction.
 func (q *queue) noteForeign(src, dst netip.AddrPort, dir policy.Direction, local, peer *identity.Identity) {
 	q.e.foreign.note(foreignKey{netns: q.wl.netns, src: src, dst: dst},
-		foreignConn{wl: q.wl, dir: dir, local: local, peer: peer, since: time.Now()},
+		foreignConn{dir: dir, local: local, peer: peer, since: time.Now()},
 		q.e.cfg.Tokens.TrustDomain(), func(msg string) { q.e.log.Warn(msg) })
 }
 

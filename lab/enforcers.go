@@ -62,6 +62,9 @@ func (l *Lab) startEnforcer(node string) error {
 		"--identity-networks", topology.HostsPrefix.String(),
 	)
 	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
+	if l.st.Options.IPBlockIdentityOnly {
+		cmd.Args = append(cmd.Args, "--ipblock-identity-only")
+	}
 	proc, err := startDetached(cmd, l.enforcerLog(node))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)

@@ -92,6 +92,10 @@ type Options struct {
 	NoServers bool
 	// Poll is the enforcers' store poll interval (200ms if zero).
 	Poll time.Duration
+	// IPBlockIdentityOnly runs the enforcers in the strict ipBlock mode
+	// (--ipblock-identity-only): ipBlock rules match only peers without
+	// identity.
+	IPBlockIdentityOnly bool `json:",omitempty"`
 	// Members are further clusters, each with its own CA, trust domain,
 	// store, nodes and pods (federation.go).
 	Members []Member `json:",omitempty"`

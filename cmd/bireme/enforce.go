@@ -44,6 +44,8 @@ type enforceOptions struct {
 	// node's first credentials and a function that keeps them fresh
 	// (the agent's certificate signing requests).
 	credentials credentialsFunc
+	// ipBlockIdentityOnly: the strict ipBlock mode (policy.Options).
+	ipBlockIdentityOnly bool
 }
 
 // flowOptions say where flow records go: the file (or stdout), its
@@ -124,6 +126,7 @@ func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, metricsAddr *string, v
 	f.BoolVar(&opts.twoMessage, "two-message", true, "complete handshakes with known peer nodes in two messages (four queue trips, the ACK never queued); false: always three messages. Either way this node answers both kinds of SYN (docs/protocol.md)")
 	f.DurationVar(&opts.twoMessageWindow, "two-message-window", tokens.DefaultTwoMessageWindow, "how far a two-message SYN's timestamp may be from this node's clock; also how long after a start they use three messages")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	f.BoolVar(&opts.ipBlockIdentityOnly, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
 	f.BoolVarP(verbose, "verbose", "v", false, "log debug messages")
 }
 
@@ -133,7 +136,8 @@ type sourceFunc func(log *slog.Logger) (desired.Source, error)
 
 // fileStore is `bireme enforce`'s source: the store directory.
 func (o enforceOptions) fileStore(log *slog.Logger) (desired.Source, error) {
-	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log,
+		Policy: policy.Options{IPBlockIdentityOnly: o.ipBlockIdentityOnly}})
 }
 
 // serveNode runs a node command (enforce, agent) until its context ends:

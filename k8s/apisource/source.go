@@ -38,6 +38,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -47,6 +48,10 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+	cnpinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
+	cnplisters "sigs.k8s.io/network-policy-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/identity"
@@ -81,6 +86,14 @@ type Config struct {
 	// Log receives the pods' protection status changes and rejected
 	// policy sets (nil: discarded).
 	Log *slog.Logger
+	// Policy are the policy compile options (the ipBlock mode).
+	Policy policy.Options
+	// ClusterPolicies, if set, watches ClusterNetworkPolicies
+	// (policy.networking.k8s.io/v1beta1, the admin and baseline tiers).
+	// When the API server does not serve them (CRD not installed) the
+	// tiers are empty, which is what such a cluster means; the CRD is
+	// looked for at start only.
+	ClusterPolicies cnpclient.Interface
 }
 
 // Source delivers one node's desired state from the API server.
@@ -118,6 +131,7 @@ type listers struct {
 	allPods    corelisters.PodLister // every pod, trimmed to its placement and identity
 	namespaces corelisters.NamespaceLister
 	policies   networkinglisters.NetworkPolicyLister
+	cluster    cnplisters.ClusterNetworkPolicyLister // nil: no ClusterNetworkPolicy API
 	services   corelisters.ServiceLister
 }
 
@@ -167,6 +181,21 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	}
 	l := listers{pods: podInformer.Lister(), allPods: allPodInformer.Lister(), namespaces: nsInformer.Lister(),
 		policies: npInformer.Lister(), services: svcInformer.Lister()}
+	var cnpFactory cnpinformers.SharedInformerFactory
+	if served, err := s.clusterPoliciesServed(); err != nil {
+		return err
+	} else if served {
+		cnpFactory = cnpinformers.NewSharedInformerFactoryWithOptions(s.cfg.ClusterPolicies, 0, cnpinformers.WithTransform(stripBookkeeping))
+		inf := cnpFactory.Policy().V1beta1().ClusterNetworkPolicies()
+		h, err := inf.Informer().AddEventHandler(notifyOn(ch.policyChanged))
+		if err != nil {
+			return fmt.Errorf("API source: watch: %w", err)
+		}
+		handlersSynced = append(handlersSynced, h.HasSynced)
+		l.cluster = inf.Lister()
+		cnpFactory.Start(ctx.Done())
+		defer cnpFactory.Shutdown() // after cancel (deferred below, run first)
+	}
 
 	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
 	for _, f := range factories {
@@ -212,6 +241,26 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 			update(next)
 		}
 	}
+}
+
+// clusterPoliciesServed says whether to watch ClusterNetworkPolicies:
+// asked for, and served by the API server (the CRD is installed). Any
+// answer but "not found" is an error: guessing "absent" would drop admin
+// denials.
+func (s *Source) clusterPoliciesServed() (bool, error) {
+	if s.cfg.ClusterPolicies == nil {
+		return false, nil
+	}
+	_, err := s.cfg.ClusterPolicies.Discovery().ServerResourcesForGroupVersion(cnp.GroupVersion.String())
+	switch {
+	case apierrors.IsNotFound(err):
+		s.log.Warn("ClusterNetworkPolicy API not served (CRD not installed): admin and baseline tiers empty; restart the agent after installing it",
+			"groupVersion", cnp.GroupVersion.String())
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("API source: discover %s: %w", cnp.GroupVersion, err)
+	}
+	return true, nil
 }
 
 // stripBookkeeping drops what the informers need not keep: managed fields
@@ -541,8 +590,8 @@ func resolveTarget(p *corev1.Pod, t desired.TargetPort) (uint16, bool) {
 	return 0, false
 }
 
-// compilePolicy compiles every NetworkPolicy, with the namespaces their
-// selectors look at.
+// compilePolicy compiles every NetworkPolicy and ClusterNetworkPolicy, with
+// the namespaces their selectors look at.
 func (s *state) compilePolicy() (*policy.Engine, error) {
 	nss, err := s.l.namespaces.List(labels.Everything())
 	if err != nil {
@@ -558,7 +607,14 @@ func (s *state) compilePolicy() (*policy.Engine, error) {
 	sort.Slice(nps, func(i, j int) bool {
 		return nps[i].Namespace+"/"+nps[i].Name < nps[j].Namespace+"/"+nps[j].Name
 	})
-	return k8s.Compile(policy.Objects{Namespaces: nss, Policies: nps})
+	var cnps []*cnp.ClusterNetworkPolicy
+	if s.l.cluster != nil {
+		if cnps, err = s.l.cluster.List(labels.Everything()); err != nil {
+			return nil, err
+		}
+		sort.Slice(cnps, func(i, j int) bool { return cnps[i].Name < cnps[j].Name })
+	}
+	return k8s.CompileWith(policy.Objects{Namespaces: nss, Policies: nps, ClusterPolicies: cnps}, s.cfg.Policy)
 }
 
 // rescan looks up the node's namespaces again, when a pod could be

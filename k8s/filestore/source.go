@@ -34,6 +34,8 @@ type Config struct {
 	Poll time.Duration
 	// Log receives rejected stores and skipped pods (nil: discarded).
 	Log *slog.Logger
+	// Policy are the policy compile options (the ipBlock mode).
+	Policy policy.Options
 }
 
 // Source delivers the file store's desired state for one node: the
@@ -74,7 +76,7 @@ func NewSource(cfg Config) (*Source, error) {
 // Run implements [desired.Source]. A store that does not load or validate
 // at start is an error: there is no last good set to keep.
 func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
-	return Follow(ctx, s.cfg.Dir, s.cfg.Poll, s.log, func(objs policy.Objects, eng *policy.Engine) {
+	return FollowWith(ctx, s.cfg.Dir, s.cfg.Poll, s.cfg.Policy, s.log, func(objs policy.Objects, eng *policy.Engine) {
 		update(s.state(objs, eng))
 	})
 }
@@ -88,10 +90,15 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 // file store, the Docker host) loads them through it, so they validate
 // and keep the last good set alike.
 func Follow(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
+	return FollowWith(ctx, dir, interval, policy.Options{}, log, onChange)
+}
+
+// FollowWith is [Follow] compiling with opts (the ipBlock mode).
+func FollowWith(ctx context.Context, dir string, interval time.Duration, opts policy.Options, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
 	if interval <= 0 {
 		return fmt.Errorf("follow %s: interval must be > 0, got %v", dir, interval)
 	}
-	w := &dirWatcher{dir: dir}
+	w := &dirWatcher{dir: dir, opts: opts}
 	objs, eng, changed, err := w.check()
 	if err != nil {
 		return fmt.Errorf("load store: %w", err)
