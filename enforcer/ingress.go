@@ -84,6 +84,11 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		c.earlier = append(append(old.earlier[:0:0], old.earlier...), old.server)
 	}
 	var mark uint32
+	if why := c.server.Fallback(); why != "" {
+		// A two-message SYN answered in three messages: first contact
+		// after a restart, a rotated key, clocks apart, NAT.
+		q.e.log.Debug("two-message SYN answered in three messages", "netns", q.wl.netns, "peer", c.peer.String(), "reason", why)
+	}
 	if c.server != nil && c.server.TwoMessage() {
 		// Two-message handshake (a known client node, a fresh SYN whose
 		// MAC verified, its nonce now recorded): the client is proven

@@ -25,6 +25,7 @@ cleanup() {
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 export DOCKER_HOST="unix://$WORK/engine/docker.sock"
 cat >"$WORK/runtime" <<EOF
@@ -84,7 +85,7 @@ done
 # matrix probes every pair in parallel (a refused one waits 3 s) and
 # prints rows = clients, columns = servers: . connected, X refused.
 matrix() {
-	local dir c s
+	local dir c s pids=()
 	dir=$(mktemp -d "$WORK/probe.XXXX")
 	for c in "${NAMES[@]}"; do
 		for s in "${NAMES[@]}"; do
@@ -94,9 +95,10 @@ matrix() {
 			else
 				echo X >"$dir/$c-$s"
 			fi) &
+			pids+=($!)
 		done
 	done
-	wait
+	wait "${pids[@]}" # not a bare wait: the agent is a child too
 	printf '%-8s' "TCP/80"
 	for s in "${NAMES[@]}"; do printf '%-7s' "$s"; done
 	echo

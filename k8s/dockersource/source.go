@@ -300,13 +300,14 @@ func (st *state) selectWorkloads(cur *store, containers []Container) ([]desired.
 			continue
 		}
 		claimed[ref] = c.Name
+		status := "protected as " + ref + " in " + c.NetNS()
 		if node, ok := placement[ref]; ok && node != s.cfg.Rules.Host {
-			s.log.Warn("container shadows a pod of the policy directory placed on another node; this host speaks for it", "container", c.Name, "pod", ref, "node", node)
+			// Logged with the status, so once per change, not per event.
+			status += " (the policy directory places a pod " + ref + " on node " + node + "; this host speaks for it)"
 		}
 		placement[ref] = s.cfg.Rules.Host
 		id := k8s.IdentityOf(s.cfg.Cluster, cur.objs.Namespace(d.Pod.Namespace), d.Pod)
 		out = append(out, desired.Workload{Ref: ref, NetNS: c.NetNS(), Identity: id})
-		status := "protected as " + ref + " in " + c.NetNS()
 		if len(d.Ignored) > 0 {
 			status += " (labels not valid in Kubernetes, left out of the identity: " + strings.Join(d.Ignored, ", ") + ")"
 		}
