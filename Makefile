@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale demo bench bench-short lint deps clean
+.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale k8s-demo docker-e2e docker-demo demo bench bench-short lint deps clean
 
 all: build
 
@@ -45,10 +45,33 @@ k8s-scale: deps build
 	bash scripts/k8s-env.sh build
 	BIREME_K8S_SCALE=1 BIREME_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run TestAgentAtScale -timeout 15m ./e2e/kubernetes/
 
+# The Docker suite: two dockerd instances of its own (scripts/docker-env.sh,
+# each in a network namespace), `bireme docker` on both, `bireme enforce` on
+# a third host; policy, forged identities, restarts, agent restart,
+# uninstall. Part of `make test` too.
+docker-e2e: deps build
+	BIREME_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./e2e/docker/
+
+# A Docker host's reachability matrix before and after a policy.
+docker-demo:
+	./scripts/docker-demo.sh
+
 # One lab, its matrix before and after a policy, and a refused forged
 # identity; see README.md.
 demo:
 	./scripts/demo.sh
+
+# Bireme on Kubernetes: a local API server, two simulated nodes with agents,
+# three pods, the reachability matrix before and after a NetworkPolicy
+# created through the API; everything torn down at the end. See README.md.
+k8s-demo:
+	./scripts/k8s-demo.sh
+
+# Two clusters with their own CAs through NAT: no trust, one-way, two-way
+# with a policy admitting one remote workload, revocation cutting new and
+# established connections; see README.md "Across clusters".
+federation-demo:
+	./scripts/federation-demo.sh
 
 # Full benchmark run (by hand): writes docs/benchmarks.md and .json.
 bench: deps build

@@ -136,6 +136,12 @@ func (a *Agent) accept(s desired.State) {
 	if s.Placement != nil {
 		a.cfg.Placement.Swap(s.Placement)
 	}
+	if s.Services != nil {
+		a.cfg.Placement.SwapServices(s.Services)
+	}
+	if s.Addresses != nil {
+		a.cfg.Placement.SwapAddresses(s.Addresses)
+	}
 	a.latest.put(s.Workloads)
 }
 

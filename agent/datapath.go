@@ -38,6 +38,10 @@ type NodeDatapathConfig struct {
 	// Placement says which node runs each peer's pod (the agent swaps the
 	// placement in it); see enforcer.Config.Placement.
 	Placement enforcer.Placement
+	// Services and Addresses are the cluster's Service addresses and
+	// which pod holds each address (nil: none); see enforcer.Config.
+	Services  enforcer.Services
+	Addresses enforcer.Addresses
 	// Flows receives one record per decision (nil: discarded).
 	Flows *flowlog.Writer
 	// OnDecision is called with every decision, on the packet path (see
@@ -74,6 +78,8 @@ func NewNodeDatapath(cfg NodeDatapathConfig) (*NodeDatapath, error) {
 		Tokens:           cfg.Tokens,
 		Policy:           cfg.Policy,
 		Placement:        cfg.Placement,
+		Services:         cfg.Services,
+		Addresses:        cfg.Addresses,
 		Flows:            cfg.Flows,
 		OnDecision:       cfg.OnDecision,
 		OnStage:          cfg.OnStage,

@@ -18,6 +18,7 @@ import (
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/tokens"
 )
 
 // How the enforcers run.
@@ -180,6 +181,14 @@ func (env *biremeEnv) flowsFile(node string) string {
 // startBireme runs one `bireme enforce` per node and waits until both
 // workloads' namespaces have their queueing rules and a bound queue.
 func (r *runner) startBireme(ctx context.Context) (*active, error) {
+	return r.startBiremeWith(ctx, true)
+}
+
+// startBiremeWith is startBireme with the two-message handshake on or off.
+// On, it waits out the enforcers' start-up window (no two-message
+// handshake is accepted until it has passed, tokens.Config.TwoMessageWindow)
+// so that the warm-up and the measured runs take the path they are for.
+func (r *runner) startBiremeWith(ctx context.Context, twoMessage bool) (*active, error) {
 	env := r.bireme
 	act := &active{}
 	var undo undoStack
@@ -192,7 +201,8 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 			"--ca-bundle", filepath.Join(env.dir, "ca", "ca.crt"),
 			"--cert", filepath.Join(env.dir, node, "node.crt"), "--key", filepath.Join(env.dir, node, "node.key"),
 			"--flows", env.flowsFile(node), "--queues", strconv.Itoa(r.cfg.queues), "--poll", enforcerPoll.String(),
-			"--identity-networks", topology.HostsPrefix.String()}
+			"--identity-networks", topology.HostsPrefix.String(),
+			"--two-message=" + strconv.FormatBool(twoMessage)}
 		w, err := r.startProcess(ctx, "bireme enforce "+node, env.bin, args...)
 		if err != nil {
 			return nil, errors.Join(err, act.stop())
@@ -203,6 +213,13 @@ func (r *runner) startBireme(ctx context.Context) (*active, error) {
 	for _, ns := range []*netns.NS{r.client.NS, r.server.NS} {
 		if err := waitQueueBound(ctx, ns, act.procs); err != nil {
 			return nil, errors.Join(err, act.stop())
+		}
+	}
+	if twoMessage {
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(ctx.Err(), act.stop())
+		case <-time.After(tokens.DefaultTwoMessageWindow + 500*time.Millisecond):
 		}
 	}
 	return act, nil

@@ -55,7 +55,7 @@ func (r *runner) cases() []*benchCase {
 		{id: 2, port: portPlain, result: &report.Case{Key: "iptables-allow", Name: "iptables allow by source address"},
 			start: r.startFirewall},
 		{id: 3, port: portPlain, result: &report.Case{Key: "nfqueue-accept", Name: "NFQUEUE accept-only, no token"},
-			start: r.startFloor},
+			start: func(ctx context.Context) (*active, error) { return r.startFloor(ctx, false) }},
 		{id: 4, port: portPlain, needsBireme: true, result: &report.Case{Key: "bireme-allowed", Name: "Bireme allowed, known peer"},
 			start: r.startBireme},
 		{id: 5, port: portPlain, needsBireme: true, cold: true, result: &report.Case{Key: "bireme-cold", Name: "Bireme first contact, new peer identity"},
@@ -66,6 +66,10 @@ func (r *runner) cases() []*benchCase {
 			start: r.startBireme},
 		{id: 8, port: portPlain, needsBireme: true, flood: true, result: &report.Case{Key: "bireme-flood", Name: "Bireme allowed, known peer, under a forged-SYN flood"},
 			start: r.startBireme},
+		{id: 9, port: portPlain, result: &report.Case{Key: "nfqueue-accept-4", Name: "NFQUEUE accept-only, no token, four trips (ACK not queued)"},
+			start: func(ctx context.Context) (*active, error) { return r.startFloor(ctx, true) }},
+		{id: 10, port: portPlain, needsBireme: true, result: &report.Case{Key: "bireme-allowed-3msg", Name: "Bireme allowed, known peer, three-message handshake (--two-message=false)"},
+			start: func(ctx context.Context) (*active, error) { return r.startBiremeWith(ctx, false) }},
 	}
 	var out []*benchCase
 	for _, c := range all {
@@ -111,7 +115,7 @@ func (r *runner) measure(ctx context.Context, c *benchCase, round int) (rr *repo
 			rr.ServerFlows = fc
 		}
 	}()
-	if c.needsBireme || c.id == 3 {
+	if c.needsBireme || c.id == 3 || c.id == 9 {
 		// Warm up: the peer becomes known, and the path is proven to work.
 		if err := r.warmup(ctx); err != nil {
 			return nil, err
@@ -282,10 +286,10 @@ func (r *runner) startFirewall(ctx context.Context) (*active, error) {
 	return &active{stop: remove}, nil
 }
 
-// startFloor installs case 3: Bireme's rules (its own supervisor, so the
-// shape cannot drift) in both workloads, and one accept-only reader process
-// per node.
-func (r *runner) startFloor(ctx context.Context) (*active, error) {
+// startFloor installs case 3 (or 9, fourTrips): Bireme's rules (its own
+// supervisor, so the shape cannot drift) in both workloads, and one
+// accept-only reader process per node.
+func (r *runner) startFloor(ctx context.Context, fourTrips bool) (*active, error) {
 	sup := supervisor.New(marks.Layout{QueueBase: floorQueue})
 	layout := sup.Layout()
 	act := &active{}
@@ -295,7 +299,8 @@ func (r *runner) startFloor(ctx context.Context) (*active, error) {
 		w, err := r.startWorker(ctx, "nfq-accept "+h.Node, nil, roleNFQ,
 			"-netns", h.NS.Path(), "-queue", strconv.Itoa(floorQueue),
 			"-pending", strconv.FormatUint(uint64(layout.Pending), 10),
-			"-authorized", strconv.FormatUint(uint64(layout.Authorized), 10))
+			"-authorized", strconv.FormatUint(uint64(layout.Authorized), 10),
+			"-four-trips="+strconv.FormatBool(fourTrips))
 		if err != nil {
 			return nil, errors.Join(err, act.stop())
 		}

@@ -189,7 +189,10 @@ func finish(res *report.Results, cases []*benchCase, cfg config) {
 		}
 		report.Summarize(c.result, cfg.concurrency, c.denied)
 	}
-	res.Ratios = report.Ratios(res.Cases, cfg.concurrency, 1, 6)
+	// 3, 9 and 10 are the bases of the two-message handshake's table and
+	// targets: the six- and four-trip floors and the three-message
+	// known-peer case.
+	res.Ratios = report.Ratios(res.Cases, cfg.concurrency, 1, 6, 3, 9, 10)
 	res.Targets = report.Targets(res.Ratios, cfg.concurrency)
 	res.Notes = append(res.Notes, checkResults(res)...)
 	for _, c := range cases {

@@ -164,6 +164,7 @@ func workerNFQ(ctx context.Context, args []string) error {
 	queue := fs.Uint("queue", 0, "queue number")
 	pending := fs.Uint("pending", 0, "packet mark for accepted SYN-ACKs (the supervisor's Pending bit)")
 	authorized := fs.Uint("authorized", 0, "packet mark for accepted handshake ACKs (the supervisor's Authorized bit)")
+	fs.BoolVar(&cfg.FourTrips, "four-trips", false, "mark every accepted SYN and SYN-ACK Authorized: the ACK is never queued")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

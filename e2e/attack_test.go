@@ -182,6 +182,33 @@ func TestAttacks(t *testing.T) {
 		noAccept(t, "replayed handshake", cacheSrv, before)
 		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
 	})
+
+	// web now knows cache's node: its next SYN to cache is a two-message
+	// SYN (docs/protocol.md), which cache authorizes at the SYN. A replay
+	// of it within the timestamp window is refused by the strike register.
+	stop = capture(t, c.lab.Router(), c.node("n2").RouterLink, fmt.Sprintf("tcp and host %s and port 8080", cache.Addr))
+	c.exchange(t, "web", "cache", 8080)
+	wire2 := stop()
+	t.Run("two-message SYN replayed", func(t *testing.T) {
+		since := c.mark(t, "n2")
+		before := cacheSrv.accepts.Load()
+		out := scapy(t, py, mallory.NS, "replay.py", wire2, "--dst", cache.Addr.String(), "--dport", "8080", "--what", "handshake")
+		t.Log(out)
+		if !strings.Contains(out, `"type": 36`) { // 0x24
+			t.Fatalf("the captured SYN is not a two-message SYN: %s", out)
+		}
+		noAccept(t, "replayed two-message SYN", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
+	})
+	t.Run("two-message SYN replayed with a fresh source port", func(t *testing.T) {
+		// The MAC covers the rewritten endpoints: cache falls back to
+		// three messages, where the nonce is known.
+		since := c.mark(t, "n2")
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "replay.py", wire2, "--dst", cache.Addr.String(), "--dport", "8080", "--new-sport", "--what", "handshake"))
+		noAccept(t, "replayed two-message SYN, new port", cacheSrv, before)
+		c.expectTokenRejected(t, "n2", since, "x/cache", web.Addr.String(), tokens.ReasonReplayed)
+	})
 	t.Run("SYN without token from an allowed peer's address", func(t *testing.T) {
 		before := cacheSrv.accepts.Load()
 		t.Log(scapy(t, py, mallory.NS, "spoof_syn.py", "--src", web.Addr.String(), "--dst", cache.Addr.String(), "--dport", "8080"))
@@ -260,5 +287,23 @@ func TestAttacks(t *testing.T) {
 				t.Errorf("%s bireme_flow_records_dropped_total = %v (%v), want 0", n, v, err)
 			}
 		}
+	})
+
+	// After cache's enforcer restarts its strike register is empty: the
+	// captured two-message SYN, sent before the restart, is not authorized
+	// at the SYN (its timestamp predates the restart), and the
+	// three-message handshake it falls back to needs web's node key.
+	// Last: the restart resets n2's metrics.
+	t.Run("two-message SYN replayed after the server's enforcer restarted", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c.killEnforcer(t, "n2")
+		if err := c.lab.StartEnforcer(ctx, "n2"); err != nil {
+			t.Fatalf("restart enforcer n2: %v", err)
+		}
+		before := cacheSrv.accepts.Load()
+		t.Log(scapy(t, py, mallory.NS, "replay.py", wire2, "--dst", cache.Addr.String(), "--dport", "8080", "--what", "handshake"))
+		noAccept(t, "two-message SYN replayed after the restart", cacheSrv, before)
+		c.expectAllowed(t, "web", "cache", 8080)
 	})
 }

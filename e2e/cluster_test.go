@@ -36,6 +36,10 @@ type clusterSpec struct {
 	Files          []string
 	NAT            bool
 	UntrustedNodes []string
+	// Cluster is the trust domain of Files' cluster (trustDomain if empty);
+	// Members are further clusters (federation).
+	Cluster string
+	Members []lab.Member
 }
 
 // modelSpec is the model of testdata/cluster/model.yaml.
@@ -64,7 +68,10 @@ func newCluster(t testing.TB, spec clusterSpec) *cluster {
 	cfg := lab.Config{StateDir: filepath.Join(t.TempDir(), "lab"), Binary: biremeBin}
 	opts := lab.Options{
 		Prefix: netnstest.Prefix(), NAT: spec.NAT, UntrustedNodes: spec.UntrustedNodes,
-		Cluster: trustDomain, Poll: 100 * time.Millisecond, NoServers: true,
+		Cluster: trustDomain, Poll: 100 * time.Millisecond, NoServers: true, Members: spec.Members,
+	}
+	if spec.Cluster != "" {
+		opts.Cluster = spec.Cluster
 	}
 	l, err := lab.Up(ctx, cfg, opts, spec.Files...)
 	if err != nil {

@@ -176,6 +176,17 @@ func TestFlowsCLI(t *testing.T) {
 				t.Errorf("n1 %s%v = %v, %v; want at least 1", m.name, m.labels, v, err)
 			}
 		}
+		// What deciding each stage cost here (for the record, not checked).
+		for _, st := range []string{"syn", "synack", "ack"} {
+			for _, dir := range []string{"ingress", "egress"} {
+				l := map[string]string{"stage": st, "direction": dir}
+				sum, err1 := c.metric("n1", "bireme_handshake_stage_seconds_sum", l)
+				n, err2 := c.metric("n1", "bireme_handshake_stage_seconds_count", l)
+				if err1 == nil && err2 == nil && n > 0 {
+					t.Logf("n1 %s %s: %.0f packets, mean %.1f µs", dir, st, n, sum/n*1e6)
+				}
+			}
+		}
 		// Read from the kernel in each workload's namespace: present, and
 		// nothing dropped at this load.
 		for _, reason := range []string{"queue-full", "socket-full"} {

@@ -20,6 +20,7 @@ type relayCounts struct {
 	SYNACKRelayed    int `json:"synack_relayed"`
 	ToServer         int `json:"to_server"`
 	ToClient         int `json:"to_client"`
+	SYNType          int `json:"syn_type"` // the type byte of api's last SYN payload
 }
 
 // TestRelay is the relay of issue 11, exactly: prod/api dials prod/evil
@@ -41,18 +42,31 @@ func TestRelay(t *testing.T) {
 	c.expectAllowed(t, "api", "db", 5432)
 	c.expectDenied(t, "evil", "db", 5432)
 
+	// api dials evil once while evil is still protected: api's node now
+	// knows evil's node key, so api's SYNs to evil are two-message SYNs
+	// (docs/protocol.md) until api's enforcer restarts.
+	evilKey := serverKey(evil.Ref, 8080)
+	c.servers[evilKey] = startServer(t, evil, 8080)
+	c.expectAllowed(t, "api", "evil", 8080)
+	c.servers[evilKey].ln.Close() // relay.py answers on evil:8080 from here on
+	delete(c.servers, evilKey)
+
 	// evil takes its namespace back from its enforcer and keeps its kernel
 	// from resetting the connections it relays (it knows neither).
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, args := range [][]string{
-		{"-t", "mangle", "-F"}, {"-t", "filter", "-F"},
-		{"-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"},
-	} {
-		if err := evil.NS.Exec(ctx, "iptables", args...); err != nil {
-			t.Fatalf("iptables %v in evil: %v", args, err)
+	takeOver := func(t *testing.T) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, args := range [][]string{
+			{"-t", "mangle", "-F"}, {"-t", "filter", "-F"},
+			{"-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"},
+		} {
+			if err := evil.NS.Exec(ctx, "iptables", args...); err != nil {
+				t.Fatalf("iptables %v in evil: %v", args, err)
+			}
 		}
 	}
+	takeOver(t)
 
 	// relay runs relay.py in evil while api dials evil, and returns what
 	// it relayed; it fails the test if api's connection carries anything.
@@ -120,31 +134,56 @@ func TestRelay(t *testing.T) {
 		}
 	}
 
-	t.Run("all three packets relayed as they are", func(t *testing.T) {
-		since := c.mark(t, "node-a")
-		before := dbSrv.accepts.Load()
-		counts := relay(t)
-		noAccept(t, "relayed handshake", dbSrv, before)
-		noConnection(t)
-		c.expectTokenRejected(t, "node-a", since, "prod/db", evil.Addr.String(), tokens.ReasonEndpointMismatch)
-		if counts.SYNACKFromServer != 0 {
-			t.Errorf("db answered the relayed SYN %d times", counts.SYNACKFromServer)
+	// The relay cases, run on the path api's SYN takes: synType is its
+	// type byte (0x21 three-message, 0x24 two-message).
+	relayCases := func(t *testing.T, synType int) {
+		checkType := func(t *testing.T, counts relayCounts) {
+			t.Helper()
+			if counts.SYNType != synType {
+				t.Fatalf("api's SYN has type 0x%02x, this run is for 0x%02x", counts.SYNType, synType)
+			}
 		}
-	})
+		t.Run("all three packets relayed as they are", func(t *testing.T) {
+			since := c.mark(t, "node-a")
+			before := dbSrv.accepts.Load()
+			counts := relay(t)
+			checkType(t, counts)
+			noAccept(t, "relayed handshake", dbSrv, before)
+			noConnection(t)
+			c.expectTokenRejected(t, "node-a", since, "prod/db", evil.Addr.String(), tokens.ReasonEndpointMismatch)
+			if counts.SYNACKFromServer != 0 {
+				t.Errorf("db answered the relayed SYN %d times", counts.SYNACKFromServer)
+			}
+		})
 
-	t.Run("SYN's endpoints rewritten to the relay's connection", func(t *testing.T) {
-		since := c.mark(t, "node-b")
-		before := dbSrv.accepts.Load()
-		counts := relay(t, "--rewrite-endpoints")
-		noAccept(t, "relayed handshake, rewritten endpoints", dbSrv, before)
-		noConnection(t)
-		if counts.SYNACKRelayed == 0 {
-			t.Fatal("db did not answer the rewritten SYN: this case tests api's check of the SYN-ACK")
-		}
-		// api's enforcer refuses db's SYN-ACK relayed by evil: its proof
-		// binds evil's connection to db, not api's to evil.
-		c.expectTokenRejected(t, "node-b", since, "prod/api", evil.Addr.String(), tokens.ReasonBadProof)
-	})
+		t.Run("SYN's endpoints rewritten to the relay's connection", func(t *testing.T) {
+			since := c.mark(t, "node-b")
+			before := dbSrv.accepts.Load()
+			counts := relay(t, "--rewrite-endpoints")
+			checkType(t, counts)
+			noAccept(t, "relayed handshake, rewritten endpoints", dbSrv, before)
+			noConnection(t)
+			if counts.SYNACKRelayed == 0 {
+				t.Fatal("db did not answer the rewritten SYN: this case tests api's check of the SYN-ACK")
+			}
+			// api's enforcer refuses db's SYN-ACK relayed by evil: its proof
+			// binds evil's connection to db, not api's to evil.
+			c.expectTokenRejected(t, "node-b", since, "prod/api", evil.Addr.String(), tokens.ReasonBadProof)
+		})
+
+	}
+	t.Run("two-message", func(t *testing.T) { relayCases(t, 0x24) })
+
+	// api's enforcer restarts and forgets evil's node: three messages.
+	// Its restart re-protects evil, which takes its namespace back again.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c.killEnforcer(t, "node-b")
+	if err := c.lab.StartEnforcer(ctx, "node-b"); err != nil {
+		t.Fatalf("restart enforcer node-b: %v", err)
+	}
+	takeOver(t)
+	t.Run("three-message", func(t *testing.T) { relayCases(t, 0x21) })
 
 	t.Run("metrics", func(t *testing.T) {
 		if v, err := c.metric("node-a", "bireme_token_failures_total", map[string]string{"reason": "endpoint-mismatch"}); err != nil || v < 1 {

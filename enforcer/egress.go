@@ -28,7 +28,7 @@ func (q *queue) egress(p *packet) verdict {
 // fresh handshake (a server rejects a nonce it has seen); the ones before
 // are kept, since the SYN-ACK may answer any of them.
 func (q *queue) egressSYN(p *packet, key connKey) verdict {
-	if !q.e.expectsEnforcer(p.dst) {
+	if !q.e.expectsEnforcer(p.dst) && !q.e.serviceFrontend(p.dstPort()) {
 		return q.egressPlainSYN(p, key) // external.go
 	}
 	local := q.wl.id.Load()
@@ -87,7 +87,13 @@ func (q *queue) egressSYNACK(p *packet, key connKey) verdict {
 			reason: fmt.Sprintf("denied: token (%d bytes) does not fit the SYN-ACK: %v", len(payload), err)})
 		return drop
 	}
-	return verdict{accept: true, packet: out, mark: q.e.cfg.Layout.Pending}
+	mark := q.e.cfg.Layout.Pending
+	if c.server.TwoMessage() {
+		// Authorized since the SYN: a Pending mark here would be saved
+		// over it and queue the client's ACK for a proof it never sends.
+		mark = q.e.cfg.Layout.Authorized
+	}
+	return verdict{accept: true, packet: out, mark: mark}
 }
 
 // egressACK attaches the client proof to the handshake-completing ACK and

@@ -45,6 +45,14 @@ type Config struct {
 	// Placement says which node runs each pod: a peer token of the local
 	// trust domain is refused unless its signer runs the peer's pod.
 	Placement Placement
+	// Services are the cluster's Service addresses (nil: none): a SYN to
+	// one carries the token, and a SYN a client sent to one may arrive at
+	// the local pod the Service's endpoints include (kube-proxy's
+	// translation), see services.go.
+	Services Services
+	// Addresses maps peer addresses to pods for UDP and SCTP, which carry
+	// no identity (nil: such peers are addresses only).
+	Addresses Addresses
 	// Flows receives one record per decision; nil discards them. Records
 	// are written by a goroutine of the enforcer's, never on the packet
 	// path; Close writes those still queued.
@@ -217,9 +225,13 @@ func (e *Enforcer) open(ctx context.Context, w Workload) (wl *workload, err erro
 	qctx, cancel := context.WithCancel(context.Background())
 	wl = &workload{netns: w.NetNS, conns: newConnTable(e.cfg.MaxHandshakes, e.handshakes), cancel: cancel}
 	wl.id.Store(w.Identity.Clone())
+	// Not wl itself: a `return nil, err` below sets the named result to
+	// nil before this runs (a namespace gone between the store and the
+	// attach crashed the enforcer here).
+	opened := wl
 	defer func() {
 		if err != nil {
-			_ = wl.close()
+			_ = opened.close()
 		}
 	}()
 	if err := ctx.Err(); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/netns/netnstest"
 	"github.com/bireme/bireme/supervisor"
+	"github.com/bireme/bireme/tokens"
 )
 
 // testPolicy: in namespace prod, web accepts app=client on port 8080, and
@@ -90,7 +91,11 @@ func (s *syncBuffer) records(t *testing.T) []flowlog.Record {
 // newLab builds the lab with the given number of queues per workload.
 // IPv6 addresses come from 2001:2::/48, the IPv6 benchmarking range
 // (RFC 5180), the counterpart of 198.18.0.0/15.
-func newLab(t testing.TB, queues uint16) *lab {
+func newLab(t testing.TB, queues uint16) *lab { return newLabWith(t, queues, nil) }
+
+// newLabWith is newLab whose enforcer uses the tokens engine eng (nil: a
+// fresh one of trust domain lab, node node1).
+func newLabWith(t testing.TB, queues uint16, eng *tokens.Engine) *lab {
 	netnstest.RequireNamespaces(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -143,7 +148,9 @@ func newLab(t testing.TB, queues uint16) *lab {
 		l.ids[pod.Name] = k8s.IdentityOf("lab", objs.Namespace(pod.Namespace), pod)
 	}
 
-	eng := newTokenEngine(t, "lab", "node1")
+	if eng == nil {
+		eng = newTokenEngine(t, "lab", "node1")
+	}
 	placement := fixedPlacement{}
 	for _, pod := range objs.Pods {
 		placement[pod.Namespace+"/"+pod.Name] = "node1"

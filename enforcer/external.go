@@ -35,6 +35,7 @@ func (q *queue) egressPlainSYN(p *packet, key connKey) verdict {
 	d := q.e.cfg.Policy.Decide(local, policy.Peer{Addr: p.dst}, policy.Egress, p.dport, "TCP")
 	q.record(p, outcome{outgoing: true, dir: policy.Egress, stage: stageSYN, local: local,
 		allowed: d.Allowed, policy: d.Policy, selectedBy: d.SelectedBy,
+		tier: d.Tier, byAddr: d.MatchedByAddress, wouldDeny: d.WouldDeny,
 		reason: d.Reason + " (destination outside the identity networks: plain SYN, no token, decided by address)"})
 	if !d.Allowed {
 		return drop

@@ -29,8 +29,13 @@ type outcome struct {
 	policy   string // the NetworkPolicy that decided, if one did
 	// selectedBy: the policies selecting local in dir, when policy decided
 	selectedBy []string
-	reason     string
-	tokenErr   error // the token rejection, if that was the cause
+	// tier, byAddr, wouldDeny: the decision's tier, whether its rule
+	// matched the peer by address, and the audit-mode denial.
+	tier      string
+	byAddr    bool
+	wouldDeny *policy.WouldDeny
+	reason    string
+	tokenErr  error // the token rejection, if that was the cause
 }
 
 // record reports o about the connection of packet p: to Config.OnDecision
@@ -61,6 +66,7 @@ func (q *queue) record(p *packet, o outcome) {
 	if o.allowed {
 		r.Verdict = flowlog.Allow
 	}
+	r.Tier, r.MatchedByAddress, r.WouldDeny = recordTier(o.tier), o.byAddr, wouldDenyRecord(o.wouldDeny)
 	if o.tokenErr != nil {
 		// Only here: ReasonOf's errors.As target is a heap allocation,
 		// and most records (every policy decision) have no token error.
@@ -88,6 +94,29 @@ func (q *queue) decide(p *packet, outgoing bool, dir policy.Direction, stage str
 	local *identity.Identity, peer policy.Peer, port uint16) bool {
 	d := q.e.cfg.Policy.Decide(local, peer, dir, port, "TCP")
 	q.record(p, outcome{outgoing: outgoing, dir: dir, stage: stage, local: local, peer: peer.Identity,
-		allowed: d.Allowed, policy: d.Policy, selectedBy: d.SelectedBy, reason: d.Reason})
+		allowed: d.Allowed, policy: d.Policy, selectedBy: d.SelectedBy, reason: d.Reason,
+		tier: d.Tier, byAddr: d.MatchedByAddress, wouldDeny: d.WouldDeny})
 	return d.Allowed
+}
+
+// wouldDenyRecord copies an audit-mode denial into its flow record form.
+func wouldDenyRecord(w *policy.WouldDeny) *flowlog.WouldDeny {
+	if w == nil {
+		return nil
+	}
+	return &flowlog.WouldDeny{Tier: recordTier(w.Tier), Policy: w.Policy, Rule: w.Rule, RuleName: w.RuleName, Reason: w.Reason}
+}
+
+// recordTier spells a policy tier as flow records and metrics do:
+// "admin", "networkpolicy", "baseline".
+func recordTier(tier string) string {
+	switch tier {
+	case policy.TierAdmin:
+		return "admin"
+	case policy.TierNetworkPolicy:
+		return "networkpolicy"
+	case policy.TierBaseline:
+		return "baseline"
+	}
+	return tier
 }

@@ -77,7 +77,10 @@ func newPair(t *testing.T, maxHandshakes int) *pair {
 // newPairWith is newPair with cfg's optional fields; withFlows says
 // whether flow records are written (to pair.flows).
 func newPairWith(t *testing.T, cfg Config, withFlows bool) *pair {
-	cfg.Node, cfg.Tokens, cfg.Policy = "n1", newTokenEngine(t, "unit", "n1"), labelDecider{}
+	cfg.Node, cfg.Policy = "n1", labelDecider{}
+	if cfg.Tokens == nil {
+		cfg.Tokens = newTokenEngine(t, "unit", "n1")
+	}
 	if cfg.Placement == nil {
 		cfg.Placement = everyPodOn("n1") // the pair's one engine signs as n1 for every pod
 	}

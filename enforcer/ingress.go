@@ -43,7 +43,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// a SYN needing a signature verification is charged to the
 		// budget. The nonce is checked here but recorded only once policy
 		// allows (below): refused SYNs must not churn the replay cache.
-		sh, costly, err := q.e.cfg.Tokens.VerifySYNWithin(bytes.Clone(tok), observed,
+		// A client that dialed a Service address this pod backs claims
+		// that address: the node vouches for kube-proxy's translation.
+		sh, costly, err := q.e.cfg.Tokens.VerifySYNVia(bytes.Clone(tok), observed, q.e.translation(),
 			func() bool { return q.affordsVerification(p, local) })
 		if errors.Is(err, tokens.ErrNotAfforded) {
 			return drop // recorded by affordsVerification
@@ -81,12 +83,31 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		// verified and allowed on its own SYN.
 		c.earlier = append(append(old.earlier[:0:0], old.earlier...), old.server)
 	}
+	var mark uint32
+	if why := c.server.Fallback(); why != "" {
+		// A two-message SYN answered in three messages: first contact
+		// after a restart, a rotated key, clocks apart, NAT.
+		q.e.log.Debug("two-message SYN answered in three messages", "netns", q.wl.netns, "peer", c.peer.String(), "reason", why)
+	}
+	if c.server != nil && c.server.TwoMessage() {
+		// Two-message handshake (a known client node, a fresh SYN whose
+		// MAC verified, its nonce now recorded): the client is proven
+		// already. Authorized at the SYN, so the client's ACK and data
+		// never visit this queue; the SYN-ACK is still queued (every SYN
+		// is) and gets the server's proof, and this conn answers its
+		// retransmissions.
+		c.authorized = true
+		mark = q.e.cfg.Layout.Authorized
+	}
 	if !q.wl.conns.put(key, c) {
 		q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: peer.Identity,
 			reason: "denied: too many handshakes in progress"})
 		return drop
 	}
-	return q.acceptStripped(p, 0)
+	if c.authorized {
+		q.noteForeign(key.remote, key.local, policy.Ingress, local, c.peer)
+	}
+	return q.acceptStripped(p, mark)
 }
 
 // ingressSYNACK verifies the server's token and proof (bound to this
@@ -106,6 +127,11 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		// lost. Let it through so the kernel answers with the ACK again,
 		// and make the connection Pending so that ACK gets the proof.
 		if tok != nil && bytes.Equal(tok, c.synack) {
+			if c.answered != nil && c.answered.TwoMessage() {
+				// No ACK proof to resend: the connection stays Authorized
+				// (a Pending mark would queue the ACK for nothing).
+				return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
+			}
 			return q.acceptStripped(p, q.e.cfg.Layout.Pending)
 		}
 		// It may answer another transmission of our SYN: one that reached
@@ -154,8 +180,20 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		return drop
 	}
 	peer.Identity = id
-	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, p.sport) {
+	// A Service address: egress is decided on the server pod's port.
+	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, q.e.serverPort(p.srcPort(), id)) {
 		return drop
+	}
+	if ch.TwoMessage() {
+		// The server authorized at its SYN; this SYN-ACK completes the
+		// handshake here. Authorized now, so the kernel's ACK and the
+		// data behind it bypass both enforcers.
+		c.peer = id
+		c.answered = ch
+		c.proof = nil
+		c.synack = append([]byte(nil), tok...)
+		q.noteForeign(key.local, key.remote, policy.Egress, local, id)
+		return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
 	}
 	proof, err := ch.NewACK()
 	if err != nil {

@@ -65,9 +65,11 @@ func parseFlowPacket(b []byte) (flowPacket, error) {
 }
 
 // newFlow decides the first packet of a non-TCP flow. Nothing outside TCP
-// carries an identity yet, so the peer is its address alone and policy can
-// allow it only by an ipBlock rule or a rule with no peers (and, for ICMP
-// and other portless protocols, no ports). Allowed: the packet leaves with
+// carries an identity yet, so the peer is its address: the pod the API
+// says holds it when the enforcer has an address map (Config.Addresses;
+// records say byAddress), otherwise policy can allow it only by an ipBlock
+// rule or a rule with no peers (and, for ICMP and other portless
+// protocols, no ports). Allowed: the packet leaves with
 // the Authorized mark, which BIREME-SAVE copies to the flow, so the rest of
 // the flow never comes back here. Denied: dropped, and the flow never
 // exists. The enforcer keeps no state per flow.
@@ -82,8 +84,13 @@ func (q *queue) newFlow(b []byte, outgoing bool) verdict {
 	if outgoing {
 		dir, peer = policy.Egress, f.dst
 	}
-	d := q.e.cfg.Policy.Decide(local, policy.Peer{Addr: peer}, dir, f.dport, f.policyProto)
-	q.recordFlow(&f, outgoing, dir, local, d)
+	// The peer proves nothing outside TCP: the pod the API says holds its
+	// address stands for it, so pod and namespace selectors apply (the
+	// usual "DNS to kube-dns" egress rule), as in address-based
+	// NetworkPolicy implementations.
+	pr := policy.Peer{Addr: peer, Identity: q.e.peerByAddress(peer)}
+	d := q.e.cfg.Policy.Decide(local, pr, dir, f.dport, f.policyProto)
+	q.recordFlow(&f, outgoing, dir, local, pr.Identity, d)
 	if !d.Allowed {
 		return drop
 	}
@@ -92,7 +99,7 @@ func (q *queue) newFlow(b []byte, outgoing bool) verdict {
 
 // recordFlow reports the decision on a non-TCP flow, saying that it was
 // taken on the peer's address only.
-func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, local *identity.Identity, d policy.Decision) {
+func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, local, peer *identity.Identity, d policy.Decision) {
 	if !q.e.wantsRecords() {
 		return
 	}
@@ -102,18 +109,23 @@ func (q *queue) recordFlow(f *flowPacket, outgoing bool, dir policy.Direction, l
 		localEnd, peerEnd = src, dst
 	}
 	r := &flowlog.Record{
-		Time:       time.Now().UTC(),
-		Node:       q.e.cfg.Node,
-		Direction:  dir.String(),
-		Stage:      stageNew,
-		Protocol:   f.name,
-		LocalAddr:  localEnd,
-		PeerAddr:   peerEnd,
-		Local:      local,
-		Verdict:    flowlog.Deny,
-		Policy:     d.Policy,
-		SelectedBy: d.SelectedBy,
-		Reason:     f.reason(d),
+		Time:             time.Now().UTC(),
+		Node:             q.e.cfg.Node,
+		Direction:        dir.String(),
+		Stage:            stageNew,
+		Protocol:         f.name,
+		LocalAddr:        localEnd,
+		PeerAddr:         peerEnd,
+		Local:            local,
+		Peer:             peer,
+		ByAddress:        peer != nil,
+		Verdict:          flowlog.Deny,
+		Policy:           d.Policy,
+		SelectedBy:       d.SelectedBy,
+		Reason:           f.reason(d, peer != nil),
+		Tier:             recordTier(d.Tier),
+		MatchedByAddress: d.MatchedByAddress,
+		WouldDeny:        wouldDenyRecord(d.WouldDeny),
 	}
 	if d.Allowed {
 		r.Verdict = flowlog.Allow
@@ -132,16 +144,24 @@ func (f *flowPacket) endpoint(a netip.Addr, port uint16) string {
 // reason turns policy's sentence into one that says the decision was
 // made without identity, and why a denial could not have gone otherwise
 // than by address.
-func (f *flowPacket) reason(d policy.Decision) string {
+func (f *flowPacket) reason(d policy.Decision, byAddress bool) string {
 	switch {
+	case d.Allowed && d.Policy != "" && byAddress:
+		// "UDP: allowed by ns/pol egress rule 0: ... (peer is the pod
+		// holding its address: no identity for UDP)"
+		return fmt.Sprintf("%s: %s (by address: the peer is the pod the API says holds it; no identity for %s)", f.name, d.Reason, f.name)
 	case d.Allowed && d.Policy != "":
 		// "UDP: allowed by ns/pol ingress rule 0: peer matched by address
 		// in 198.18.0.0/15 (no identity for UDP)": the decision names the
 		// ipBlock that matched, or that the rule allows any peer.
 		return fmt.Sprintf("%s: %s (no identity for %s)", f.name, d.Reason, f.name)
-	case d.Allowed:
-		// "UDP: allowed: no policy selects ns/pod for ingress"
+	case d.Allowed, d.Policy != "":
+		// "UDP: allowed: no policy selects ns/pod for ingress"; or a
+		// ClusterNetworkPolicy rule that denied: it says which.
 		return f.name + ": " + d.Reason
+	case byAddress:
+		return fmt.Sprintf("denied: %s decided by address, on the pod the API says holds it (%s)",
+			f.name, strings.TrimPrefix(d.Reason, "denied: "))
 	case f.ports:
 		return fmt.Sprintf("denied: %s has no identity; only ipBlock or peer-less rules admit it (%s)",
 			f.name, strings.TrimPrefix(d.Reason, "denied: "))

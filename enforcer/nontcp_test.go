@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -364,6 +365,42 @@ func TestNonTCPFailsClosed(t *testing.T) {
 	})
 }
 
+// addressMap is a fixed Addresses.
+type addressMap map[netip.Addr]*identity.Identity
+
+func (m addressMap) PodAt(a netip.Addr) *identity.Identity { return m[a] }
+
+// TestNonTCPByAddress: with an address map (the API's pods), a UDP peer is
+// the pod holding its address, so a podSelector rule admits UDP from it,
+// and only from it, only to the port written; records say byAddress.
+func TestNonTCPByAddress(t *testing.T) {
+	objs, err := k8s.Decode("pods.yaml", []byte(flowLabPods))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := k8s.IdentityOf("lab", objs.Namespace("prod"), objs.Pods[1])
+	l := newFlowLab(t, denyAllIngressWeb+"---\n"+udpFromExt, func(c *Config) {
+		c.Addresses = addressMap{netip.MustParseAddr("198.18.20.2"): client}
+	})
+	udpEcho(t, l.web, "198.18.20.1:5354")
+	udpEcho(t, l.web, "198.18.20.1:5353")
+	udpEcho(t, l.web, "198.18.21.1:5354")
+
+	if err := udpExchange(l.client, "", "198.18.20.1:5354", 2); err != nil {
+		t.Fatalf("UDP from the pod app=client holds the address of, to the port its rule names: %v", err)
+	}
+	rs := recordsOf(l.flows.records(t), "UDP", "(by address: the peer is the pod the API says holds it")
+	if len(rs) != 1 || !rs[0].ByAddress || rs[0].Peer == nil || rs[0].Peer.Pod != "client" || rs[0].Verdict != flowlog.Allow {
+		t.Errorf("want one byAddress allow record naming prod/client, got %+v", rs)
+	}
+	if err := udpExchange(l.client, "", "198.18.20.1:5353", 1); err == nil {
+		t.Error("UDP from prod/client to a port its rule does not name was admitted")
+	}
+	if err := udpExchange(l.ext, "198.18.21.3", "198.18.21.1:5354", 1); err == nil {
+		t.Error("UDP from an address no pod holds was admitted by a podSelector rule")
+	}
+}
+
 // TestParseFlowPacket reads what the non-TCP path decides on, and refuses
 // what it cannot read.
 func TestParseFlowPacket(t *testing.T) {
@@ -418,20 +455,25 @@ func TestFlowReasons(t *testing.T) {
 	udp := flowPacket{name: "UDP", ports: true}
 	icmp := flowPacket{name: "ICMP"}
 	for _, tt := range []struct {
-		f    flowPacket
-		d    policy.Decision
-		want string
+		f         flowPacket
+		d         policy.Decision
+		byAddress bool
+		want      string
 	}{
 		{udp, policy.Decision{Allowed: true, Policy: "ns/pol", Reason: "allowed by ns/pol ingress rule 0: peer matched by address in 198.18.0.0/15"},
-			"UDP: allowed by ns/pol ingress rule 0: peer matched by address in 198.18.0.0/15 (no identity for UDP)"},
-		{udp, policy.Decision{Allowed: true, Reason: "allowed: no policy selects ns/a for egress"},
-			"UDP: allowed: no policy selects ns/a for egress"},
+			false, "UDP: allowed by ns/pol ingress rule 0: peer matched by address in 198.18.0.0/15 (no identity for UDP)"},
+		{udp, policy.Decision{Allowed: true, Policy: "ns/pol", Reason: "allowed by ns/pol egress rule 0"},
+			true, "UDP: allowed by ns/pol egress rule 0 (by address: the peer is the pod the API says holds it; no identity for UDP)"},
 		{udp, policy.Decision{Reason: "denied: selected by ns/deny and no rule allows"},
-			"denied: UDP has no identity; only ipBlock or peer-less rules admit it (selected by ns/deny and no rule allows)"},
+			true, "denied: UDP decided by address, on the pod the API says holds it (selected by ns/deny and no rule allows)"},
+		{udp, policy.Decision{Allowed: true, Reason: "allowed: no policy selects ns/a for egress"},
+			false, "UDP: allowed: no policy selects ns/a for egress"},
+		{udp, policy.Decision{Reason: "denied: selected by ns/deny and no rule allows"},
+			false, "denied: UDP has no identity; only ipBlock or peer-less rules admit it (selected by ns/deny and no rule allows)"},
 		{icmp, policy.Decision{Reason: "denied: selected by ns/deny and no rule allows"},
-			"denied: ICMP has no identity and no ports; only rules without ports whose peers are ipBlocks or absent admit it (selected by ns/deny and no rule allows)"},
+			false, "denied: ICMP has no identity and no ports; only rules without ports whose peers are ipBlocks or absent admit it (selected by ns/deny and no rule allows)"},
 	} {
-		if got := tt.f.reason(tt.d); got != tt.want {
+		if got := tt.f.reason(tt.d, tt.byAddress); got != tt.want {
 			t.Errorf("reason = %q\nwant     %q", got, tt.want)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
 	"github.com/bireme/bireme/flowlog"
@@ -30,6 +31,9 @@ import (
 // peers, about 300 bytes each.
 const DefaultMaxForeignConns = 1 << 16
 
+// errNoEntry: conntrack has no entry for the connection.
+var errNoEntry = errors.New("no conntrack entry")
+
 // ctMsgDelete is IPCTNL_MSG_CT_DELETE.
 const ctMsgDelete = 2
 
@@ -46,7 +50,6 @@ type foreignKey struct {
 
 // foreignConn is what a record of the ended connection needs.
 type foreignConn struct {
-	wl    *workload
 	dir   policy.Direction
 	local *identity.Identity
 	peer  *identity.Identity
@@ -136,7 +139,7 @@ func (f *foreignConns) take(trustDomain string) map[foreignKey]foreignConn {
 // workload: src -> dst is its conntrack original direction.
 func (q *queue) noteForeign(src, dst netip.AddrPort, dir policy.Direction, local, peer *identity.Identity) {
 	q.e.foreign.note(foreignKey{netns: q.wl.netns, src: src, dst: dst},
-		foreignConn{wl: q.wl, dir: dir, local: local, peer: peer, since: time.Now()},
+		foreignConn{dir: dir, local: local, peer: peer, since: time.Now()},
 		q.e.cfg.Tokens.TrustDomain(), func(msg string) { q.e.log.Warn(msg) })
 }
 
@@ -150,12 +153,18 @@ func (q *queue) noteForeign(src, dst netip.AddrPort, dir policy.Direction, local
 func (e *Enforcer) EndConnections(trustDomain string) int {
 	ended := 0
 	for k, c := range e.foreign.take(trustDomain) {
-		if c.wl.marker == nil {
+		// A connection that closed leaves its entry for a while (TIME_WAIT,
+		// CLOSE): removed too, but it was not ended here.
+		ct, err := openCTEntry(k.netns, k.src, k.dst)
+		if err != nil {
+			e.log.Warn("end connection of a revoked trust domain", "netns", k.netns, "err", err)
 			continue
 		}
-		err := c.wl.marker.remove(k.src, k.dst)
-		if errors.Is(err, unix.ENOENT) {
-			continue // the connection had already closed
+		live := ct.established()
+		err = ct.remove()
+		ct.close()
+		if errors.Is(err, errNoEntry) || err == nil && !live {
+			continue
 		}
 		if err != nil {
 			e.log.Warn("end connection of a revoked trust domain", "netns", k.netns, "src", k.src, "dst", k.dst, "err", err)
@@ -193,32 +202,54 @@ func (e *Enforcer) EndConnections(trustDomain string) int {
 	return ended
 }
 
-// remove deletes the conntrack entry of the TCP connection whose original
-// direction is src -> dst.
-func (m *connMarker) remove(src, dst netip.AddrPort) error {
-	family := uint8(unix.AF_INET)
-	if src.Addr().Is6() {
-		family = unix.AF_INET6
-	}
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: netlink.Nested | ctaTupleOrig, Data: ctTuple(src, dst)},
-	})
+// ctEntry is one connection's conntrack entry, in the namespace at a path:
+// whether it is open, and its deletion. Revocations are rare, so each
+// opens its own socket, through ti-mo/conntrack (the ACK path's marker is
+// hand-written for speed, see conntrack.go).
+type ctEntry struct {
+	c    *conntrack.Conn
+	flow conntrack.Flow
+}
+
+func openCTEntry(netnsPath string, src, dst netip.AddrPort) (*ctEntry, error) {
+	fd, err := openNetnsFile(netnsPath)
 	if err != nil {
-		return fmt.Errorf("delete %s-%s: %w", src, dst, err)
+		return nil, err
 	}
-	_, err = m.c.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysCtnetlink<<8 | ctMsgDelete),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
+	defer unix.Close(fd)
+	c, err := conntrack.Dial(&netlink.Config{NetNS: fd})
 	if err != nil {
-		var oe *netlink.OpError
-		if errors.As(err, &oe) && errors.Is(oe.Err, syscall.ENOENT) {
-			return unix.ENOENT
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	return &ctEntry{c: c, flow: conntrack.NewFlow(unix.IPPROTO_TCP, 0, src.Addr(), dst.Addr(), src.Port(), dst.Port(), 0, 0)}, nil
+}
+
+func (e *ctEntry) close() { e.c.Close() }
+
+// TCP conntrack states from SYN_RECV to LAST_ACK: the connection is open
+// (TIME_WAIT and CLOSE are left behind by a closed one).
+const (
+	tcpConntrackSynRecv = 2
+	tcpConntrackLastAck = 6
+)
+
+// established reports whether the entry exists in an open TCP state.
+func (e *ctEntry) established() bool {
+	f, err := e.c.Get(e.flow)
+	if err != nil || f.ProtoInfo.TCP == nil {
+		return false
+	}
+	st := f.ProtoInfo.TCP.State
+	return st >= tcpConntrackSynRecv && st <= tcpConntrackLastAck
+}
+
+// remove deletes the entry; errNoEntry if there is none.
+func (e *ctEntry) remove() error {
+	if err := e.c.Delete(e.flow); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return errNoEntry
 		}
-		return fmt.Errorf("delete %s-%s: %w", src, dst, err)
+		return fmt.Errorf("delete conntrack entry: %w", err)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bireme/bireme/identity"
+	"github.com/bireme/bireme/internal/syncbuf"
 )
 
 func testRecord(i int) *Record {
@@ -255,6 +257,41 @@ func TestResumeAfterRestart(t *testing.T) {
 	json.Unmarshal([]byte(ls[len(ls)-1]), &last)
 	if last.Seq != 10 {
 		t.Fatalf("after the half line (record 9), want record 10, got %d", last.Seq)
+	}
+}
+
+// TestReopenKeepsMismatchedHead: records cut while no writer ran are not
+// covered up by the next writer's head: the old head is kept aside, an
+// error is logged, and the old head still shows the cut.
+func TestReopenKeepsMismatchedHead(t *testing.T) {
+	dir := t.TempDir()
+	path := writeChain(t, dir, 6, 0)
+	writeLines(t, path, lines(t, path)[:4])
+	var logged syncbuf.Buffer
+	w, c, err := OpenFile(FileConfig{Path: path, Key: testKey, Log: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(testRecord(7))
+	c.Close()
+	aside, _ := filepath.Glob(HeadPath(path) + ".mismatch-*")
+	if len(aside) != 1 || !strings.Contains(logged.String(), "truncated: the head names record 6") {
+		t.Fatalf("kept %v; logged %s", aside, logged.String())
+	}
+	// The new head vouches for what the new writer wrote after the cut...
+	if v := verifyFiles(t, testKey, path); !v.Intact() || v.LastSeq != 5 {
+		t.Fatalf("new head: %+v %v", v, v.Broken)
+	}
+	// ...and the old one still shows the cut.
+	b, _ := os.ReadFile(path)
+	old, _ := ReadHead(aside[0])
+	if v := Verify([]ChainFile{{Name: "f", Data: b}}, old, testKey); v.Broken == nil || !strings.Contains(v.Broken.Why, "truncated: the head names record 6") {
+		t.Fatalf("old head: %+v %v", v, v.Broken)
+	}
+	// An honest restart keeps no head aside.
+	writeChain(t, dir, 2, 0)
+	if again, _ := filepath.Glob(HeadPath(path) + ".mismatch-*"); len(again) != 1 {
+		t.Fatalf("honest restart kept a head aside: %v", again)
 	}
 }
 

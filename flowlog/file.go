@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -27,6 +29,9 @@ type FileConfig struct {
 	Key []byte
 	// Now is the clock of the head's time (default time.Now).
 	Now func() time.Time
+	// Log receives the warning of a file that does not match its head
+	// when opened (nil: discarded).
+	Log *slog.Logger
 }
 
 // HeadPath is the head file of the flow file path.
@@ -57,6 +62,16 @@ func OpenFile(cfg FileConfig) (*Writer, io.Closer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Key != nil {
+		// Before anything is appended: the next head would vouch for
+		// whatever the files hold now.
+		if err := keepMismatchedHead(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
 	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open flows file: %w", err)
@@ -81,6 +96,65 @@ func (w *Writer) close() error {
 	defer w.mu.Unlock()
 	ferr := w.w.Flush()
 	return errors.Join(ferr, w.file.f.Close())
+}
+
+// keepMismatchedHead checks the files a writer is about to continue
+// against their head. A head that does not verify, or that the files no
+// longer match (records cut, changed or removed while no writer ran), is
+// kept aside as Path.head.mismatch-UNIXNANO, with an error logged, before
+// the writer's first batch replaces the head: the new head then vouches
+// only for what it writes, and the old one still shows what was lost
+// (`bireme flows verify --head` with it).
+func keepMismatchedHead(cfg FileConfig) error {
+	headPath := HeadPath(cfg.Path)
+	head, err := ReadHead(headPath)
+	if err == nil && head == nil {
+		// Nothing to check against. Records without a head: the first
+		// start with a key, or the head was removed with whatever else.
+		if fi, err := os.Stat(cfg.Path); err == nil && fi.Size() > 0 {
+			cfg.Log.Warn("flow records without a head: the first start with a flow key, or the head was removed; records before now are not covered",
+				"file", cfg.Path, "head", headPath)
+		}
+		return nil
+	}
+	var why string
+	if err != nil {
+		why = err.Error()
+	} else {
+		// The head is of the live file, or of Path.1 when a rotation was
+		// cut short before the new file got its first record.
+		var files []ChainFile
+		for _, p := range []string{RotatedPath(cfg.Path, 1), cfg.Path} {
+			b, err := os.ReadFile(p)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("flows file: %w", err)
+			}
+			files = append(files, ChainFile{Name: p, Data: b})
+		}
+		if len(files) == 2 && len(bytes.TrimSpace(files[1].Data)) > 0 {
+			files = files[1:] // the live file has records: the head is its
+		}
+		v := Verify(files, head, cfg.Key)
+		switch {
+		case v.Broken != nil:
+			why = v.Broken.String()
+		case !v.HeadChecked && v.Records > 0:
+			why = strings.Join(v.Notes, "; ")
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	aside := fmt.Sprintf("%s.mismatch-%d", headPath, cfg.Now().UnixNano())
+	if err := os.Rename(headPath, aside); err != nil {
+		return fmt.Errorf("keep mismatched flows head: %w", err)
+	}
+	cfg.Log.Error("flow records do not match their head: someone changed them, or a crash cut them; the head is kept aside and a new one starts",
+		"file", cfg.Path, "kept", aside, "first-fault", why)
+	return nil
 }
 
 // tailScan is how much of a file's end is read to find its last record.

@@ -37,6 +37,11 @@ type Record struct {
 	// when the peer presented no identity (then only ipBlock rules apply).
 	Local *identity.Identity `json:"local"`
 	Peer  *identity.Identity `json:"peer,omitempty"`
+	// ByAddress: Peer was not proven but looked up by the peer's address
+	// (the pod the API server says holds it), for the protocols that
+	// carry no identity (UDP, SCTP). A pod able to send from another
+	// pod's address passes for it there.
+	ByAddress bool `json:"byAddress,omitempty"`
 	// Verdict is Allow or Deny.
 	Verdict string `json:"verdict"`
 	// Policy is "namespace/name" of the NetworkPolicy that decided, empty
@@ -47,13 +52,20 @@ type Record struct {
 	// are the policies that isolated Local and of which no rule allowed:
 	// what a report counts the refusal against.
 	SelectedBy []string `json:"selectedBy,omitempty"`
+	// MatchedByAddress: the deciding rule matched the peer by its address
+	// (an ipBlock or networks entry), not by its identity.
+	MatchedByAddress bool `json:"matchedByAddress,omitempty"`
+	// WouldDeny is set on an allowed connection that a policy in audit
+	// mode (annotation bireme.io/enforcement: audit) would have denied.
+	WouldDeny *WouldDeny `json:"wouldDeny,omitempty"`
 	// TokenError is the typed token rejection reason (for example
 	// "expired", "bad-proof"), empty when the token verified.
 	TokenError string `json:"tokenError,omitempty"`
 	// Reason explains the verdict in words.
 	Reason string `json:"reason"`
-	// Tier is the policy tier that decided, when one did (for example
-	// "admin", "networkpolicy", "baseline"); empty when the writer of the
+	// Tier is the policy tier that decided, when one did: "admin",
+	// "networkpolicy" or "baseline" (the ClusterNetworkPolicy tiers around
+	// the NetworkPolicies); empty when no policy did or the writer of the
 	// record does not know tiers. Metrics label decisions with it.
 	Tier string `json:"tier,omitempty"`
 
@@ -63,6 +75,17 @@ type Record struct {
 	// Prev is the hex SHA-256 of the previous record's line (its exact
 	// bytes, without the newline); empty for the first record of a chain.
 	Prev string `json:"prev,omitempty"`
+}
+
+// WouldDeny names the audit-mode policy and rule that would have denied a
+// connection, and why. Rule is -1 when the policy would deny because it
+// isolates the workload and no rule of it allows.
+type WouldDeny struct {
+	Tier     string `json:"tier,omitempty"`
+	Policy   string `json:"policy"`
+	Rule     int    `json:"rule"`
+	RuleName string `json:"ruleName,omitempty"`
+	Reason   string `json:"reason"`
 }
 
 // MaxLine bounds one record's line: records name two identities with

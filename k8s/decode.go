@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/bireme/bireme/policy"
@@ -31,7 +32,7 @@ const (
 	apiNetworkingV1   = "networking.k8s.io/v1"
 )
 
-// Decoder reads Namespace, Pod and NetworkPolicy objects (and their List
+// Decoder reads Namespace, Pod, NetworkPolicy and ClusterNetworkPolicy objects (and their List
 // kinds, or a v1 List of them) from one or more files' contents and
 // accumulates them, remembering which file each came from so that an object
 // defined twice is reported with both files. The zero Decoder is ready.
@@ -131,7 +132,8 @@ func (d *Decoder) decodeDocument(file string, n int, doc []byte) error {
 	if h.Kind == "" {
 		return fmt.Errorf("%s: document %d: kind: Required value", file, n)
 	}
-	if strings.HasSuffix(h.Kind, "List") && (h.APIVersion == apiCoreV1 || h.APIVersion == apiNetworkingV1) {
+	if strings.HasSuffix(h.Kind, "List") && (h.APIVersion == apiCoreV1 || h.APIVersion == apiNetworkingV1 ||
+		h.APIVersion == apiPolicyV1beta1 || h.APIVersion == apiPolicyV1alpha2) {
 		var list struct {
 			metav1.TypeMeta `json:",inline"`
 			Metadata        metav1.ListMeta   `json:"metadata"`
@@ -148,8 +150,12 @@ func (d *Decoder) decodeDocument(file string, n int, doc []byte) error {
 		return nil
 	}
 	ns := h.Metadata.Namespace
-	if ns == "" && h.Kind != kindNamespace {
+	if ns == "" && h.Kind != kindNamespace && h.Kind != kindClusterNetworkPolicy {
 		ns = "default"
+	}
+	if h.Kind == kindClusterNetworkPolicy {
+		// Cluster-scoped: the API server ignores a namespace given.
+		ns = ""
 	}
 	ref := objectRef(h.Kind, ns, h.Metadata.Name)
 	wrap := func(err error) error { return fmt.Errorf("%s: %s: %w", file, ref, err) }
@@ -183,8 +189,18 @@ func (d *Decoder) decodeDocument(file string, n int, doc []byte) error {
 			return wrap(err)
 		}
 		d.objs.Policies = append(d.objs.Policies, obj)
+	case h.Kind == kindClusterNetworkPolicy && (h.APIVersion == apiPolicyV1beta1 || h.APIVersion == apiPolicyV1alpha2):
+		obj := &cnp.ClusterNetworkPolicy{}
+		if err := decodeStrict(doc, obj); err != nil {
+			return wrap(err)
+		}
+		obj.Namespace = ""
+		if err := validateClusterNetworkPolicy(obj).ToAggregate(); err != nil {
+			return wrap(err)
+		}
+		d.objs.ClusterPolicies = append(d.objs.ClusterPolicies, obj)
 	default:
-		return fmt.Errorf("%s: document %d: unsupported apiVersion/kind %q/%q (the store holds v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy and their Lists)",
+		return fmt.Errorf("%s: document %d: unsupported apiVersion/kind %q/%q (the store holds v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, policy.networking.k8s.io/v1beta1 or v1alpha2 ClusterNetworkPolicy and their Lists)",
 			file, n, h.APIVersion, h.Kind)
 	}
 	if d.seen == nil {

@@ -9,7 +9,8 @@ import (
 )
 
 // Endpoint resolves one end of a connection to explain: "namespace/pod"
-// (a pod of objs, with the identity [IdentityOf] gives it in cluster),
+// (a pod of objs, with the identity [IdentityOf] gives it in cluster and
+// the address of its status.podIP, if any, which ipBlock rules match),
 // "cluster/namespace/pod" (a pod of objs taken as a workload of that other,
 // federated cluster: a remote end) or an IP address (an anonymous peer).
 func Endpoint(objs policy.Objects, cluster, ref string) (policy.Endpoint, error) {
@@ -36,7 +37,13 @@ func Endpoint(objs policy.Objects, cluster, ref string) (policy.Endpoint, error)
 	if remote != "" {
 		return policy.Endpoint{Ref: remote + "/" + ns + "/" + name, Identity: IdentityOf(remote, objs.Namespace(ns), p), Remote: true}, nil
 	}
-	return policy.Endpoint{Ref: ns + "/" + name, Identity: IdentityOf(cluster, objs.Namespace(ns), p)}, nil
+	ep := policy.Endpoint{Ref: ns + "/" + name, Identity: IdentityOf(cluster, objs.Namespace(ns), p)}
+	// The pod's address, when its object has one, is what ipBlock rules
+	// match (upstream semantics); a pod without status.podIP matches none.
+	if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
+		ep.Addr = a.Unmap()
+	}
+	return ep, nil
 }
 
 // Explain is [policy.Explain] with both ends named as [Endpoint] reads them,

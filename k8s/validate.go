@@ -49,6 +49,11 @@ func Validate(objs policy.Objects) error {
 			return err
 		}
 	}
+	for _, p := range objs.ClusterPolicies {
+		if err := check(objectRef(kindClusterNetworkPolicy, "", p.Name), validateClusterNetworkPolicy(p)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -58,10 +63,15 @@ func Validate(objs policy.Objects) error {
 // way in for Kubernetes objects; [policy.Compile] alone trusts that its
 // input was validated.
 func Compile(objs policy.Objects) (*policy.Engine, error) {
+	return CompileWith(objs, policy.Options{})
+}
+
+// CompileWith is [Compile] with compile options (the ipBlock mode).
+func CompileWith(objs policy.Objects, opts policy.Options) (*policy.Engine, error) {
 	if err := Validate(objs); err != nil {
 		return nil, err
 	}
-	return policy.Compile(objs)
+	return policy.CompileWith(objs, opts)
 }
 
 // The checks below follow the API server's own validation of these objects
@@ -120,6 +130,7 @@ func validateNetworkPolicy(np *networkingv1.NetworkPolicy) field.ErrorList {
 	md := field.NewPath("metadata")
 	errs := validateName(np.Name, validation.IsDNS1123Subdomain, md.Child("name"))
 	errs = append(errs, validateName(np.Namespace, validation.IsDNS1123Label, md.Child("namespace"))...)
+	errs = append(errs, validateEnforcement(np.Annotations, md.Child("annotations"))...)
 	spec := field.NewPath("spec")
 	errs = append(errs, validateSelector(&np.Spec.PodSelector, podLabels, spec.Child("podSelector"))...)
 	for i, rule := range np.Spec.Ingress {

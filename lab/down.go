@@ -52,7 +52,7 @@ func Down(ctx context.Context, cfg Config) error {
 	}
 	// Only what a lab puts there is removed, so a mistyped --state never
 	// deletes anything else.
-	for _, name := range []string{"store", "keys", "flows", "logs", "pids", "state.json", ".state.json.tmp", "prefix", "lock"} {
+	for _, name := range []string{"store", "clusters", "bundles", "keys", "flows", "logs", "pids", "state.json", ".state.json.tmp", "prefix", "lock"} {
 		if err := os.RemoveAll(cfg.path(name)); err != nil {
 			errs = append(errs, fmt.Errorf("lab down: %w", err))
 		}

@@ -44,8 +44,10 @@ func (l *Lab) startEnforcer(node string) error {
 	}
 	cmd := exec.Command(l.cfg.Binary, "enforce",
 		"--node", node,
-		"--store", l.cfg.path("store"),
-		"--cluster", l.st.Options.Cluster,
+		"--store", l.storeDir(l.clusterOf(node)),
+		"--cluster", l.clusterOf(node),
+		"--trust-bundles", l.bundleDir(l.clusterOf(node)),
+		"--end-revoked",
 		"--ca-bundle", filepath.Join(l.caDir(node), "ca.crt"),
 		"--cert", filepath.Join(l.keyDir(node), "node.crt"),
 		"--key", filepath.Join(l.keyDir(node), "node.key"),
@@ -60,6 +62,9 @@ func (l *Lab) startEnforcer(node string) error {
 		"--identity-networks", topology.HostsPrefix.String(),
 	)
 	cmd.Args = append(cmd.Args, l.natPeerArgs()...)
+	if l.st.Options.IPBlockIdentityOnly {
+		cmd.Args = append(cmd.Args, "--ipblock-identity-only")
+	}
 	proc, err := startDetached(cmd, l.enforcerLog(node))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
@@ -230,6 +235,13 @@ func (l *Lab) wantProtected() map[string]int {
 	for _, p := range l.objs.Pods {
 		if p.Annotations[NetNSAnnotation] != "" {
 			want[nodeOf(p)]++
+		}
+	}
+	for _, objs := range l.members {
+		for _, p := range objs.Pods {
+			if p.Annotations[NetNSAnnotation] != "" {
+				want[nodeOf(p)]++
+			}
 		}
 	}
 	return want

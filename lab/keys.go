@@ -41,7 +41,7 @@ func (l *Lab) caDir(node string) string {
 	if l.untrusted(node) {
 		return l.cfg.path("keys", "untrusted-ca")
 	}
-	return l.cfg.path("keys", "ca")
+	return l.clusterCADir(l.clusterOf(node))
 }
 
 // keyDir holds node's credentials, node.crt and node.key.

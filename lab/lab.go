@@ -92,6 +92,13 @@ type Options struct {
 	NoServers bool
 	// Poll is the enforcers' store poll interval (200ms if zero).
 	Poll time.Duration
+	// IPBlockIdentityOnly runs the enforcers in the strict ipBlock mode
+	// (--ipblock-identity-only): ipBlock rules match only peers without
+	// identity.
+	IPBlockIdentityOnly bool `json:",omitempty"`
+	// Members are further clusters, each with its own CA, trust domain,
+	// store, nodes and pods (federation.go).
+	Members []Member `json:",omitempty"`
 }
 
 // state is what later commands need to know about a lab: state.json.
@@ -100,6 +107,9 @@ type state struct {
 	Topology topology.State `json:"topology"`
 	// MetricsAddrs holds each enforcer's metrics address (host:port).
 	MetricsAddrs map[string]string `json:"metricsAddrs,omitempty"`
+	// NodeClusters gives the cluster of each member's node (absent: the
+	// lab's own cluster).
+	NodeClusters map[string]string `json:"nodeClusters,omitempty"`
 }
 
 // Lab is a running lab, opened by one command. It is not safe for
@@ -109,7 +119,9 @@ type Lab struct {
 	st   state
 	topo *topology.Topology
 	objs policy.Objects // what the store holds
-	lock *os.File
+	// members holds each member cluster's objects, as its store does.
+	members map[string]policy.Objects
+	lock    *os.File
 	// enforcers this process started, by node, to learn their exit status.
 	enforcers map[string]*child
 }
@@ -148,6 +160,10 @@ func Open(cfg Config) (*Lab, error) {
 	if l.objs, err = filestore.LoadDir(cfg.path("store")); err != nil {
 		l.unlock()
 		return nil, fmt.Errorf("open lab: %w", err)
+	}
+	if err := l.openMembers(); err != nil {
+		l.unlock()
+		return nil, err
 	}
 	return l, nil
 }

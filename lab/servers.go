@@ -13,15 +13,21 @@ import (
 // declared TCP port; the returned function waits until each port answers.
 // Starting every server before waiting for any keeps a large lab quick.
 func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error, err error) {
+	return l.startServerAs(ctx, p, podRef(p), hostName(p))
+}
+
+// startServerAs is startServer for the pod named ref on host host (a
+// member cluster's pod has both qualified by its cluster).
+func (l *Lab) startServerAs(ctx context.Context, p *corev1.Pod, ref, host string) (wait func() error, err error) {
 	ports := tcpPorts(p)
 	if len(ports) == 0 {
 		return func() error { return nil }, nil
 	}
-	h := l.topo.Host(hostName(p))
+	h := l.topo.Host(host)
 	if h == nil {
-		return nil, fmt.Errorf("pod %s: no host", podRef(p))
+		return nil, fmt.Errorf("pod %s: no host", ref)
 	}
-	args := []string{"lab", "serve", "--ref", podRef(p)}
+	args := []string{"lab", "serve", "--ref", ref}
 	for _, port := range ports {
 		args = append(args, "--port", strconv.Itoa(int(port)))
 	}
@@ -31,11 +37,11 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error
 	logFile := l.cfg.path("logs", "serve-"+h.Name+".log")
 	server, err := startDetached(cmd, logFile)
 	if err != nil {
-		return nil, fmt.Errorf("pod %s: %w", podRef(p), err)
+		return nil, fmt.Errorf("pod %s: %w", ref, err)
 	}
 	return func() error {
 		deadline := time.Now().Add(ServerTimeout)
-		target := Target{Ref: podRef(p), NS: h.NS, Addr: h.Addr}
+		target := Target{Ref: ref, NS: h.NS, Addr: h.Addr}
 		for _, port := range ports {
 			for {
 				r := Result{Port: port}
@@ -45,11 +51,11 @@ func (l *Lab) startServer(ctx context.Context, p *corev1.Pod) (wait func() error
 				}
 				select {
 				case <-server.exited:
-					return fmt.Errorf("pod %s: server exited: %s", podRef(p), tail(logFile))
+					return fmt.Errorf("pod %s: server exited: %s", ref, tail(logFile))
 				default:
 				}
 				if time.Now().After(deadline) || ctx.Err() != nil {
-					return fmt.Errorf("pod %s: server on port %d does not answer (%s): %s", podRef(p), port, r.Reason, tail(logFile))
+					return fmt.Errorf("pod %s: server on port %d does not answer (%s): %s", ref, port, r.Reason, tail(logFile))
 				}
 				time.Sleep(20 * time.Millisecond)
 			}

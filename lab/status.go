@@ -21,6 +21,7 @@ func (l *Lab) targets() []Target {
 		}
 		out = append(out, Target{Ref: podRef(p), NS: h.NS, Addr: h.Addr, Ports: tcpPorts(p)})
 	}
+	out = append(out, l.memberTargets()...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Ref < out[j].Ref })
 	return out
 }
@@ -144,6 +145,16 @@ func (l *Lab) Status() Status {
 		}
 		s.Pods = append(s.Pods, PodStatus{Pod: podRef(p), NetNS: h.NS.Name, Addr: h.Addr, Node: h.Node, Labels: labels, Ports: tcpPorts(p),
 			Protected: p.Annotations[NetNSAnnotation] != ""})
+	}
+	for _, m := range l.st.Options.Members {
+		for _, p := range l.members[m.Cluster].Pods {
+			h := l.topo.Host(memberHost(m.Cluster, p))
+			if h == nil {
+				continue
+			}
+			s.Pods = append(s.Pods, PodStatus{Pod: m.Cluster + "/" + podRef(p), NetNS: h.NS.Name, Addr: h.Addr, Node: h.Node, Labels: p.Labels, Ports: tcpPorts(p),
+				Protected: p.Annotations[NetNSAnnotation] != ""})
+		}
 	}
 	return s
 }

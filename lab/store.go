@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/bireme/bireme/policy"
@@ -36,6 +37,7 @@ func podFile(ns, name string) string   { return "pod_" + ns + "_" + name + ".yam
 func policyFile(ns, name string) string {
 	return "networkpolicy_" + ns + "_" + name + ".yaml"
 }
+func clusterPolicyFile(name string) string { return "clusternetworkpolicy_" + name + ".yaml" }
 
 func writeObject(dir, file string, obj any) error {
 	data, err := yaml.Marshal(obj)
@@ -85,6 +87,12 @@ func storePolicy(dir string, np *networkingv1.NetworkPolicy) error {
 	return writeObject(dir, policyFile(c.Namespace, c.Name), c)
 }
 
+func storeClusterPolicy(dir string, p *cnp.ClusterNetworkPolicy) error {
+	c := p.DeepCopy()
+	c.APIVersion, c.Kind = "policy.networking.k8s.io/v1beta1", "ClusterNetworkPolicy"
+	return writeObject(dir, clusterPolicyFile(c.Name), c)
+}
+
 // podRef is "namespace/name".
 func podRef(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
 
@@ -113,9 +121,10 @@ func tcpPorts(p *corev1.Pod) []uint16 {
 // kind, namespace and name).
 func merge(base, update policy.Objects) policy.Objects {
 	out := policy.Objects{
-		Namespaces: append([]*corev1.Namespace(nil), base.Namespaces...),
-		Pods:       append([]*corev1.Pod(nil), base.Pods...),
-		Policies:   append([]*networkingv1.NetworkPolicy(nil), base.Policies...),
+		Namespaces:      append([]*corev1.Namespace(nil), base.Namespaces...),
+		Pods:            append([]*corev1.Pod(nil), base.Pods...),
+		Policies:        append([]*networkingv1.NetworkPolicy(nil), base.Policies...),
+		ClusterPolicies: append([]*cnp.ClusterNetworkPolicy(nil), base.ClusterPolicies...),
 	}
 	for _, ns := range update.Namespaces {
 		out.Namespaces = replaceOrAppend(out.Namespaces, ns, func(a *corev1.Namespace) bool { return a.Name == ns.Name })
@@ -127,6 +136,9 @@ func merge(base, update policy.Objects) policy.Objects {
 		out.Policies = replaceOrAppend(out.Policies, np, func(a *networkingv1.NetworkPolicy) bool {
 			return a.Namespace == np.Namespace && a.Name == np.Name
 		})
+	}
+	for _, cp := range update.ClusterPolicies {
+		out.ClusterPolicies = replaceOrAppend(out.ClusterPolicies, cp, func(a *cnp.ClusterNetworkPolicy) bool { return a.Name == cp.Name })
 	}
 	return out
 }
@@ -172,6 +184,15 @@ func without(base, del policy.Objects) policy.Objects {
 			out.Policies = append(out.Policies, np)
 		}
 	}
+	goneCluster := map[string]bool{}
+	for _, cp := range del.ClusterPolicies {
+		goneCluster[cp.Name] = true
+	}
+	for _, cp := range base.ClusterPolicies {
+		if !goneCluster[cp.Name] {
+			out.ClusterPolicies = append(out.ClusterPolicies, cp)
+		}
+	}
 	return out
 }
 
@@ -189,6 +210,12 @@ func syncStore(dir string, objs policy.Objects) error {
 	for _, np := range objs.Policies {
 		want[policyFile(np.Namespace, np.Name)] = true
 		if err := storePolicy(dir, np); err != nil {
+			return err
+		}
+	}
+	for _, cp := range objs.ClusterPolicies {
+		want[clusterPolicyFile(cp.Name)] = true
+		if err := storeClusterPolicy(dir, cp); err != nil {
 			return err
 		}
 	}

@@ -46,6 +46,9 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if opts.Poll == 0 {
 		opts.Poll = 200 * time.Millisecond
 	}
+	if err := checkMembers(opts); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(cfg.path("prefix")); err == nil {
 		return nil, fmt.Errorf("lab up: a lab already lives in %s (run `bireme lab down --state %s` first)", cfg.StateDir, cfg.StateDir)
 	}
@@ -57,7 +60,12 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 			return nil, fmt.Errorf("lab up: %w", err)
 		}
 	}
-	l := &Lab{cfg: cfg, st: state{Options: opts}, enforcers: map[string]*child{}}
+	l := &Lab{cfg: cfg, st: state{Options: opts}, enforcers: map[string]*child{}, members: map[string]policy.Objects{}}
+	for _, m := range opts.Members {
+		if l.members[m.Cluster], err = l.loadMember(m); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.takeLock(); err != nil {
 		return nil, err
 	}
@@ -85,6 +93,7 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 		}
 		spec.Nodes = append(spec.Nodes, ns)
 	}
+	l.memberSpecs(&spec)
 	cfg.logf("building %d nodes, %d pods (prefix %s)", len(spec.Nodes), len(objs.Pods), opts.Prefix)
 	l.topo, err = topology.Build(ctx, spec)
 	if err != nil {
@@ -96,6 +105,11 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if err := l.startServers(ctx, objs.Pods); err != nil {
 		return nil, err
 	}
+	for _, m := range opts.Members {
+		if err := l.startMemberServers(ctx, m.Cluster); err != nil {
+			return nil, err
+		}
+	}
 	if !opts.NoEnforce {
 		if err := l.initKeys(); err != nil {
 			return nil, err
@@ -103,6 +117,9 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	}
 	l.objs = l.annotate(objs)
 	if err := syncStore(cfg.path("store"), l.objs); err != nil {
+		return nil, err
+	}
+	if err := l.initMembers(); err != nil {
 		return nil, err
 	}
 	if !opts.NoEnforce {

@@ -19,9 +19,13 @@ type Engine struct {
 	// byNamespace holds each namespace's policies sorted by name, so the
 	// policies that can select a workload are one map lookup away.
 	byNamespace map[string][]*compiledPolicy
-	objs        Objects
-	decisions   *boundedCache[decisionKey, Decision]
-	selections  *boundedCache[identityKey, *selection]
+	// admin and baseline are the ClusterNetworkPolicy tiers, each in
+	// evaluation order (compareCluster).
+	admin, baseline []*compiledCluster
+	opts            Options
+	objs            Objects
+	decisions       *boundedCache[decisionKey, Decision]
+	selections      *boundedCache[identityKey, *selection]
 }
 
 // compiledPolicy is one NetworkPolicy with its selectors precompiled and its
@@ -29,6 +33,7 @@ type Engine struct {
 type compiledPolicy struct {
 	name         string // "namespace/name"
 	namespace    string
+	audit        bool // bireme.io/enforcement: audit
 	podSelector  *selector
 	ingress      bool // policyTypes includes Ingress (after defaulting)
 	egress       bool // policyTypes includes Egress (after defaulting)
@@ -67,7 +72,10 @@ type compiledPort struct {
 	protocol protocol
 	anyPort  bool   // port not specified: all ports of the protocol
 	name     string // named port, resolved against the destination identity
-	from, to uint16 // numeric port or [port, endPort]
+	// anyProtocol: a ClusterNetworkPolicy destinationNamedPort, which
+	// matches the name with whatever protocol the destination declares it.
+	anyProtocol bool
+	from, to    uint16 // numeric port or [port, endPort]
 }
 
 // Cache bounds. A cached decision costs ~380 bytes of heap with its key and
@@ -78,17 +86,33 @@ const (
 	selectionCacheSize = 1 << 12
 )
 
-// Compile builds an Engine from objs. It expects objects the API server
+// Options change how policy is compiled.
+type Options struct {
+	// IPBlockIdentityOnly is the strict mode: an ipBlock (and a
+	// ClusterNetworkPolicy networks peer) matches only peers WITHOUT an
+	// identity, so an identified workload is admitted by its signed labels
+	// alone and never by its address. The default (false) is the upstream
+	// semantics: an ipBlock matches the peer's observed address, identified
+	// or not (the policy's author chose to trust that address), and the
+	// decision says "matched by address".
+	IPBlockIdentityOnly bool
+}
+
+// Compile is [CompileWith] with the default options.
+func Compile(objs Objects) (*Engine, error) { return CompileWith(objs, Options{}) }
+
+// CompileWith builds an Engine from objs. It expects objects the API server
 // (or k8s.Validate) has accepted and does not repeat that validation; it
 // still refuses whatever it could only compile by guessing (an unknown
-// selector operator, protocol or policy type, a bad CIDR), because a guess
-// can fail open: a podSelector that selects nothing isolates nothing. Either
-// a whole new Engine is returned or nothing is built and the error names
-// the policy. objs is not modified; the Engine keeps it for
-// [Engine.Objects].
-func Compile(objs Objects) (*Engine, error) {
+// selector operator, protocol, policy type, tier or action, a bad CIDR, an
+// unknown enforcement annotation), because a guess can fail open: a
+// podSelector that selects nothing isolates nothing. Either a whole new
+// Engine is returned or nothing is built and the error names the policy.
+// objs is not modified; the Engine keeps it for [Engine.Objects].
+func CompileWith(objs Objects, opts Options) (*Engine, error) {
 	e := &Engine{
 		byNamespace: map[string][]*compiledPolicy{},
+		opts:        opts,
 		objs:        objs,
 		decisions:   newBoundedCache[decisionKey, Decision](decisionCacheSize),
 		selections:  newBoundedCache[identityKey, *selection](selectionCacheSize),
@@ -103,6 +127,19 @@ func Compile(objs Objects) (*Engine, error) {
 	for _, list := range e.byNamespace {
 		slices.SortFunc(list, func(a, b *compiledPolicy) int { return cmp.Compare(a.name, b.name) })
 	}
+	for _, p := range objs.ClusterPolicies {
+		cc, err := compileCluster(p)
+		if err != nil {
+			return nil, fmt.Errorf("ClusterNetworkPolicy %s: %w", p.Name, err)
+		}
+		if cc.tier == TierAdmin {
+			e.admin = append(e.admin, cc)
+		} else {
+			e.baseline = append(e.baseline, cc)
+		}
+	}
+	slices.SortFunc(e.admin, compareCluster)
+	slices.SortFunc(e.baseline, compareCluster)
 	return e, nil
 }
 
@@ -116,9 +153,14 @@ func compilePolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spec.podSelector: %w", err)
 	}
+	audit, err := auditMode(np.Annotations)
+	if err != nil {
+		return nil, err
+	}
 	cp := &compiledPolicy{
 		name:        np.Namespace + "/" + np.Name,
 		namespace:   np.Namespace,
+		audit:       audit,
 		podSelector: podSelector,
 	}
 	if len(np.Spec.PolicyTypes) == 0 {

@@ -24,6 +24,9 @@ type Explanation struct {
 	Egress   *Decision `json:"egress,omitempty"`
 	Ingress  *Decision `json:"ingress,omitempty"`
 	Allowed  bool      `json:"allowed"`
+	// AllowedIfEnforced is the verdict if the policies in audit mode were
+	// enforced (equal to Allowed when none applies).
+	AllowedIfEnforced bool `json:"allowedIfEnforced"`
 	// Notes say what else a reader needs to know, such as which cluster
 	// decides the side of a remote workload.
 	Notes []string `json:"notes,omitempty"`
@@ -36,8 +39,9 @@ type Endpoint struct {
 	// Ref names the end in the explanation ("namespace/pod" or the address).
 	Ref      string
 	Identity *identity.Identity
-	// Addr is the address an anonymous end is seen from (ipBlock rules
-	// match it); ignored when Identity is set.
+	// Addr is the address the end is seen from: ipBlock rules match it
+	// (for a pod too, unless the engine is in the strict identity-only
+	// mode); the zero Addr matches no address rule.
 	Addr netip.Addr
 	// Remote marks a workload of another, federated cluster: its own
 	// cluster's enforcer decides its side with that cluster's policy, so
@@ -58,12 +62,6 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 	if src.Identity == nil && dst.Identity == nil {
 		return nil, errors.New("at least one end must be a pod: Bireme decides nothing between two addresses")
 	}
-	if src.Identity != nil {
-		src.Addr = netip.Addr{}
-	}
-	if dst.Identity != nil {
-		dst.Addr = netip.Addr{}
-	}
 	x := &Explanation{From: src.Ref, To: dst.Ref, Protocol: proto.String()}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n > 0 {
 		x.Port = uint16(n)
@@ -77,7 +75,15 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 		}
 		x.Port, x.PortName = n, port
 	}
-	x.Allowed = true
+	x.Allowed, x.AllowedIfEnforced = true, true
+	both := func(d *Decision) {
+		x.Allowed = x.Allowed && d.Allowed
+		if d.IfEnforced != nil {
+			x.AllowedIfEnforced = x.AllowedIfEnforced && d.IfEnforced.Allowed
+		} else {
+			x.AllowedIfEnforced = x.AllowedIfEnforced && d.Allowed
+		}
+	}
 	for _, end := range []Endpoint{src, dst} {
 		if end.Remote && end.Identity != nil {
 			x.Notes = append(x.Notes, fmt.Sprintf("%s is a workload of cluster %q: its side is decided by that cluster's enforcer and policy, not shown here; "+
@@ -88,12 +94,12 @@ func Explain(e *Engine, src, dst Endpoint, port, protocol string) (*Explanation,
 	if src.Identity != nil && !src.Remote {
 		d := e.Decide(src.Identity, Peer{Identity: dst.Identity, Addr: dst.Addr}, Egress, x.Port, x.Protocol)
 		x.Egress = &d
-		x.Allowed = x.Allowed && d.Allowed
+		both(&d)
 	}
 	if dst.Identity != nil && !dst.Remote {
 		d := e.Decide(dst.Identity, Peer{Identity: src.Identity, Addr: src.Addr}, Ingress, x.Port, x.Protocol)
 		x.Ingress = &d
-		x.Allowed = x.Allowed && d.Allowed
+		both(&d)
 	}
 	return x, nil
 }
@@ -107,6 +113,11 @@ func (x *Explanation) String() string {
 		port += " (" + x.PortName + ")"
 	}
 	fmt.Fprintf(&b, "%s -> %s port %s/%s\n", x.From, x.To, port, x.Protocol)
+	audit := func(d *Decision) {
+		if d.IfEnforced != nil {
+			fmt.Fprintf(&b, "          with audit-mode policies enforced: %s\n", d.IfEnforced.Reason)
+		}
+	}
 	notDecided := func(ref string) string {
 		if strings.Count(ref, "/") == 2 {
 			return "not decided here (a remote cluster's workload: its own cluster decides)"
@@ -115,11 +126,13 @@ func (x *Explanation) String() string {
 	}
 	if x.Egress != nil {
 		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, x.Egress.Reason)
+		audit(x.Egress)
 	} else {
 		fmt.Fprintf(&b, "  egress  of %s: %s\n", x.From, notDecided(x.From))
 	}
 	if x.Ingress != nil {
 		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, x.Ingress.Reason)
+		audit(x.Ingress)
 	} else {
 		fmt.Fprintf(&b, "  ingress of %s: %s\n", x.To, notDecided(x.To))
 	}
@@ -129,6 +142,13 @@ func (x *Explanation) String() string {
 	verdict := "denied"
 	if x.Allowed {
 		verdict = "allowed"
+	}
+	if x.AllowedIfEnforced != x.Allowed {
+		if x.AllowedIfEnforced {
+			verdict += " (audit mode: would be allowed if enforced)"
+		} else {
+			verdict += " (audit mode: would be denied if enforced)"
+		}
 	}
 	fmt.Fprintf(&b, "verdict: %s\n", verdict)
 	return b.String()

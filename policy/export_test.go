@@ -17,5 +17,5 @@ func (e *Engine) DecideUncached(local *identity.Identity, peer Peer, dir Directi
 	if peer.Identity != nil {
 		keyOf(peer.Identity)
 	}
-	return e.decide(local, e.selectionFor(local), peer, dir, port, protoTCP)
+	return e.decideFresh(local, e.selectionFor(local), peer, dir, port, protoTCP)
 }

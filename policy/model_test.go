@@ -224,6 +224,9 @@ type refPeer struct {
 	pod     *corev1.Pod // nil: anonymous
 	foreign bool        // from another cluster
 	addr    netip.Addr
+	// strict: the engine's IPBlockIdentityOnly mode, in which identified
+	// peers never match an ipBlock.
+	strict bool
 }
 
 // refDecide returns whether the connection is allowed and, if by a rule,
@@ -304,8 +307,8 @@ func refPeersAllow(objs policy.Objects, policyNS string, peers []networkingv1.Ne
 	}
 	for _, p := range peers {
 		if p.IPBlock != nil {
-			if peer.pod != nil {
-				continue // identified peers never match ipBlock
+			if peer.pod != nil && peer.strict {
+				continue // strict mode: identified peers never match ipBlock
 			}
 			in := netip.MustParsePrefix(p.IPBlock.CIDR).Contains(peer.addr)
 			for _, ex := range p.IPBlock.Except {
@@ -421,16 +424,22 @@ func TestModel(t *testing.T) {
 			t.Fatalf("iteration %d: generated policies rejected: %v\n%s", it, err, strings.Join(docs, "---\n"))
 		}
 		objs.Policies = decoded.Policies
-		e, err := policy.Compile(objs)
+		// Alternate the ipBlock modes: upstream (address matches any
+		// peer) and strict (identified peers never match an address).
+		strict := it%2 == 1
+		e, err := policy.CompileWith(objs, policy.Options{IPBlockIdentityOnly: strict})
 		if err != nil {
 			t.Fatalf("iteration %d: %v", it, err)
 		}
 		var peers []refPeer
-		for _, p := range objs.Pods {
-			peers = append(peers, refPeer{pod: p}, refPeer{pod: p, foreign: true})
+		for i, p := range objs.Pods {
+			// Identified peers get addresses inside and outside the
+			// generated blocks and their exceptions.
+			addr := netip.MustParseAddr(modelAddrs[i%len(modelAddrs)])
+			peers = append(peers, refPeer{pod: p, addr: addr, strict: strict}, refPeer{pod: p, foreign: true, addr: addr, strict: strict})
 		}
 		for _, a := range modelAddrs {
-			peers = append(peers, refPeer{addr: netip.MustParseAddr(a)})
+			peers = append(peers, refPeer{addr: netip.MustParseAddr(a), strict: strict})
 		}
 		for _, local := range objs.Pods {
 			lid := k8s.IdentityOf("c1", objs.Namespace(local.Namespace), local)
@@ -438,7 +447,6 @@ func TestModel(t *testing.T) {
 				pp := policy.Peer{Addr: peer.addr}
 				if peer.pod != nil {
 					pp.Identity = k8s.IdentityOf("c1", objs.Namespace(peer.pod.Namespace), peer.pod)
-					pp.Addr = netip.MustParseAddr("198.18.0.10") // must never matter
 					if peer.foreign {
 						pp.Identity.Cluster = "c2"
 					}

@@ -3,6 +3,7 @@ package policy
 import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Objects is the input of [Compile]: the Kubernetes objects that policy is
@@ -12,6 +13,9 @@ type Objects struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the cluster-wide admin and baseline tiers
+	// (sigs.k8s.io/network-policy-api ClusterNetworkPolicy).
+	ClusterPolicies []*cnpv1beta1.ClusterNetworkPolicy
 }
 
 // Namespace returns the Namespace object called name, or, when the objects

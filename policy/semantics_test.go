@@ -30,6 +30,8 @@ func TestSemantics(t *testing.T) {
 		policy   string // when allowed by a rule
 		rule     int
 		selected []string // SelectedBy, when checked
+		strict   bool     // compile with Options.IPBlockIdentityOnly
+		byAddr   bool     // Decision.MatchedByAddress
 	}{
 		// Isolation.
 		{name: "no policy: ingress unrestricted", local: "x/a", peer: "y/b", port: 80, allowed: true, rule: -1},
@@ -141,17 +143,23 @@ func TestSemantics(t *testing.T) {
 
 		// ipBlock.
 		{name: "ipBlock anonymous inside", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/15, except: [198.18.1.0/24]}}]}]")},
-			local: "x/a", peer: "198.18.2.5", port: 80, allowed: true, policy: "x/p"},
+			local: "x/a", peer: "198.18.2.5", port: 80, allowed: true, policy: "x/p", byAddr: true},
 		{name: "ipBlock anonymous in except", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/15, except: [198.18.1.0/24]}}]}]")},
 			local: "x/a", peer: "198.18.1.5", port: 80},
 		{name: "ipBlock anonymous outside", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/15}}]}]")},
 			local: "x/a", peer: "203.0.113.9", port: 80},
 		{name: "ipBlock IPv4-mapped address", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/15}}]}]")},
-			local: "x/a", peer: "::ffff:198.18.3.3", port: 80, allowed: true, policy: "x/p"},
+			local: "x/a", peer: "::ffff:198.18.3.3", port: 80, allowed: true, policy: "x/p", byAddr: true},
 		{name: "ipBlock IPv6", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: '2001:db8::/32', except: ['2001:db8:1::/48']}}]}]")},
-			local: "x/a", peer: "2001:db8:2::1", port: 80, allowed: true, policy: "x/p"},
-		{name: "ipBlock never matches identified peer (product rule)", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]")},
+			local: "x/a", peer: "2001:db8:2::1", port: 80, allowed: true, policy: "x/p", byAddr: true},
+		{name: "ipBlock matches identified peer by address (upstream)", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]")},
+			local: "x/a", peer: "x/c", port: 80, allowed: true, policy: "x/p", byAddr: true},
+		{name: "ipBlock except excludes identified peer's address", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/15, except: [198.18.0.0/24]}}]}]")},
 			local: "x/a", peer: "x/c", port: 80},
+		{name: "ipBlock never matches identified peer (strict mode)", strict: true, policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]")},
+			local: "x/a", peer: "x/c", port: 80},
+		{name: "ipBlock matches anonymous peer (strict mode)", strict: true, policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]")},
+			local: "x/a", peer: "198.18.0.5", port: 80, allowed: true, policy: "x/p", byAddr: true},
 		{name: "selector never matches anonymous peer", policies: []string{np("x", "p", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]")},
 			local: "x/a", peer: "198.18.0.5", port: 80},
 
@@ -187,7 +195,7 @@ func TestSemantics(t *testing.T) {
 		{name: "egress named port to anonymous matches nothing", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{ports: [{port: http}]}]")},
 			local: "x/c", peer: "198.18.0.5", dir: policy.Egress, port: 80},
 		{name: "egress ipBlock to anonymous", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 198.18.0.0/16}}], ports: [{port: 443}]}]")},
-			local: "x/c", peer: "198.18.4.4", dir: policy.Egress, port: 443, allowed: true, policy: "x/p"},
+			local: "x/c", peer: "198.18.4.4", dir: policy.Egress, port: 443, allowed: true, policy: "x/p", byAddr: true},
 		{name: "egress to: [] allows anonymous", policies: []string{np("x", "p", "  podSelector: {}\n  egress: [{to: [], ports: [{port: 443}]}]")},
 			local: "x/c", peer: "203.0.113.4", dir: policy.Egress, port: 443, allowed: true, policy: "x/p"},
 
@@ -218,6 +226,12 @@ func TestSemantics(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := compileWith(t, tt.policies...)
+			if tt.strict {
+				var err error
+				if e, err = policy.CompileWith(e.Objects(), policy.Options{IPBlockIdentityOnly: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			objs := e.Objects()
 			local := ident(t, objs, tt.local)
 			peer := peerOf(t, objs, tt.peer)
@@ -235,6 +249,9 @@ func TestSemantics(t *testing.T) {
 			}
 			if d.Policy != tt.policy || d.Rule != wantRule {
 				t.Fatalf("policy, rule = %q, %d; want %q, %d (%s)", d.Policy, d.Rule, tt.policy, wantRule, d.Reason)
+			}
+			if d.MatchedByAddress != tt.byAddr {
+				t.Fatalf("matchedByAddress = %v, want %v (%s)", d.MatchedByAddress, tt.byAddr, d.Reason)
 			}
 			if tt.selected != nil && !slices.Equal(d.SelectedBy, tt.selected) {
 				t.Fatalf("selectedBy = %v, want %v", d.SelectedBy, tt.selected)

@@ -41,7 +41,7 @@ func (e *Engine) Selecting(local *identity.Identity, dir Direction) []SelectingP
 		}
 		sp := SelectingPolicy{Policy: cp.name, Rules: []RuleView{}}
 		for i := range rules {
-			sp.Rules = append(sp.Rules, viewRule(i, &rules[i], local, dir))
+			sp.Rules = append(sp.Rules, viewRule(i, &rules[i], local, dir, e.opts.IPBlockIdentityOnly))
 		}
 		out = append(out, sp)
 	}
@@ -49,14 +49,14 @@ func (e *Engine) Selecting(local *identity.Identity, dir Direction) []SelectingP
 }
 
 // viewRule describes one compiled rule.
-func viewRule(index int, r *compiledRule, local *identity.Identity, dir Direction) RuleView {
+func viewRule(index int, r *compiledRule, local *identity.Identity, dir Direction, identityOnly bool) RuleView {
 	v := RuleView{Index: index}
 	if r.allPeers {
 		v.Peers = []string{anyPeerDescription}
 	}
 	for i := range r.peers {
 		d := r.peers[i].description
-		if r.peers[i].block != nil {
+		if r.peers[i].block != nil && identityOnly {
 			// A product rule a reader of the policy would not expect.
 			d += " (peers without identity only)"
 		}

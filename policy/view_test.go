@@ -33,7 +33,7 @@ func TestSelectingDescribesRules(t *testing.T) {
 		"any pod in namespace x labelled env=prod",
 		"service account in (a, b) and labels tier notin (x) in any namespace",
 		"any pod in namespace x",
-		"address in 10.0.0.0/8 except 10.1.0.0/16 (peers without identity only)",
+		"address in 10.0.0.0/8 except 10.1.0.0/16",
 	}
 	wantPorts := []string{"TCP 80-90", "every UDP port", "TCP 80 (http)", "TCP port named nope (not defined by x/a: matches nothing)"}
 	if !slices.Equal(r0.Peers, wantPeers) || !slices.Equal(r0.Ports, wantPorts) {

@@ -21,7 +21,10 @@ fi
 # jq: reading `bireme lab status -o json` in scripts.
 # tcpdump: the e2e attack tests capture handshakes on the wire to replay them.
 # etcd-server, openssl: the Kubernetes tests' API server (scripts/k8s-env.sh).
-pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump etcd-server openssl)
+# docker.io, busybox-static, util-linux (nsenter): the Docker tests' engines
+#   and their image (scripts/docker-env.sh starts its own dockerd; the
+#   package's service is never started here).
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump etcd-server openssl docker.io busybox-static util-linux)
 
 need=()
 for pkg in "${pkgs[@]}"; do

@@ -132,6 +132,8 @@ start() {
 	echo "$token,bireme-admin,bireme-admin,system:masters" >"$dir/tokens.csv"
 	chmod 600 "$dir/tokens.csv" "$dir/sa.key"
 
+	# Service cluster IPs come from the test range (198.18.0.0/15, like
+	# every address of the tests): e2e/kubernetes plays kube-proxy with them.
 	"$apiserver" \
 		--etcd-servers="http://127.0.0.1:$etcd_client" \
 		--service-account-key-file="$dir/sa.key" \
@@ -143,7 +145,7 @@ start() {
 		--bind-address=127.0.0.1 \
 		--advertise-address=127.0.0.1 \
 		--cert-dir="$dir/pki" \
-		--service-cluster-ip-range=10.96.0.0/16 \
+		--service-cluster-ip-range=198.19.224.0/20 \
 		>"$dir/apiserver.log" 2>&1 &
 	echo $! >"$dir/apiserver.pid"
 	wait_for 90 kube-apiserver curl -fsS -k -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" ||

@@ -26,6 +26,11 @@ bash scripts/k8s-env.sh build
 stage "go test ./..."
 BIREME_BIN="$PWD/bin/bireme" go test -count=1 -timeout 14m ./...
 
+# About a minute: the script itself must not rot (TestFederation tests
+# the same steps in Go).
+stage "make federation-demo (two clusters, trust bundles, revocation)"
+BIREME="$PWD/bin/bireme" STATE="$(mktemp -d)/federation-demo" bash scripts/federation-demo.sh
+
 stage "race detector: enforcer, tokens, policy, agent (namespace tests included)"
 go test -race -count=1 -timeout 12m ./enforcer/ ./tokens/ ./policy/ ./agent/...
 

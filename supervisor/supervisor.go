@@ -502,3 +502,26 @@ func inNetNS(path string, fn func() error) error {
 	defer f.Close()
 	return netns.DoFD(int(f.Fd()), fn)
 }
+
+// Installed reports whether Bireme's chains are in the namespace at
+// netnsPath (IPv4 tables): whether it is protected, or fenced and waiting
+// for an enforcer. For status reports; Protect and Unprotect need no such
+// check.
+func (s *Supervisor) Installed(ctx context.Context, netnsPath string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	ipts, err := s.tables()
+	if err != nil {
+		return false, fmt.Errorf("check %s: %w", netnsPath, err)
+	}
+	var ours bool
+	err = inNetNS(netnsPath, func() error {
+		ours, err = s.chainsPresent(ipts[0])
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("check %s: %w", netnsPath, err)
+	}
+	return ours, nil
+}

@@ -213,3 +213,71 @@ func TestVersion1Refused(t *testing.T) {
 		t.Error("SYNACKClientNonce read a v1 SYN-ACK")
 	}
 }
+
+// A server behind destination NAT its node vouches for (a Service's
+// virtual IP translated to the server pod): the SYN dialed to the VIP is
+// accepted, the proofs bind the client's view (the VIP), and the handshake
+// completes; a destination the translation does not vouch for is still a
+// relay.
+func TestDestinationTranslation(t *testing.T) {
+	_, ce, se := newPair(t)
+	client, server := workload("ns", "c", 1), workload("ns", "s", 1)
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	dialed := testConn
+	dialed.Server = vip
+	dnat := func(d, o netip.AddrPort) bool { return d == vip && o == testConn.Server }
+
+	syn, ch, err := ce.NewSYN(client, dialed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, _, err := se.VerifySYNVia(syn, testConn, dnat, func() bool { return true })
+	if err != nil {
+		t.Fatal("SYN to a vouched-for VIP:", err)
+	}
+	if err := sh.RecordNonce(); err != nil {
+		t.Fatal(err)
+	}
+	synack, err := sh.NewSYNACK(server, testServerISN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.ConsumeSYNACK(synack, testServerISN); err != nil {
+		t.Fatal("client refused the SYN-ACK bound to the VIP it dialed:", err)
+	}
+	ack, _ := ch.NewACK()
+	if err := sh.ConsumeACK(ack); err != nil {
+		t.Fatal("ACK:", err)
+	}
+
+	for name, claim := range map[string]netip.AddrPort{
+		"another VIP":             netip.MustParseAddrPort("198.19.0.11:80"),
+		"the VIP on another port": netip.MustParseAddrPort("198.19.0.10:81"),
+		"another pod (a relay's)": netip.MustParseAddrPort("198.18.2.3:8080"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			conn := testConn
+			conn.Server = claim
+			syn, _, err := ce.NewSYN(client, conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = se.VerifySYNVia(syn, testConn, dnat, func() bool { return true })
+			wantReason(t, err, ReasonEndpointMismatch)
+			if !strings.Contains(err.Error(), "no Service translates") {
+				t.Errorf("error does not say no Service translates: %v", err)
+			}
+		})
+	}
+
+	// The translation excuses the destination only: a relay that forwards
+	// the SYN from its own address is refused on the source.
+	syn, _, err = ce.NewSYN(client, dialed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromRelay := testConn
+	fromRelay.Client = netip.MustParseAddrPort("198.18.2.3:50000")
+	_, _, err = se.VerifySYNVia(syn, fromRelay, dnat, func() bool { return true })
+	wantReason(t, err, ReasonEndpointMismatch)
+}

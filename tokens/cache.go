@@ -88,14 +88,28 @@ type replayCache struct {
 	width   int64 // bucket width in seconds
 	n       int
 	buckets map[int64]map[[NonceSize]byte]struct{}
+	// lostAt is when the cache last knew nothing or forgot nonces before
+	// their time: its creation (the engine's start), or the last early
+	// eviction. A nonce recorded before it may be forgotten, so the
+	// two-message handshake accepts only SYNs sent after it
+	// (Engine.freshTimestamp): a lost register cannot admit a replay.
+	lostAt time.Time
 }
 
-func newReplayCache(max int, width time.Duration) *replayCache {
+func newReplayCache(max int, width time.Duration, now time.Time) *replayCache {
 	w := int64(width / time.Second)
 	if w < 1 {
 		w = 1
 	}
-	return &replayCache{max: max, width: w, buckets: map[int64]map[[NonceSize]byte]struct{}{}}
+	return &replayCache{max: max, width: w, buckets: map[int64]map[[NonceSize]byte]struct{}{}, lostAt: now}
+}
+
+// horizon returns the time before which the cache may have forgotten
+// nonces it recorded (see lostAt).
+func (r *replayCache) horizon() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lostAt
 }
 
 // seen reports whether nonce is remembered, without recording it.
@@ -138,6 +152,9 @@ func (r *replayCache) check(nonce [NonceSize]byte, expires, now time.Time) (repl
 		}
 		r.n -= len(r.buckets[oldest])
 		delete(r.buckets, oldest)
+		if now.After(r.lostAt) {
+			r.lostAt = now
+		}
 	}
 	b := r.buckets[idx]
 	if b == nil {

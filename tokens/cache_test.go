@@ -30,7 +30,7 @@ func TestByteCacheBounded(t *testing.T) {
 
 func TestReplayCache(t *testing.T) {
 	now := time.Now()
-	r := newReplayCache(100, 10*time.Second)
+	r := newReplayCache(100, 10*time.Second, time.Now())
 	n1, n2 := newNonce(), newNonce()
 	exp := now.Add(time.Minute)
 	if r.check(n1, exp, now) {
@@ -93,7 +93,7 @@ func TestEngineReplayBound(t *testing.T) {
 // remembered, not lost to an overflow.
 func TestReplayCacheFarFuture(t *testing.T) {
 	now := time.Now()
-	r := newReplayCache(10, time.Minute)
+	r := newReplayCache(10, time.Minute, time.Now())
 	n := newNonce()
 	far := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 	if r.check(n, far, now) || !r.check(n, far, now.Add(time.Hour)) {

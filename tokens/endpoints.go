@@ -119,16 +119,29 @@ func (g NATGateways) anyAllows(addr netip.Addr) bool {
 	return false
 }
 
+// Translation says whether a SYN the client sent to dialed may arrive at
+// this server as observed: destination NAT that the server's node vouches
+// for, such as a Kubernetes Service's virtual IP and port that kube-proxy
+// translated, on the client's node, to this very pod and its target port.
+// It is asked only when the two differ, before any signature is checked,
+// and must be quick (it runs on the packet path) and safe for concurrent
+// use.
+type Translation func(dialed, observed netip.AddrPort) bool
+
 // checkClaimedEndpoints compares the endpoints a SYN claims (the client's
 // view: its source and the destination it dialed) with what the server
-// observes. The destination must always match: the client dialed this
-// server, or the SYN was relayed here. The source must match too, unless
-// the client's trust domain is declared as reached through NAT and the
-// observed source is one of that declaration's gateway addresses.
+// observes. The destination must match: the client dialed this server, or
+// the SYN was relayed here; unless dnat (nil: none) vouches that the
+// destination dialed is translated to this one. The source must match too,
+// unless the client's trust domain is declared as reached through NAT and
+// the observed source is one of that declaration's gateway addresses.
 // trustDomain is "" before the client's token is verified: then only what
 // no declaration could excuse is refused.
-func (g NATGateways) checkClaimedEndpoints(claimed, observed *Endpoints, trustDomain string) error {
-	if claimed.Server != observed.Server {
+func (g NATGateways) checkClaimedEndpoints(claimed, observed *Endpoints, trustDomain string, dnat Translation) error {
+	if claimed.Server != observed.Server && (dnat == nil || !dnat(claimed.Server, observed.Server)) {
+		if dnat != nil {
+			return reject(ReasonEndpointMismatch, "SYN was sent to %s, arrived at %s (relayed: no Service translates that destination to this pod)", claimed.Server, observed.Server)
+		}
 		return reject(ReasonEndpointMismatch, "SYN was sent to %s, arrived at %s (relayed)", claimed.Server, observed.Server)
 	}
 	if claimed.Client == observed.Client {

@@ -68,6 +68,20 @@ type Config struct {
 	// of its gateways; the destination the client dialed must always be
 	// this server. Empty: no NAT, every address is bound.
 	NATGateways NATGateways
+	// TwoMessage enables the two-message handshake with known peers
+	// (twomessage.go, docs/protocol.md): as a client, a SYN to an address
+	// whose node completed a handshake with this one before carries a MAC
+	// under the nodes' pair key, and the handshake completes at the
+	// SYN-ACK; as a server, such a SYN is accepted in two messages when
+	// fresh. Off, this node sends only three-message SYNs and answers
+	// every SYN, a two-message one included, with the three-message
+	// handshake: the two kinds of node interoperate.
+	TwoMessage bool
+	// TwoMessageWindow is how far a two-message SYN's timestamp may be
+	// from this node's clock, either way (default 3s), and how long after
+	// a start (or a loss of remembered nonces) such SYNs fall back to
+	// three messages. Nodes whose clocks differ by more use three messages.
+	TwoMessageWindow time.Duration
 }
 
 // Engine signs this node's workload identities, verifies peers', and runs
@@ -89,6 +103,9 @@ type Engine struct {
 	verifier atomic.Pointer[verifier]
 	replay   *replayCache
 	nat      NATGateways
+
+	twoMessage       bool
+	twoMessageWindow time.Duration
 }
 
 // verifier is a trust bundle with the caches of what was verified under it.
@@ -130,6 +147,11 @@ type localKeys struct {
 	priv    *ecdh.PrivateKey
 	certDER []byte
 	secrets *byteCache[*pairKey] // per peer ECDH public key
+	// keyID names this key in two-message SYNs made for it; known holds,
+	// per server address (16 bytes), the node key that answered there
+	// (twomessage.go).
+	keyID [keyIDSize]byte
+	known *byteCache[*knownServer]
 
 	mu     sync.RWMutex
 	tokens map[workloadRef]*localToken
@@ -174,12 +196,17 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, errors.New("tokens engine: no trust bundle")
 	}
 	e := &Engine{
-		lifetime:        cfg.TokenLifetime,
-		maxPeerLifetime: cfg.MaxPeerTokenLifetime,
-		skew:            cfg.ClockSkew,
-		now:             cfg.Now,
-		cacheMax:        cfg.PeerCacheSize,
-		nat:             maps.Clone(cfg.NATGateways),
+		lifetime:         cfg.TokenLifetime,
+		maxPeerLifetime:  cfg.MaxPeerTokenLifetime,
+		skew:             cfg.ClockSkew,
+		now:              cfg.Now,
+		cacheMax:         cfg.PeerCacheSize,
+		nat:              maps.Clone(cfg.NATGateways),
+		twoMessage:       cfg.TwoMessage,
+		twoMessageWindow: cfg.TwoMessageWindow,
+	}
+	if e.twoMessageWindow <= 0 {
+		e.twoMessageWindow = DefaultTwoMessageWindow
 	}
 	for td, gateways := range e.nat {
 		if td == "" || len(gateways) == 0 {
@@ -217,7 +244,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		replayMax = DefaultReplayCacheSize
 	}
 	e.verifier.Store(newVerifier(cfg.Trust, e.cacheMax))
-	e.replay = newReplayCache(replayMax, e.lifetime/8)
+	e.replay = newReplayCache(replayMax, e.lifetime/8, e.now())
 	keys, err := e.newLocalKeys(cfg.Credentials)
 	if err != nil {
 		return nil, fmt.Errorf("tokens engine: %w", err)
@@ -256,6 +283,8 @@ func (e *Engine) newLocalKeys(creds *NodeCredentials) (*localKeys, error) {
 		priv:    priv,
 		certDER: creds.Cert.Raw,
 		secrets: newByteCache[*pairKey](e.cacheMax),
+		keyID:   keyIDOf(priv.PublicKey().Bytes()),
+		known:   newByteCache[*knownServer](e.cacheMax),
 		tokens:  map[workloadRef]*localToken{},
 	}, nil
 }

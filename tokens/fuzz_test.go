@@ -80,6 +80,7 @@ func FuzzConsumeSYN(f *testing.F) {
 	f.Add(w.syn[:len(w.syn)/2], false)
 	f.Add([]byte{typeSYN}, false)
 	f.Add(ipv6SYN(f, w), false)
+	f.Add(syn2Seed(w), false)
 	f.Fuzz(func(t *testing.T, payload []byte, viaGateway bool) {
 		observed := testConn
 		if viaGateway {
@@ -102,6 +103,16 @@ func FuzzConsumeSYN(f *testing.F) {
 			}
 		}
 	})
+}
+
+// syn2Seed is a two-message SYN (twomessage.go) with the fuzz world's
+// client token, for a key the server does not hold.
+func syn2Seed(w *fuzzWorld) []byte {
+	var nc [NonceSize]byte
+	var keyID [keyIDSize]byte
+	var mac [ProofSize]byte
+	nc[0] = 0x5a
+	return appendSYN2(nil, &nc, &testConn, 1, &keyID, &mac, w.syn[1+NonceSize+wireEndpointsSize4:])
 }
 
 // ipv6SYN is a SYN of the fuzz world's client on an IPv6 connection (the
@@ -127,6 +138,10 @@ func FuzzConsumeSYNACK(f *testing.F) {
 	f.Add(w.synack)
 	f.Add(w.synack[:len(w.synack)-ProofSize])
 	f.Add([]byte{typeSYNACK})
+	var nc [NonceSize]byte
+	var proof [ProofSize]byte
+	f.Add(appendSYNACK2(nil, &nc, w.syn[1+NonceSize+wireEndpointsSize4:], &proof))
+	f.Add([]byte{typeSYNACK2})
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		// A fresh handshake with the world's nonce, so an accepted fuzzed
 		// SYN-ACK does not change the state other inputs see.

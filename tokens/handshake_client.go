@@ -22,10 +22,17 @@ type ClientHandshake struct {
 	token *localToken
 	// conn is the connection the SYN was sent on: the proofs must bind it.
 	conn Endpoints
+	// server is the node key the SYN's MAC was made for, nil for a
+	// three-message SYN; ts the SYN2's timestamp.
+	server *knownServer
+	ts     uint64
 
 	mu   sync.Mutex
 	peer *peerToken
 	ack  [ACKSize]byte
+	// twoMessage: the verified SYN-ACK was a SYN-ACK2, there is no ACK
+	// proof to send.
+	twoMessage bool
 }
 
 // NewSYN starts a client handshake for the local workload on conn (its
@@ -35,13 +42,77 @@ type ClientHandshake struct {
 // has seen.
 func (e *Engine) NewSYN(local *identity.Identity, conn Endpoints) ([]byte, *ClientHandshake, error) {
 	keys := e.keys.Load()
-	t, err := e.localToken(keys, local, e.now())
+	now := e.now()
+	t, err := e.localToken(keys, local, now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("new SYN: %w", err)
 	}
 	c := &ClientHandshake{e: e, keys: keys, nonce: newNonce(), token: t, conn: conn}
+	if ks := e.knownServerAt(keys, &conn, now); ks != nil {
+		// A known server node: a SYN2, which it may complete in two
+		// messages (or answer as the SYN it also is).
+		c.server, c.ts = ks, uint64(now.UnixMilli())
+		mac, err := syn2MAC(ks.pair, &c.nonce, c.ts, &ks.keyID, &t.digest, &c.conn)
+		if err != nil {
+			return nil, nil, fmt.Errorf("new SYN: %w", err)
+		}
+		payload := appendSYN2(make([]byte, 0, 1+NonceSize+wireEndpointsSize6+tsSize+keyIDSize+ProofSize+len(t.wire)),
+			&c.nonce, &c.conn, c.ts, &ks.keyID, &mac, t.wire)
+		return payload, c, nil
+	}
 	payload := appendSYN(make([]byte, 0, 1+NonceSize+wireEndpointsSize6+len(t.wire)), &c.nonce, &c.conn, t.wire)
 	return payload, c, nil
+}
+
+// TwoMessage reports whether the SYN-ACK this handshake verified completed
+// it in two messages: the connection is authorized, and there is no ACK
+// proof to send (NewACK fails).
+func (c *ClientHandshake) TwoMessage() bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.twoMessage
+}
+
+// consumeSYNACK2 verifies a SYN-ACK2: it answers this handshake's SYN2,
+// comes from the server node key the SYN2's MAC was made for, and proves
+// it over this connection and both ISNs.
+func (c *ClientHandshake) consumeSYNACK2(payload []byte, serverISN uint32) (*identity.Identity, error) {
+	if c.server == nil {
+		return nil, reject(ReasonBadProof, "two-message SYN-ACK answers a three-message SYN")
+	}
+	m, err := parseSYNACK2(payload)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(m.clientNonce[:], c.nonce[:]) != 1 {
+		return nil, reject(ReasonBadProof, "SYN-ACK does not echo this handshake's nonce")
+	}
+	now := c.e.now()
+	p, err := c.e.verifyPeer(m.token, now)
+	if err != nil {
+		return nil, err
+	}
+	// The proof is under the key the client chose; a token of another
+	// node must not ride on it (that node would speak for pods it does
+	// not hold the key of).
+	if subtle.ConstantTimeCompare(p.v.cert.pubBytes, c.server.pub) != 1 {
+		return nil, reject(ReasonBadProof, "two-message SYN-ACK token of %s is not signed by the node key the SYN was made for", p.v.id)
+	}
+	proof, err := synack2Proof(c.server.pair, &c.nonce, c.ts, &c.token.digest, &p.digest, &c.conn, serverISN)
+	if err != nil {
+		return nil, reject(ReasonBadProof, "%v", err)
+	}
+	if subtle.ConstantTimeCompare(proof[:], m.proof[:]) != 1 {
+		return nil, reject(ReasonBadProof, "server proof of %s does not verify for %s (relayed, or forged)", p.v.id, c.conn)
+	}
+	c.mu.Lock()
+	c.peer = p
+	c.twoMessage = true
+	c.mu.Unlock()
+	return p.v.id.Clone(), nil
 }
 
 // Nonce returns the client nonce this handshake's SYN carried.
@@ -57,6 +128,9 @@ func (c *ClientHandshake) Nonce() [NonceSize]byte { return c.nonce }
 func (c *ClientHandshake) ConsumeSYNACK(payload []byte, serverISN uint32) (*identity.Identity, error) {
 	if c == nil || c.e == nil || c.keys == nil || c.token == nil {
 		return nil, reject(ReasonBadProof, "no client handshake (not made by NewSYN)")
+	}
+	if len(payload) > 0 && payload[0] == typeSYNACK2 {
+		return c.consumeSYNACK2(payload, serverISN)
 	}
 	m, err := parseSYNACK(payload)
 	if err != nil {
@@ -85,9 +159,13 @@ func (c *ClientHandshake) ConsumeSYNACK(payload []byte, serverISN uint32) (*iden
 	}
 	c.mu.Lock()
 	c.peer = p
+	c.twoMessage = false
 	c.ack[0] = typeACK
 	copy(c.ack[1:], clientProof[:])
 	c.mu.Unlock()
+	// The server node proved its key at the address this client dialed:
+	// the next SYN there can be a SYN2.
+	c.e.learnServer(c.keys, &c.conn, p, k, now)
 	return p.v.id.Clone(), nil
 }
 
@@ -115,6 +193,9 @@ func (c *ClientHandshake) NewACK() ([]byte, error) {
 	defer c.mu.Unlock()
 	if c.peer == nil {
 		return nil, errors.New("new ACK: no verified SYN-ACK")
+	}
+	if c.twoMessage {
+		return nil, errors.New("new ACK: the handshake completed in two messages, there is no ACK proof")
 	}
 	return append([]byte(nil), c.ack[:]...), nil
 }

@@ -23,6 +23,13 @@ type ServerHandshake struct {
 	// conn is the connection as the client claimed it, checked against
 	// what this server observed; the proofs bind it.
 	conn Endpoints
+	// twoMessage: the SYN was a SYN2 that passed every two-message check
+	// (twomessage.go) with keys; fallback says why a SYN2 did not (empty
+	// for a three-message SYN). ts is the SYN2's timestamp.
+	twoMessage bool
+	fallback   string
+	keys       *localKeys
+	ts         uint64
 
 	// Set by the first NewSYNACK and kept, so that a retransmitted SYN-ACK
 	// carries the same bytes; the payload itself is rebuilt from them rather
@@ -60,7 +67,7 @@ func (e *Engine) ConsumeSYN(payload []byte, observed Endpoints) (*ServerHandshak
 // the nonces of accepted handshakes. NewSYNACK refuses to answer until the
 // nonce is recorded.
 func (e *Engine) VerifySYN(payload []byte, observed Endpoints) (*ServerHandshake, error) {
-	return e.verifySYN(payload, observed, nil)
+	return e.verifySYN(payload, observed, nil, nil)
 }
 
 // ErrNotAfforded is VerifySYNWithin's refusal when its afford refused the
@@ -74,19 +81,28 @@ var ErrNotAfforded = errors.New("SYN needs a signature verification the caller c
 // was not refused by a cheaper check first). Unlike SYNNeedsVerification
 // followed by VerifySYN, it parses the SYN and looks its token up once.
 func (e *Engine) VerifySYNWithin(payload []byte, observed Endpoints, afford func() bool) (s *ServerHandshake, costly bool, err error) {
+	return e.VerifySYNVia(payload, observed, nil, afford)
+}
+
+// VerifySYNVia is VerifySYNWithin for a server that may be reached through
+// destination NAT: a SYN whose claimed destination is not observed.Server
+// is accepted when dnat (nil: none) vouches for the translation, and the
+// proofs then bind the destination the client dialed, as the client sees
+// it. Everything else is bound as without NAT.
+func (e *Engine) VerifySYNVia(payload []byte, observed Endpoints, dnat Translation, afford func() bool) (s *ServerHandshake, costly bool, err error) {
 	b := verifyBudget{afford: afford}
-	s, err = e.verifySYN(payload, observed, &b)
+	s, err = e.verifySYN(payload, observed, dnat, &b)
 	return s, b.asked, err
 }
 
-func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) (*ServerHandshake, error) {
+func (e *Engine) verifySYN(payload []byte, observed Endpoints, dnat Translation, b *verifyBudget) (*ServerHandshake, error) {
 	m, err := parseSYN(payload)
 	if err != nil {
 		return nil, err
 	}
 	claimed := Endpoints{Client: m.client, Server: m.server, ClientISN: observed.ClientISN}
 	// Before the signature check: a relayed SYN costs no ECDSA.
-	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, ""); err != nil {
+	if err := e.nat.checkClaimedEndpoints(&claimed, &observed, "", dnat); err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -95,14 +111,45 @@ func (e *Engine) verifySYN(payload []byte, observed Endpoints, b *verifyBudget) 
 		return nil, err
 	}
 	if claimed.Client != observed.Client {
-		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain); err != nil {
+		if err := e.nat.checkClaimedEndpoints(&claimed, &observed, p.v.cert.trustDomain, dnat); err != nil {
 			return nil, err
 		}
 	}
 	if e.replay.seen(m.clientNonce, now) {
 		return nil, reject(ReasonReplayed, "client nonce of %s already seen", p.v.id)
 	}
-	return &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}, nil
+	s := &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}
+	if m.twoMessage {
+		keys := e.keys.Load()
+		if s.fallback = e.checkTwoMessage(&m, p, keys, &claimed, &observed, now); s.fallback == "" {
+			s.twoMessage, s.keys, s.ts = true, keys, m.ts
+		}
+	}
+	return s, nil
+}
+
+// TwoMessage reports whether the handshake completes in two messages: the
+// SYN was a fresh SYN2 whose MAC verified, so the client is proven now
+// (once RecordNonce succeeded), and NewSYNACK answers with a SYN-ACK2. The
+// datapath authorizes the connection at the SYN and expects no ACK proof.
+func (s *ServerHandshake) TwoMessage() bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.twoMessage
+}
+
+// Fallback says why a two-message SYN is answered with the three-message
+// handshake ("" when it is not, or the SYN was a three-message one).
+func (s *ServerHandshake) Fallback() string {
+	if s == nil {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fallback
 }
 
 // SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload,
@@ -131,10 +178,18 @@ func (s *ServerHandshake) RecordNonce() error {
 		return nil
 	}
 	e := s.e
-	if e.replay.check(s.clientNonce, s.client.v.notAfter.Add(e.skew), e.now()) {
+	now := e.now()
+	if e.replay.check(s.clientNonce, s.client.v.notAfter.Add(e.skew), now) {
 		return reject(ReasonReplayed, "client nonce of %s already seen", s.client.v.id)
 	}
 	s.nonceRecorded = true
+	if s.twoMessage {
+		// The register may have forgotten nonces since VerifySYN checked
+		// the timestamp: then this SYN is no longer known to be fresh.
+		if why := e.freshTimestamp(s.ts, now); why != "" {
+			s.twoMessage, s.keys, s.fallback = false, nil, why
+		}
+	}
 	return nil
 }
 
@@ -176,6 +231,9 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) 
 		}
 	}
 	t := s.token
+	if s.twoMessage {
+		return appendSYNACK2(make([]byte, 0, 1+NonceSize+len(t.wire)+ProofSize), &s.clientNonce, t.wire, &s.serverProof), nil
+	}
 	return appendSYNACK(make([]byte, 0, 1+2*NonceSize+len(t.wire)+ProofSize), &s.clientNonce, &s.serverNonce, t.wire, &s.serverProof), nil
 }
 
@@ -184,6 +242,9 @@ func (s *ServerHandshake) NewSYNACK(local *identity.Identity, serverISN uint32) 
 func (s *ServerHandshake) prepareSYNACK(local *identity.Identity, serverISN uint32) error {
 	now := s.e.now()
 	keys := s.e.keys.Load()
+	if s.twoMessage {
+		keys = s.keys // the key the client's MAC was verified under
+	}
 	t, err := s.e.localToken(keys, local, now)
 	if err != nil {
 		return err
@@ -191,6 +252,14 @@ func (s *ServerHandshake) prepareSYNACK(local *identity.Identity, serverISN uint
 	k, err := keys.pairKey(s.client, now)
 	if err != nil {
 		return err
+	}
+	if s.twoMessage {
+		proof, err := synack2Proof(k, &s.clientNonce, s.ts, &s.client.digest, &t.digest, &s.conn, serverISN)
+		if err != nil {
+			return err
+		}
+		s.token, s.serverProof = t, proof
+		return nil
 	}
 	ns := newNonce()
 	serverProof, clientProof, err := handshakeProofs(k, &s.clientNonce, &ns, &s.client.digest, &t.digest, &s.conn, serverISN)
@@ -214,6 +283,9 @@ func (s *ServerHandshake) ConsumeACK(payload []byte) error {
 	defer s.mu.Unlock()
 	if s.token == nil {
 		return reject(ReasonBadProof, "ACK before any SYN-ACK was sent")
+	}
+	if s.twoMessage {
+		return reject(ReasonBadProof, "ACK proof for a handshake completed in two messages")
 	}
 	if subtle.ConstantTimeCompare(proof[:], s.clientProof[:]) != 1 {
 		return reject(ReasonBadProof, "client proof of %s does not verify", s.client.v.id)

@@ -14,6 +14,8 @@ import (
 //	SYN       = 0x21 Nc(16) endpoints token
 //	SYNACK    = 0x22 Nc(16) Ns(16) token proofS(16)
 //	ACK       = 0x23 proofC(16)
+//	SYN2      = 0x24 Nc(16) endpoints ts(8) keyID(8) mac(16) token   (twomessage.go)
+//	SYNACK2   = 0x25 Nc(16) token proofS(16)
 //
 // The SYN's endpoints are the client's view of the connection (its source,
 // the destination it dialed); both proofs bind them (keyschedule.go).
@@ -107,11 +109,23 @@ type synMsg struct {
 	// client and server are the connection as the client saw it.
 	client, server netip.AddrPort
 	token          wireToken
+
+	// A SYN2 (twomessage.go) carries these too: the client's clock, which
+	// key of the server node its MAC is for, and the MAC.
+	twoMessage bool
+	ts         uint64
+	keyID      [keyIDSize]byte
+	mac        [ProofSize]byte
 }
 
+// parseSYN reads a SYN or a SYN2.
 func parseSYN(b []byte) (synMsg, error) {
 	var m synMsg
-	if err := checkType(b, typeSYN, "SYN"); err != nil {
+	want := typeSYN
+	if len(b) > 0 && b[0] == typeSYN2 {
+		want, m.twoMessage = typeSYN2, true
+	}
+	if err := checkType(b, want, "SYN"); err != nil {
 		return m, err
 	}
 	if len(b) < 1+NonceSize {
@@ -122,6 +136,15 @@ func parseSYN(b []byte) (synMsg, error) {
 	var ok bool
 	if m.client, m.server, rest, ok = parseWireEndpoints(b[1+NonceSize:]); !ok {
 		return m, reject(ReasonMalformed, "SYN payload: bad endpoints")
+	}
+	if m.twoMessage {
+		if len(rest) < tsSize+keyIDSize+ProofSize {
+			return m, reject(ReasonMalformed, "two-message SYN payload: no room for timestamp, key ID and MAC")
+		}
+		m.ts = binary.BigEndian.Uint64(rest)
+		copy(m.keyID[:], rest[tsSize:])
+		copy(m.mac[:], rest[tsSize+keyIDSize:])
+		rest = rest[tsSize+keyIDSize+ProofSize:]
 	}
 	t, err := parseToken(rest)
 	if err != nil {
@@ -191,7 +214,7 @@ func parseACK(b []byte) ([ProofSize]byte, error) {
 // handshakes for one connection (SYN retransmissions each carry a fresh
 // nonce) can pick the one to call ConsumeSYNACK on.
 func SYNACKClientNonce(payload []byte) (nonce [NonceSize]byte, ok bool) {
-	if len(payload) < 1+NonceSize || payload[0] != typeSYNACK {
+	if len(payload) < 1+NonceSize || (payload[0] != typeSYNACK && payload[0] != typeSYNACK2) {
 		return nonce, false
 	}
 	copy(nonce[:], payload[1:])

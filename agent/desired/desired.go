@@ -11,6 +11,7 @@ package desired
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/policy"
@@ -31,7 +32,69 @@ type State struct {
 	// Placement is where the source places every pod it knows, those of
 	// other nodes included; nil leaves the placement in force unchanged.
 	Placement Placement
+	// Services are the cluster's TCP Services as the datapath needs them:
+	// which destinations are Service addresses and which lead to this
+	// node's pods. nil leaves the Services in force unchanged.
+	Services *Services
+	// Addresses maps each pod address to the pod that holds it, for the
+	// protocols that carry no identity (UDP, SCTP: decided by address).
+	// nil leaves the map in force unchanged.
+	Addresses Addresses
 }
+
+// Services are the cluster's TCP Services (ClusterIP and port) whose
+// endpoints a selector picks, as a Source computed them from the API.
+// A Services value is not changed once delivered.
+type Services struct {
+	// Frontends maps each Service address (cluster IP and port, every
+	// Service with a selector, cluster-wide) to its target port. A client
+	// dialing one sends its token (the backends are pods, which run an
+	// enforcer), and decides its egress policy on the target port, the
+	// server pod's port, as NetworkPolicy does.
+	Frontends map[netip.AddrPort]TargetPort
+	// Backends maps a Service address to the address and target port of
+	// each pod of this node the Service selects: a SYN the client sent to
+	// the Service address may arrive at one of those (kube-proxy
+	// translated it on the client's node), and at no other.
+	Backends map[netip.AddrPort][]netip.AddrPort
+}
+
+// TargetPort is a Service port's targetPort: a number, or the name of a
+// container port of each backend pod.
+type TargetPort struct {
+	Number uint16
+	Name   string
+}
+
+// Translates reports whether a SYN sent to dialed may arrive at observed,
+// a local pod's address and port: dialed is a Service address whose
+// endpoints include that pod and port.
+func (s *Services) Translates(dialed, observed netip.AddrPort) bool {
+	if s == nil {
+		return false
+	}
+	for _, b := range s.Backends[dialed] {
+		if b == observed {
+			return true
+		}
+	}
+	return false
+}
+
+// Frontend returns the target port of the Service at dst, and false when
+// dst is no Service address.
+func (s *Services) Frontend(dst netip.AddrPort) (TargetPort, bool) {
+	if s == nil {
+		return TargetPort{}, false
+	}
+	t, ok := s.Frontends[dst]
+	return t, ok
+}
+
+// Addresses maps a pod address to the identity of the one pod the API
+// says holds it (pods on the host network, and addresses two pods claim,
+// are left out). A map is not changed once delivered.
+type Addresses map[netip.Addr]*identity.Identity
 
 // Placement maps each pod a source knows to the node it runs on, keyed
 // "namespace/pod". A node speaks only for its own workloads: the enforcer

@@ -9,7 +9,10 @@
 // enforcer does, by the packet mark that the rules save to the connection:
 // an accepted SYN-ACK makes the connection Pending (its completing ACK still
 // goes through the queue), an accepted ACK makes it Authorized (everything
-// else passes in the kernel).
+// else passes in the kernel): six queue trips per connection. With
+// FourTrips, every accepted SYN and SYN-ACK makes it Authorized at once, as
+// Bireme's two-message handshake does (the server at the SYN, the client at
+// the SYN-ACK), so the ACK is never queued: four trips.
 package nfqaccept
 
 import (
@@ -30,6 +33,9 @@ type Config struct {
 	Queue uint16
 	// Pending and Authorized are the supervisor's mark bits.
 	Pending, Authorized uint32
+	// FourTrips marks connections Authorized at their SYN and SYN-ACK
+	// verdicts: the floor of the two-message handshake.
+	FourTrips bool
 }
 
 // Run reads the queue until ctx ends. ready is called once the queue is bound
@@ -64,10 +70,12 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 			pkt = *a.Payload
 		}
 		var err error
-		switch Stage(pkt) {
-		case StageSYNACK:
+		switch stage := Stage(pkt); {
+		case cfg.FourTrips:
+			err = nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Authorized))
+		case stage == StageSYNACK:
 			err = nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Pending))
-		case StageACK:
+		case stage == StageACK:
 			err = nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(cfg.Authorized))
 		default:
 			err = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)

@@ -132,6 +132,7 @@ func WriteMarkdown(w io.Writer, r *Results, jsonName string) error {
 		}
 		p("%s\n", row(cells))
 	}
+	twoMessageTable(p, r)
 	for _, c := range r.Cases {
 		rows := FloodComparison(c, st.Concurrency)
 		if len(rows) == 0 {
@@ -312,4 +313,47 @@ func headline(r *Results) []string {
 		}
 	}
 	return out
+}
+
+// twoMessageTable compares the two-message handshake (case 4) with the
+// three-message one (case 10) and the two NFQUEUE floors (cases 3 and 9,
+// six and four queue trips), all ratios within rounds of the same run.
+func twoMessageTable(p func(string, ...any), r *Results) {
+	pairs := []struct{ c, base int }{{4, 10}, {4, 9}, {10, 3}, {9, 3}, {4, 3}}
+	var cols []string
+	for _, n := range r.Settings.Concurrency {
+		cols = append(cols, fmt.Sprintf("conn_per_s_c%d", n))
+	}
+	cols = append(cols, "connect_p50")
+	var rows []string
+	for _, pr := range pairs {
+		cells := []string{fmt.Sprintf("case %d ÷ case %d", pr.c, pr.base)}
+		any := false
+		for _, m := range cols {
+			if v, ok := Lookup(r.Ratios, pr.c, pr.base, m); ok {
+				cells = append(cells, fmt.Sprintf("%.2fx", v))
+				any = true
+			} else {
+				cells = append(cells, "—")
+			}
+		}
+		if any {
+			rows = append(rows, row(cells))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("\n## Two-message handshake (cases 4, 9, 10)\n\n")
+	p("Case 4 completes known-peer handshakes in two messages (four queue trips, the ACK never queued), case 10 in three (six trips); ")
+	p("cases 9 and 3 are the accept-only floors of four and six trips. Ratios within each round, median over rounds.\n\n")
+	h := []string{"ratio"}
+	for _, n := range r.Settings.Concurrency {
+		h = append(h, fmt.Sprintf("conn/s c=%d", n))
+	}
+	h = append(h, "connect p50")
+	p("%s\n%s\n", row(h), row(repeat("---", len(h))))
+	for _, l := range rows {
+		p("%s\n", l)
+	}
 }

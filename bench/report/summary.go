@@ -256,6 +256,20 @@ func Targets(rs []Ratio, concurrency []int) []Target {
 	if v, ok := Lookup(rs, 4, 6, "connect_p50"); ok {
 		out = append(out, Target{Goal: "case 4 connect p50 <= 0.25x case 6", Measured: v, Limit: 0.25, Met: v <= 0.25})
 	}
+	// The two-message handshake (issue 17): against the three-message
+	// known-peer case and the four-trip floor, measured in the same run.
+	for _, n := range concurrency {
+		rate := fmt.Sprintf("conn_per_s_c%d", n)
+		if v, ok := Lookup(rs, 4, 10, rate); ok {
+			out = append(out, Target{Goal: fmt.Sprintf("case 4 conn/s (c=%d) >= 1.4x case 10 (three-message known peer)", n), Measured: v, Limit: 1.4, Met: v >= 1.4})
+		}
+		if v, ok := Lookup(rs, 4, 9, rate); ok {
+			out = append(out, Target{Goal: fmt.Sprintf("case 4 conn/s (c=%d) >= 0.9x case 9 (four-trip floor)", n), Measured: v, Limit: 0.9, Met: v >= 0.9})
+		}
+	}
+	if v, ok := Lookup(rs, 4, 6, "connect_p50"); ok {
+		out = append(out, Target{Goal: "case 4 connect p50 <= 0.40x case 6 (issue 17)", Measured: v, Limit: 0.40, Met: v <= 0.40})
+	}
 	if v, ok := Lookup(rs, 4, 1, "bulk_gbps"); ok {
 		out = append(out, Target{Goal: "case 4 bulk throughput >= 0.98x case 1", Measured: v, Limit: 0.98, Met: v >= 0.98})
 	}

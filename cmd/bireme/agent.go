@@ -11,11 +11,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/k8s/apisource"
 	"github.com/bireme/bireme/k8s/nodecert"
 	"github.com/bireme/bireme/k8s/podnetns"
+	"github.com/bireme/bireme/policy"
 	"github.com/bireme/bireme/tokens"
 )
 
@@ -169,13 +171,24 @@ func (a *agentOptions) source(opts enforceOptions, log *slog.Logger) (desired.So
 	if err != nil {
 		return nil, err
 	}
+	cfg, err := restConfig(a.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "bireme-agent/" + opts.node
+	cnps, err := cnpclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
 	return apisource.New(apisource.Config{
-		Client:      client,
-		Node:        opts.node,
-		Cluster:     opts.cluster,
-		NetNS:       podnetns.Scanner{},
-		Verify:      a.netnsCheck,
-		SyncTimeout: a.syncTimeout,
-		Log:         log,
+		Client:          client,
+		ClusterPolicies: cnps,
+		Node:            opts.node,
+		Cluster:         opts.cluster,
+		NetNS:           podnetns.Scanner{},
+		Verify:          a.netnsCheck,
+		SyncTimeout:     a.syncTimeout,
+		Log:             log,
+		Policy:          policy.Options{IPBlockIdentityOnly: opts.ipBlockIdentityOnly},
 	})
 }

@@ -34,6 +34,8 @@ type enforceOptions struct {
 	certFile, keyFile    string
 	tokenLifetime        time.Duration
 	natPeers             natPeersFlag
+	twoMessage           bool
+	twoMessageWindow     time.Duration
 	identityNetworks     []string
 	queues               int
 	poll                 time.Duration
@@ -42,6 +44,8 @@ type enforceOptions struct {
 	// node's first credentials and a function that keeps them fresh
 	// (the agent's certificate signing requests).
 	credentials credentialsFunc
+	// ipBlockIdentityOnly: the strict ipBlock mode (policy.Options).
+	ipBlockIdentityOnly bool
 }
 
 // flowOptions say where flow records go: the file (or stdout), its
@@ -119,7 +123,10 @@ func addNodeFlags(f *pflag.FlagSet, opts *enforceOptions, metricsAddr *string, v
 	f.DurationVar(&opts.tokenLifetime, "token-lifetime", 5*time.Minute, "how long a signed identity token stays valid")
 	f.StringSliceVar(&opts.identityNetworks, "identity-networks", nil, "address ranges where peers run an enforcer (the pod CIDRs), comma separated (required): only SYNs to them carry this node's identity tokens; other destinations get a plain SYN and are decided by ipBlock egress rules. 0.0.0.0/0,::/0 sends tokens everywhere, external hosts included")
 	f.Var(&opts.natPeers, "nat-peers", "a trust domain whose nodes reach this one through source NAT, with its gateways' address ranges: their clients may be seen from those addresses instead of their own (repeatable; docs/protocol.md)")
+	f.BoolVar(&opts.twoMessage, "two-message", true, "complete handshakes with known peer nodes in two messages (four queue trips, the ACK never queued); false: always three messages. Either way this node answers both kinds of SYN (docs/protocol.md)")
+	f.DurationVar(&opts.twoMessageWindow, "two-message-window", tokens.DefaultTwoMessageWindow, "how far a two-message SYN's timestamp may be from this node's clock; also how long after a start they use three messages")
 	f.IntVar(&opts.queues, "queues", 1, "NFQUEUE queues per workload")
+	f.BoolVar(&opts.ipBlockIdentityOnly, "ipblock-identity-only", false, ipBlockIdentityOnlyHelp)
 	f.BoolVarP(verbose, "verbose", "v", false, "log debug messages")
 }
 
@@ -129,7 +136,8 @@ type sourceFunc func(log *slog.Logger) (desired.Source, error)
 
 // fileStore is `bireme enforce`'s source: the store directory.
 func (o enforceOptions) fileStore(log *slog.Logger) (desired.Source, error) {
-	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log})
+	return filestore.NewSource(filestore.Config{Dir: o.store, Node: o.node, Cluster: o.cluster, Poll: o.poll, Log: log,
+		Policy: policy.Options{IPBlockIdentityOnly: o.ipBlockIdentityOnly}})
 }
 
 // serveNode runs a node command (enforce, agent) until its context ends:
@@ -141,7 +149,7 @@ func serveNode(cmd *cobra.Command, opts enforceOptions, newSource sourceFunc, me
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", opts.node)
 
-	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout())
+	out, closeFlows, err := openFlows(opts.flows, cmd.OutOrStdout(), log)
 	if err != nil {
 		return err
 	}
@@ -217,6 +225,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	}
 	dp, err := agent.NewNodeDatapath(agent.NodeDatapathConfig{
 		Node: o.node, Queues: o.queues, Tokens: engine, Policy: live, Placement: placement,
+		Services: placement, Addresses: placement,
 		Flows: flows, OnDecision: onDecision, OnStage: onStage, Log: log,
 		IdentityNetworks: identityNetworks,
 	})
@@ -239,7 +248,7 @@ func runNode(ctx context.Context, o enforceOptions, newSource sourceFunc, flows 
 	node, err := agent.New(agent.Config{
 		Source: source, Datapath: dp, Policy: live, Placement: placement, Tokens: engine,
 		NodeKeys: nodeKeys, Trust: trust,
-		Poll:     o.poll, Metrics: metrics, Health: health, Log: log,
+		Poll: o.poll, Metrics: metrics, Health: health, Log: log,
 	})
 	if err != nil {
 		return err
@@ -272,7 +281,8 @@ func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Log
 	if err != nil {
 		return nil, nil, err
 	}
-	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways})
+	engine, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TokenLifetime: o.tokenLifetime, NATGateways: o.natPeers.gateways,
+		TwoMessage: o.twoMessage, TwoMessageWindow: o.twoMessageWindow})
 	if err != nil {
 		return nil, nil, fmt.Errorf("token engine: %w", err)
 	}
@@ -284,14 +294,14 @@ func (o enforceOptions) tokenEngine(creds *tokens.NodeCredentials, log *slog.Log
 // openFlows returns where flow records go: stdout for "-", else the file,
 // appended to so that a restarted enforcer continues the same log and its
 // chain, rotated and with a keyed head as o says.
-func openFlows(o flowOptions, stdout io.Writer) (*flowlog.Writer, func(), error) {
+func openFlows(o flowOptions, stdout io.Writer, log *slog.Logger) (*flowlog.Writer, func(), error) {
 	if o.path == "-" || o.path == "" {
 		if o.key != "" || o.maxBytes != 0 {
 			return nil, nil, errors.New("--flows-key and --flows-max-bytes need a --flows file")
 		}
 		return flowlog.NewWriter(stdout), func() {}, nil
 	}
-	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep}
+	cfg := flowlog.FileConfig{Path: o.path, MaxBytes: o.maxBytes, Keep: o.keep, Log: log}
 	if o.key != "" {
 		key, err := flowlog.LoadOrCreateKey(o.key)
 		if err != nil {

@@ -221,11 +221,16 @@ func followFlows(ctx context.Context, files []string, f *query.Filter, p *query.
 	return errors.Join(errs...)
 }
 
+const groupHelp = "workload: each pod (namespace/pod) and address on its own; namespace: a namespace's pods together (namespace/)"
+
 // newFlowsTopCmd is `bireme flows top`.
 func newFlowsTopCmd(filt *flowFilterFlags) *cobra.Command {
-	var limit int
+	var (
+		limit int
+		group string
+	)
 	cmd := &cobra.Command{
-		Use:   "top FILE... [filters] [--limit N]",
+		Use:   "top FILE... [filters] [--limit N] [--group workload|namespace]",
 		Short: "Count flow records by client, server and verdict, the most first",
 		Long: `top counts the records that pass the filters by client (namespace/pod, or the
 address of a client with no identity), server and verdict, with the server
@@ -233,6 +238,10 @@ ports seen. Counts are decisions: a connection between two protected pods is
 usually recorded by both enforcers, and each retransmitted denied SYN is one.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
+			g, err := query.ParseGrouping(group)
+			if err != nil {
+				return err
+			}
 			f, err := filt.filter(time.Now())
 			if err != nil {
 				return err
@@ -241,18 +250,19 @@ usually recorded by both enforcers, and each retransmitted denied SYN is one.`,
 			if err != nil {
 				return err
 			}
-			return query.WriteTop(cmd.OutOrStdout(), query.Top(entries, limit))
+			return query.WriteTop(cmd.OutOrStdout(), query.Top(entries, limit, g))
 		},
 	}
 	cmd.Flags().IntVar(&limit, "limit", 20, "lines shown; 0 all")
+	cmd.Flags().StringVar(&group, "group", "workload", groupHelp)
 	return cmd
 }
 
 // newFlowsMapCmd is `bireme flows map`.
 func newFlowsMapCmd(filt *flowFilterFlags) *cobra.Command {
-	var format, out string
+	var format, out, group string
 	cmd := &cobra.Command{
-		Use:   "map FILE... [filters] [--format svg|dot] [--out FILE]",
+		Use:   "map FILE... [filters] [--format svg|dot] [--out FILE] [--group workload|namespace]",
 		Short: "Draw who talks to whom: allowed edges solid green, denied dashed red",
 		Long: `map draws the records that pass the filters as a graph: a node per workload
 (grouped by namespace) and per address with no identity, an edge per client,
@@ -267,6 +277,10 @@ Graphviz DOT, for 'dot -Tsvg' or 'dot -Tpng' and Graphviz's layouts.`,
 			if !ok {
 				return fmt.Errorf("--format %q: want svg or dot", format)
 			}
+			grouping, err := query.ParseGrouping(group)
+			if err != nil {
+				return err
+			}
 			f, err := filt.filter(time.Now())
 			if err != nil {
 				return err
@@ -275,7 +289,7 @@ Graphviz DOT, for 'dot -Tsvg' or 'dot -Tpng' and Graphviz's layouts.`,
 			if err != nil {
 				return err
 			}
-			g := flowmap.Build(entries)
+			g := flowmap.Build(entries, grouping)
 			if out == "" || out == "-" {
 				return write(cmd.OutOrStdout(), g)
 			}
@@ -292,6 +306,7 @@ Graphviz DOT, for 'dot -Tsvg' or 'dot -Tpng' and Graphviz's layouts.`,
 	}
 	cmd.Flags().StringVar(&format, "format", "svg", "svg or dot")
 	cmd.Flags().StringVar(&out, "out", "", "file written; empty or - for stdout")
+	cmd.Flags().StringVar(&group, "group", "workload", groupHelp)
 	return cmd
 }
 

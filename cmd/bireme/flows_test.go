@@ -63,6 +63,10 @@ func TestFlowsCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "3      shop/web  data/db  allow    5432") {
 		t.Errorf("flows top: %v\n%s", err, out)
 	}
+	out, err = runCommand(t, newRootCmd(), append([]string{"flows", "top", "--group", "namespace"}, flowFiles...)...)
+	if err != nil || !strings.Contains(out, "3      shop/  data/  allow    5432") {
+		t.Errorf("flows top --group namespace: %v\n%s", err, out)
+	}
 	out, err = runCommand(t, newRootCmd(), append([]string{"flows", "map", "--format", "dot"}, flowFiles...)...)
 	if err != nil || !strings.Contains(out, `"shop/web" -> "data/db"`) || !strings.Contains(out, "style=dashed") {
 		t.Errorf("flows map: %v\n%s", err, out)

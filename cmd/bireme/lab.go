@@ -33,10 +33,16 @@ declared TCP container port; each spec.nodeName becomes a node with its own
   bireme lab delete -f policy.yaml          remove objects
   bireme lab probe                          reachability matrix
   bireme lab status                         pods, their netns names and addresses
-  bireme lab down                           remove everything`,
+  bireme lab down                           remove everything
+
+Two clusters (federation, docs/federation.md):
+  bireme lab up -f a.yaml --cluster a --member b=b.yaml [--nat]
+  bireme lab trust a b                      a imports b's trust bundle (a admits b's workloads its policy names)
+  bireme lab distrust a b                   a removes it: new and established connections from b cut`,
 	}
 	cmd.AddCommand(newLabRunCmd(), newLabUpCmd(), newLabApplyCmd(), newLabDeleteCmd(),
-		newLabProbeCmd(), newLabStatusCmd(), newLabDownCmd(), newLabServeCmd())
+		newLabProbeCmd(), newLabStatusCmd(), newLabDownCmd(), newLabServeCmd(),
+		newLabTrustCmd(true), newLabTrustCmd(false))
 	return cmd
 }
 
@@ -49,6 +55,8 @@ type labFlags struct {
 	noEnforce bool
 	untrusted []string
 	verbose   bool
+	cluster   string
+	members   []string
 }
 
 func (f *labFlags) addState(cmd *cobra.Command) {
@@ -65,6 +73,8 @@ func (f *labFlags) addBuild(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.noEnforce, "no-enforce", false, "run no enforcers: plain routing, every connection allowed")
 	cmd.Flags().StringSliceVar(&f.untrusted, "untrusted-node", nil, "give this node keys from a CA the others do not trust (forged identities)")
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "print each build step")
+	cmd.Flags().StringVar(&f.cluster, "cluster", lab.DefaultCluster, "trust domain of the cluster built from -f")
+	cmd.Flags().StringArrayVar(&f.members, "member", nil, "a further cluster NAME=FILE[,FILE...]: its own CA, trust domain NAME, store, nodes and pods; no cluster trusts another until 'bireme lab trust' (repeatable; docs/federation.md)")
 }
 
 func (f *labFlags) addOutput(cmd *cobra.Command) {
@@ -93,8 +103,16 @@ func (f *labFlags) config(cmd *cobra.Command) (lab.Config, error) {
 	return cfg, nil
 }
 
-func (f *labFlags) options() lab.Options {
-	return lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted}
+func (f *labFlags) options() (lab.Options, error) {
+	o := lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted, Cluster: f.cluster}
+	for _, m := range f.members {
+		name, files, ok := strings.Cut(m, "=")
+		if !ok || name == "" || files == "" {
+			return o, fmt.Errorf("--member %q: want NAME=FILE[,FILE...]", m)
+		}
+		o.Members = append(o.Members, lab.Member{Cluster: name, Files: strings.Split(files, ",")})
+	}
+	return o, nil
 }
 
 func newLabRunCmd() *cobra.Command {
@@ -111,7 +129,11 @@ func newLabRunCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pods, results, err := lab.Run(cmd.Context(), cfg, f.options(), f.files...)
+			opts, err := f.options()
+			if err != nil {
+				return err
+			}
+			pods, results, err := lab.Run(cmd.Context(), cfg, opts, f.files...)
 			if err != nil {
 				return err
 			}
@@ -135,7 +157,11 @@ func newLabUpCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			l, err := lab.Up(cmd.Context(), cfg, f.options(), f.files...)
+			opts, err := f.options()
+			if err != nil {
+				return err
+			}
+			l, err := lab.Up(cmd.Context(), cfg, opts, f.files...)
 			if err != nil {
 				return err
 			}
@@ -328,5 +354,39 @@ func newLabServeCmd() *cobra.Command {
 	cmd.Flags().UintSliceVar(&ports, "port", nil, "TCP port to listen on (repeatable)")
 	_ = cmd.MarkFlagRequired("ref")
 	_ = cmd.MarkFlagRequired("port")
+	return cmd
+}
+
+// newLabTrustCmd is `bireme lab trust` (or distrust): the bundle exchange
+// between two clusters of a lab, as a step one can watch.
+func newLabTrustCmd(trust bool) *cobra.Command {
+	var f labFlags
+	use, short := "trust TRUSTER TRUSTED", "Give cluster TRUSTER the trust bundle of cluster TRUSTED (one way)"
+	if !trust {
+		use, short = "distrust TRUSTER TRUSTED", "Remove TRUSTED's bundle from TRUSTER: new connections refused, established ones ended"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withLab(cmd, &f, func(l *lab.Lab) error {
+				if !trust {
+					if err := l.Distrust(cmd.Context(), args[0], args[1]); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "cluster %s no longer trusts cluster %s\n", args[0], args[1])
+					return nil
+				}
+				fps, err := l.Trust(cmd.Context(), args[0], args[1])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "cluster %s trusts cluster %s (CA sha256 %s)\n", args[0], args[1], strings.Join(fps, ", "))
+				return nil
+			})
+		},
+	}
+	f.addState(cmd)
 	return cmd
 }

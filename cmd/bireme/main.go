@@ -31,6 +31,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newEnforceCmd(),
 		newAgentCmd(),
+		newDockerCmd(),
 		newSignerCmd(),
 		newUninstallCmd(),
 		newLabCmd(),

@@ -184,3 +184,43 @@ func TestPolicyExplainJSON(t *testing.T) {
 		t.Fatalf("unexpected explanation:\n%s", out)
 	}
 }
+
+// A remote client (CLUSTER/NAMESPACE/POD): only the local side is decided,
+// and only a selector naming its cluster admits it.
+func TestPolicyExplainAcrossClusters(t *testing.T) {
+	files := []string{"-f", "../../examples/federation/a.yaml", "-f", "../../examples/federation/b.yaml", "--cluster", "a"}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantOut []string
+		wantErr string
+	}{
+		{"admitted remote workload", []string{"--from", "b/checkout/client", "--to", "payments/api", "--port", "8080"},
+			[]string{"egress  of b/checkout/client: not decided here", "bireme.io/cluster=b", "note: b/checkout/client is a workload of cluster \"b\"", "verdict: allowed"}, ""},
+		{"forged labels do not count", []string{"--from", "b/checkout/client", "--to", "payments/worker", "--port", "8080"},
+			[]string{"denied: selected by payments/worker and no rule allows", "verdict: denied"}, ""},
+		{"other remote workload", []string{"--from", "b/checkout/other", "--to", "payments/api", "--port", "8080"},
+			[]string{"verdict: denied"}, ""},
+		{"local server to remote", []string{"--from", "payments/api", "--to", "b/checkout/client", "--port", "8080"},
+			[]string{"ingress of b/checkout/client: not decided here", "verdict: allowed"}, ""},
+		{"the local cluster is not remote", []string{"--from", "a/checkout/client", "--to", "payments/api", "--port", "8080"}, nil, "another cluster"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runPolicy(t, append(append([]string{"explain"}, files...), tc.args...)...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"strings"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bireme/bireme/k8s/dockersource"
 	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/supervisor"
@@ -19,6 +21,7 @@ import (
 type uninstallOptions struct {
 	node, store string
 	netns       []string
+	dockerHost  string
 }
 
 // newUninstallCmd is the one way, besides a workload leaving the store,
@@ -27,7 +30,7 @@ type uninstallOptions struct {
 func newUninstallCmd() *cobra.Command {
 	var opts uninstallOptions
 	cmd := &cobra.Command{
-		Use:   "uninstall (--node NAME --store DIR | --netns NAME|PATH ...)",
+		Use:   "uninstall (--node NAME --store DIR | --netns NAME|PATH ... | --docker-host URL)",
 		Short: "Remove Bireme's rules from this node's workload namespaces",
 		Long: `uninstall removes every rule Bireme installed (the jumps to the BIREME-* chains
 and the chains, IPv4 and IPv6) from the network namespace of every Pod in
@@ -53,6 +56,7 @@ removed while it runs, and from then on the workloads are not protected.`,
 	f.StringVar(&opts.node, "node", "", "this node's name, matched against pods' spec.nodeName")
 	f.StringVar(&opts.store, "store", "", "directory of Namespace, Pod and NetworkPolicy YAML/JSON (as for bireme enforce)")
 	f.StringSliceVar(&opts.netns, "netns", nil, "also uninstall from these network namespaces (names under /run/netns or absolute paths)")
+	f.StringVar(&opts.dockerHost, "docker-host", "", "also uninstall from every running container of this Docker engine (unix:///var/run/docker.sock), as protected by 'bireme docker'")
 	return cmd
 }
 
@@ -60,7 +64,7 @@ removed while it runs, and from then on the workloads are not protected.`,
 // prints one line per namespace. Every namespace is tried; the errors are
 // joined.
 func runUninstall(ctx context.Context, opts uninstallOptions, out io.Writer) error {
-	paths, err := opts.namespaces()
+	paths, err := opts.namespaces(ctx)
 	if err != nil {
 		return err
 	}
@@ -88,14 +92,26 @@ func runUninstall(ctx context.Context, opts uninstallOptions, out io.Writer) err
 // namespaces returns the paths of the namespaces to uninstall from,
 // sorted and without duplicates: the store's pods of the node and the
 // --netns given.
-func (o uninstallOptions) namespaces() ([]string, error) {
+func (o uninstallOptions) namespaces(ctx context.Context) ([]string, error) {
 	if (o.node == "") != (o.store == "") {
 		return nil, errors.New("uninstall: give --node and --store together")
 	}
-	if o.store == "" && len(o.netns) == 0 {
-		return nil, errors.New("uninstall: nothing to uninstall from: give --node and --store, or --netns")
+	if o.store == "" && len(o.netns) == 0 && o.dockerHost == "" {
+		return nil, errors.New("uninstall: nothing to uninstall from: give --node and --store, --netns, or --docker-host")
 	}
 	set := map[string]bool{}
+	if o.dockerHost != "" {
+		// Every running container but those sharing another namespace
+		// (host, container:): whatever labels say now, any of them may
+		// have been protected or fenced under other labels or --all.
+		netnss, err := dockerNamespaces(ctx, o.dockerHost)
+		if err != nil {
+			return nil, fmt.Errorf("uninstall: %w", err)
+		}
+		for _, p := range netnss {
+			set[p] = true
+		}
+	}
 	if o.store != "" {
 		objs, err := filestore.LoadDir(o.store)
 		if err != nil {
@@ -120,4 +136,30 @@ func (o uninstallOptions) namespaces() ([]string, error) {
 	}
 	sort.Strings(paths)
 	return paths, nil
+}
+
+// dockerNamespaces returns the network namespaces of the engine's running
+// containers that have one of their own.
+func dockerNamespaces(ctx context.Context, dockerHost string) ([]string, error) {
+	engine, err := dockersource.NewClient(dockerHost)
+	if err != nil {
+		return nil, err
+	}
+	defer engine.Close()
+	running, err := engine.Running(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range running {
+		if c.NetworkMode == "host" || strings.HasPrefix(c.NetworkMode, "container:") {
+			continue
+		}
+		full, err := engine.Inspect(ctx, c.ID)
+		if err != nil || full.NetNS() == "" {
+			continue // stopped since the list: its namespace went with it
+		}
+		out = append(out, full.NetNS())
+	}
+	return out, nil
 }

@@ -42,7 +42,7 @@ func TestUninstallNamespaces(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(store, "store.yaml"), []byte(uninstallStore), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err := uninstallOptions{node: "n1", store: store, netns: []string{"extra", "/proc/1/ns/net", "ns-a"}}.namespaces()
+	got, err := uninstallOptions{node: "n1", store: store, netns: []string{"extra", "/proc/1/ns/net", "ns-a"}}.namespaces(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestUninstallNamespaces(t *testing.T) {
 		"bad netns":     {netns: []string{"a/b"}},
 		"missing store": {node: "n1", store: filepath.Join(store, "nope")},
 	} {
-		if _, err := o.namespaces(); err == nil {
+		if _, err := o.namespaces(context.Background()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
@@ -177,6 +179,9 @@ func kubelet(t *testing.T, ctx context.Context, client kubernetes.Interface, f *
 type agent struct {
 	node string
 	log  *syncbuf.Buffer
+	// stop sends SIGTERM and waits for the agent to exit (once; the
+	// test's cleanup calls it too).
+	stop func()
 }
 
 func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string) *agent {
@@ -206,7 +211,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	a.stop = sync.OnceFunc(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-exited:
@@ -229,6 +234,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 			t.Logf("agent %s log:\n%s", node, a.log.String())
 		}
 	})
+	t.Cleanup(a.stop)
 	return a
 }
 
@@ -314,6 +320,9 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 
 	agentKubeconfig := agentCredentials(t, ctx, env, dir)
+	// The admin tiers' CRD, installed before the agents start (they look
+	// for its API at start).
+	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
 	f := newFabric(t)
 	a := &pod{namespace: "x", name: "a", node: "n1", labels: map[string]string{"app": "a"}}
 	b := &pod{namespace: "x", name: "b", node: "n1", labels: map[string]string{"app": "b"}}
@@ -402,6 +411,39 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		t.Errorf("x/b, relabelled app=a, still refused %v later", took)
 	} else {
 		t.Logf("label change: x/b allowed after %v", took.Round(time.Millisecond))
+	}
+
+	// An Admin tier ClusterNetworkPolicy denies app=a pods into y: the
+	// NetworkPolicy that allows them cannot override it. Deleted, the
+	// NetworkPolicy decides again.
+	admin := &cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-a-into-y"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 10,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}}},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name: "no-a", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}}},
+			}},
+		},
+	}
+	if _, err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Create(ctx, admin, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := eventually(3*time.Second, func() bool { return !connects(a.ns, c.addr) && !connects(b.ns, c.addr) }); !ok {
+		t.Errorf("x/a or x/b still reach y/c %v after the Admin deny was created", took)
+	} else {
+		t.Logf("ClusterNetworkPolicy created: x/a and x/b refused after %v", took.Round(time.Millisecond))
+	}
+	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), `"tier":"admin"`) ||
+		!strings.Contains(string(flows), "denied by ClusterNetworkPolicy no-a-into-y") {
+		t.Errorf("n2's flow records name no Admin tier denial by no-a-into-y (err %v)", err)
+	}
+	if err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Delete(ctx, admin.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := eventually(3*time.Second, func() bool { return connects(a.ns, c.addr) }); !ok {
+		t.Errorf("x/a still refused %v after the Admin deny was deleted", took)
 	}
 
 	// Namespace x loses team=x: neither a nor b is allowed any more.
@@ -496,7 +538,7 @@ spec: {nodeName: n3, containers: [{name: main, image: none, ports: [{name: http,
 
 // agentCredentials gives the agents the least privilege the README
 // documents: a service account that may only get, list and watch pods,
-// namespaces and network policies. It returns a kubeconfig with a token of
+// namespaces, services and network policies. It returns a kubeconfig with a token of
 // that account.
 func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir string) string {
 	t.Helper()
@@ -511,8 +553,9 @@ func agentCredentials(t *testing.T, ctx context.Context, env *kubeenv.Env, dir s
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "services"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"policy.networking.k8s.io"}, Resources: []string{"clusternetworkpolicies"}, Verbs: []string{"get", "list", "watch"}},
 		},
 	}
 	if _, err := client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {

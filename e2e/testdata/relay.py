@@ -68,6 +68,7 @@ def main():
             state["client"], state["client_port"] = ip.src, t.sport
             if syn and not ack:
                 payload = bytes(t.payload)
+                counts["syn_type"] = payload[0] if payload else 0
                 if a.rewrite_endpoints and len(payload) > 30 and payload[17] == 4:
                     ends = struct.pack("!4sH4sH", socket.inet_aton(a.self), relay_port,
                                        socket.inet_aton(a.server), a.server_port)

@@ -85,7 +85,7 @@ def main():
         if sport:
             p[TCP].sport = sport
         raw = bytes(p[TCP].payload)
-        if (p[TCP].flags & 0x12) == 0x02 and len(raw) > 30 and raw[0] == 0x21 and raw[17] == 4:
+        if (p[TCP].flags & 0x12) == 0x02 and len(raw) > 30 and raw[0] in (0x21, 0x24) and raw[17] == 4:
             ends = struct.pack("!4sH4sH", socket.inet_aton(p.src), p[TCP].sport,
                                socket.inet_aton(p.dst), p[TCP].dport)
             p[TCP].remove_payload()
@@ -96,7 +96,8 @@ def main():
         send(p, verbose=0)
         sent += 1
         time.sleep(0.05)
-    print(json.dumps({"sent": sent, "payload": len(bytes(syn[TCP].payload)), "replaced": replaced}))
+    raw = bytes(syn[TCP].payload)
+    print(json.dumps({"sent": sent, "payload": len(raw), "type": raw[0] if raw else 0, "replaced": replaced}))
     return 0
 
 

@@ -41,8 +41,9 @@ type Graph struct {
 	Edges []Edge
 }
 
-// Build makes the map of entries.
-func Build(entries []query.Entry) *Graph {
+// Build makes the map of entries, its nodes the ends as group names them
+// (nil: each workload; query.ByNamespace: a node per namespace).
+func Build(entries []query.Entry, group query.Grouping) *Graph {
 	g := &Graph{}
 	seen := map[string]bool{}
 	add := func(name string) {
@@ -53,10 +54,13 @@ func Build(entries []query.Entry) *Graph {
 		n := Node{Name: name, Label: name}
 		if ns, pod, ok := strings.Cut(name, "/"); ok {
 			n.Namespace, n.Label = ns, pod
+			if pod == "" {
+				n.Label = ns // a whole namespace
+			}
 		}
 		g.Nodes = append(g.Nodes, n)
 	}
-	for _, pc := range query.Top(entries, 0) {
+	for _, pc := range query.Top(entries, 0, group) {
 		add(pc.From)
 		add(pc.To)
 		g.Edges = append(g.Edges, Edge{From: pc.From, To: pc.To, Verdict: pc.Verdict, Count: pc.Count, Ports: pc.Ports})

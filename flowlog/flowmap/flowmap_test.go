@@ -36,7 +36,7 @@ func TestMap(t *testing.T) {
 		entry(t, db, web, "ingress", "198.18.0.3:4002", flowlog.Deny),
 		entry(t, db, nil, "ingress", "198.18.9.9:4003", flowlog.Deny),
 	}
-	g := Build(es)
+	g := Build(es, nil)
 	if len(g.Nodes) != 3 || g.Nodes[2].Name != "198.18.9.9" || g.Nodes[2].Namespace != "" {
 		t.Fatalf("nodes %+v", g.Nodes)
 	}
@@ -56,6 +56,9 @@ func TestMap(t *testing.T) {
 		if !strings.Contains(dot.String(), want) {
 			t.Errorf("DOT lacks %s:\n%s", want, dot.String())
 		}
+	}
+	if byNS := Build(es, query.ByNamespace); len(byNS.Nodes) != 3 || byNS.Nodes[0].Name != "data/" || byNS.Nodes[0].Label != "data" {
+		t.Errorf("by namespace: %+v", byNS.Nodes)
 	}
 	var svg bytes.Buffer
 	if err := WriteSVG(&svg, g); err != nil {

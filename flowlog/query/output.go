@@ -155,16 +155,47 @@ type PairCount struct {
 	Ports    []uint16 // the server ports seen, ascending
 }
 
-// Top counts entries by client, server and verdict, the largest counts
-// first (ties by name). limit > 0 keeps the first limit.
-func Top(entries []Entry, limit int) []PairCount {
+// Grouping names the ends that Top counts together.
+type Grouping func(Side) string
+
+// ByWorkload counts each workload ("namespace/pod") and each address on
+// its own.
+func ByWorkload(s Side) string { return s.Name() }
+
+// ByNamespace counts the workloads of a namespace together ("namespace/"),
+// and each address on its own.
+func ByNamespace(s Side) string {
+	if s.ID != nil {
+		return s.ID.Namespace + "/"
+	}
+	return s.Name()
+}
+
+// ParseGrouping reads --group: "workload" or "namespace".
+func ParseGrouping(s string) (Grouping, error) {
+	switch s {
+	case "workload", "pod", "":
+		return ByWorkload, nil
+	case "namespace":
+		return ByNamespace, nil
+	}
+	return nil, fmt.Errorf("group %q: want workload or namespace", s)
+}
+
+// Top counts entries by client, server and verdict, the ends named by
+// group (nil: ByWorkload), the largest counts first (ties by name). limit
+// > 0 keeps the first limit.
+func Top(entries []Entry, limit int, group Grouping) []PairCount {
+	if group == nil {
+		group = ByWorkload
+	}
 	type key struct{ from, to, verdict string }
 	counts := map[key]*PairCount{}
 	ports := map[key]map[uint16]bool{}
 	for i := range entries {
 		r := &entries[i].Record
 		server := Server(r)
-		k := key{Client(r).Name(), server.Name(), r.Verdict}
+		k := key{group(Client(r)), group(server), r.Verdict}
 		pc := counts[k]
 		if pc == nil {
 			pc = &PairCount{From: k.from, To: k.to, Verdict: k.verdict}

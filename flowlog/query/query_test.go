@@ -146,15 +146,19 @@ func TestOutputs(t *testing.T) {
 func TestTop(t *testing.T) {
 	es := entries(t)
 	es = append(es, es[0], es[0])
-	top := Top(es, 0)
+	top := Top(es, 0, nil)
 	if len(top) != 3 || top[0].Count != 3 || top[0].From != "shop/web" || top[0].To != "data/db" || top[0].Ports[0] != 5432 {
 		t.Fatalf("top: %+v", top)
 	}
 	if top[1].From != "198.18.9.9" || top[1].Verdict != "deny" {
 		t.Fatalf("top[1]: %+v", top[1])
 	}
-	if len(Top(es, 1)) != 1 {
+	if len(Top(es, 1, nil)) != 1 {
 		t.Fatal("limit")
+	}
+	byNS := Top(es, 0, ByNamespace)
+	if len(byNS) != 3 || byNS[0].From != "shop/" || byNS[0].To != "data/" || byNS[2].To != "shop/" {
+		t.Fatalf("by namespace: %+v", byNS)
 	}
 	var buf bytes.Buffer
 	WriteTop(&buf, top)

@@ -30,20 +30,28 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+	cnpinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
+	cnplisters "sigs.k8s.io/network-policy-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/identity"
@@ -78,6 +86,14 @@ type Config struct {
 	// Log receives the pods' protection status changes and rejected
 	// policy sets (nil: discarded).
 	Log *slog.Logger
+	// Policy are the policy compile options (the ipBlock mode).
+	Policy policy.Options
+	// ClusterPolicies, if set, watches ClusterNetworkPolicies
+	// (policy.networking.k8s.io/v1beta1, the admin and baseline tiers).
+	// When the API server does not serve them (CRD not installed) the
+	// tiers are empty, which is what such a cluster means; the CRD is
+	// looked for at start only.
+	ClusterPolicies cnpclient.Interface
 }
 
 // Source delivers one node's desired state from the API server.
@@ -112,9 +128,11 @@ func New(cfg Config) (*Source, error) {
 // listers are the informers' caches the state is computed from.
 type listers struct {
 	pods       corelisters.PodLister // this node's pods only
-	allPods    corelisters.PodLister // every pod, trimmed to its placement
+	allPods    corelisters.PodLister // every pod, trimmed to its placement and identity
 	namespaces corelisters.NamespaceLister
 	policies   networkinglisters.NetworkPolicyLister
+	cluster    cnplisters.ClusterNetworkPolicyLister // nil: no ClusterNetworkPolicy API
+	services   corelisters.ServiceLister
 }
 
 // Run implements [desired.Source]: it starts the informers, delivers the
@@ -138,6 +156,7 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	allPodInformer := allPods.Core().V1().Pods()
 	nsInformer := cluster.Core().V1().Namespaces()
 	npInformer := cluster.Networking().V1().NetworkPolicies()
+	svcInformer := cluster.Core().V1().Services()
 
 	// Each informer marks what its change affects and wakes the loop; a
 	// burst of changes is computed once.
@@ -150,8 +169,9 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	}{
 		{podInformer.Informer(), ch.podsChanged},
 		{allPodInformer.Informer(), ch.placementChanged},
-		{nsInformer.Informer(), ch.policyChanged}, // namespace labels: identities and policy
+		{nsInformer.Informer(), ch.namespacesChanged}, // namespace labels: identities and policy
 		{npInformer.Informer(), ch.policyChanged},
+		{svcInformer.Informer(), ch.servicesChanged},
 	} {
 		h, err := reg.inf.AddEventHandler(notifyOn(reg.mark))
 		if err != nil {
@@ -159,7 +179,23 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		}
 		handlersSynced = append(handlersSynced, h.HasSynced)
 	}
-	l := listers{pods: podInformer.Lister(), allPods: allPodInformer.Lister(), namespaces: nsInformer.Lister(), policies: npInformer.Lister()}
+	l := listers{pods: podInformer.Lister(), allPods: allPodInformer.Lister(), namespaces: nsInformer.Lister(),
+		policies: npInformer.Lister(), services: svcInformer.Lister()}
+	var cnpFactory cnpinformers.SharedInformerFactory
+	if served, err := s.clusterPoliciesServed(); err != nil {
+		return err
+	} else if served {
+		cnpFactory = cnpinformers.NewSharedInformerFactoryWithOptions(s.cfg.ClusterPolicies, 0, cnpinformers.WithTransform(stripBookkeeping))
+		inf := cnpFactory.Policy().V1beta1().ClusterNetworkPolicies()
+		h, err := inf.Informer().AddEventHandler(notifyOn(ch.policyChanged))
+		if err != nil {
+			return fmt.Errorf("API source: watch: %w", err)
+		}
+		handlersSynced = append(handlersSynced, h.HasSynced)
+		l.cluster = inf.Lister()
+		cnpFactory.Start(ctx.Done())
+		defer cnpFactory.Shutdown() // after cancel (deferred below, run first)
+	}
 
 	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
 	for _, f := range factories {
@@ -181,14 +217,14 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("API source: no complete view of pods, namespaces and network policies after %v (is the API server reachable, and may this agent list and watch them?)", s.cfg.SyncTimeout)
+		return fmt.Errorf("API source: no complete view of pods, namespaces, network policies and services after %v (is the API server reachable, and may this agent list and watch them?)", s.cfg.SyncTimeout)
 	}
 
 	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}}
 	verify := time.NewTicker(s.cfg.Verify)
 	defer verify.Stop()
 	ch.take()
-	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true})
+	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true, services: true})
 	update(first)
 	for {
 		verifyDue := false
@@ -207,6 +243,26 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	}
 }
 
+// clusterPoliciesServed says whether to watch ClusterNetworkPolicies:
+// asked for, and served by the API server (the CRD is installed). Any
+// answer but "not found" is an error: guessing "absent" would drop admin
+// denials.
+func (s *Source) clusterPoliciesServed() (bool, error) {
+	if s.cfg.ClusterPolicies == nil {
+		return false, nil
+	}
+	_, err := s.cfg.ClusterPolicies.Discovery().ServerResourcesForGroupVersion(cnp.GroupVersion.String())
+	switch {
+	case apierrors.IsNotFound(err):
+		s.log.Warn("ClusterNetworkPolicy API not served (CRD not installed): admin and baseline tiers empty; restart the agent after installing it",
+			"groupVersion", cnp.GroupVersion.String())
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("API source: discover %s: %w", cnp.GroupVersion, err)
+	}
+	return true, nil
+}
+
 // stripBookkeeping drops what the informers need not keep: managed fields
 // and kubectl's last-applied copy are the API server's and kubectl's
 // bookkeeping, often the largest part of an object.
@@ -221,9 +277,10 @@ func stripBookkeeping(obj any) (any, error) {
 }
 
 // changed says what the informers saw change: the policy (network
-// policies and namespaces), the placement (any pod's node) or this node's
-// pods (which also asks for a new scan of the namespaces).
-type changed struct{ policy, placement, pods bool }
+// policies and namespaces), the placement (any pod's node, address or
+// labels; namespaces' labels, for the identities by address), this node's
+// pods (which also asks for a new scan of the namespaces) or the Services.
+type changed struct{ policy, placement, pods, services bool }
 
 // changes collects what changed since the loop last looked.
 type changes struct {
@@ -235,12 +292,17 @@ type changes struct {
 func (c *changes) policyChanged()    { c.mark(changed{policy: true}) }
 func (c *changes) placementChanged() { c.mark(changed{placement: true}) }
 func (c *changes) podsChanged()      { c.mark(changed{pods: true}) }
+func (c *changes) servicesChanged()  { c.mark(changed{services: true}) }
+func (c *changes) namespacesChanged() {
+	c.mark(changed{policy: true, placement: true})
+}
 
 func (c *changes) mark(w changed) {
 	c.mu.Lock()
 	c.seen.policy = c.seen.policy || w.policy
 	c.seen.placement = c.seen.placement || w.placement
 	c.seen.pods = c.seen.pods || w.pods
+	c.seen.services = c.seen.services || w.services
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -283,6 +345,7 @@ type state struct {
 
 	snapshot  *podnetns.Snapshot // the last scan of the node's namespaces
 	workloads []desired.Workload // last delivered
+	services  *desired.Services  // last delivered
 	status    map[string]string  // pod ref -> its protection status, as last logged
 }
 
@@ -301,10 +364,10 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 		}
 	}
 	if what.placement {
-		if p, err := s.placement(); err != nil { // a cache lister does not fail; keep the placement if it ever does
+		if p, a, err := s.placement(); err != nil { // a cache lister does not fail; keep the placement if it ever does
 			s.log.Error("list every pod's node", "err", err)
 		} else {
-			next.Placement = p
+			next.Placement, next.Addresses = p, a
 			differs = true
 		}
 	}
@@ -313,6 +376,14 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 		s.log.Error("list this node's pods", "err", err)
 		next.Workloads = s.workloads
 		return next, differs
+	}
+	if what.services || what.pods {
+		if svcs, err := s.computeServices(pods); err != nil {
+			s.log.Error("list services", "err", err)
+		} else if !reflect.DeepEqual(svcs, s.services) {
+			next.Services, s.services = svcs, svcs
+			differs = true
+		}
 	}
 	if what.pods || s.snapshot == nil {
 		s.rescan(ctx, pods)
@@ -327,24 +398,80 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 
 // placement maps every pod the API server places on a node to that node.
 // A pod not yet scheduled runs nowhere and is left out, so a token for it
-// is refused as unknown.
-func (s *state) placement() (desired.Placement, error) {
+// is refused as unknown. It also maps every pod address to the pod holding
+// it, for the peers of UDP and SCTP flows (decided by address): pods on
+// the host network (their address is the node's) and pods that finished
+// are left out, and an address two pods claim maps to neither (the peer is
+// then an address only, fail closed for pod selectors).
+func (s *state) placement() (desired.Placement, desired.Addresses, error) {
 	pods, err := s.l.allPods.List(labels.Everything())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	p := make(desired.Placement, len(pods))
+	addrs := make(desired.Addresses, len(pods))
+	claimed := map[netip.Addr]bool{}
+	// Identities of a namespace share one namespace-labels map: on a
+	// cluster of 10,000 pods a copy each would cost megabytes.
+	nsLabels := map[string]map[string]string{}
 	for _, pod := range pods {
 		if pod.Spec.NodeName != "" {
 			p[podRef(pod)] = pod.Spec.NodeName
 		}
+		if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		var id *identity.Identity
+		for _, ip := range podIPs(pod) {
+			if claimed[ip] {
+				delete(addrs, ip)
+				continue
+			}
+			claimed[ip] = true
+			if id == nil {
+				id = s.identityByAddress(pod, nsLabels)
+			}
+			addrs[ip] = id
+		}
 	}
-	return p, nil
+	return p, addrs, nil
 }
 
-// trimPod keeps of a pod what its placement needs: namespace, name, node,
-// phase and addresses (the addresses for deciding non-TCP peers by address
-// next).
+// identityByAddress is the pod's identity, its namespace labels shared
+// with the other pods of its namespace through nsLabels.
+func (s *state) identityByAddress(pod *corev1.Pod, nsLabels map[string]map[string]string) *identity.Identity {
+	ns, err := s.l.namespaces.Get(pod.Namespace)
+	if err != nil {
+		ns = nil
+	}
+	id := k8s.IdentityOf(s.cfg.Cluster, ns, pod)
+	if shared, ok := nsLabels[id.Namespace]; ok {
+		id.NamespaceLabels = shared
+	} else {
+		nsLabels[id.Namespace] = id.NamespaceLabels
+	}
+	return id
+}
+
+// podIPs are the pod's addresses that parse (status.podIPs, or podIP).
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	if len(out) == 0 {
+		if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// trimPod keeps of a pod what its placement and its identity by address
+// (the peer of a UDP or SCTP flow) need: namespace, name, labels, service
+// account, named container ports, node, phase and addresses.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -352,15 +479,119 @@ func trimPod(obj any) (any, error) {
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, ResourceVersion: p.ResourceVersion, Labels: p.Labels,
 		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
+			ServiceAccountName: p.Spec.ServiceAccountName,
+			Containers:         trimContainers(p.Spec.Containers, false),
+			InitContainers:     trimContainers(p.Spec.InitContainers, true)},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
 	}, nil
 }
 
-// compilePolicy compiles every NetworkPolicy, with the namespaces their
-// selectors look at.
+// trimContainers keeps the named ports of containers (of sidecars only,
+// for init containers: the others never serve), nothing else.
+func trimContainers(cs []corev1.Container, sidecarsOnly bool) []corev1.Container {
+	var out []corev1.Container
+	for _, c := range cs {
+		if sidecarsOnly && (c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
+			continue
+		}
+		var ports []corev1.ContainerPort
+		for _, p := range c.Ports {
+			if p.Name != "" {
+				ports = append(ports, corev1.ContainerPort{Name: p.Name, Protocol: p.Protocol, ContainerPort: p.ContainerPort})
+			}
+		}
+		if len(ports) > 0 {
+			out = append(out, corev1.Container{Ports: ports, RestartPolicy: c.RestartPolicy})
+		}
+	}
+	return out
+}
+
+// computeServices lists the TCP ports of every Service with a selector
+// (the frontends: a client's SYN to one carries its token) and, for each,
+// the address and target port of this node's running pods the selector
+// picks in the Service's namespace (the backends a SYN sent to that
+// frontend may arrive at). The endpoints are computed here from the
+// selector and the pods, not read from EndpointSlices: anyone allowed to
+// write an EndpointSlice, in any namespace, could otherwise make any
+// address a "Service" of any pod. Selectorless Services (endpoints written
+// by hand), headless Services (no cluster IP: clients dial the pods) and
+// ExternalName Services are no frontends.
+func (s *state) computeServices(pods []*corev1.Pod) (*desired.Services, error) {
+	svcs, err := s.l.services.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := &desired.Services{Frontends: map[netip.AddrPort]desired.TargetPort{}, Backends: map[netip.AddrPort][]netip.AddrPort{}}
+	for _, svc := range svcs {
+		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		var vips []netip.Addr
+		for _, ip := range append([]string{svc.Spec.ClusterIP}, svc.Spec.ClusterIPs...) {
+			if a, err := netip.ParseAddr(ip); err == nil && !slices.Contains(vips, a.Unmap()) {
+				vips = append(vips, a.Unmap())
+			}
+		}
+		sel := labels.SelectorFromSet(svc.Spec.Selector)
+		var selected []*corev1.Pod
+		for _, p := range pods {
+			if p.Namespace == svc.Namespace && p.Spec.NodeName == s.cfg.Node && candidate(p) && sel.Matches(labels.Set(p.Labels)) {
+				selected = append(selected, p)
+			}
+		}
+		for _, sp := range svc.Spec.Ports {
+			if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			target := desired.TargetPort{Number: uint16(sp.Port)}
+			switch {
+			case sp.TargetPort.Type == intstr.String:
+				target = desired.TargetPort{Name: sp.TargetPort.StrVal}
+			case sp.TargetPort.IntVal != 0:
+				target = desired.TargetPort{Number: uint16(sp.TargetPort.IntVal)}
+			}
+			for _, vip := range vips {
+				fe := netip.AddrPortFrom(vip, uint16(sp.Port))
+				out.Frontends[fe] = target
+				for _, p := range selected {
+					port, ok := resolveTarget(p, target)
+					if !ok {
+						continue // the pod has no such named port: kube-proxy sends it nothing
+					}
+					for _, ip := range podIPs(p) {
+						if ip.Is4() == vip.Is4() {
+							out.Backends[fe] = append(out.Backends[fe], netip.AddrPortFrom(ip, port))
+						}
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// resolveTarget is the pod's port a Service's target port means: the
+// number, or the pod's TCP container port of that name.
+func resolveTarget(p *corev1.Pod, t desired.TargetPort) (uint16, bool) {
+	if t.Name == "" {
+		return t.Number, true
+	}
+	for _, c := range append(slices.Clone(p.Spec.Containers), p.Spec.InitContainers...) {
+		for _, cp := range c.Ports {
+			if cp.Name == t.Name && (cp.Protocol == "" || cp.Protocol == corev1.ProtocolTCP) {
+				return uint16(cp.ContainerPort), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// compilePolicy compiles every NetworkPolicy and ClusterNetworkPolicy, with
+// the namespaces their selectors look at.
 func (s *state) compilePolicy() (*policy.Engine, error) {
 	nss, err := s.l.namespaces.List(labels.Everything())
 	if err != nil {
@@ -376,7 +607,14 @@ func (s *state) compilePolicy() (*policy.Engine, error) {
 	sort.Slice(nps, func(i, j int) bool {
 		return nps[i].Namespace+"/"+nps[i].Name < nps[j].Namespace+"/"+nps[j].Name
 	})
-	return k8s.Compile(policy.Objects{Namespaces: nss, Policies: nps})
+	var cnps []*cnp.ClusterNetworkPolicy
+	if s.l.cluster != nil {
+		if cnps, err = s.l.cluster.List(labels.Everything()); err != nil {
+			return nil, err
+		}
+		sort.Slice(cnps, func(i, j int) bool { return cnps[i].Name < cnps[j].Name })
+	}
+	return k8s.CompileWith(policy.Objects{Namespaces: nss, Policies: nps, ClusterPolicies: cnps}, s.cfg.Policy)
 }
 
 // rescan looks up the node's namespaces again, when a pod could be

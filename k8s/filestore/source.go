@@ -34,6 +34,8 @@ type Config struct {
 	Poll time.Duration
 	// Log receives rejected stores and skipped pods (nil: discarded).
 	Log *slog.Logger
+	// Policy are the policy compile options (the ipBlock mode).
+	Policy policy.Options
 }
 
 // Source delivers the file store's desired state for one node: the
@@ -74,19 +76,39 @@ func NewSource(cfg Config) (*Source, error) {
 // Run implements [desired.Source]. A store that does not load or validate
 // at start is an error: there is no last good set to keep.
 func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
-	w := &dirWatcher{dir: s.cfg.Dir}
+	return FollowWith(ctx, s.cfg.Dir, s.cfg.Poll, s.cfg.Policy, s.log, func(objs policy.Objects, eng *policy.Engine) {
+		update(s.state(objs, eng))
+	})
+}
+
+// Follow loads the store in dir and calls onChange with its objects and
+// compiled policy, then again after every valid change, polling every
+// interval until ctx ends (then it returns nil). A store that does not
+// load or validate at start is an error, since there is no last good set
+// to keep; an invalid change later is logged and the last good set stays
+// (onChange is not called). Every source that reads policy files (the
+// file store, the Docker host) loads them through it, so they validate
+// and keep the last good set alike.
+func Follow(ctx context.Context, dir string, interval time.Duration, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
+	return FollowWith(ctx, dir, interval, policy.Options{}, log, onChange)
+}
+
+// FollowWith is [Follow] compiling with opts (the ipBlock mode).
+func FollowWith(ctx context.Context, dir string, interval time.Duration, opts policy.Options, log *slog.Logger, onChange func(policy.Objects, *policy.Engine)) error {
+	if interval <= 0 {
+		return fmt.Errorf("follow %s: interval must be > 0, got %v", dir, interval)
+	}
+	w := &dirWatcher{dir: dir, opts: opts}
 	objs, eng, changed, err := w.check()
 	if err != nil {
 		return fmt.Errorf("load store: %w", err)
 	}
 	if changed {
-		update(s.state(objs, eng))
+		onChange(objs, eng)
 	}
 	// Without a first set (a file vanished while it was read), the first
 	// poll of the watch loads it.
-	return w.watch(ctx, s.cfg.Poll, s.log, func(objs policy.Objects, eng *policy.Engine) {
-		update(s.state(objs, eng))
-	})
+	return w.watch(ctx, interval, log, onChange)
 }
 
 // state selects this node's workloads from a valid store.

@@ -35,7 +35,8 @@ func watchDir(ctx context.Context, dir string, interval time.Duration, log *slog
 
 // dirWatcher remembers what it last saw, to act only on changes.
 type dirWatcher struct {
-	dir string
+	dir  string
+	opts policy.Options // how the engine is compiled
 
 	seen    string   // stat stamp (names, sizes, mtimes) at the previous poll
 	done    string   // stat stamp of the set last loaded or rejected
@@ -92,7 +93,7 @@ func (w *dirWatcher) check() (objs policy.Objects, eng *policy.Engine, changed b
 	w.done, w.content, w.started = stamp, sum, true
 	objs, err = LoadFiles(files...)
 	if err == nil {
-		eng, err = k8s.Compile(objs)
+		eng, err = k8s.CompileWith(objs, w.opts)
 	}
 	if err != nil {
 		return policy.Objects{}, nil, false, err

@@ -1,0 +1,211 @@
+package enforcer
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bireme/bireme/marks"
+	"github.com/bireme/bireme/netns"
+	"github.com/bireme/bireme/tokens"
+)
+
+// newTwoMessageEngines returns a tokens engine with the two-message
+// handshake on, and restart, which makes another engine with the same
+// node credentials (the node's enforcer restarted: an empty strike
+// register). Their clocks start past the start-up window (a fresh engine
+// completes nothing in two messages until its window has passed, see
+// tokens.Config.TwoMessageWindow); restart's engine is fresh on that clock.
+func newTwoMessageEngines(t testing.TB, ca, node string) (eng *tokens.Engine, restart func() *tokens.Engine) {
+	t.Helper()
+	authority, err := tokens.NewCA(ca, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := authority.IssueNode(node, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := tokens.NewTrustBundle(authority.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offset atomic.Int64
+	restart = func() *tokens.Engine {
+		eng, err := tokens.NewEngine(tokens.Config{Credentials: creds, Trust: trust, TwoMessage: true,
+			Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eng
+	}
+	eng = restart()
+	offset.Store(int64(2 * tokens.DefaultTwoMessageWindow))
+	return eng, restart
+}
+
+// tokenType is the type byte of the token a handshake packet carries (0 if
+// none).
+func tokenType(t *testing.T, b []byte) byte {
+	t.Helper()
+	var p packet
+	if err := parsePacket(b, &p); err != nil {
+		t.Fatal(err)
+	}
+	if tok := p.token(); len(tok) > 0 {
+		return tok[0]
+	}
+	return 0
+}
+
+// The enforcer's marks on the two-message path: the server authorizes at
+// the SYN (and keeps Authorized on its SYN-ACK), the client at the
+// SYN-ACK, so neither ACK is queued; the kernels never see a token.
+func TestTwoMessageStates(t *testing.T) {
+	auth := marks.DefaultAuthorized
+	syn := func(sport uint16) []byte { return seg(t, true, sport, true, false, linuxSYNOptions, nil) }
+	synack := func(sport uint16) []byte { return seg(t, false, sport, true, true, linuxSYNOptions, nil) }
+	eng, restart := newTwoMessageEngines(t, "unit", "n1")
+	p := newPairWith(t, Config{Tokens: eng}, true)
+
+	// First contact: three messages, and the client learns the server.
+	ackv := p.proofACK(t, 1)
+	if w := pass(p.srv, ackv.packet, false); !authorizedAfter(w) {
+		t.Fatalf("first contact ACK: %+v", w)
+	}
+
+	v := pass(p.cli, syn(2), true)
+	if !v.accept || tokenType(t, v.packet) != 0x24 {
+		t.Fatalf("SYN to a known server: %+v, token type 0x%02x", v, tokenType(t, v.or(syn(2))))
+	}
+	replay := append([]byte(nil), v.packet...)
+	w := pass(p.srv, v.packet, false)
+	if !w.accept || w.mark != auth || !bytes.Equal(w.or(v.packet), syn(2)) {
+		t.Fatalf("server SYN2: %+v, want accepted stripped, Authorized", w)
+	}
+	v = pass(p.srv, synack(2), true)
+	if !v.accept || v.mark != auth || tokenType(t, v.packet) != 0x25 {
+		t.Fatalf("server SYN-ACK2: %+v, want Authorized (a Pending mark would be saved over the SYN's)", v)
+	}
+	sa := append([]byte(nil), v.packet...)
+	w = pass(p.cli, v.packet, false)
+	if !w.accept || w.mark != auth || !bytes.Equal(w.or(v.packet), synack(2)) {
+		t.Fatalf("client SYN-ACK2: %+v, want accepted stripped, Authorized", w)
+	}
+	// A retransmitted SYN-ACK keeps the connection Authorized.
+	if w = pass(p.cli, sa, false); !w.accept || w.mark != auth || !bytes.Equal(w.or(sa), synack(2)) {
+		t.Fatalf("retransmitted SYN-ACK2: %+v", w)
+	}
+	// The replayed SYN2 (same tuple, within the window) is refused.
+	if w = pass(p.srv, replay, false); w.accept {
+		t.Fatalf("replayed SYN2 accepted: %+v", w)
+	}
+	p.flows.records(t) // flushed
+	if !strings.Contains(p.flows.String(), string(tokens.ReasonReplayed)) {
+		t.Errorf("no replayed-nonce record: %s", p.flows.String())
+	}
+	// Nothing of the two-message handshake is left waiting for a proof.
+	if n := len(p.srv.wl.conns.expireAll()); n != 0 {
+		t.Errorf("%d server handshakes reported unfinished", n)
+	}
+
+	// The server's enforcer restarts (a new engine: its strike register
+	// is empty). The replayed SYN2 predates the restart: it is not
+	// authorized at the SYN, and its handshake waits for a client proof
+	// the replayer cannot make.
+	after := newPairWith(t, Config{Tokens: restart()}, true)
+	w = pass(after.srv, replay, false)
+	if w.accept && w.mark == auth {
+		t.Fatalf("replayed pre-restart SYN2 authorized at the SYN: %+v", w)
+	}
+	if w = pass(after.srv, seg(t, true, 2, false, true, linuxACKOptions, nil), false); w.accept {
+		t.Fatalf("ACK without proof after the replayed SYN2 accepted: %+v", w)
+	}
+}
+
+// expireAll expires every handshake of t and returns the unfinished ones.
+func (t *connTable) expireAll() []expiredHandshake {
+	u, _ := t.expire(time.Now().Add(24 * time.Hour))
+	return u
+}
+
+// queuedPending sums the packet counters of the rules that queue packets
+// of Pending connections (the handshake-completing ACK and what follows
+// it) in ns's BIREME-INPUT and BIREME-OUTPUT chains, IPv4.
+func queuedPending(t *testing.T, ns *netns.NS) (pending, syn int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, chain := range []string{"BIREME-INPUT", "BIREME-OUTPUT"} {
+		out, err := ns.Output(ctx, "iptables", "-w", "-t", "mangle", "-L", chain, "-v", "-x", "-n")
+		if err != nil {
+			t.Fatalf("iptables -L %s: %v: %s", chain, err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 3 || f[2] != "NFQUEUE" {
+				continue
+			}
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				t.Fatalf("counter in %q: %v", line, err)
+			}
+			switch {
+			case strings.Contains(line, "connmark match"):
+				pending += n
+			case strings.Contains(line, "flags:0x02/0x02"):
+				syn += n
+			default:
+				t.Fatalf("unexpected NFQUEUE rule: %q", line)
+			}
+		}
+	}
+	return pending, syn
+}
+
+// Known peers complete in four queue trips in real namespaces: after the
+// first connection, the SYN and SYN-ACK are the only packets either
+// namespace queues; the ACK and everything after it stay in the kernel.
+// The application never sees a token (the echo compares every byte).
+func TestTwoMessageInNamespaces(t *testing.T) {
+	eng, _ := newTwoMessageEngines(t, "lab", "node1")
+	l := newLabWith(t, 1, eng)
+	srv := serve(t, l.web, "198.18.7.1:8080")
+	connect := func() {
+		t.Helper()
+		c, err := dialFrom(l.client, "", "198.18.7.1:8080", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echoBytes(c, 2000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	connect() // first contact: three messages; the client learns the server
+	cliPending, cliSYN := queuedPending(t, l.client)
+	webPending, webSYN := queuedPending(t, l.web)
+	if cliPending == 0 || webPending == 0 {
+		t.Fatalf("first contact queued no Pending packet (client %d, server %d): the three-message ACK must be queued", cliPending, webPending)
+	}
+	const n = 20
+	for range n {
+		connect()
+	}
+	cp, cs := queuedPending(t, l.client)
+	wp, ws := queuedPending(t, l.web)
+	if cp != cliPending || wp != webPending {
+		t.Errorf("known peer: %d client and %d server packets queued as Pending over %d connections, want 0", cp-cliPending, wp-webPending, n)
+	}
+	if cs-cliSYN < 2*n || ws-webSYN < 2*n {
+		t.Errorf("SYN and SYN-ACK queued: client %d, server %d, want at least %d each", cs-cliSYN, ws-webSYN, 2*n)
+	}
+	if got := srv.accepted.Load(); got != n+1 {
+		t.Errorf("server accepted %d connections, want %d", got, n+1)
+	}
+	t.Logf("%d known-peer connections: queued SYN-class packets client %d, server %d; Pending 0", n, cs-cliSYN, ws-webSYN)
+}
