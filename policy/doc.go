@@ -1,5 +1,7 @@
-// Package policy decides Kubernetes NetworkPolicy (networking.k8s.io/v1)
-// on signed workload identities instead of addresses.
+// Package policy decides Kubernetes NetworkPolicy (networking.k8s.io/v1),
+// with the ClusterNetworkPolicy admin and baseline tiers around it
+// (sigs.k8s.io/network-policy-api) and audit mode, on signed workload
+// identities instead of addresses.
 //
 // Users bring the Namespace, Pod and NetworkPolicy objects they already have;
 // this package works on them as typed objects and reads no files. Package
@@ -19,9 +21,10 @@
 // The semantics are the upstream Kubernetes ones, with two product rules that
 // follow from deciding on identities (see docs/policy.md):
 //
-//   - ipBlock peers match only peers WITHOUT an identity (Peer.Identity ==
-//     nil). An identified peer is decided by its signed labels alone; its
-//     address carries no trust and never matches an ipBlock.
+//   - ipBlock peers (and ClusterNetworkPolicy networks) match the peer's
+//     observed address, identified or not, as upstream Kubernetes does;
+//     the decision says "matched by address". [Options.IPBlockIdentityOnly]
+//     is the strict mode, where they match only peers WITHOUT an identity.
 //   - A peer from another cluster (Identity.Cluster != local.Cluster) never
 //     matches a peer that has only a podSelector (that means "pods of the
 //     policy's own namespace", which exists only in the local cluster). A
