@@ -22,8 +22,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -191,6 +194,11 @@ func writeOutputs(cfg config, res *report.Results) error {
 	if err := os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", cfg.jsonOut, err)
 	}
+	// Sections measured elsewhere (make k8s-scale) survive regeneration.
+	previous, err := os.ReadFile(cfg.out)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	f, err := os.Create(cfg.out)
 	if err != nil {
 		return err
@@ -198,6 +206,12 @@ func writeOutputs(cfg config, res *report.Results) error {
 	if err := report.WriteMarkdown(f, res, filepath.Base(cfg.jsonOut)); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", cfg.out, err)
+	}
+	if kept := report.Kept(string(previous)); kept != "" {
+		if _, err := io.WriteString(f, "\n"+kept); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", cfg.out, err)
+		}
 	}
 	return f.Close()
 }
