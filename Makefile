@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale docker-e2e docker-demo demo bench bench-short lint deps clean
+.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale k8s-demo docker-e2e docker-demo demo bench bench-short lint deps clean
 
 all: build
 
@@ -60,6 +60,12 @@ docker-demo:
 # identity; see README.md.
 demo:
 	./scripts/demo.sh
+
+# Bireme on Kubernetes: a local API server, two simulated nodes with agents,
+# three pods, the reachability matrix before and after a NetworkPolicy
+# created through the API; everything torn down at the end. See README.md.
+k8s-demo:
+	./scripts/k8s-demo.sh
 
 # Two clusters with their own CAs through NAT: no trust, one-way, two-way
 # with a policy admitting one remote workload, revocation cutting new and

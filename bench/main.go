@@ -22,8 +22,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -92,7 +95,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.bireme, "bireme", "", "bireme binary (default: built from ./cmd/bireme)")
 	fs.BoolVar(&cfg.micro, "micro", true, "run the tokens/policy/enforcer Go micro-benchmarks at the end (default off in short mode)")
 	casesFlag := fs.String("cases", "1,2,3,4,5,6,7,8,9,10", "cases to run")
-	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 3m)")
+	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 5m)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs, keys, store)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -116,7 +119,7 @@ func parseFlags(args []string) (config, error) {
 	cfg.loadDur = time.Duration(pick(int64(*loadDur), int64(3*time.Second), int64(500*time.Millisecond)))
 	cfg.bulkBytes = pick(*bulk, 1<<30, 32<<20)
 	cfg.coldSamples = int(pick(int64(*cold), 15, 3))
-	cfg.limit = time.Duration(pick(int64(cfg.limit), int64(30*time.Minute), int64(3*time.Minute)))
+	cfg.limit = time.Duration(pick(int64(cfg.limit), int64(30*time.Minute), int64(5*time.Minute)))
 	for _, f := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 1024 {
@@ -191,6 +194,11 @@ func writeOutputs(cfg config, res *report.Results) error {
 	if err := os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", cfg.jsonOut, err)
 	}
+	// Sections measured elsewhere (make k8s-scale) survive regeneration.
+	previous, err := os.ReadFile(cfg.out)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	f, err := os.Create(cfg.out)
 	if err != nil {
 		return err
@@ -198,6 +206,12 @@ func writeOutputs(cfg config, res *report.Results) error {
 	if err := report.WriteMarkdown(f, res, filepath.Base(cfg.jsonOut)); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", cfg.out, err)
+	}
+	if kept := report.Kept(string(previous)); kept != "" {
+		if _, err := io.WriteString(f, "\n"+kept); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", cfg.out, err)
+		}
 	}
 	return f.Close()
 }

@@ -84,6 +84,11 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		c.earlier = append(append(old.earlier[:0:0], old.earlier...), old.server)
 	}
 	var mark uint32
+	if why := c.server.Fallback(); why != "" {
+		// A two-message SYN answered in three messages: first contact
+		// after a restart, a rotated key, clocks apart, NAT.
+		q.e.log.Debug("two-message SYN answered in three messages", "netns", q.wl.netns, "peer", c.peer.String(), "reason", why)
+	}
 	if c.server != nil && c.server.TwoMessage() {
 		// Two-message handshake (a known client node, a fresh SYN whose
 		// MAC verified, its nonce now recorded): the client is proven
@@ -98,6 +103,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		q.record(p, outcome{dir: policy.Ingress, stage: stageSYN, local: local, peer: peer.Identity,
 			reason: "denied: too many handshakes in progress"})
 		return drop
+	}
+	if c.authorized {
+		q.noteForeign(key.remote, key.local, policy.Ingress, local, c.peer)
 	}
 	return q.acceptStripped(p, mark)
 }
@@ -184,6 +192,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		c.answered = ch
 		c.proof = nil
 		c.synack = append([]byte(nil), tok...)
+		q.noteForeign(key.local, key.remote, policy.Egress, local, id)
 		return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
 	}
 	proof, err := ch.NewACK()
