@@ -104,6 +104,9 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 			reason: "denied: too many handshakes in progress"})
 		return drop
 	}
+	if c.authorized {
+		q.noteForeign(key.remote, key.local, policy.Ingress, local, c.peer)
+	}
 	return q.acceptStripped(p, mark)
 }
 
@@ -189,6 +192,7 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 		c.answered = ch
 		c.proof = nil
 		c.synack = append([]byte(nil), tok...)
+		q.noteForeign(key.local, key.remote, policy.Egress, local, id)
 		return q.acceptStripped(p, q.e.cfg.Layout.Authorized)
 	}
 	proof, err := ch.NewACK()

@@ -82,7 +82,15 @@ for n in "${NAMES[@]}"; do
 	IP[$n]=$(docker inspect -f '{{(index .NetworkSettings.Networks "demo").IPAddress}}' "$n")
 done
 
-# matrix probes every pair in parallel (a refused one waits 3 s) and
+# fetch: one HTTP request from container $1 to address $2. A refusal is
+# a timeout (5 s, SYN retransmissions included); on a busy machine a
+# docker exec can fail on its own, so matrix asks twice before it says X
+# (a refusal by policy is refused both times).
+fetch() {
+	docker exec "$1" sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $2 80" 2>/dev/null | grep -q '200 OK'
+}
+
+# matrix probes every pair in parallel (a refused one waits 10 s) and
 # prints rows = clients, columns = servers: . connected, X refused.
 matrix() {
 	local dir c s pids=()
@@ -90,7 +98,7 @@ matrix() {
 	for c in "${NAMES[@]}"; do
 		for s in "${NAMES[@]}"; do
 			[[ $c == "$s" ]] && continue
-			(if docker exec "$c" sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 ${IP[$s]} 80" 2>/dev/null | grep -q '200 OK'; then
+			(if fetch "$c" "${IP[$s]}" || fetch "$c" "${IP[$s]}"; then
 				echo . >"$dir/$c-$s"
 			else
 				echo X >"$dir/$c-$s"
