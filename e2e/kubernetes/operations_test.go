@@ -169,7 +169,7 @@ func clusterIPService(t *testing.T, ctx context.Context, client kubernetes.Inter
 			"--dport", fmt.Sprint(r.from.Port()), "-j", "DNAT", "--to-destination", r.to.String())
 	}
 
-	if took, ok := eventually(5*time.Second, func() bool { return connectsTo(a.ns, vip) }); !ok {
+	if took, ok := eventually(20*time.Second, func() bool { return connectsTo(a.ns, vip) }); !ok {
 		t.Fatalf("x/a cannot reach y/s through its Service %s (%v)", vip, took)
 	} else {
 		t.Logf("x/a reaches y/s through %s -> %s", vip, target)
@@ -212,7 +212,7 @@ func clusterIPService(t *testing.T, ctx context.Context, client kubernetes.Inter
 	if _, err := client.CoreV1().Services("y").Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if took, ok := eventually(3*time.Second, func() bool { return !connectsTo(a.ns, vip) }); !ok {
+	if took, ok := eventually(10*time.Second, func() bool { return !connectsTo(a.ns, vip) }); !ok {
 		t.Errorf("x/a still reaches y/s through %s %v after the Service stopped selecting it", vip, took)
 	}
 }
@@ -290,7 +290,7 @@ func dnsByAddress(t *testing.T, ctx context.Context, client kubernetes.Interface
 		},
 	})
 	// Refusal comes first: the policy is in force once UDP to e:53 fails.
-	if took, ok := eventually(3*time.Second, func() bool { return udpExchange(q.ns, netip.AddrPortFrom(e.addr, 53)) != nil }); !ok {
+	if took, ok := eventually(10*time.Second, func() bool { return udpExchange(q.ns, netip.AddrPortFrom(e.addr, 53)) != nil }); !ok {
 		t.Fatalf("x/q still reaches x/e:53 over UDP %v after q-dns-only", took)
 	}
 	if err := udpExchange(q.ns, netip.AddrPortFrom(dns.addr, 53)); err != nil {
@@ -407,11 +407,11 @@ func udpExchange(ns *netns.NS, remote netip.AddrPort) error {
 	return nil
 }
 
-// waitFile waits up to 5s for path to contain want (flow records are
+// waitFile waits up to 15s for path to contain want (flow records are
 // written by a goroutine of the enforcer's, shortly after the decision).
 func waitFile(t *testing.T, path, want string) {
 	t.Helper()
-	if _, ok := eventually(5*time.Second, func() bool {
+	if _, ok := eventually(15*time.Second, func() bool {
 		b, err := os.ReadFile(path)
 		return err == nil && strings.Contains(string(b), want)
 	}); !ok {
