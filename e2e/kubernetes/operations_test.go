@@ -105,7 +105,7 @@ func TestAgentOperations(t *testing.T) {
 			}},
 		},
 	})
-	if _, ok := eventually(3*time.Second, func() bool { return !connects(b.ns, s.addr) }); !ok {
+	if _, ok := eventually(10*time.Second, func() bool { return !connects(b.ns, s.addr) }); !ok {
 		t.Fatal("x/b still reaches y/s after s-from-a")
 	}
 
