@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"strings"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
