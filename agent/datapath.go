@@ -154,4 +154,6 @@ func (d *NodeDatapath) Close() error { return d.enf.Close() }
 // EndConnections ends this node's established connections with workloads
 // of trustDomain, one flow record each (enforcer.Enforcer.EndConnections),
 // and returns their number.
-func (d *NodeDatapath) EndConnections(trustDomain string) int { return d.enf.EndConnections(trustDomain) }
+func (d *NodeDatapath) EndConnections(trustDomain string) int {
+	return d.enf.EndConnections(trustDomain)
+}

@@ -95,7 +95,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.bireme, "bireme", "", "bireme binary (default: built from ./cmd/bireme)")
 	fs.BoolVar(&cfg.micro, "micro", true, "run the tokens/policy/enforcer Go micro-benchmarks at the end (default off in short mode)")
 	casesFlag := fs.String("cases", "1,2,3,4,5,6,7,8,9,10", "cases to run")
-	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 3m)")
+	fs.DurationVar(&cfg.limit, "limit", 0, "abort the whole run after this long (default 30m, short 5m)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs, keys, store)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -119,7 +119,7 @@ func parseFlags(args []string) (config, error) {
 	cfg.loadDur = time.Duration(pick(int64(*loadDur), int64(3*time.Second), int64(500*time.Millisecond)))
 	cfg.bulkBytes = pick(*bulk, 1<<30, 32<<20)
 	cfg.coldSamples = int(pick(int64(*cold), 15, 3))
-	cfg.limit = time.Duration(pick(int64(cfg.limit), int64(30*time.Minute), int64(3*time.Minute)))
+	cfg.limit = time.Duration(pick(int64(cfg.limit), int64(30*time.Minute), int64(5*time.Minute)))
 	for _, f := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 1024 {

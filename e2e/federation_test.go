@@ -122,6 +122,7 @@ func TestFederation(t *testing.T) {
 			t.Fatalf("held connection before revocation: %v", err)
 		}
 		sinceA := c.mark(t, "n1")
+		removed := time.Now()
 		if err := c.lab.Distrust(ctx, "a", "b"); err != nil {
 			t.Fatal(err)
 		}
@@ -133,6 +134,8 @@ func TestFederation(t *testing.T) {
 		if r.Local.Ref() != "payments/api" || r.Peer.Ref() != "checkout/client" || r.Verdict != flowlog.Deny || !strings.Contains(r.Reason, `cluster "b" revoked`) {
 			t.Errorf("revocation record: %+v", r)
 		}
+		// Bounded by the enforcers' poll (100 ms here), not asserted.
+		t.Logf("established connection ended %v after the bundle was removed", r.Time.Sub(removed).Round(time.Millisecond))
 		n := 0
 		for _, r := range c.records(t, "n1")[sinceA:] {
 			if r.Stage == "revoked" {

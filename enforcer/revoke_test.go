@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 

@@ -509,8 +509,11 @@ func refClusterProtocols(prots []cnp.ClusterNetworkPolicyProtocol, dest *corev1.
 // applies.
 func TestTierModel(t *testing.T) {
 	iterations := 60
-	if testing.Short() {
-		iterations = 20
+	switch {
+	case raceDetector:
+		iterations = 8
+	case testing.Short():
+		iterations = 15
 	}
 	r := rand.New(rand.NewPCG(20261202, 15))
 	g := gen{r}
