@@ -66,7 +66,7 @@ spec: {nodeName: n2, containers: [{name: main, image: none}]}
 		_ = rogue.Process.Kill()
 		_ = rogue.Wait()
 	})
-	for deadline := time.Now().Add(15 * time.Second); c.queues("mallory") == "" || !strings.Contains(c.rules("mallory"), "BIREME-OUTPUT"); {
+	for deadline := time.Now().Add(15 * time.Second); c.queues("mallory") == "" || !strings.Contains(c.rules("mallory"), "-j BIREME-OUTPUT"); {
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(logFile.Name())
 			t.Fatalf("the second n2 enforcer did not protect mallory's namespace:\n%s", tail(string(log), 3000))
