@@ -52,15 +52,15 @@ func TestShortRun(t *testing.T) {
 	if !res.Short || res.Failure != "" || res.Machine.CPUs < 1 || len(res.Topology) != 2 {
 		t.Fatalf("header: short=%v failure=%q machine=%+v topology=%+v", res.Short, res.Failure, res.Machine, res.Topology)
 	}
-	if len(res.Cases) != 8 {
-		t.Fatalf("%d cases, want 8", len(res.Cases))
+	if len(res.Cases) != 10 {
+		t.Fatalf("%d cases, want 10", len(res.Cases))
 	}
 	for i, c := range res.Cases {
 		if c.ID != i+1 {
 			t.Fatalf("case %d has id %d", i+1, c.ID)
 		}
 		if c.Unavailable != "" {
-			if c.ID != 4 && c.ID != 5 && c.ID != 7 && c.ID != 8 {
+			if c.ID != 4 && c.ID != 5 && c.ID != 7 && c.ID != 8 && c.ID != 10 {
 				t.Errorf("case %d unavailable: %s", c.ID, c.Unavailable)
 			}
 			t.Logf("case %d not available: %s", c.ID, c.Unavailable)
@@ -104,7 +104,7 @@ func TestShortRun(t *testing.T) {
 				}
 			}
 		}
-		wantEnforcer := c.ID == 3 || c.ID == 4 || c.ID == 5 || c.ID == 7 || c.ID == 8
+		wantEnforcer := c.ID == 3 || c.ID == 4 || c.ID == 5 || c.ID == 7 || c.ID == 8 || c.ID == 9 || c.ID == 10
 		if s.HasEnforcer != wantEnforcer || (wantEnforcer && (s.PeakRSSMB <= 0 || len(c.Rounds[0].Procs) != 2)) {
 			t.Errorf("case %d: enforcer figures %v, peak RSS %v", c.ID, s.HasEnforcer, s.PeakRSSMB)
 		}
@@ -146,7 +146,7 @@ func TestParseFlags(t *testing.T) {
 		{"short", []string{"-short"}, false},
 		{"concurrency must start at 1", []string{"-concurrency", "8,64"}, true},
 		{"bad concurrency", []string{"-concurrency", "1,x"}, true},
-		{"bad case", []string{"-cases", "1,9"}, true},
+		{"bad case", []string{"-cases", "1,11"}, true},
 		{"queues", []string{"-queues", "2"}, false},
 		{"bad queues", []string{"-queues", "0"}, true},
 	}

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 
@@ -93,7 +94,8 @@ type candidate struct {
 
 // Scan reads every network namespace on the machine except the scanner's
 // own (the host's, for an agent on the host network: a pod is never
-// protected in the host's namespace, whatever addresses it holds).
+// protected in the host's namespace, whatever addresses it holds). Call it
+// from a goroutine that is not inside another namespace.
 //
 // Of several paths to one namespace it keeps the most stable: a name under
 // RunDir (a bind mount that lives as long as the namespace), else the
@@ -108,7 +110,7 @@ func (s Scanner) Scan(ctx context.Context) (*Snapshot, error) {
 	if runDir == "" {
 		runDir = netns.RunDir
 	}
-	own, err := keyOf(filepath.Join(procDir, "self/ns/net"))
+	own, err := ownNamespace(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan network namespaces: own namespace: %w", err)
 	}
@@ -170,6 +172,19 @@ func (s Scanner) Scan(ctx context.Context) (*Snapshot, error) {
 		}
 	}
 	return snap, nil
+}
+
+// ownNamespace is the namespace the process's goroutines run in. Not
+// /proc/self/ns/net: that is the main thread's, and while another goroutine
+// has locked the main thread into a pod's namespace (the datapath enters
+// them to add rules and open queues), it names that pod's namespace, which
+// the scan would then skip as its own. A goroutine that has not locked its
+// thread is never on a thread inside another namespace, since whoever
+// enters one holds its thread locked until it is back.
+func ownNamespace(procDir string) (nsKey, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return keyOf(filepath.Join(procDir, "self/task", strconv.Itoa(unix.Gettid()), "ns/net"))
 }
 
 // keyOf stats path (following /proc's magic links to the nsfs inode).
