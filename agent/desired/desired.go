@@ -132,3 +132,25 @@ type Source interface {
 	// goroutine at a time and must not block for long.
 	Run(ctx context.Context, update func(State)) error
 }
+
+// SameWorkloads compares two sorted workload sets by what the datapath
+// uses: reference, namespace path and identity. Sources call it to send a
+// state only when it changed.
+func SameWorkloads(a, b []Workload) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Ref != b[i].Ref || a[i].NetNS != b[i].NetNS || digestOf(a[i].Identity) != digestOf(b[i].Identity) {
+			return false
+		}
+	}
+	return true
+}
+
+func digestOf(id *identity.Identity) identity.Digest {
+	if id == nil {
+		return identity.Digest{}
+	}
+	return id.Digest()
+}

@@ -389,7 +389,7 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 		s.rescan(ctx, pods)
 	}
 	next.Workloads = s.selectWorkloads(pods)
-	if !sameWorkloads(next.Workloads, s.workloads) {
+	if !desired.SameWorkloads(next.Workloads, s.workloads) {
 		differs = true
 		s.workloads = next.Workloads
 	}
@@ -741,27 +741,6 @@ func (s *state) report(ref, status string) {
 		s.log.Warn("pod status", "pod", ref, "status", status)
 	}
 	s.status[ref] = status
-}
-
-// sameWorkloads compares two sorted workload sets by what the datapath
-// uses: namespace, name and identity.
-func sameWorkloads(a, b []desired.Workload) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Ref != b[i].Ref || a[i].NetNS != b[i].NetNS || digest(a[i].Identity) != digest(b[i].Identity) {
-			return false
-		}
-	}
-	return true
-}
-
-func digest(id *identity.Identity) identity.Digest {
-	if id == nil {
-		return identity.Digest{}
-	}
-	return id.Digest()
 }
 
 func podRef(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/bireme/bireme/agent/desired"
-	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/k8s"
 	"github.com/bireme/bireme/k8s/filestore"
 	"github.com/bireme/bireme/policy"
@@ -271,7 +270,7 @@ func (st *state) compute(ctx context.Context, cur *store, newPolicy bool) (next 
 	if st.placement == nil || !maps.Equal(placement, st.placement) {
 		next.Placement, st.placement, differs = placement, placement, true
 	}
-	if !sameWorkloads(workloads, st.workloads) {
+	if !desired.SameWorkloads(workloads, st.workloads) {
 		st.workloads, differs = workloads, true
 	}
 	return next, differs, nil
@@ -342,25 +341,4 @@ func (st *state) report(name, status string) {
 		log.Debug("container status", "container", name, "status", status)
 	}
 	st.status[name] = status
-}
-
-// sameWorkloads compares two sorted workload sets by what the datapath
-// uses: namespace path, name and identity.
-func sameWorkloads(a, b []desired.Workload) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Ref != b[i].Ref || a[i].NetNS != b[i].NetNS || digest(a[i].Identity) != digest(b[i].Identity) {
-			return false
-		}
-	}
-	return true
-}
-
-func digest(id *identity.Identity) identity.Digest {
-	if id == nil {
-		return identity.Digest{}
-	}
-	return id.Digest()
 }
