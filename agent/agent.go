@@ -163,6 +163,15 @@ func (a *Agent) follow(ctx context.Context, sourceDone chan error) error {
 				sourceDone <- nil
 				return nil
 			}
+			// A set the source handed over before it stopped is still its
+			// word: put it in force, so what Run leaves behind does not
+			// depend on which of the two channels select read first.
+			select {
+			case ws := <-a.latest.ch:
+				a.rec.setDesired(ws)
+				a.rec.reconcile(ctx)
+			default:
+			}
 			if err == nil {
 				err = errors.New("stopped before its context ended")
 			}
