@@ -61,6 +61,9 @@ type knownServer struct {
 	pub   []byte
 	keyID [keyIDSize]byte
 	pair  *pairKey
+	// notAfter: the end of the key's certificate, for a key known from a
+	// published certificate (hints.go); the cache expires the others.
+	notAfter time.Time
 }
 
 // learnServer remembers the node key p proved at conn's server address,
@@ -77,14 +80,18 @@ func (e *Engine) learnServer(keys *localKeys, conn *Endpoints, p *peerToken, pai
 		p.v.cert.notAfter, now)
 }
 
-// knownServerAt returns the node key remembered for conn's server address.
+// knownServerAt returns the node key remembered for conn's server address:
+// the one a handshake there proved, else the one a published certificate
+// gives (hints.go), else nil.
 func (e *Engine) knownServerAt(keys *localKeys, conn *Endpoints, now time.Time) *knownServer {
 	if !e.twoMessage {
 		return nil
 	}
 	addr := conn.Server.Addr().As16()
-	k, _ := keys.known.get(addr[:], now)
-	return k
+	if k, ok := keys.known.get(addr[:], now); ok {
+		return k
+	}
+	return e.hintedServer(keys, &addr, now)
 }
 
 // expand is HKDF-Expand(PRK, info, 32) for info of at most 190 bytes: one

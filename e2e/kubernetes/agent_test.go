@@ -32,6 +32,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
+	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
 	"github.com/bireme/bireme/internal/testbin"
@@ -356,6 +357,11 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		if !connects(pair[0].ns, pair[1].addr) {
 			t.Errorf("with no policy, %s cannot reach %s", pair[0].ref(), pair[1].ref())
 		}
+	}
+	// No node certificates published (--published-node-certs is off):
+	// the first connection between two nodes' pods takes three messages.
+	if cr, sr := firstRecords(t, dir, "n1", "n2", a.addr, c.addr); cr.Handshake != flowlog.ThreeMessage || sr.Handshake != flowlog.ThreeMessage {
+		t.Errorf("first connection x/a -> y/c: handshakes %q and %q, want three-message on both", cr.Handshake, sr.Handshake)
 	}
 
 	// A node the CA trusts but the API server does not place x/a on signs

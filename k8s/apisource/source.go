@@ -26,6 +26,7 @@ package apisource
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	certlisters "k8s.io/client-go/listers/certificates/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
@@ -94,7 +96,18 @@ type Config struct {
 	// tiers are empty, which is what such a cluster means; the CRD is
 	// looked for at start only.
 	ClusterPolicies cnpclient.Interface
+	// NodeCertificates, if set, watches the certificate signing requests
+	// of signer bireme.io/node (the node certificates `bireme signer`
+	// issued) and delivers, per node, the certificates published there
+	// with the addresses of the pods the API places on that node
+	// (desired.State.NodeCerts): the tokens engine then makes even the
+	// first SYN to such a pod a two-message one. It needs list and watch
+	// on certificatesigningrequests.
+	NodeCertificates bool
 }
+
+// nodeSignerName is the signer of Bireme node certificates (nodecert.SignerName).
+const nodeSignerName = "bireme.io/node"
 
 // Source delivers one node's desired state from the API server.
 type Source struct {
@@ -133,6 +146,7 @@ type listers struct {
 	policies   networkinglisters.NetworkPolicyLister
 	cluster    cnplisters.ClusterNetworkPolicyLister // nil: no ClusterNetworkPolicy API
 	services   corelisters.ServiceLister
+	csrs       certlisters.CertificateSigningRequestLister // nil: node certificates not watched
 }
 
 // Run implements [desired.Source]: it starts the informers, delivers the
@@ -198,6 +212,21 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	}
 
 	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
+	if s.cfg.NodeCertificates {
+		// Only the node signer's requests, trimmed to their certificate.
+		csrFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithTransform(trimCSR),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("spec.signerName", nodeSignerName).String()
+			}))
+		inf := csrFactory.Certificates().V1().CertificateSigningRequests()
+		h, err := inf.Informer().AddEventHandler(notifyOn(ch.nodeCertsChanged))
+		if err != nil {
+			return fmt.Errorf("API source: watch: %w", err)
+		}
+		handlersSynced = append(handlersSynced, h.HasSynced)
+		l.csrs = inf.Lister()
+		factories = append(factories, csrFactory)
+	}
 	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
@@ -217,14 +246,18 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("API source: no complete view of pods, namespaces, network policies and services after %v (is the API server reachable, and may this agent list and watch them?)", s.cfg.SyncTimeout)
+		what := "pods, namespaces, network policies and services"
+		if s.cfg.NodeCertificates {
+			what += " and node certificate signing requests"
+		}
+		return fmt.Errorf("API source: no complete view of %s after %v (is the API server reachable, and may this agent list and watch them?)", what, s.cfg.SyncTimeout)
 	}
 
-	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}}
+	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}, published: map[string]map[string]*x509.Certificate{}}
 	verify := time.NewTicker(s.cfg.Verify)
 	defer verify.Stop()
 	ch.take()
-	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true, services: true})
+	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true, services: true, nodeCerts: true})
 	update(first)
 	for {
 		verifyDue := false
@@ -279,8 +312,9 @@ func stripBookkeeping(obj any) (any, error) {
 // changed says what the informers saw change: the policy (network
 // policies and namespaces), the placement (any pod's node, address or
 // labels; namespaces' labels, for the identities by address), this node's
-// pods (which also asks for a new scan of the namespaces) or the Services.
-type changed struct{ policy, placement, pods, services bool }
+// pods (which also asks for a new scan of the namespaces), the Services or
+// the node certificates.
+type changed struct{ policy, placement, pods, services, nodeCerts bool }
 
 // changes collects what changed since the loop last looked.
 type changes struct {
@@ -293,6 +327,7 @@ func (c *changes) policyChanged()    { c.mark(changed{policy: true}) }
 func (c *changes) placementChanged() { c.mark(changed{placement: true}) }
 func (c *changes) podsChanged()      { c.mark(changed{pods: true}) }
 func (c *changes) servicesChanged()  { c.mark(changed{services: true}) }
+func (c *changes) nodeCertsChanged() { c.mark(changed{nodeCerts: true}) }
 func (c *changes) namespacesChanged() {
 	c.mark(changed{policy: true, placement: true})
 }
@@ -303,6 +338,7 @@ func (c *changes) mark(w changed) {
 	c.seen.placement = c.seen.placement || w.placement
 	c.seen.pods = c.seen.pods || w.pods
 	c.seen.services = c.seen.services || w.services
+	c.seen.nodeCerts = c.seen.nodeCerts || w.nodeCerts
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -347,6 +383,11 @@ type state struct {
 	workloads []desired.Workload // last delivered
 	services  *desired.Services  // last delivered
 	status    map[string]string  // pod ref -> its protection status, as last logged
+	// published holds the node certificates seen in requests, by node
+	// and DER, until they expire (nodecerts.go); nodeCerts is the last
+	// delivered.
+	published map[string]map[string]*x509.Certificate
+	nodeCerts *desired.NodeCerts
 }
 
 // compute builds the desired state; differs reports whether it differs
@@ -368,6 +409,14 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 			s.log.Error("list every pod's node", "err", err)
 		} else {
 			next.Placement, next.Addresses = p, a
+			differs = true
+		}
+	}
+	if s.l.csrs != nil && (what.nodeCerts || what.placement) {
+		if nc, err := s.computeNodeCerts(time.Now()); err != nil {
+			s.log.Error("list node certificate signing requests", "err", err)
+		} else if !sameNodeCerts(nc, s.nodeCerts) {
+			next.NodeCerts, s.nodeCerts = nc, nc
 			differs = true
 		}
 	}
