@@ -321,9 +321,6 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 
 	agentKubeconfig := agentCredentials(t, ctx, env, dir)
-	// The admin tiers' CRD, installed before the agents start (they look
-	// for its API at start).
-	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
 	f := newFabric(t)
 	a := &pod{namespace: "x", name: "a", node: "n1", labels: map[string]string{"app": "a"}}
 	b := &pod{namespace: "x", name: "b", node: "n1", labels: map[string]string{"app": "b"}}
@@ -418,6 +415,12 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	} else {
 		t.Logf("label change: x/b allowed after %v", took.Round(time.Millisecond))
 	}
+
+	// The admin tiers' CRD, installed while the agents run: they find its
+	// API (rechecked every 5 s) without a restart.
+	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
+	n1.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
+	n2.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
 
 	// An Admin tier ClusterNetworkPolicy denies app=a pods into y: the
 	// NetworkPolicy that allows them cannot override it. Deleted, the
