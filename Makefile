@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin/bireme
 PKGS    := ./...
 
-.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale k8s-demo docker-e2e docker-demo demo bench bench-short lint deps clean
+.PHONY: all build test unit flows-e2e k8s-e2e k8s-scale k8s-demo cri-e2e docker-e2e docker-demo demo bench bench-short lint deps clean
 
 all: build
 
@@ -37,6 +37,13 @@ flows-e2e:
 k8s-e2e: deps
 	bash scripts/k8s-env.sh build
 	$(GO) test -count=1 -timeout 10m ./k8s/... ./e2e/kubernetes/
+
+# The agent's --cri-socket lookup against a real containerd of its own
+# (scripts/cri-env.sh: own root, socket and CNI bridge in a network
+# namespace; sandboxes run through CRI with kubelet's labels). Seconds; part
+# of `make test` and `make k8s-e2e` too.
+cri-e2e: deps
+	$(GO) test -count=1 -v -timeout 3m ./k8s/crinetns/
 
 # Issue 12's scale figures, by hand (minutes): one agent on a cluster of
 # 10,000 pods and 1,000 NetworkPolicies; RSS, time to converge, time from a

@@ -24,7 +24,10 @@ fi
 # docker.io, busybox-static, util-linux (nsenter): the Docker tests' engines
 #   and their image (scripts/docker-env.sh starts its own dockerd; the
 #   package's service is never started here).
-pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump etcd-server openssl docker.io busybox-static util-linux)
+# containerd, runc, containernetworking-plugins: the CRI lookup's test runs a
+#   containerd of its own with a CNI bridge (scripts/cri-env.sh; the
+#   package's service is never started here).
+pkgs=(iptables iproute2 conntrack kmod make python3 python3-scapy socat iperf3 curl jq procps tcpdump etcd-server openssl docker.io busybox-static util-linux containerd runc containernetworking-plugins)
 
 need=()
 for pkg in "${pkgs[@]}"; do

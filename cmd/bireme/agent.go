@@ -15,6 +15,7 @@ import (
 
 	"github.com/bireme/bireme/agent/desired"
 	"github.com/bireme/bireme/k8s/apisource"
+	"github.com/bireme/bireme/k8s/crinetns"
 	"github.com/bireme/bireme/k8s/nodecert"
 	"github.com/bireme/bireme/k8s/podnetns"
 	"github.com/bireme/bireme/policy"
@@ -34,6 +35,9 @@ type agentOptions struct {
 	// publishedNodeCerts: learn peer node keys from the node signer's
 	// requests (apisource.Config.NodeCertificates).
 	publishedNodeCerts bool
+	// criSocket, if set, is the container runtime's CRI socket, asked
+	// first for each pod's network namespace (apisource.Config.Runtime).
+	criSocket string
 
 	client kubernetes.Interface // made once, shared by the source and the CSRs
 }
@@ -100,6 +104,7 @@ renews it with a new key at two thirds of its lifetime.`,
 	f.StringVar(&api.nodeCreds, "node-credentials", "files", "where the node key and certificate come from: files (--cert, --key) or csr (a CertificateSigningRequest to 'bireme signer', the key made and kept in --state-dir)")
 	f.StringVar(&api.stateDir, "state-dir", "/var/lib/bireme/node", "with --node-credentials csr: directory of the node key and certificate (0700, files 0600)")
 	f.BoolVar(&api.publishedNodeCerts, "published-node-certs", false, "learn peer node keys ahead of time from the node certificates 'bireme signer' issued (requests of signer bireme.io/node; needs list and watch on certificatesigningrequests): the first connection to a pod of such a node takes the two-message handshake")
+	f.StringVar(&api.criSocket, "cri-socket", "", "container runtime CRI socket (e.g. unix:///run/containerd/containerd.sock) asked first for each pod's network namespace; the namespace must still hold the pod's IP, and a pod the runtime fails for is found by the address scan (empty: the scan only)")
 	f.DurationVar(&api.certLifetime, "cert-lifetime", nodecert.DefaultLifetime, "with --node-credentials csr: certificate lifetime to ask for (at least 10m; the signer may cap it)")
 	for _, name := range []string{"cluster", "ca-bundle", "identity-networks"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -184,8 +189,25 @@ func (a *agentOptions) source(opts enforceOptions, log *slog.Logger) (desired.So
 	if err != nil {
 		return nil, fmt.Errorf("API client: %w", err)
 	}
+	var criRuntime apisource.RuntimeNetNS
+	if a.criSocket != "" {
+		// Kept open for the agent's lifetime, as the source is.
+		c, err := crinetns.Dial(crinetns.Config{Endpoint: a.criSocket})
+		if err != nil {
+			return nil, err
+		}
+		// A runtime not answering now is not fatal: each pod falls back to
+		// the address scan (its status says so) until it answers.
+		if v, err := c.Version(context.Background()); err != nil {
+			log.Warn("container runtime not answering; pods are found by the address scan until it does", "err", err)
+		} else {
+			log.Info("pods' network namespaces asked of the container runtime", "runtime", v, "socket", a.criSocket)
+		}
+		criRuntime = c
+	}
 	return apisource.New(apisource.Config{
 		Client:           client,
+		Runtime:          criRuntime,
 		ClusterPolicies:  cnps,
 		Node:             opts.node,
 		Cluster:          opts.cluster,

@@ -66,6 +66,17 @@ import (
 // node; [podnetns.Scanner] is the real one.
 type NetNSScanner interface {
 	Scan(ctx context.Context) (*podnetns.Snapshot, error)
+	// Verify checks that the namespace at path, found another way (the
+	// container runtime), is not the node's own and holds addr.
+	Verify(path string, addr netip.Addr) error
+}
+
+// RuntimeNetNS asks the container runtime for the network namespace of a
+// pod's sandbox (package crinetns, through CRI). It is trusted for the
+// path only: the path is verified against the pod's IP as a scan's would
+// be.
+type RuntimeNetNS interface {
+	PodNetNS(ctx context.Context, namespace, name, uid string) (string, error)
 }
 
 // Config configures a Source.
@@ -79,6 +90,12 @@ type Config struct {
 	Cluster string
 	// NetNS finds pods' network namespaces (required).
 	NetNS NetNSScanner
+	// Runtime, if set, is asked first for each pod's namespace (the
+	// agent's --cri-socket); the path it gives is still checked to hold
+	// the pod's IP on every reconcile. A pod it fails for (runtime down,
+	// no sandbox, wrong address) is looked up by the address scan, and its
+	// status says why: never left unprotected silently.
+	Runtime RuntimeNetNS
 	// Verify is how often the pods' network namespaces are looked up again
 	// when nothing changed in the API (default 1s).
 	Verify time.Duration
@@ -449,10 +466,15 @@ type state struct {
 	log *slog.Logger
 	l   listers
 
-	snapshot  *podnetns.Snapshot // the last scan of the node's namespaces
-	workloads []desired.Workload // last delivered
-	services  *desired.Services  // last delivered
-	status    map[string]string  // pod ref -> its protection status, as last logged
+	snapshot *podnetns.Snapshot // the last scan of the node's namespaces
+	// byRuntime holds, per pod ref, the namespace the runtime named and
+	// that held the pod's IP at the last reconcile; runtimeErr why the
+	// runtime did not give one (the pod is then looked up by the scan).
+	byRuntime  map[string]string
+	runtimeErr map[string]error
+	workloads  []desired.Workload // last delivered
+	services   *desired.Services  // last delivered
+	status     map[string]string  // pod ref -> its protection status, as last logged
 	// published holds the node certificates seen in requests, by node
 	// and DER, until they expire (nodecerts.go); nodeCerts is the last
 	// delivered.
@@ -739,6 +761,9 @@ func (s *state) compilePolicy() (*policy.Engine, error) {
 // rescan looks up the node's namespaces again, when a pod could be
 // protected: a node with no running pod needs no scan.
 func (s *state) rescan(ctx context.Context, pods []*corev1.Pod) {
+	if s.cfg.Runtime != nil {
+		pods = s.locateByRuntime(ctx, pods)
+	}
 	for _, p := range pods {
 		if candidate(p) {
 			snap, err := s.cfg.NetNS.Scan(ctx)
@@ -754,6 +779,34 @@ func (s *state) rescan(ctx context.Context, pods []*corev1.Pod) {
 		}
 	}
 	s.snapshot = podnetns.NewSnapshot(nil)
+}
+
+// locateByRuntime asks the runtime for the namespace of each pod that may
+// be protected and keeps the paths that hold the pod's IP; it returns the
+// pods left for the address scan.
+func (s *state) locateByRuntime(ctx context.Context, pods []*corev1.Pod) []*corev1.Pod {
+	s.byRuntime, s.runtimeErr = map[string]string{}, map[string]error{}
+	var rest []*corev1.Pod
+	for _, p := range pods {
+		if !candidate(p) || p.Spec.NodeName != s.cfg.Node {
+			continue
+		}
+		ref := podRef(p)
+		path, err := s.cfg.Runtime.PodNetNS(ctx, p.Namespace, p.Name, string(p.UID))
+		if err == nil {
+			ip, _ := netip.ParseAddr(p.Status.PodIP) // candidate: it parses
+			if err = s.cfg.NetNS.Verify(path, ip); err != nil {
+				err = fmt.Errorf("the runtime's namespace for the pod fails the address check: %w", err)
+			}
+		}
+		if err != nil {
+			s.runtimeErr[ref] = err
+			rest = append(rest, p)
+			continue
+		}
+		s.byRuntime[ref] = path
+	}
+	return rest
 }
 
 // candidate reports whether a pod may be protected: Running, not on the
@@ -810,14 +863,24 @@ func (s *state) workloadOf(p *corev1.Pod, claimed map[string]string) (string, *d
 	if err != nil {
 		return fmt.Sprintf("not protected: pod IP %q does not parse", p.Status.PodIP), nil
 	}
-	path, err := s.snapshot.Lookup(ip)
-	if err != nil {
-		// A namespace that could not be read this time is not gone: a pod
-		// protected there stays protected rather than flap.
-		if prev := s.delivered(podRef(p)); prev != nil && s.snapshot.Unreadable(prev.NetNS) {
-			path = prev.NetNS
-		} else {
-			return fmt.Sprintf("not protected: network namespace: %v", err), nil
+	how := ""
+	path, found := s.byRuntime[podRef(p)]
+	if found {
+		how = " (found by the container runtime)"
+	} else if rerr, asked := s.runtimeErr[podRef(p)]; asked {
+		how = fmt.Sprintf(" (found by the address scan; container runtime: %v)", rerr)
+	}
+	if !found {
+		var err error
+		path, err = s.snapshot.Lookup(ip)
+		if err != nil {
+			// A namespace that could not be read this time is not gone: a pod
+			// protected there stays protected rather than flap.
+			if prev := s.delivered(podRef(p)); prev != nil && s.snapshot.Unreadable(prev.NetNS) {
+				path = prev.NetNS
+			} else {
+				return fmt.Sprintf("not protected: network namespace: %v%s", err, how), nil
+			}
 		}
 	}
 	if other, dup := claimed[path]; dup {
@@ -827,7 +890,7 @@ func (s *state) workloadOf(p *corev1.Pod, claimed map[string]string) (string, *d
 	if err != nil {
 		ns = nil // not seen yet: the identity carries the namespace name only, as IdentityOf documents
 	}
-	return "protected in " + path, &desired.Workload{
+	return "protected in " + path + how, &desired.Workload{
 		Ref:      podRef(p),
 		NetNS:    path,
 		Identity: k8s.IdentityOf(s.cfg.Cluster, ns, p),

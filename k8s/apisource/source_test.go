@@ -3,7 +3,9 @@ package apisource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +38,17 @@ func (f *fixedScan) Scan(context.Context) (*podnetns.Snapshot, error) {
 	defer f.mu.Unlock()
 	f.scans++
 	return podnetns.NewSnapshot(f.byAddr), nil
+}
+
+// Verify accepts a path the set answer lists for addr: the namespace
+// holds the address.
+func (f *fixedScan) Verify(path string, addr netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if slices.Contains(f.byAddr[addr], path) {
+		return nil
+	}
+	return fmt.Errorf("%s does not hold %s: %w", path, addr, podnetns.ErrNotHeld)
 }
 
 func (f *fixedScan) set(addr string, paths ...string) {

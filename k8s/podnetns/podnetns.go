@@ -230,3 +230,42 @@ func addressesIn(path string) ([]netip.Addr, error) {
 	})
 	return out, err
 }
+
+// ErrNotHeld means a namespace named by someone else (the container
+// runtime) does not hold the pod's address.
+var ErrNotHeld = errors.New("the network namespace does not hold the address")
+
+// Verify checks a namespace path found another way (the container
+// runtime, through CRI) as a scan would have found it: the namespace is
+// not the caller's own (the host's, for an agent on the host network) and
+// one of its interfaces holds addr. The runtime is trusted for the path,
+// never for the address: a path naming the wrong namespace would give the
+// pod's identity to it.
+func (s Scanner) Verify(path string, addr netip.Addr) error {
+	procDir := s.ProcDir
+	if procDir == "" {
+		procDir = "/proc"
+	}
+	own, err := ownNamespace(procDir)
+	if err != nil {
+		return fmt.Errorf("verify %s: own namespace: %w", path, err)
+	}
+	k, err := keyOf(path)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", path, err)
+	}
+	if k == own {
+		return fmt.Errorf("verify %s: it is the node's own network namespace", path)
+	}
+	addrs, err := addressesIn(path)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", path, err)
+	}
+	addr = addr.Unmap()
+	for _, a := range addrs {
+		if a == addr {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s holds %v, not %s: %w", path, addrs, addr, ErrNotHeld)
+}

@@ -177,3 +177,24 @@ func mustKey(t *testing.T, path string) nsKey {
 	}
 	return k
 }
+
+func TestVerify(t *testing.T) {
+	netnstest.RequireNamespaces(t)
+	prefix, subnet := netnstest.Prefix(), randomSubnet()
+	a := netnstest.NewNS(t, prefix+"-v")
+	addAddr(t, a, subnet+".2")
+	path := a.Path()
+
+	if err := (Scanner{}).Verify(path, netip.MustParseAddr(subnet+".2")); err != nil {
+		t.Errorf("Verify(namespace holding the address) = %v, want nil", err)
+	}
+	if err := (Scanner{}).Verify(path, netip.MustParseAddr(subnet+".9")); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Verify(another address) = %v, want ErrNotHeld", err)
+	}
+	if err := (Scanner{}).Verify("/proc/self/ns/net", netip.MustParseAddr("127.0.0.1")); err == nil || !strings.Contains(err.Error(), "own network namespace") {
+		t.Errorf("Verify(own namespace) = %v, want a refusal of the node's namespace", err)
+	}
+	if err := (Scanner{}).Verify(path+"-gone", netip.MustParseAddr(subnet+".2")); err == nil {
+		t.Error("Verify(missing path) = nil, want an error")
+	}
+}
