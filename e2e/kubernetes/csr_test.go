@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -72,7 +73,7 @@ func TestNodeCertificatesThroughCSR(t *testing.T) {
 		t.Fatal(err)
 	}
 	signerToken := serviceAccountToken(t, ctx, client, "bireme-system", "bireme-signer", nil)
-	signerLog := startSigner(t, tokenKubeconfig(t, env, filepath.Join(dir, "signer.kubeconfig"), signerToken), caDir)
+	signerLog, signerHTTP := startSigner(t, tokenKubeconfig(t, env, filepath.Join(dir, "signer.kubeconfig"), signerToken), caDir)
 
 	createNamespace(t, ctx, client, "x", nil)
 	agentKubeconfigs := map[string]string{}
@@ -194,6 +195,25 @@ func TestNodeCertificatesThroughCSR(t *testing.T) {
 		}
 		if len(got.Status.Certificate) > 0 {
 			t.Errorf("%s: a certificate was issued", tt.name)
+		}
+	}
+
+	// The signer's probes and metrics (the Deployment's probes and
+	// Prometheus read them): ready, two nodes signed, each denial counted
+	// by its reason.
+	if code, _ := httpGet(t, signerHTTP+"/readyz"); code != http.StatusOK {
+		t.Errorf("signer /readyz = %d, want 200", code)
+	}
+	_, metrics := httpGet(t, signerHTTP+"/metrics")
+	for _, want := range []string{
+		`bireme_signer_decisions_total{decision="signed",reason="BiremeNodeBound"} 2`,
+		`bireme_signer_decisions_total{decision="denied",reason="WrongNode"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="WrongRequester"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="NotBoundToNode"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="BadKeyUsage"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("signer /metrics lacks %s:\n%s", want, metrics)
 		}
 	}
 
@@ -524,16 +544,24 @@ func (a *csrAgent) terminate(t *testing.T) {
 }
 
 // startSigner runs `bireme signer` with the CA in caDir, capping
-// certificates at signerLifetime.
-func startSigner(t *testing.T, kubeconfig, caDir string) *agent {
+// certificates at signerLifetime; it returns the signer and the base URL
+// of its probes and metrics.
+func startSigner(t *testing.T, kubeconfig, caDir string) (*agent, string) {
 	t.Helper()
 	bin, err := testbin.Bireme()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A free loopback port for its metrics server.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
 	s := &agent{node: "signer", log: new(syncbuf.Buffer)}
 	cmd := exec.Command(bin, "signer", "--kubeconfig", kubeconfig, "--ca-dir", caDir,
-		"--max-lifetime", signerLifetime.String())
+		"--max-lifetime", signerLifetime.String(), "--listen", listen)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -555,7 +583,7 @@ func startSigner(t *testing.T, kubeconfig, caDir string) *agent {
 		}
 	})
 	s.waitLog(t, 20*time.Second, "signer started")
-	return s
+	return s, "http://" + listen
 }
 
 // firstRecords returns the allow records of the first connection from
@@ -596,4 +624,19 @@ func firstRecords(t *testing.T, dir, clientNode, serverNode string, from, to net
 		t.Fatalf("no allow records of %s -> %s on %s (%v) and %s (%v)", from, server80, clientNode, client != nil, serverNode, server != nil)
 	}
 	return client, server
+}
+
+// httpGet fetches url (a local metrics server) and returns the status and
+// body; 0 when it cannot be reached.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Logf("GET %s: %v", url, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
