@@ -76,6 +76,10 @@ type Agent struct {
 	rec    *reconciler
 	keys   *keyReloader // nil: keys are not reloaded
 	latest latestWorkloads
+	// hintErrs are the reasons published node certificates were ignored,
+	// as last logged (accept runs on the source's goroutine only).
+	hintErrs  map[string]bool
+	hintNodes int
 }
 
 // New checks cfg and returns an Agent ready to Run.
@@ -142,7 +146,33 @@ func (a *Agent) accept(s desired.State) {
 	if s.Addresses != nil {
 		a.cfg.Placement.SwapAddresses(s.Addresses)
 	}
+	if s.NodeCerts != nil {
+		a.setNodeCerts(s.NodeCerts)
+	}
 	a.latest.put(s.Workloads)
+}
+
+// setNodeCerts hands published node certificates to the tokens engine and
+// logs what it made of them; a certificate it ignored is logged once per
+// distinct reason, not at every state.
+func (a *Agent) setNodeCerts(nc *desired.NodeCerts) {
+	rep := a.cfg.Tokens.SetNodeHints(nc.Nodes)
+	level := slog.LevelDebug // a pod added or gone somewhere
+	if rep.Nodes != a.hintNodes {
+		level = slog.LevelInfo
+	}
+	a.hintNodes = rep.Nodes
+	a.log.Log(context.Background(), level, "node certificates published ahead of time", "nodes", rep.Nodes,
+		"addresses", rep.Addresses, "behind_nat", rep.NAT, "ignored", len(rep.Ignored))
+	errs := make(map[string]bool, len(rep.Ignored))
+	for _, err := range rep.Ignored {
+		msg := err.Error()
+		errs[msg] = true
+		if !a.hintErrs[msg] {
+			a.log.Warn("published node certificate ignored (its pods use three messages at first contact)", "err", msg)
+		}
+	}
+	a.hintErrs = errs
 }
 
 // follow reconciles each new workload set and, every Poll, retries what

@@ -29,13 +29,22 @@ func livez(w http.ResponseWriter, _ *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
-// readyz answers 200 once the agent has applied its source's latest state
-// and 503 before that or while a workload is still being protected, so a
-// rolling update waits for the new agent before it stops the next one.
-func (h *Health) readyz(w http.ResponseWriter, _ *http.Request) {
-	if !h.Ready() {
-		http.Error(w, "not ready: desired state not applied yet", http.StatusServiceUnavailable)
-		return
+// Readiness is what /readyz asks: a *Health for an agent; any other
+// process serving its metrics the same way (the signer) brings its own.
+type Readiness interface {
+	Ready() bool
+}
+
+// readyz answers 200 once ready — for an agent, once it has applied its
+// source's latest state — and 503 before that or while a workload is still
+// being protected, so a rolling update waits for the new agent before it
+// stops the next one.
+func readyz(r Readiness) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		if !r.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
 	}
-	w.Write([]byte("ok\n"))
 }

@@ -186,7 +186,7 @@ func (m *Metrics) ObserveStage(stage string, outgoing bool, took time.Duration) 
 // answers) and /readyz (health is ready), on addr until ctx ends. It returns
 // once the listener is open (so a bad address is reported at start) and the
 // returned channel yields the server's final error.
-func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer, health *Health) (<-chan error, error) {
+func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer, health Readiness) (<-chan error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
@@ -194,7 +194,7 @@ func ServeMetrics(ctx context.Context, addr string, reg prometheus.Gatherer, hea
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", livez)
-	mux.HandleFunc("/readyz", health.readyz)
+	mux.HandleFunc("/readyz", readyz(health))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() {

@@ -36,6 +36,10 @@ type outcome struct {
 	wouldDeny *policy.WouldDeny
 	reason    string
 	tokenErr  error // the token rejection, if that was the cause
+	// handshake, fallback: the Bireme handshake the decision was made in
+	// (flowlog.TwoMessage or ThreeMessage, "" when none verified) and why
+	// a two-message SYN went the three-message way.
+	handshake, fallback string
 }
 
 // record reports o about the connection of packet p: to Config.OnDecision
@@ -67,6 +71,7 @@ func (q *queue) record(p *packet, o outcome) {
 		r.Verdict = flowlog.Allow
 	}
 	r.Tier, r.MatchedByAddress, r.WouldDeny = recordTier(o.tier), o.byAddr, wouldDenyRecord(o.wouldDeny)
+	r.Handshake, r.Fallback = o.handshake, o.fallback
 	if o.tokenErr != nil {
 		// Only here: ReasonOf's errors.As target is a heap allocation,
 		// and most records (every policy decision) have no token error.
@@ -92,11 +97,38 @@ func (e *Enforcer) report(r *flowlog.Record) {
 // decide asks policy and records the decision.
 func (q *queue) decide(p *packet, outgoing bool, dir policy.Direction, stage string,
 	local *identity.Identity, peer policy.Peer, port uint16) bool {
+	o := q.policyOutcome(outgoing, dir, stage, local, peer, port)
+	q.record(p, o)
+	return o.allowed
+}
+
+// policyOutcome asks policy, for a caller that completes the outcome
+// before recording it.
+func (q *queue) policyOutcome(outgoing bool, dir policy.Direction, stage string,
+	local *identity.Identity, peer policy.Peer, port uint16) outcome {
 	d := q.e.cfg.Policy.Decide(local, peer, dir, port, "TCP")
-	q.record(p, outcome{outgoing: outgoing, dir: dir, stage: stage, local: local, peer: peer.Identity,
+	return outcome{outgoing: outgoing, dir: dir, stage: stage, local: local, peer: peer.Identity,
 		allowed: d.Allowed, policy: d.Policy, selectedBy: d.SelectedBy, reason: d.Reason,
-		tier: d.Tier, byAddr: d.MatchedByAddress, wouldDeny: d.WouldDeny})
-	return d.Allowed
+		tier: d.Tier, byAddr: d.MatchedByAddress, wouldDeny: d.WouldDeny}
+}
+
+// serverHandshake names the handshake s takes, for its flow record.
+func serverHandshake(s *tokens.ServerHandshake) (handshake, fallback string) {
+	if s == nil {
+		return "", ""
+	}
+	if s.TwoMessage() {
+		return flowlog.TwoMessage, ""
+	}
+	return flowlog.ThreeMessage, string(s.FallbackReason())
+}
+
+// clientHandshake names the handshake c completed, for its flow record.
+func clientHandshake(c *tokens.ClientHandshake) (handshake, fallback string) {
+	if c.TwoMessage() {
+		return flowlog.TwoMessage, ""
+	}
+	return flowlog.ThreeMessage, string(c.FallbackReason())
 }
 
 // wouldDenyRecord copies an audit-mode denial into its flow record form.

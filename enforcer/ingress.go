@@ -66,7 +66,10 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 		}
 		peer.Identity = c.peer
 	}
-	if !q.decide(p, false, policy.Ingress, stageSYN, local, peer, p.dport) {
+	o := q.policyOutcome(false, policy.Ingress, stageSYN, local, peer, p.dport)
+	o.handshake, o.fallback = serverHandshake(c.server)
+	if !o.allowed {
+		q.record(p, o)
 		return drop
 	}
 	if c.server != nil {
@@ -75,7 +78,12 @@ func (q *queue) ingressSYN(p *packet, key connKey) verdict {
 				reason: "denied: client token rejected: " + err.Error(), tokenErr: err})
 			return drop
 		}
+		// Recording the nonce may still turn a two-message SYN into a
+		// three-message one (the strike register forgot nonces since
+		// VerifySYN): the record says the path actually taken.
+		o.handshake, o.fallback = serverHandshake(c.server)
 	}
+	q.record(p, o)
 	if old := q.wl.conns.get(key); c.server != nil && old != nil && old.server != nil && !old.authorized &&
 		len(old.earlier) < maxSYNRetries {
 		// A retransmitted SYN arriving after the server answered an
@@ -181,7 +189,10 @@ func (q *queue) ingressSYNACK(p *packet, key connKey) verdict {
 	}
 	peer.Identity = id
 	// A Service address: egress is decided on the server pod's port.
-	if !q.decide(p, false, policy.Egress, stageSYNACK, local, peer, q.e.serverPort(p.srcPort(), id)) {
+	o := q.policyOutcome(false, policy.Egress, stageSYNACK, local, peer, q.e.serverPort(p.srcPort(), id))
+	o.handshake, o.fallback = clientHandshake(ch)
+	q.record(p, o)
+	if !o.allowed {
 		return drop
 	}
 	if ch.TwoMessage() {

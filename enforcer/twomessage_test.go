@@ -3,7 +3,6 @@ package enforcer
 import (
 	"bytes"
 	"context"
-	"github.com/bireme/bireme/flowlog"
 	"io"
 	"strconv"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
 	"github.com/bireme/bireme/tokens"
@@ -241,5 +241,83 @@ func BenchmarkTwoMessageProcess(b *testing.B) {
 			b.Fatalf("two-message handshake did not complete: %+v", w)
 		}
 		i = (i + 1) % ports
+	}
+}
+
+// Flow records say which handshake a decision was made in, on both ends:
+// three messages at first contact, two for a known server, and for a
+// two-message SYN the server could not take (here: its enforcer
+// restarted) the server's typed reason and the client's
+// "declined-by-server".
+func TestTwoMessageFlowRecords(t *testing.T) {
+	eng, restart := newTwoMessageEngines(t, "unit", "n1")
+	p := newPairWith(t, Config{Tokens: eng}, true)
+	if w := pass(p.srv, p.proofACK(t, 1).packet, false); !authorizedAfter(w) { // first contact
+		t.Fatalf("first contact ACK: %+v", w)
+	}
+	v := pass(p.cli, seg(t, true, 2, true, false, linuxSYNOptions, nil), true) // a SYN2
+	if w := pass(p.srv, v.packet, false); !w.accept || w.mark != marks.DefaultAuthorized {
+		t.Fatalf("server SYN2: %+v", w)
+	}
+	v = pass(p.srv, seg(t, false, 2, true, true, linuxSYNOptions, nil), true)
+	if w := pass(p.cli, v.packet, false); !w.accept {
+		t.Fatalf("client SYN-ACK2: %+v", w)
+	}
+
+	// Port 3: a SYN2 to the restarted server, which answers in three
+	// messages; the client completes them.
+	after := newPairWith(t, Config{Tokens: restart()}, true)
+	v = pass(p.cli, seg(t, true, 3, true, false, linuxSYNOptions, nil), true)
+	if tokenType(t, v.packet) != 0x24 {
+		t.Fatalf("SYN to a known server: token type 0x%02x", tokenType(t, v.packet))
+	}
+	if w := pass(after.srv, v.packet, false); !w.accept || w.mark == marks.DefaultAuthorized {
+		t.Fatalf("restarted server took the SYN2 in two messages: %+v", w)
+	}
+	v = pass(after.srv, seg(t, false, 3, true, true, linuxSYNOptions, nil), true)
+	if w := pass(p.cli, v.packet, false); !w.accept {
+		t.Fatalf("client three-message SYN-ACK: %+v", w)
+	}
+	ack := pass(p.cli, seg(t, true, 3, false, true, linuxACKOptions, nil), true)
+	if w := pass(after.srv, ack.packet, false); !authorizedAfter(w) {
+		t.Fatalf("restarted server, client ACK: %+v", w)
+	}
+
+	// record finds the allow record of the connection from client port
+	// sport in dir.
+	record := func(rs []flowlog.Record, dir string, sport uint16) *flowlog.Record {
+		client := "198.18.0.1:" + strconv.Itoa(int(sport))
+		for i := range rs {
+			r := &rs[i]
+			if r.Direction == dir && r.Verdict == flowlog.Allow &&
+				((dir == "egress" && r.LocalAddr == client) || (dir == "ingress" && r.PeerAddr == client)) {
+				return r
+			}
+		}
+		t.Fatalf("no %s allow record of client port %d", dir, sport)
+		return nil
+	}
+	rs, ars := p.flows.records(t), after.flows.records(t)
+	for _, tc := range []struct {
+		name                string
+		r                   *flowlog.Record
+		handshake, fallback string
+	}{
+		{"first contact, server", record(rs, "ingress", 1), flowlog.ThreeMessage, ""},
+		{"first contact, client", record(rs, "egress", 1), flowlog.ThreeMessage, ""},
+		{"known server, server", record(rs, "ingress", 2), flowlog.TwoMessage, ""},
+		{"known server, client", record(rs, "egress", 2), flowlog.TwoMessage, ""},
+		{"restarted server, server", record(ars, "ingress", 3), flowlog.ThreeMessage, string(tokens.FallbackRestart)},
+		{"restarted server, client", record(rs, "egress", 3), flowlog.ThreeMessage, string(tokens.FallbackDeclined)},
+	} {
+		if tc.r.Handshake != tc.handshake || tc.r.Fallback != tc.fallback {
+			t.Errorf("%s: stage %s handshake %q fallback %q, want %q %q", tc.name, tc.r.Stage, tc.r.Handshake, tc.r.Fallback, tc.handshake, tc.fallback)
+		}
+	}
+	// A token rejection names no handshake: none verified.
+	for _, r := range rs {
+		if r.TokenError != "" && r.Handshake != "" {
+			t.Errorf("token rejection record with handshake %q: %+v", r.Handshake, r)
+		}
 	}
 }

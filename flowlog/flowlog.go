@@ -18,6 +18,12 @@ const (
 	Deny  = "deny"
 )
 
+// Handshakes: Record.Handshake.
+const (
+	TwoMessage   = "two-message"
+	ThreeMessage = "three-message"
+)
+
 // Record is one decision about one connection, as seen by one enforcer.
 type Record struct {
 	Time time.Time `json:"time"`
@@ -63,6 +69,17 @@ type Record struct {
 	TokenError string `json:"tokenError,omitempty"`
 	// Reason explains the verdict in words.
 	Reason string `json:"reason"`
+	// Handshake is the Bireme handshake the TCP decision was made in:
+	// TwoMessage (a known peer node: the server decided at the SYN, the
+	// client at the SYN-ACK, and no ACK was queued) or ThreeMessage.
+	// Empty when no handshake verified (a token rejection, a peer without
+	// an enforcer) and for other protocols.
+	Handshake string `json:"handshake,omitempty"`
+	// Fallback is why a two-message SYN went the three-message way
+	// (tokens.FallbackReason: "unknown-key", "stale-timestamp", "restart",
+	// "nat", ...; on the client, which is not told why,
+	// "declined-by-server"). Empty otherwise.
+	Fallback string `json:"fallback,omitempty"`
 	// Tier is the policy tier that decided, when one did: "admin",
 	// "networkpolicy" or "baseline" (the ClusterNetworkPolicy tiers around
 	// the NetworkPolicies); empty when no policy did or the writer of the

@@ -67,3 +67,31 @@ func TestWriteBatchKeepsOrder(t *testing.T) {
 		t.Fatalf("records %v, want a,b,c in order", got)
 	}
 }
+
+// The handshake fields survive a write and a read, and a record without
+// them does not mention them.
+func TestHandshakeFieldsRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	for _, r := range []*Record{
+		{Node: "n1", Verdict: Allow, Handshake: TwoMessage},
+		{Node: "n1", Verdict: Allow, Handshake: ThreeMessage, Fallback: "stale-timestamp"},
+		{Node: "n1", Verdict: Deny},
+	} {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 || strings.Contains(lines[2], "handshake") || strings.Contains(lines[2], "fallback") {
+		t.Fatalf("lines:\n%s", buf.String())
+	}
+	recs, err := Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs[0].Handshake != TwoMessage || recs[0].Fallback != "" ||
+		recs[1].Handshake != ThreeMessage || recs[1].Fallback != "stale-timestamp" || recs[2].Handshake != "" {
+		t.Fatalf("read back: %+v", recs)
+	}
+}

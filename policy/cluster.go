@@ -26,6 +26,19 @@ const (
 	actionPass
 )
 
+// String is the action as the API spells it.
+func (a action) String() string {
+	switch a {
+	case actionAccept:
+		return string(cnp.ClusterNetworkPolicyRuleActionAccept)
+	case actionDeny:
+		return string(cnp.ClusterNetworkPolicyRuleActionDeny)
+	case actionPass:
+		return string(cnp.ClusterNetworkPolicyRuleActionPass)
+	}
+	return "unknown"
+}
+
 // compiledCluster is one ClusterNetworkPolicy: its subject precompiled and
 // its rules in written order (the order is their precedence).
 type compiledCluster struct {

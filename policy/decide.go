@@ -121,6 +121,14 @@ type selection struct {
 	ingress, egress selected
 }
 
+// of returns the policies selecting for dir.
+func (s *selection) of(dir Direction) *selected {
+	if dir == Egress {
+		return &s.egress
+	}
+	return &s.ingress
+}
+
 // selected is the policies selecting a workload in one direction, per
 // tier, in evaluation order.
 type selected struct {

@@ -106,6 +106,13 @@ type Engine struct {
 
 	twoMessage       bool
 	twoMessageWindow time.Duration
+
+	// hints are the server addresses known from node certificates
+	// published ahead of time (hints.go); hintInput what they were made
+	// from, kept to make them again under rotated keys or new trust.
+	hintsMu   sync.Mutex
+	hintInput []NodeHint
+	hints     atomic.Pointer[hintSet]
 }
 
 // verifier is a trust bundle with the caches of what was verified under it.
@@ -301,6 +308,7 @@ func (e *Engine) Rotate(creds *NodeCredentials) error {
 		return fmt.Errorf("rotate: credentials for trust domain %q, engine serves %q", creds.TrustDomain, td)
 	}
 	e.keys.Store(keys)
+	e.reapplyHints()
 	return nil
 }
 
@@ -313,6 +321,7 @@ func (e *Engine) SetTrust(b *TrustBundle) error {
 		return errors.New("set trust: no trust bundle")
 	}
 	e.verifier.Store(newVerifier(b, e.cacheMax))
+	e.reapplyHints()
 	return nil
 }
 
@@ -484,15 +493,20 @@ func (e *Engine) verifyPeerWithin(t wireToken, now time.Time, b *verifyBudget) (
 
 // pairKey returns the cached key shared by this node's key and the peer's.
 func (keys *localKeys) pairKey(p *peerToken, now time.Time) (*pairKey, error) {
-	vc := p.v.cert
-	if k, ok := keys.secrets.get(vc.pubBytes, now); ok {
+	return keys.pairKeyFor(p.v.cert.pubBytes, p.v.cert.ecdhPub, now)
+}
+
+// pairKeyFor returns the cached key shared by this node's key and the
+// peer node key pub (pubBytes its encoding).
+func (keys *localKeys) pairKeyFor(pubBytes []byte, pub *ecdh.PublicKey, now time.Time) (*pairKey, error) {
+	if k, ok := keys.secrets.get(pubBytes, now); ok {
 		return k, nil
 	}
-	k, err := newPairKey(keys.priv, vc.ecdhPub)
+	k, err := newPairKey(keys.priv, pub)
 	if err != nil {
 		return nil, err
 	}
-	keys.secrets.put(vc.pubBytes, k, time.Time{}, now)
+	keys.secrets.put(pubBytes, k, time.Time{}, now)
 	return k, nil
 }
 

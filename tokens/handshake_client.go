@@ -76,6 +76,22 @@ func (c *ClientHandshake) TwoMessage() bool {
 	return c.twoMessage
 }
 
+// FallbackReason is FallbackDeclined when this handshake sent a
+// two-message SYN and the SYN-ACK it verified completed it in three
+// messages, "" otherwise (a three-message SYN, a two-message completion,
+// or no SYN-ACK verified yet).
+func (c *ClientHandshake) FallbackReason() FallbackReason {
+	if c == nil || c.server == nil {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.peer == nil || c.twoMessage {
+		return ""
+	}
+	return FallbackDeclined
+}
+
 // consumeSYNACK2 verifies a SYN-ACK2: it answers this handshake's SYN2,
 // comes from the server node key the SYN2's MAC was made for, and proves
 // it over this connection and both ISNs.

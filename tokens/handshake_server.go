@@ -28,6 +28,7 @@ type ServerHandshake struct {
 	// for a three-message SYN). ts is the SYN2's timestamp.
 	twoMessage bool
 	fallback   string
+	fallbackR  FallbackReason
 	keys       *localKeys
 	ts         uint64
 
@@ -121,7 +122,7 @@ func (e *Engine) verifySYN(payload []byte, observed Endpoints, dnat Translation,
 	s := &ServerHandshake{e: e, clientNonce: m.clientNonce, client: p, conn: claimed}
 	if m.twoMessage {
 		keys := e.keys.Load()
-		if s.fallback = e.checkTwoMessage(&m, p, keys, &claimed, &observed, now); s.fallback == "" {
+		if s.fallbackR, s.fallback = e.checkTwoMessage(&m, p, keys, &claimed, &observed, now); s.fallbackR == "" {
 			s.twoMessage, s.keys, s.ts = true, keys, m.ts
 		}
 	}
@@ -150,6 +151,17 @@ func (s *ServerHandshake) Fallback() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.fallback
+}
+
+// FallbackReason is Fallback's typed cause, for flow records ("" when
+// there was no fallback).
+func (s *ServerHandshake) FallbackReason() FallbackReason {
+	if s == nil {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fallbackR
 }
 
 // SYNNeedsVerification reports whether ConsumeSYN or VerifySYN of payload,
@@ -186,8 +198,8 @@ func (s *ServerHandshake) RecordNonce() error {
 	if s.twoMessage {
 		// The register may have forgotten nonces since VerifySYN checked
 		// the timestamp: then this SYN is no longer known to be fresh.
-		if why := e.freshTimestamp(s.ts, now); why != "" {
-			s.twoMessage, s.keys, s.fallback = false, nil, why
+		if r, why := e.freshTimestamp(s.ts, now); r != "" {
+			s.twoMessage, s.keys, s.fallbackR, s.fallback = false, nil, r, why
 		}
 	}
 	return nil

@@ -61,6 +61,9 @@ type knownServer struct {
 	pub   []byte
 	keyID [keyIDSize]byte
 	pair  *pairKey
+	// notAfter: the end of the key's certificate, for a key known from a
+	// published certificate (hints.go); the cache expires the others.
+	notAfter time.Time
 }
 
 // learnServer remembers the node key p proved at conn's server address,
@@ -77,14 +80,18 @@ func (e *Engine) learnServer(keys *localKeys, conn *Endpoints, p *peerToken, pai
 		p.v.cert.notAfter, now)
 }
 
-// knownServerAt returns the node key remembered for conn's server address.
+// knownServerAt returns the node key remembered for conn's server address:
+// the one a handshake there proved, else the one a published certificate
+// gives (hints.go), else nil.
 func (e *Engine) knownServerAt(keys *localKeys, conn *Endpoints, now time.Time) *knownServer {
 	if !e.twoMessage {
 		return nil
 	}
 	addr := conn.Server.Addr().As16()
-	k, _ := keys.known.get(addr[:], now)
-	return k
+	if k, ok := keys.known.get(addr[:], now); ok {
+		return k
+	}
+	return e.hintedServer(keys, &addr, now)
 }
 
 // expand is HKDF-Expand(PRK, info, 32) for info of at most 190 bytes: one
@@ -180,35 +187,70 @@ func parseSYNACK2(b []byte) (synAckMsg, error) {
 	return m, nil
 }
 
+// FallbackReason is the typed cause of a two-message SYN answered with the
+// three-message handshake. Like Reason it is short, stable and safe to
+// log: the datapath puts it in flow records as is.
+type FallbackReason string
+
+// The reasons a two-message SYN falls back to three messages.
+const (
+	// FallbackDisabled: the server node has the two-message handshake off.
+	FallbackDisabled FallbackReason = "disabled"
+	// FallbackNAT: the client is behind a declared NAT gateway; the
+	// two-message path binds the untranslated connection only.
+	FallbackNAT FallbackReason = "nat"
+	// FallbackUnknownKey: the MAC was made for another key than this
+	// node's (its key rotated, the address moved to another node, or the
+	// client's hint about the node was wrong).
+	FallbackUnknownKey FallbackReason = "unknown-key"
+	// FallbackStaleTimestamp: the SYN's timestamp is older than the
+	// window (clocks apart, or a replay).
+	FallbackStaleTimestamp FallbackReason = "stale-timestamp"
+	// FallbackFutureTimestamp: the SYN's timestamp is ahead of the
+	// server's clock by more than the window.
+	FallbackFutureTimestamp FallbackReason = "future-timestamp"
+	// FallbackRestart: the timestamp is not after the strike register's
+	// start (the server restarted, or its register forgot nonces early).
+	FallbackRestart FallbackReason = "restart"
+	// FallbackNoPairKey: the server could not derive the pair key.
+	FallbackNoPairKey FallbackReason = "no-pair-key"
+	// FallbackBadMAC: the MAC does not verify.
+	FallbackBadMAC FallbackReason = "bad-mac"
+	// FallbackDeclined is the client's view: it sent a two-message SYN
+	// and the server answered in three messages (the client is not told
+	// why; the server's own record says).
+	FallbackDeclined FallbackReason = "declined-by-server"
+)
+
 // checkTwoMessage decides whether a verified SYN2 may complete in two
-// messages: "" if so, otherwise why it falls back to three. The nonce was
-// checked against the strike register by the caller; RecordNonce checks
-// again as it records it.
-func (e *Engine) checkTwoMessage(m *synMsg, p *peerToken, keys *localKeys, claimed, observed *Endpoints, now time.Time) string {
+// messages: "" if so, otherwise why it falls back to three (typed, and in
+// words). The nonce was checked against the strike register by the
+// caller; RecordNonce checks again as it records it.
+func (e *Engine) checkTwoMessage(m *synMsg, p *peerToken, keys *localKeys, claimed, observed *Endpoints, now time.Time) (FallbackReason, string) {
 	if !e.twoMessage {
-		return "two-message handshake disabled on this node"
+		return FallbackDisabled, "two-message handshake disabled on this node"
 	}
 	if claimed.Client != observed.Client {
-		return "client behind a declared NAT gateway"
+		return FallbackNAT, "client behind a declared NAT gateway"
 	}
 	if m.keyID != keys.keyID {
-		return "MAC made for another key of this node (rotated, or the address moved)"
+		return FallbackUnknownKey, "MAC made for another key of this node (rotated, or the address moved)"
 	}
-	if why := e.freshTimestamp(m.ts, now); why != "" {
-		return why
+	if r, why := e.freshTimestamp(m.ts, now); r != "" {
+		return r, why
 	}
 	k, err := keys.pairKey(p, now)
 	if err != nil {
-		return err.Error()
+		return FallbackNoPairKey, err.Error()
 	}
 	mac, err := syn2MAC(k, &m.clientNonce, m.ts, &m.keyID, &p.digest, claimed)
 	if err != nil {
-		return err.Error()
+		return FallbackNoPairKey, err.Error()
 	}
 	if subtle.ConstantTimeCompare(mac[:], m.mac[:]) != 1 {
-		return "MAC does not verify"
+		return FallbackBadMAC, "MAC does not verify"
 	}
-	return ""
+	return "", ""
 }
 
 // freshTimestamp says why a SYN2 timestamp (Unix ms, client clock) is not
@@ -216,19 +258,19 @@ func (e *Engine) checkTwoMessage(m *synMsg, p *peerToken, keys *localKeys, claim
 // and after the strike register's horizon (this engine's start, or the
 // last time the register forgot nonces early) plus the window, so that no
 // SYN2 sent before the register lost track can be accepted again.
-func (e *Engine) freshTimestamp(ts uint64, now time.Time) string {
+func (e *Engine) freshTimestamp(ts uint64, now time.Time) (FallbackReason, string) {
 	if ts > uint64(1)<<62 {
-		return "timestamp out of range"
+		return FallbackFutureTimestamp, "timestamp out of range"
 	}
 	t := time.UnixMilli(int64(ts))
 	w := e.twoMessageWindow
 	switch {
 	case t.Before(now.Add(-w)):
-		return fmt.Sprintf("timestamp %s older than the %s window (clocks apart, or replayed)", now.Sub(t).Round(time.Millisecond), w)
+		return FallbackStaleTimestamp, fmt.Sprintf("timestamp %s older than the %s window (clocks apart, or replayed)", now.Sub(t).Round(time.Millisecond), w)
 	case t.After(now.Add(w)):
-		return fmt.Sprintf("timestamp %s ahead of this node's clock (window %s)", t.Sub(now).Round(time.Millisecond), w)
+		return FallbackFutureTimestamp, fmt.Sprintf("timestamp %s ahead of this node's clock (window %s)", t.Sub(now).Round(time.Millisecond), w)
 	case !t.After(e.replay.horizon().Add(w)):
-		return "timestamp not after this node's strike register started (restart) plus the window"
+		return FallbackRestart, "timestamp not after this node's strike register started (restart) plus the window"
 	}
-	return ""
+	return "", ""
 }

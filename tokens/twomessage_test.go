@@ -96,8 +96,9 @@ func TestTwoMessageHandshake(t *testing.T) {
 }
 
 // threeMessage completes the handshake of syn in three messages after the
-// server fell back, and returns the server's reason.
-func threeMessage(t *testing.T, syn []byte, ch *ClientHandshake, se *Engine, observed Endpoints) string {
+// server fell back, and returns the server's reason, typed and in words.
+// The client says it was declined exactly when it sent a two-message SYN.
+func threeMessage(t *testing.T, syn []byte, ch *ClientHandshake, se *Engine, observed Endpoints) (FallbackReason, string) {
 	t.Helper()
 	sh, err := se.ConsumeSYN(syn, observed)
 	if err != nil {
@@ -126,7 +127,14 @@ func threeMessage(t *testing.T, syn []byte, ch *ClientHandshake, se *Engine, obs
 	if err := sh.ConsumeACK(ack); err != nil {
 		t.Fatal("ConsumeACK:", err)
 	}
-	return sh.Fallback()
+	want := FallbackReason("")
+	if syn[0] == typeSYN2 {
+		want = FallbackDeclined
+	}
+	if got := ch.FallbackReason(); got != want {
+		t.Errorf("client fallback reason %q, want %q", got, want)
+	}
+	return sh.FallbackReason(), sh.Fallback()
 }
 
 // Every reason to fall back leads to the three-message handshake, which
@@ -138,34 +146,35 @@ func TestTwoMessageFallback(t *testing.T) {
 		// prepare changes the world after the client knows the server;
 		// it returns the server engine and the connection it observes.
 		prepare func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints)
+		reason  FallbackReason
 		why     string
 		syn1    bool // the client still sends a three-message SYN
 	}{
-		{name: "server has it disabled", why: "disabled",
+		{name: "server has it disabled", reason: FallbackDisabled, why: "disabled",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				return newTestEngine(t, f.b, f.bundle, clk), testConn
 			}},
-		{name: "server node key changed", why: "another key",
+		{name: "server node key changed", reason: FallbackUnknownKey, why: "another key",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				if err := se.Rotate(mustIssue(t, f.ca, "node-b")); err != nil {
 					t.Fatal(err)
 				}
 				return se, testConn
 			}},
-		{name: "address now served by another node", why: "another key",
+		{name: "address now served by another node", reason: FallbackUnknownKey, why: "another key",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				return twoMsgEngine(t, mustIssue(t, f.ca, "node-c"), f.bundle, clk, nil), testConn
 			}},
-		{name: "server restarted", why: "restart",
+		{name: "server restarted", reason: FallbackRestart, why: "restart",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				return twoMsgEngine(t, f.b, f.bundle, clk, nil), testConn
 			}},
-		{name: "client clock behind", why: "older than",
+		{name: "client clock behind", reason: FallbackStaleTimestamp, why: "older than",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				late := &clock{t: clk.Now().Add(10 * time.Second)}
 				return twoMsgEngine(t, f.b, f.bundle, late, func(c *Config) { c.Now = func() time.Time { return late.Now() } }), testConn
 			}},
-		{name: "client clock ahead", why: "ahead",
+		{name: "client clock ahead", reason: FallbackFutureTimestamp, why: "ahead",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				// A server started long ago whose clock is 10s behind.
 				early := &clock{t: clk.Now().Add(-time.Hour)}
@@ -173,7 +182,7 @@ func TestTwoMessageFallback(t *testing.T) {
 				early.Advance(time.Hour - 10*time.Second)
 				return s, testConn
 			}},
-		{name: "client behind a declared NAT", why: "NAT",
+		{name: "client behind a declared NAT", reason: FallbackNAT, why: "NAT",
 			prepare: func(t *testing.T, f *fixture, clk *clock, ce, se *Engine) (*Engine, Endpoints) {
 				early := &clock{t: clk.Now().Add(-time.Minute)}
 				s := twoMsgEngine(t, f.b, f.bundle, early, func(c *Config) {
@@ -202,9 +211,9 @@ func TestTwoMessageFallback(t *testing.T) {
 			if got := syn[0] == typeSYN; got != tc.syn1 {
 				t.Fatalf("SYN type 0x%02x", syn[0])
 			}
-			why := threeMessage(t, syn, ch, server, observed)
-			if !strings.Contains(why, tc.why) {
-				t.Fatalf("fallback reason %q does not say %q", why, tc.why)
+			reason, why := threeMessage(t, syn, ch, server, observed)
+			if reason != tc.reason || !strings.Contains(why, tc.why) {
+				t.Fatalf("fallback reason %q (%q), want %q saying %q", reason, why, tc.reason, tc.why)
 			}
 		})
 	}
@@ -265,8 +274,8 @@ func TestTwoMessageReplay(t *testing.T) {
 	if sh.TwoMessage() {
 		t.Fatal("restarted server accepted a pre-restart SYN2 in two messages")
 	}
-	if !strings.Contains(sh.Fallback(), "restart") {
-		t.Errorf("fallback reason: %s", sh.Fallback())
+	if sh.FallbackReason() != FallbackRestart || !strings.Contains(sh.Fallback(), "restart") {
+		t.Errorf("fallback reason: %s (%s)", sh.FallbackReason(), sh.Fallback())
 	}
 	// Long after the restart, a SYN2 sent before it is still refused (by
 	// its timestamp now).

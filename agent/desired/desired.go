@@ -40,6 +40,21 @@ type State struct {
 	// protocols that carry no identity (UDP, SCTP: decided by address).
 	// nil leaves the map in force unchanged.
 	Addresses Addresses
+	// NodeCerts are node certificates the cluster publishes ahead of
+	// time, with the addresses of the pods on each node: the tokens
+	// engine pre-learns which node key answers at each address, so the
+	// first connection there takes the two-message handshake. nil leaves
+	// them unchanged.
+	NodeCerts *NodeCerts
+}
+
+// NodeCerts are the node certificates a source found published, per node
+// with the addresses of the pods it places there. They are unverified:
+// the tokens engine uses a certificate only once it verifies against the
+// trust bundle for the node it is listed under (tokens.NodeHint). A value
+// is not changed once delivered.
+type NodeCerts struct {
+	Nodes []tokens.NodeHint
 }
 
 // Services are the cluster's TCP Services (ClusterIP and port) whose

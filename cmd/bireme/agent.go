@@ -31,6 +31,9 @@ type agentOptions struct {
 	nodeCreds    string
 	stateDir     string
 	certLifetime time.Duration
+	// publishedNodeCerts: learn peer node keys from the node signer's
+	// requests (apisource.Config.NodeCertificates).
+	publishedNodeCerts bool
 
 	client kubernetes.Interface // made once, shared by the source and the CSRs
 }
@@ -96,6 +99,7 @@ renews it with a new key at two thirds of its lifetime.`,
 	f.DurationVar(&api.syncTimeout, "sync-timeout", time.Minute, "how long to wait for the first complete view of the API before giving up")
 	f.StringVar(&api.nodeCreds, "node-credentials", "files", "where the node key and certificate come from: files (--cert, --key) or csr (a CertificateSigningRequest to 'bireme signer', the key made and kept in --state-dir)")
 	f.StringVar(&api.stateDir, "state-dir", "/var/lib/bireme/node", "with --node-credentials csr: directory of the node key and certificate (0700, files 0600)")
+	f.BoolVar(&api.publishedNodeCerts, "published-node-certs", false, "learn peer node keys ahead of time from the node certificates 'bireme signer' issued (requests of signer bireme.io/node; needs list and watch on certificatesigningrequests): the first connection to a pod of such a node takes the two-message handshake")
 	f.DurationVar(&api.certLifetime, "cert-lifetime", nodecert.DefaultLifetime, "with --node-credentials csr: certificate lifetime to ask for (at least 10m; the signer may cap it)")
 	for _, name := range []string{"cluster", "ca-bundle", "identity-networks"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -181,14 +185,15 @@ func (a *agentOptions) source(opts enforceOptions, log *slog.Logger) (desired.So
 		return nil, fmt.Errorf("API client: %w", err)
 	}
 	return apisource.New(apisource.Config{
-		Client:          client,
-		ClusterPolicies: cnps,
-		Node:            opts.node,
-		Cluster:         opts.cluster,
-		NetNS:           podnetns.Scanner{},
-		Verify:          a.netnsCheck,
-		SyncTimeout:     a.syncTimeout,
-		Log:             log,
-		Policy:          policy.Options{IPBlockIdentityOnly: opts.ipBlockIdentityOnly},
+		Client:           client,
+		ClusterPolicies:  cnps,
+		Node:             opts.node,
+		Cluster:          opts.cluster,
+		NetNS:            podnetns.Scanner{},
+		Verify:           a.netnsCheck,
+		SyncTimeout:      a.syncTimeout,
+		Log:              log,
+		Policy:           policy.Options{IPBlockIdentityOnly: opts.ipBlockIdentityOnly},
+		NodeCertificates: a.publishedNodeCerts,
 	})
 }

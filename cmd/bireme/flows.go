@@ -24,7 +24,7 @@ type flowFilterFlags struct {
 	verdicts, from, to, fromLabels, toLabels []string
 	ports                                    []uint
 	policies, reasons, nodes, directions     []string
-	protocols, fields                        []string
+	protocols, fields, handshakes            []string
 	since, until                             string
 }
 
@@ -40,6 +40,7 @@ func (o *flowFilterFlags) add(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.nodes, "node", nil, "enforcer node (repeatable)")
 	f.StringSliceVar(&o.directions, "direction", nil, "ingress or egress, as the deciding enforcer saw it")
 	f.StringSliceVar(&o.protocols, "protocol", nil, "TCP, UDP, SCTP, ICMP, ...")
+	f.StringSliceVar(&o.handshakes, "handshake", nil, "two-message or three-message: the Bireme handshake the TCP decision was made in (fallback reasons: --field fallback=REASON)")
 	f.StringArrayVar(&o.fields, "field", nil, "any top-level record field NAME=VALUE, e.g. tier=admin or stage=syn (repeatable: all must match)")
 	f.StringVar(&o.since, "since", "", "records at or after: RFC 3339 time, or a duration before now (10m)")
 	f.StringVar(&o.until, "until", "", "records before: RFC 3339 time, or a duration before now")
@@ -70,6 +71,13 @@ func (o *flowFilterFlags) filter(now time.Time) (*query.Filter, error) {
 			return nil, fmt.Errorf("--port %d: want 1-65535", p)
 		}
 		f.Ports = append(f.Ports, uint16(p))
+	}
+	for _, s := range o.handshakes {
+		h, err := query.ParseHandshake(s)
+		if err != nil {
+			return nil, fmt.Errorf("--handshake: %w", err)
+		}
+		f.Handshakes = append(f.Handshakes, h)
 	}
 	for _, s := range o.fields {
 		fm, err := query.ParseField(s)

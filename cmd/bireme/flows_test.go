@@ -37,6 +37,10 @@ func TestFlowsCommands(t *testing.T) {
 		if i%2 == 1 {
 			r.Verdict, r.Policy, r.Reason = flowlog.Deny, "", "no rule allows"
 		}
+		r.Handshake = flowlog.ThreeMessage
+		if i == 2 {
+			r.Handshake = flowlog.TwoMessage
+		}
 		if err := w.Write(r); err != nil {
 			t.Fatal(err)
 		}
@@ -58,6 +62,13 @@ func TestFlowsCommands(t *testing.T) {
 	out, err := runCommand(t, newRootCmd(), append([]string{"flows", "--verdict", "deny", "--from-label", "app=web", "--port", "5432"}, flowFiles...)...)
 	if err != nil || strings.Count(out, "\n") != 4 || !strings.Contains(out, "shop/web") || strings.Contains(out, " allow ") {
 		t.Errorf("flows --verdict deny: %v\n%s", err, out)
+	}
+	out, err = runCommand(t, newRootCmd(), append([]string{"flows", "--handshake", "two-message"}, flowFiles...)...)
+	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, "handshake=two-message") {
+		t.Errorf("flows --handshake two-message: %v\n%s", err, out)
+	}
+	if _, err := runCommand(t, newRootCmd(), append([]string{"flows", "--handshake", "four"}, flowFiles...)...); err == nil || !strings.Contains(err.Error(), "--handshake") {
+		t.Errorf("bad --handshake: %v", err)
 	}
 	out, err = runCommand(t, newRootCmd(), append([]string{"flows", "top", "--to", "data/"}, flowFiles...)...)
 	if err != nil || !strings.Contains(out, "3      shop/web  data/db  allow    5432") {

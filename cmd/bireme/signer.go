@@ -1,15 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/bireme/bireme/agent"
 	"github.com/bireme/bireme/k8s/signer"
 	"github.com/bireme/bireme/tokens"
 )
@@ -20,6 +23,7 @@ import (
 func newSignerCmd() *cobra.Command {
 	var (
 		kubeconfig, caDir, agentSA string
+		listen                     string
 		maxLifetime                time.Duration
 		verbose                    bool
 	)
@@ -58,14 +62,25 @@ request is denied with a condition saying why. Certificates live at most
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)
 			}
+			reg := prometheus.NewRegistry()
 			s, err := signer.New(signer.Config{
 				Client: client, CA: ca, AgentNamespace: ns, AgentServiceAccount: name,
-				MaxLifetime: maxLifetime, Log: log,
+				MaxLifetime: maxLifetime, Log: log, Metrics: reg,
 			})
 			if err != nil {
 				return err
 			}
-			return s.Run(cmd.Context())
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			if listen != "" {
+				served, err := agent.ServeMetrics(ctx, listen, reg, s)
+				if err != nil {
+					return fmt.Errorf("signer: %w", err)
+				}
+				log.Info("serving /metrics, /healthz and /readyz", "addr", listen)
+				defer func() { <-served }() // after cancel: the server shuts down
+			}
+			return s.Run(ctx)
 		},
 	}
 	f := cmd.Flags()
@@ -73,6 +88,7 @@ request is denied with a condition saying why. Certificates live at most
 	f.StringVar(&caDir, "ca-dir", "", "directory holding the cluster CA's ca.crt and ca.key (required)")
 	f.StringVar(&agentSA, "agent-service-account", "bireme-system/bireme-agent", "the agents' service account, the only requester whose requests are signed")
 	f.DurationVar(&maxLifetime, "max-lifetime", signer.DefaultMaxLifetime, "longest lifetime of a node certificate (a request may ask for less)")
+	f.StringVar(&listen, "listen", "", "serve Prometheus metrics at http://ADDR/metrics and the probes /healthz and /readyz (for example :9465); empty: none")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("ca-dir")
 	return cmd

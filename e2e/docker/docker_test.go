@@ -207,6 +207,27 @@ func (a *agent) stop(t *testing.T) {
 	}
 }
 
+// waitLog waits until n lines of the agent's log hold every one of parts.
+func (a *agent) waitLog(t *testing.T, timeout time.Duration, n int, parts ...string) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		found := 0
+		for _, line := range strings.Split(a.log.String(), "\n") {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				found++
+			}
+		}
+		if found >= n {
+			return
+		}
+	}
+	t.Fatalf("%s: not %d log lines with %q within %v; log:\n%s", a.cmd.Args[1], n, parts, timeout, a.log.String())
+}
+
 // waitProtected waits until the agent is ready with n workloads protected.
 func (a *agent) waitProtected(t *testing.T, n int) {
 	t.Helper()
@@ -614,6 +635,44 @@ spec:
 		if !strings.Contains(x, "verdict: denied") || !strings.Contains(x, "db-from-web") {
 			t.Errorf("explain x/batch -> x/db:\n%s", x)
 		}
+	})
+
+	// The admin tier on a Docker host: an Admin Deny that db-from-web
+	// cannot override, in a file beside the NetworkPolicies; removed,
+	// db-from-web decides again.
+	t.Run("admin tier", func(t *testing.T) {
+		admin := filepath.Join(policyDir, "admin.yaml")
+		writeFile(t, admin, `apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: freeze-db}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}
+  ingress:
+  - {name: no-web, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}]}
+`)
+		// The agent logs each policy set it puts in force: before this
+		// file, one without cluster policies.
+		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "clusterPolicies=1")
+		probeAll(t, "Admin deny in force", []pair{
+			{d1, "web", "db", ip["db"], false, ""},
+			{d1, "web", "batch", ip["batch"], true, "x/batch"},
+		})
+		if recs := flowsWith(t, flows1, `"verdict":"deny"`, "freeze-db", `"tier":"admin"`); len(recs) == 0 {
+			data, _ := os.ReadFile(flows1)
+			t.Errorf("dock1's flow records name no Admin tier denial by freeze-db:\n%s", data)
+		}
+		x := mustRun(t, bin, "policy", "explain", "-f", policyDir, "--docker-host", d1.host, "--host", "dock1",
+			"--cluster", cluster, "--from", "x/web", "--to", "x/db", "--port", "80")
+		if !strings.Contains(x, "verdict: denied") || !strings.Contains(x, "freeze-db") {
+			t.Errorf("explain x/web -> x/db under the Admin deny:\n%s", x)
+		}
+		if err := os.Remove(admin); err != nil {
+			t.Fatal(err)
+		}
+		dock1.waitLog(t, 10*time.Second, 2, "network policies in force", "clusterPolicies=0")
+		probeAll(t, "Admin deny removed", []pair{{d1, "web", "db", ip["db"], true, "x/db"}})
 	})
 
 	// A container that connects the moment it starts: through the hook,

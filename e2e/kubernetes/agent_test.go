@@ -32,6 +32,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
+	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
 	"github.com/bireme/bireme/internal/testbin"
@@ -320,9 +321,6 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 
 	agentKubeconfig := agentCredentials(t, ctx, env, dir)
-	// The admin tiers' CRD, installed before the agents start (they look
-	// for its API at start).
-	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
 	f := newFabric(t)
 	a := &pod{namespace: "x", name: "a", node: "n1", labels: map[string]string{"app": "a"}}
 	b := &pod{namespace: "x", name: "b", node: "n1", labels: map[string]string{"app": "b"}}
@@ -356,6 +354,11 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		if !connects(pair[0].ns, pair[1].addr) {
 			t.Errorf("with no policy, %s cannot reach %s", pair[0].ref(), pair[1].ref())
 		}
+	}
+	// No node certificates published (--published-node-certs is off):
+	// the first connection between two nodes' pods takes three messages.
+	if cr, sr := firstRecords(t, dir, "n1", "n2", a.addr, c.addr); cr.Handshake != flowlog.ThreeMessage || sr.Handshake != flowlog.ThreeMessage {
+		t.Errorf("first connection x/a -> y/c: handshakes %q and %q, want three-message on both", cr.Handshake, sr.Handshake)
 	}
 
 	// A node the CA trusts but the API server does not place x/a on signs
@@ -412,6 +415,12 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	} else {
 		t.Logf("label change: x/b allowed after %v", took.Round(time.Millisecond))
 	}
+
+	// The admin tiers' CRD, installed while the agents run: they find its
+	// API (rechecked every 5 s) without a restart.
+	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
+	n1.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
+	n2.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
 
 	// An Admin tier ClusterNetworkPolicy denies app=a pods into y: the
 	// NetworkPolicy that allows them cannot override it. Deleted, the

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
 	"github.com/bireme/bireme/internal/testbin"
@@ -71,7 +73,7 @@ func TestNodeCertificatesThroughCSR(t *testing.T) {
 		t.Fatal(err)
 	}
 	signerToken := serviceAccountToken(t, ctx, client, "bireme-system", "bireme-signer", nil)
-	signerLog := startSigner(t, tokenKubeconfig(t, env, filepath.Join(dir, "signer.kubeconfig"), signerToken), caDir)
+	signerLog, signerHTTP := startSigner(t, tokenKubeconfig(t, env, filepath.Join(dir, "signer.kubeconfig"), signerToken), caDir)
 
 	createNamespace(t, ctx, client, "x", nil)
 	agentKubeconfigs := map[string]string{}
@@ -108,9 +110,24 @@ func TestNodeCertificatesThroughCSR(t *testing.T) {
 	}
 	signerLog.waitLog(t, 5*time.Second, "signed", "node=n1")
 	signerLog.waitLog(t, 5*time.Second, "signed", "node=n2")
+	// Each agent learns the other node's key from the certificate the
+	// signer published, before any connection between them.
+	n1.waitLog(t, 10*time.Second, "node certificates published ahead of time", "nodes=2")
+	n2.waitLog(t, 10*time.Second, "node certificates published ahead of time", "nodes=2")
+	// A node answers two-message SYNs only once its start-up window has
+	// passed (tokens.Config.TwoMessageWindow): its engine started before
+	// its pod was protected.
+	time.Sleep(tokens.DefaultTwoMessageWindow + time.Second)
 	for _, pair := range [][2]*pod{{a, c}, {c, a}} {
 		if !connects(pair[0].ns, pair[1].addr) {
 			t.Fatalf("%s cannot reach %s, both on nodes with certificates from the signer", pair[0].ref(), pair[1].ref())
+		}
+		// The very first connection between the two nodes' pods: two
+		// messages on both ends, from the published certificates.
+		cr, sr := firstRecords(t, dir, pair[0].node, pair[1].node, pair[0].addr, pair[1].addr)
+		if cr.Handshake != flowlog.TwoMessage || sr.Handshake != flowlog.TwoMessage {
+			t.Errorf("first connection %s -> %s: client record handshake %q (fallback %q), server record %q (fallback %q), want two-message on both",
+				pair[0].ref(), pair[1].ref(), cr.Handshake, cr.Fallback, sr.Handshake, sr.Fallback)
 		}
 	}
 	state := filepath.Join(dir, "n1-state", "node.pem")
@@ -178,6 +195,25 @@ func TestNodeCertificatesThroughCSR(t *testing.T) {
 		}
 		if len(got.Status.Certificate) > 0 {
 			t.Errorf("%s: a certificate was issued", tt.name)
+		}
+	}
+
+	// The signer's probes and metrics (the Deployment's probes and
+	// Prometheus read them): ready, two nodes signed, each denial counted
+	// by its reason.
+	if code, _ := httpGet(t, signerHTTP+"/readyz"); code != http.StatusOK {
+		t.Errorf("signer /readyz = %d, want 200", code)
+	}
+	_, metrics := httpGet(t, signerHTTP+"/metrics")
+	for _, want := range []string{
+		`bireme_signer_decisions_total{decision="signed",reason="BiremeNodeBound"} 2`,
+		`bireme_signer_decisions_total{decision="denied",reason="WrongNode"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="WrongRequester"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="NotBoundToNode"} 1`,
+		`bireme_signer_decisions_total{decision="denied",reason="BadKeyUsage"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("signer /metrics lacks %s:\n%s", want, metrics)
 		}
 	}
 
@@ -468,7 +504,7 @@ func startCSRAgent(t *testing.T, kubeconfig, dir, node, caDir, podNetwork string
 	a := &csrAgent{out: &agent{node: node, log: new(syncbuf.Buffer)}, exited: make(chan error, 1)}
 	a.cmd = exec.Command(bin, "agent", "--node", node, "--kubeconfig", kubeconfig,
 		"--cluster", cluster, "--ca-bundle", filepath.Join(caDir, "ca.crt"),
-		"--node-credentials", "csr", "--state-dir", filepath.Join(dir, node+"-state"),
+		"--node-credentials", "csr", "--state-dir", filepath.Join(dir, node+"-state"), "--published-node-certs",
 		"--identity-networks", podNetwork,
 		"--flows", filepath.Join(dir, node+".flows.jsonl"), "--netns-check", "500ms")
 	a.cmd.Stdout, a.cmd.Stderr = a.out.log, a.out.log
@@ -508,16 +544,24 @@ func (a *csrAgent) terminate(t *testing.T) {
 }
 
 // startSigner runs `bireme signer` with the CA in caDir, capping
-// certificates at signerLifetime.
-func startSigner(t *testing.T, kubeconfig, caDir string) *agent {
+// certificates at signerLifetime; it returns the signer and the base URL
+// of its probes and metrics.
+func startSigner(t *testing.T, kubeconfig, caDir string) (*agent, string) {
 	t.Helper()
 	bin, err := testbin.Bireme()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A free loopback port for its metrics server.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
 	s := &agent{node: "signer", log: new(syncbuf.Buffer)}
 	cmd := exec.Command(bin, "signer", "--kubeconfig", kubeconfig, "--ca-dir", caDir,
-		"--max-lifetime", signerLifetime.String())
+		"--max-lifetime", signerLifetime.String(), "--listen", listen)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -539,5 +583,60 @@ func startSigner(t *testing.T, kubeconfig, caDir string) *agent {
 		}
 	})
 	s.waitLog(t, 20*time.Second, "signer started")
-	return s
+	return s, "http://" + listen
+}
+
+// firstRecords returns the allow records of the first connection from
+// from to to:80: the client node's (egress) and the server node's
+// (ingress), waiting for them to be written.
+func firstRecords(t *testing.T, dir, clientNode, serverNode string, from, to netip.Addr) (client, server *flowlog.Record) {
+	t.Helper()
+	server80 := netip.AddrPortFrom(to, 80).String()
+	find := func(node, dir string) *flowlog.Record {
+		b, err := os.ReadFile(filepath.Join(dir, node+".flows.jsonl"))
+		if err != nil {
+			return nil
+		}
+		rs, err := flowlog.Read(bytes.NewReader(b))
+		if err != nil {
+			return nil
+		}
+		for i := range rs {
+			r := &rs[i]
+			if r.Verdict != flowlog.Allow || r.Protocol != "TCP" {
+				continue
+			}
+			local, peer := r.LocalAddr, r.PeerAddr
+			if r.Direction == "ingress" {
+				local, peer = peer, local
+			}
+			if local == server80 || peer != server80 || !strings.HasPrefix(local, from.String()+":") {
+				continue
+			}
+			return r
+		}
+		return nil
+	}
+	if _, ok := eventually(3*time.Second, func() bool {
+		client, server = find(clientNode, dir), find(serverNode, dir)
+		return client != nil && server != nil
+	}); !ok {
+		t.Fatalf("no allow records of %s -> %s on %s (%v) and %s (%v)", from, server80, clientNode, client != nil, serverNode, server != nil)
+	}
+	return client, server
+}
+
+// httpGet fetches url (a local metrics server) and returns the status and
+// body; 0 when it cannot be reached.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Logf("GET %s: %v", url, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -157,6 +157,9 @@ type Filter struct {
 	Nodes                []string
 	Directions           []string // ingress, egress
 	Protocols            []string // TCP, UDP, ... (any case)
+	// Handshakes: the Bireme handshake the decision was made in,
+	// flowlog.TwoMessage or flowlog.ThreeMessage (any case).
+	Handshakes []string
 	// Fields are top-level fields by JSON name, with the value as the
 	// record's JSON holds it (strings bare: tier=admin, wouldDeny=true):
 	// any field, including those this version does not know.
@@ -188,6 +191,9 @@ func (f *Filter) Match(e *Entry) bool {
 		return false
 	}
 	if len(f.Protocols) > 0 && !anyEqualFold(f.Protocols, r.Protocol) {
+		return false
+	}
+	if len(f.Handshakes) > 0 && !anyEqualFold(f.Handshakes, r.Handshake) {
 		return false
 	}
 	if !f.Since.IsZero() && r.Time.Before(f.Since) {
@@ -285,6 +291,18 @@ func matchReason(want []string, r *flowlog.Record) bool {
 		}
 	}
 	return false
+}
+
+// ParseHandshake reads --handshake: "two-message" or "three-message"
+// ("2" and "3" for short).
+func ParseHandshake(s string) (string, error) {
+	switch strings.ToLower(s) {
+	case flowlog.TwoMessage, "2":
+		return flowlog.TwoMessage, nil
+	case flowlog.ThreeMessage, "3":
+		return flowlog.ThreeMessage, nil
+	}
+	return "", fmt.Errorf("handshake %q: want %s or %s", s, flowlog.TwoMessage, flowlog.ThreeMessage)
 }
 
 // ParseTime reads --since/--until: an RFC 3339 time, or a duration before

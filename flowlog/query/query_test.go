@@ -21,7 +21,7 @@ func entries(t *testing.T) []Entry {
 	api := &identity.Identity{Cluster: "c", Namespace: "shop", Pod: "api", Labels: map[string]string{"app": "api"}}
 	recs := []*flowlog.Record{
 		{Time: t0, Node: "n1", Direction: "ingress", Stage: "syn", Protocol: "TCP", LocalAddr: "198.18.0.2:5432", PeerAddr: "198.18.0.3:41000",
-			Local: db, Peer: web, Verdict: flowlog.Allow, Policy: "data/allow-web", Reason: "allowed by data/allow-web"},
+			Local: db, Peer: web, Verdict: flowlog.Allow, Policy: "data/allow-web", Reason: "allowed by data/allow-web", Handshake: flowlog.TwoMessage},
 		{Time: t0.Add(time.Minute), Node: "n1", Direction: "ingress", Stage: "syn", Protocol: "TCP", LocalAddr: "198.18.0.2:5432", PeerAddr: "198.18.9.9:41001",
 			Local: db, Verdict: flowlog.Deny, SelectedBy: []string{"data/allow-web"}, Reason: "no identity; no rule allows"},
 		{Time: t0.Add(2 * time.Minute), Node: "n2", Direction: "egress", Stage: "synack", Protocol: "TCP", LocalAddr: "198.18.0.3:41002", PeerAddr: "198.18.0.4:8080",
@@ -85,6 +85,8 @@ func TestFilter(t *testing.T) {
 		{"node", Filter{Nodes: []string{"n2"}}, "2"},
 		{"field unknown to Record", Filter{Fields: []FieldMatch{{"tier", "admin"}}}, "2"},
 		{"field known", Filter{Fields: []FieldMatch{{"stage", "syn"}}}, "01"},
+		{"handshake", Filter{Handshakes: []string{"Two-Message"}}, "0"},
+		{"handshake none", Filter{Handshakes: []string{flowlog.ThreeMessage}}, ""},
 		{"and", Filter{Verdicts: []string{"deny"}, To: []Endpoint{ep("data/db")}}, "1"},
 	}
 	for _, tc := range cases {
@@ -105,6 +107,11 @@ func TestFilter(t *testing.T) {
 	}
 	if _, err := ParseLabels("a=(b"); err == nil {
 		t.Error("bad selector accepted")
+	}
+	for in, want := range map[string]string{"2": flowlog.TwoMessage, "three-message": flowlog.ThreeMessage, "x": ""} {
+		if got, err := ParseHandshake(in); got != want || (err != nil) != (want == "") {
+			t.Errorf("ParseHandshake(%q): %q, %v", in, got, err)
+		}
 	}
 	if got, err := ParseTime("10m", t0); err != nil || !got.Equal(t0.Add(-10*time.Minute)) {
 		t.Errorf("ParseTime 10m: %v %v", got, err)

@@ -26,6 +26,7 @@ package apisource
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	certlisters "k8s.io/client-go/listers/certificates/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
@@ -91,10 +93,25 @@ type Config struct {
 	// ClusterPolicies, if set, watches ClusterNetworkPolicies
 	// (policy.networking.k8s.io/v1beta1, the admin and baseline tiers).
 	// When the API server does not serve them (CRD not installed) the
-	// tiers are empty, which is what such a cluster means; the CRD is
-	// looked for at start only.
+	// tiers are empty, which is what such a cluster means, and the API is
+	// looked for again every CRDRecheck until it is served.
 	ClusterPolicies cnpclient.Interface
+	// NodeCertificates, if set, watches the certificate signing requests
+	// of signer bireme.io/node (the node certificates `bireme signer`
+	// issued) and delivers, per node, the certificates published there
+	// with the addresses of the pods the API places on that node
+	// (desired.State.NodeCerts): the tokens engine then makes even the
+	// first SYN to such a pod a two-message one. It needs list and watch
+	// on certificatesigningrequests.
+	NodeCertificates bool
+	// CRDRecheck is how often an agent started before the
+	// ClusterNetworkPolicy CRD was installed asks the API server for it
+	// again (default 5s): an admin denial must not wait for a restart.
+	CRDRecheck time.Duration
 }
+
+// nodeSignerName is the signer of Bireme node certificates (nodecert.SignerName).
+const nodeSignerName = "bireme.io/node"
 
 // Source delivers one node's desired state from the API server.
 type Source struct {
@@ -109,8 +126,11 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Client == nil || cfg.Node == "" || cfg.Cluster == "" || cfg.NetNS == nil {
 		return nil, errors.New("API source: Client, Node, Cluster and NetNS are required")
 	}
-	if cfg.Verify < 0 || cfg.SyncTimeout < 0 {
-		return nil, fmt.Errorf("API source: intervals must not be negative (verify %v, sync timeout %v)", cfg.Verify, cfg.SyncTimeout)
+	if cfg.Verify < 0 || cfg.SyncTimeout < 0 || cfg.CRDRecheck < 0 {
+		return nil, fmt.Errorf("API source: intervals must not be negative (verify %v, sync timeout %v, CRD recheck %v)", cfg.Verify, cfg.SyncTimeout, cfg.CRDRecheck)
+	}
+	if cfg.CRDRecheck == 0 {
+		cfg.CRDRecheck = 5 * time.Second
 	}
 	if cfg.Verify == 0 {
 		cfg.Verify = time.Second
@@ -133,6 +153,7 @@ type listers struct {
 	policies   networkinglisters.NetworkPolicyLister
 	cluster    cnplisters.ClusterNetworkPolicyLister // nil: no ClusterNetworkPolicy API
 	services   corelisters.ServiceLister
+	csrs       certlisters.CertificateSigningRequestLister // nil: node certificates not watched
 }
 
 // Run implements [desired.Source]: it starts the informers, delivers the
@@ -181,23 +202,43 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 	}
 	l := listers{pods: podInformer.Lister(), allPods: allPodInformer.Lister(), namespaces: nsInformer.Lister(),
 		policies: npInformer.Lister(), services: svcInformer.Lister()}
-	var cnpFactory cnpinformers.SharedInformerFactory
-	if served, err := s.clusterPoliciesServed(); err != nil {
+	served, err := s.clusterPoliciesServed(true)
+	if err != nil {
 		return err
-	} else if served {
-		cnpFactory = cnpinformers.NewSharedInformerFactoryWithOptions(s.cfg.ClusterPolicies, 0, cnpinformers.WithTransform(stripBookkeeping))
-		inf := cnpFactory.Policy().V1beta1().ClusterNetworkPolicies()
-		h, err := inf.Informer().AddEventHandler(notifyOn(ch.policyChanged))
+	}
+	if served {
+		lister, synced, shutdown, err := s.watchClusterPolicies(ctx, &ch)
+		if err != nil {
+			return err
+		}
+		defer shutdown() // after cancel (deferred below, run first)
+		handlersSynced = append(handlersSynced, synced)
+		l.cluster = lister
+	}
+	// Until the CRD is installed, its API is asked for again now and then.
+	var recheckCRD <-chan time.Time
+	if s.cfg.ClusterPolicies != nil && !served {
+		t := time.NewTicker(s.cfg.CRDRecheck)
+		defer t.Stop()
+		recheckCRD = t.C
+	}
+
+	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
+	if s.cfg.NodeCertificates {
+		// Only the node signer's requests, trimmed to their certificate.
+		csrFactory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, 0, informers.WithTransform(trimCSR),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("spec.signerName", nodeSignerName).String()
+			}))
+		inf := csrFactory.Certificates().V1().CertificateSigningRequests()
+		h, err := inf.Informer().AddEventHandler(notifyOn(ch.nodeCertsChanged))
 		if err != nil {
 			return fmt.Errorf("API source: watch: %w", err)
 		}
 		handlersSynced = append(handlersSynced, h.HasSynced)
-		l.cluster = inf.Lister()
-		cnpFactory.Start(ctx.Done())
-		defer cnpFactory.Shutdown() // after cancel (deferred below, run first)
+		l.csrs = inf.Lister()
+		factories = append(factories, csrFactory)
 	}
-
-	factories := []informers.SharedInformerFactory{cluster, nodePods, allPods}
 	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
@@ -217,14 +258,18 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("API source: no complete view of pods, namespaces, network policies and services after %v (is the API server reachable, and may this agent list and watch them?)", s.cfg.SyncTimeout)
+		what := "pods, namespaces, network policies and services"
+		if s.cfg.NodeCertificates {
+			what += " and node certificate signing requests"
+		}
+		return fmt.Errorf("API source: no complete view of %s after %v (is the API server reachable, and may this agent list and watch them?)", what, s.cfg.SyncTimeout)
 	}
 
-	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}}
+	st := &state{cfg: s.cfg, log: s.log, l: l, status: map[string]string{}, published: map[string]map[string]*x509.Certificate{}}
 	verify := time.NewTicker(s.cfg.Verify)
 	defer verify.Stop()
 	ch.take()
-	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true, services: true})
+	first, _ := st.compute(ctx, changed{policy: true, placement: true, pods: true, services: true, nodeCerts: true})
 	update(first)
 	for {
 		verifyDue := false
@@ -234,6 +279,13 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 		case <-ch.wake:
 		case <-verify.C:
 			verifyDue = true
+		case <-recheckCRD:
+			if lister, shutdown := s.lateClusterPolicies(ctx, &ch); lister != nil {
+				defer shutdown()
+				st.l.cluster = lister
+				recheckCRD = nil
+				ch.policyChanged()
+			}
 		}
 		what := ch.take()
 		what.pods = what.pods || verifyDue
@@ -246,21 +298,72 @@ func (s *Source) Run(ctx context.Context, update func(desired.State)) error {
 // clusterPoliciesServed says whether to watch ClusterNetworkPolicies:
 // asked for, and served by the API server (the CRD is installed). Any
 // answer but "not found" is an error: guessing "absent" would drop admin
-// denials.
-func (s *Source) clusterPoliciesServed() (bool, error) {
+// denials. warn logs the absence (once, at start).
+func (s *Source) clusterPoliciesServed(warn bool) (bool, error) {
 	if s.cfg.ClusterPolicies == nil {
 		return false, nil
 	}
 	_, err := s.cfg.ClusterPolicies.Discovery().ServerResourcesForGroupVersion(cnp.GroupVersion.String())
 	switch {
 	case apierrors.IsNotFound(err):
-		s.log.Warn("ClusterNetworkPolicy API not served (CRD not installed): admin and baseline tiers empty; restart the agent after installing it",
-			"groupVersion", cnp.GroupVersion.String())
+		if warn {
+			s.log.Warn("ClusterNetworkPolicy API not served (CRD not installed): admin and baseline tiers empty until it is",
+				"groupVersion", cnp.GroupVersion.String(), "recheck", s.cfg.CRDRecheck)
+		}
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("API source: discover %s: %w", cnp.GroupVersion, err)
 	}
 	return true, nil
+}
+
+// watchClusterPolicies starts the ClusterNetworkPolicy informer; its
+// changes mark the policy changed. shutdown waits for it after ctx ends.
+func (s *Source) watchClusterPolicies(ctx context.Context, ch *changes) (cnplisters.ClusterNetworkPolicyLister, cache.InformerSynced, func(), error) {
+	factory := cnpinformers.NewSharedInformerFactoryWithOptions(s.cfg.ClusterPolicies, 0, cnpinformers.WithTransform(stripBookkeeping))
+	inf := factory.Policy().V1beta1().ClusterNetworkPolicies()
+	h, err := inf.Informer().AddEventHandler(notifyOn(ch.policyChanged))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("API source: watch ClusterNetworkPolicies: %w", err)
+	}
+	factory.Start(ctx.Done())
+	return inf.Lister(), h.HasSynced, factory.Shutdown, nil
+}
+
+// lateClusterPolicies looks for the ClusterNetworkPolicy API once more
+// and, if it is served now, starts following it and waits for its first
+// complete list: the tiers go in force whole, never from half a list. It
+// returns a nil lister when the API is still absent or did not sync (the
+// next recheck tries again); shutdown is for Run's exit.
+func (s *Source) lateClusterPolicies(ctx context.Context, ch *changes) (cnplisters.ClusterNetworkPolicyLister, func()) {
+	served, err := s.clusterPoliciesServed(false)
+	if err != nil {
+		s.log.Error("looking for the ClusterNetworkPolicy API", "err", err)
+		return nil, nil
+	}
+	if !served {
+		return nil, nil
+	}
+	watchCtx, stop := context.WithCancel(ctx)
+	lister, synced, shutdown, err := s.watchClusterPolicies(watchCtx, ch)
+	if err != nil {
+		stop()
+		s.log.Error("following ClusterNetworkPolicies", "err", err)
+		return nil, nil
+	}
+	syncCtx, syncDone := context.WithTimeout(ctx, s.cfg.SyncTimeout)
+	ok := cache.WaitForCacheSync(syncCtx.Done(), synced)
+	syncDone()
+	stopAndWait := func() { stop(); shutdown() }
+	if !ok {
+		stopAndWait()
+		if ctx.Err() == nil {
+			s.log.Error("ClusterNetworkPolicy API served but not listed in time; trying again", "timeout", s.cfg.SyncTimeout)
+		}
+		return nil, nil
+	}
+	s.log.Info("ClusterNetworkPolicy API now served: admin and baseline tiers followed", "groupVersion", cnp.GroupVersion.String())
+	return lister, stopAndWait
 }
 
 // stripBookkeeping drops what the informers need not keep: managed fields
@@ -279,8 +382,9 @@ func stripBookkeeping(obj any) (any, error) {
 // changed says what the informers saw change: the policy (network
 // policies and namespaces), the placement (any pod's node, address or
 // labels; namespaces' labels, for the identities by address), this node's
-// pods (which also asks for a new scan of the namespaces) or the Services.
-type changed struct{ policy, placement, pods, services bool }
+// pods (which also asks for a new scan of the namespaces), the Services or
+// the node certificates.
+type changed struct{ policy, placement, pods, services, nodeCerts bool }
 
 // changes collects what changed since the loop last looked.
 type changes struct {
@@ -293,6 +397,7 @@ func (c *changes) policyChanged()    { c.mark(changed{policy: true}) }
 func (c *changes) placementChanged() { c.mark(changed{placement: true}) }
 func (c *changes) podsChanged()      { c.mark(changed{pods: true}) }
 func (c *changes) servicesChanged()  { c.mark(changed{services: true}) }
+func (c *changes) nodeCertsChanged() { c.mark(changed{nodeCerts: true}) }
 func (c *changes) namespacesChanged() {
 	c.mark(changed{policy: true, placement: true})
 }
@@ -303,6 +408,7 @@ func (c *changes) mark(w changed) {
 	c.seen.placement = c.seen.placement || w.placement
 	c.seen.pods = c.seen.pods || w.pods
 	c.seen.services = c.seen.services || w.services
+	c.seen.nodeCerts = c.seen.nodeCerts || w.nodeCerts
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -347,6 +453,11 @@ type state struct {
 	workloads []desired.Workload // last delivered
 	services  *desired.Services  // last delivered
 	status    map[string]string  // pod ref -> its protection status, as last logged
+	// published holds the node certificates seen in requests, by node
+	// and DER, until they expire (nodecerts.go); nodeCerts is the last
+	// delivered.
+	published map[string]map[string]*x509.Certificate
+	nodeCerts *desired.NodeCerts
 }
 
 // compute builds the desired state; differs reports whether it differs
@@ -368,6 +479,14 @@ func (s *state) compute(ctx context.Context, what changed) (next desired.State, 
 			s.log.Error("list every pod's node", "err", err)
 		} else {
 			next.Placement, next.Addresses = p, a
+			differs = true
+		}
+	}
+	if s.l.csrs != nil && (what.nodeCerts || what.placement) {
+		if nc, err := s.computeNodeCerts(time.Now()); err != nil {
+			s.log.Error("list node certificate signing requests", "err", err)
+		} else if !sameNodeCerts(nc, s.nodeCerts) {
+			next.NodeCerts, s.nodeCerts = nc, nc
 			differs = true
 		}
 	}

@@ -265,7 +265,8 @@ func (st *state) compute(ctx context.Context, cur *store, newPolicy bool) (next 
 	next = desired.State{Workloads: workloads}
 	if newPolicy {
 		next.Policy, differs = cur.eng, true
-		s.log.Info("network policies in force", "dir", s.cfg.PolicyDir, "policies", len(cur.objs.Policies))
+		s.log.Info("network policies in force", "dir", s.cfg.PolicyDir, "policies", len(cur.objs.Policies),
+			"clusterPolicies", len(cur.objs.ClusterPolicies))
 	}
 	if st.placement == nil || !maps.Equal(placement, st.placement) {
 		next.Placement, st.placement, differs = placement, placement, true

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -44,6 +47,8 @@ type Config struct {
 	MaxLifetime time.Duration
 	// Log receives one line per decision (nil: discarded).
 	Log *slog.Logger
+	// Metrics, if set, gets bireme_signer_decisions_total.
+	Metrics prometheus.Registerer
 }
 
 // Signer watches bireme.io/node requests and approves and signs, or
@@ -53,7 +58,15 @@ type Signer struct {
 	ca     *tokens.CA
 	policy Policy
 	log    *slog.Logger
+	// decisions counts outcomes by decision (signed, denied, failed) and
+	// reason; never nil (unregistered when Config.Metrics is nil).
+	decisions *prometheus.CounterVec
+	ready     atomic.Bool
 }
+
+// Ready reports whether the signer has its first complete list of
+// requests and is deciding them: its /readyz.
+func (s *Signer) Ready() bool { return s.ready.Load() }
 
 // New checks cfg and returns a Signer ready to Run.
 func New(cfg Config) (*Signer, error) {
@@ -73,9 +86,19 @@ func New(cfg Config) (*Signer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bireme_signer_decisions_total",
+		Help: "Node certificate requests decided, by decision (signed, denied, failed) and reason.",
+	}, []string{"decision", "reason"})
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(decisions); err != nil {
+			return nil, fmt.Errorf("signer: metrics: %w", err)
+		}
+	}
 	return &Signer{
-		client: cfg.Client,
-		ca:     cfg.CA,
+		decisions: decisions,
+		client:    cfg.Client,
+		ca:        cfg.CA,
 		policy: Policy{
 			TrustDomain:         cfg.CA.TrustDomain,
 			AgentNamespace:      cfg.AgentNamespace,
@@ -122,6 +145,8 @@ func (s *Signer) Run(ctx context.Context) error {
 		}
 		return errors.New("signer: no list of certificate signing requests from the API server within a minute")
 	}
+	s.ready.Store(true)
+	defer s.ready.Store(false)
 	s.log.Info("signer started", "signer", Name, "trust_domain", s.policy.TrustDomain,
 		"requester", s.policy.Username(), "max_lifetime", s.policy.MaxLifetime)
 	go func() {
@@ -180,6 +205,11 @@ func (s *Signer) handle(ctx context.Context, csr *certv1.CertificateSigningReque
 				return fmt.Errorf("deny: %w", err)
 			}
 		}
+		if approved {
+			s.decisions.WithLabelValues("failed", d.Reason).Inc()
+		} else {
+			s.decisions.WithLabelValues("denied", d.Reason).Inc()
+		}
 		s.log.Warn("denied", "csr", csr.Name, "requester", csr.Spec.Username, "reason", d.Reason, "why", d.Message)
 		return nil
 	}
@@ -200,6 +230,7 @@ func (s *Signer) handle(ctx context.Context, csr *certv1.CertificateSigningReque
 		if _, uerr := csrs.UpdateStatus(ctx, csr, metav1.UpdateOptions{}); uerr != nil {
 			return errors.Join(err, fmt.Errorf("mark failed: %w", uerr))
 		}
+		s.decisions.WithLabelValues("failed", "SigningFailed").Inc()
 		s.log.Error("signing failed", "csr", csr.Name, "node", d.Node, "err", err)
 		return nil
 	}
@@ -207,6 +238,7 @@ func (s *Signer) handle(ctx context.Context, csr *certv1.CertificateSigningReque
 	if _, err := csrs.UpdateStatus(ctx, csr, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
+	s.decisions.WithLabelValues("signed", d.Reason).Inc()
 	s.log.Info("signed", "csr", csr.Name, "node", d.Node, "not_after", cert.NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }

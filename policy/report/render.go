@@ -7,18 +7,49 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/bireme/bireme/policy"
 )
 
 // summary says in a few words how one direction of a workload is covered.
 func (c Coverage) summary() string {
-	if !c.Isolated {
-		return "open"
-	}
 	var names []string
 	for _, p := range c.Policies {
-		names = append(names, p.Policy)
+		names = append(names, policyLabel(p))
 	}
-	return "isolated by " + strings.Join(names, ", ")
+	switch {
+	case c.Isolated:
+		return "isolated by " + strings.Join(names, ", ")
+	case len(names) > 0:
+		return "open, though selected by " + strings.Join(names, ", ")
+	}
+	return "open"
+}
+
+// policyLabel names a selecting policy: a NetworkPolicy by namespace/name,
+// a ClusterNetworkPolicy with its tier and priority; audit mode said.
+func policyLabel(p Selection) string {
+	s := p.Policy
+	if p.Tier != TierNetworkPolicy {
+		s = fmt.Sprintf("%s (%s tier, priority %d)", p.Policy, p.Tier, p.Priority)
+	}
+	if p.Audit {
+		s += " [audit]"
+	}
+	return s
+}
+
+// ruleLabel names a rule: "rule 0", or for a ClusterNetworkPolicy
+// `rule 0 "name": Deny`.
+func ruleLabel(r policy.RuleView) string {
+	s := fmt.Sprintf("rule %d", r.Index)
+	if r.Name != "" {
+		s += fmt.Sprintf(" %q", r.Name)
+	}
+	if r.Action != "" {
+		s += ": " + r.Action
+	}
+	return s
 }
 
 // labelList renders labels as k=v, sorted.
@@ -52,10 +83,10 @@ func (r *Report) ruleLines() []ruleLine {
 		}{{"ingress", w.Ingress}, {"egress", w.Egress}} {
 			for _, p := range d.c.Policies {
 				if len(p.Rules) == 0 {
-					out = append(out, ruleLine{w.Workload, d.name, p.Policy, "no rules", "nobody", "-"})
+					out = append(out, ruleLine{w.Workload, d.name, policyLabel(p), "no rules", "nobody", "-"})
 				}
 				for _, rule := range p.Rules {
-					out = append(out, ruleLine{w.Workload, d.name, p.Policy, fmt.Sprintf("rule %d", rule.Index),
+					out = append(out, ruleLine{w.Workload, d.name, policyLabel(p), ruleLabel(rule),
 						strings.Join(rule.Peers, "; "), strings.Join(rule.Ports, ", ")})
 				}
 			}
@@ -132,13 +163,13 @@ func policyName(p PolicyRefusals) string {
 func WriteMarkdown(w io.Writer, r *Report) error {
 	var b strings.Builder
 	b.WriteString("# Network policy compliance report\n\n")
-	fmt.Fprintf(&b, "Policy tiers evaluated, in order: %s. A workload that no policy isolates in a direction accepts (ingress) or opens (egress) every connection in that direction. Workloads isolated in neither direction come first.\n\n", strings.Join(r.Tiers, ", "))
+	fmt.Fprintf(&b, "Policy tiers evaluated, in order: %s. A direction is isolated when every connection in it is decided by a written rule: a NetworkPolicy selects the workload, or a ClusterNetworkPolicy denies every peer on every port before any rule passes the connection on. Otherwise a connection no rule matches is allowed. Workloads isolated in neither direction come first.\n\n", strings.Join(r.Tiers, ", "))
 	b.WriteString("## Workloads\n\n| Workload | Service account | Labels | Ingress | Egress |\n|---|---|---|---|---|\n")
 	for _, wl := range r.Workloads {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", cell(wl.Workload), cell(wl.ServiceAccount), cell(labelList(wl.Labels)), cell(wl.Ingress.summary()), cell(wl.Egress.summary()))
 	}
 	if lines := r.ruleLines(); len(lines) > 0 {
-		b.WriteString("\n## What the policies allow\n\nA connection in a direction is allowed when one rule of one selecting policy matches both its peer and its port.\n\n| Workload | Direction | Policy | Rule | Peers | Ports |\n|---|---|---|---|---|---|\n")
+		b.WriteString("\n## What the policies allow\n\nThe first ClusterNetworkPolicy rule (Admin tier) matching a connection's peer and port accepts, denies or passes it on; then a connection is allowed when one rule of one selecting NetworkPolicy matches both; then the Baseline tier's rules apply.\n\n| Workload | Direction | Policy | Rule | Peers | Ports |\n|---|---|---|---|---|---|\n")
 		for _, l := range lines {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(l.workload), l.direction, cell(l.policy), l.rule, cell(l.peers), cell(l.ports))
 		}

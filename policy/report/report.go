@@ -6,9 +6,9 @@
 //
 // It reads no files: the caller gives the compiled engine, the workloads'
 // identities (k8s.IdentityOf for a Kubernetes store) and the flow records
-// (flowlog.Read), so any store can be reported on. Policies are grouped by
-// tier; today the only tier is NetworkPolicy, and a tier evaluated before it
-// (an admin tier) adds its entries to the same lists.
+// (flowlog.Read), so any store can be reported on. Policies are listed in
+// the order they are evaluated: the ClusterNetworkPolicy Admin tier, the
+// NetworkPolicies, the Baseline tier.
 package report
 
 import (
@@ -23,8 +23,12 @@ import (
 	"github.com/bireme/bireme/policy"
 )
 
-// TierNetworkPolicy is the tier of Kubernetes NetworkPolicy objects.
-const TierNetworkPolicy = "NetworkPolicy"
+// The tiers, as policy names them.
+const (
+	TierAdmin         = policy.TierAdmin
+	TierNetworkPolicy = policy.TierNetworkPolicy
+	TierBaseline      = policy.TierBaseline
+)
 
 // Regime is a label that marks workloads under a compliance regime, such as
 // pci=true. A workload carries it when its pod labels (pseudo-labels
@@ -97,21 +101,22 @@ func (w *Workload) isolation() int {
 	return n
 }
 
-// Coverage is one direction of a workload. Not isolated means every peer
-// may connect (ingress) or be connected to (egress) on every port.
+// Coverage is one direction of a workload. Isolated means every
+// connection in that direction is decided by a rule someone wrote: a
+// NetworkPolicy in force selects the workload, or a ClusterNetworkPolicy
+// denies every peer on every port before anything passes it on
+// ([policy.Engine.Isolated]). Not isolated means some peers may connect
+// (ingress) or be connected to (egress) because no rule says otherwise.
 type Coverage struct {
 	Isolated bool `json:"isolated"`
-	// Policies are the rule sets selecting the workload, in tier order and
-	// by name within a tier. Their rules are all that is allowed.
+	// Policies are the rule sets selecting the workload in evaluation
+	// order: Admin tier by priority, NetworkPolicies by name, Baseline
+	// tier by priority.
 	Policies []Selection `json:"policies,omitempty"`
 }
 
 // Selection is one policy selecting a workload, with its rules in words.
-type Selection struct {
-	Tier   string            `json:"tier"`
-	Policy string            `json:"policy"`
-	Rules  []policy.RuleView `json:"rules"`
-}
+type Selection = policy.SelectingPolicy
 
 // RegimeCoverage answers "is every workload of the regime covered?". A
 // workload is covered when at least one rule set isolates it for ingress
@@ -164,7 +169,7 @@ type PolicyRefusals struct {
 
 // Build builds the report.
 func Build(in Input) *Report {
-	r := &Report{Tiers: []string{TierNetworkPolicy}, Workloads: []Workload{}}
+	r := &Report{Tiers: []string{TierAdmin, TierNetworkPolicy, TierBaseline}, Workloads: []Workload{}}
 	for _, id := range in.Workloads {
 		w := workloadOf(in.Engine, id)
 		w.IgnoredLabels = in.IgnoredLabels[w.Workload]
@@ -184,17 +189,9 @@ func Build(in Input) *Report {
 
 func workloadOf(e *policy.Engine, id *identity.Identity) Workload {
 	w := Workload{Workload: id.Ref(), ServiceAccount: id.ServiceAccount, Labels: identity.WithoutReserved(id.Labels)}
-	w.Ingress = coverage(e.Selecting(id, policy.Ingress))
-	w.Egress = coverage(e.Selecting(id, policy.Egress))
+	w.Ingress = Coverage{Isolated: e.Isolated(id, policy.Ingress), Policies: e.SelectingTiers(id, policy.Ingress)}
+	w.Egress = Coverage{Isolated: e.Isolated(id, policy.Egress), Policies: e.SelectingTiers(id, policy.Egress)}
 	return w
-}
-
-func coverage(selecting []policy.SelectingPolicy) Coverage {
-	c := Coverage{Isolated: len(selecting) > 0}
-	for _, s := range selecting {
-		c.Policies = append(c.Policies, Selection{Tier: TierNetworkPolicy, Policy: s.Policy, Rules: s.Rules})
-	}
-	return c
 }
 
 // carries reports whether id is under reg (pod or namespace label).
@@ -247,6 +244,10 @@ func refusals(e *policy.Engine, records []flowlog.Record) *Refusals {
 		name := np.Namespace + "/" + np.Name
 		byPolicy[name] = &PolicyRefusals{Tier: TierNetworkPolicy, Policy: name, InStore: true}
 	}
+	// ClusterNetworkPolicy names have no slash: they cannot collide.
+	for _, cp := range e.Objects().ClusterPolicies {
+		byPolicy[cp.Name] = &PolicyRefusals{Tier: string(cp.Spec.Tier), Policy: cp.Name, InStore: true}
+	}
 	seen := map[connection]bool{}
 	for i := range records {
 		rec := &records[i]
@@ -267,7 +268,7 @@ func refusals(e *policy.Engine, records []flowlog.Record) *Refusals {
 			for _, name := range rec.SelectedBy {
 				p := byPolicy[name]
 				if p == nil {
-					p = &PolicyRefusals{Tier: TierNetworkPolicy, Policy: name}
+					p = &PolicyRefusals{Tier: recordTier(rec.Tier), Policy: name}
 					byPolicy[name] = p
 				}
 				if rec.Direction == policy.Egress.String() {
@@ -285,4 +286,16 @@ func refusals(e *policy.Engine, records []flowlog.Record) *Refusals {
 		out.ByPolicy = []PolicyRefusals{}
 	}
 	return out
+}
+
+// recordTier names the tier of a flow record ("admin", "baseline", or
+// none: a NetworkPolicy) as the report does.
+func recordTier(t string) string {
+	switch strings.ToLower(t) {
+	case strings.ToLower(TierAdmin):
+		return TierAdmin
+	case strings.ToLower(TierBaseline):
+		return TierBaseline
+	}
+	return TierNetworkPolicy
 }

@@ -62,7 +62,7 @@ func TestReportWorkloads(t *testing.T) {
 	if want := []string{"pay/ledger", "shop/batch", "shop/forger", "shop/web", "pay/db"}; !slices.Equal(order, want) {
 		t.Fatalf("workload order %v, want %v", order, want)
 	}
-	if !slices.Equal(r.Tiers, []string{report.TierNetworkPolicy}) || r.Refusals != nil {
+	if !slices.Equal(r.Tiers, []string{report.TierAdmin, report.TierNetworkPolicy, report.TierBaseline}) || r.Refusals != nil {
 		t.Errorf("tiers %v, refusals %+v", r.Tiers, r.Refusals)
 	}
 	for _, w := range r.Workloads[:4] {
@@ -217,5 +217,147 @@ func TestReportRendering(t *testing.T) {
 		if strings.Index(out, "pay/ledger") > strings.Index(out, "pay/db") {
 			t.Errorf("%s: the open pay/ledger is not listed before pay/db:\n%s", f.name, out)
 		}
+	}
+}
+
+// clusterTiers: Admin and Baseline ClusterNetworkPolicies over three
+// namespaces, each isolating (or not) in a way worth telling apart.
+const clusterTiers = `apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {zone: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b, labels: {zone: b}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: c, labels: {zone: c}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: a, labels: {app: p}}
+spec: {nodeName: n1, containers: [{name: m, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: b, labels: {app: p}}
+spec: {nodeName: n1, containers: [{name: m, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: c, labels: {app: p}}
+spec: {nodeName: n1, containers: [{name: m, image: none}]}
+---
+# a: Admin accepts zone b, then denies every peer: isolated for egress.
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: seal-a}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {zone: a}}}
+  egress:
+  - {name: to-b, action: Accept, to: [{namespaces: {matchLabels: {zone: b}}}]}
+  - {name: rest, action: Deny, to: [{networks: [0.0.0.0/0, "::/0"]}]}
+---
+# b: an Admin Pass ahead of the same denial: what passes reaches open tiers.
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: pass-b}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {zone: b}}}
+  egress:
+  - {name: delegate-a, action: Pass, to: [{namespaces: {matchLabels: {zone: a}}}]}
+  - {name: rest, action: Deny, to: [{networks: [0.0.0.0/0, "::/0"]}]}
+---
+# every namespace: a Baseline deny of every pod leaves other peers open
+# (ingress rules name pods only: addresses outside the cluster, pods of
+# other clusters).
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: default-deny-pods}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - {name: pods, action: Deny, from: [{namespaces: {}}]}
+`
+
+func TestReportClusterTiers(t *testing.T) {
+	objs, err := k8s.Decode("tiers.yaml", []byte(clusterTiers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := k8s.Compile(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := report.Input{Engine: e, Flows: []flowlog.Record{
+		{Node: "n1", Direction: "egress", Protocol: "TCP", LocalAddr: "198.18.0.1:4000", PeerAddr: "198.18.0.3:80",
+			Verdict: flowlog.Deny, Tier: "admin", Policy: "seal-a", SelectedBy: []string{"seal-a"}},
+	}}
+	for _, p := range objs.Pods {
+		in.Workloads = append(in.Workloads, k8s.IdentityOf("lab", objs.Namespace(p.Namespace), p))
+	}
+	r := report.Build(in)
+	got := map[string]report.Workload{}
+	for _, w := range r.Workloads {
+		got[w.Workload] = w
+	}
+	for _, tt := range []struct {
+		workload        string
+		ingress, egress bool
+		ingressPolicies []string
+		egressPolicies  []string
+	}{
+		{"a/p", false, true, []string{"default-deny-pods"}, []string{"seal-a"}},
+		{"b/p", false, false, []string{"default-deny-pods"}, []string{"pass-b"}},
+		{"c/p", false, false, []string{"default-deny-pods"}, nil},
+	} {
+		w := got[tt.workload]
+		names := func(c report.Coverage) []string {
+			var out []string
+			for _, p := range c.Policies {
+				out = append(out, p.Policy)
+			}
+			return out
+		}
+		if w.Ingress.Isolated != tt.ingress || w.Egress.Isolated != tt.egress ||
+			!slices.Equal(names(w.Ingress), tt.ingressPolicies) || !slices.Equal(names(w.Egress), tt.egressPolicies) {
+			t.Errorf("%s: ingress isolated %v by %v, egress isolated %v by %v; want %v %v, %v %v", tt.workload,
+				w.Ingress.Isolated, names(w.Ingress), w.Egress.Isolated, names(w.Egress), tt.ingress, tt.ingressPolicies, tt.egress, tt.egressPolicies)
+		}
+	}
+	seal := got["a/p"].Egress.Policies[0]
+	if seal.Tier != report.TierAdmin || seal.Priority != 10 || len(seal.Rules) != 2 ||
+		seal.Rules[0].Action != "Accept" || seal.Rules[1].Name != "rest" || seal.Rules[1].Action != "Deny" {
+		t.Errorf("seal-a as reported: %+v", seal)
+	}
+	var b bytes.Buffer
+	if err := report.WriteTable(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"isolated by seal-a (Admin tier, priority 10)",
+		"open, though selected by pass-b (Admin tier, priority 5)",
+		`rule 1 "rest": Deny`,
+		"Admin     seal-a",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	var refusals report.PolicyRefusals
+	for _, p := range r.Refusals.ByPolicy {
+		if p.Policy == "seal-a" {
+			refusals = p
+		}
+	}
+	if refusals != (report.PolicyRefusals{Tier: report.TierAdmin, Policy: "seal-a", InStore: true, Egress: 1}) {
+		t.Errorf("seal-a refusals: %+v (all: %+v)", refusals, r.Refusals.ByPolicy)
 	}
 }
