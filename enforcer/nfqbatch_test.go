@@ -76,6 +76,16 @@ func TestVerdictBatchAppliesToTheRightPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Wait until all eight wait in the queue (softirq may lag on a busy
+	// machine), so that a read can take several.
+	for start := time.Now(); queueTotal(ctx, t, rcv, 5) < n; {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("only %d of %d datagrams reached the queue", queueTotal(ctx, t, rcv, 5), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%d datagrams queued before the first read", queueTotal(ctx, t, rcv, 5))
+
 	// Read until all eight are decided: even ones accepted ("2" rewritten
 	// to "X", "4" marked 0x42), odd ones dropped; each read's verdicts
 	// written in one write.
@@ -162,4 +172,21 @@ func markedCount(listing []byte) int {
 		}
 	}
 	return -1
+}
+
+// queueTotal is how many packets wait in queue num of ns
+// (/proc/net/netfilter/nfnetlink_queue: number, portid, total, ...).
+func queueTotal(ctx context.Context, t *testing.T, ns *netns.NS, num int) int {
+	t.Helper()
+	out, err := ns.Output(ctx, "cat", "/proc/net/netfilter/nfnetlink_queue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range bytes.Split(out, []byte("\n")) {
+		var q, portid, total int
+		if k, _ := fmt.Sscan(string(l), &q, &portid, &total); k == 3 && q == num {
+			return total
+		}
+	}
+	return 0
 }
