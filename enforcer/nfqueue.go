@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -71,6 +72,18 @@ const (
 	// socketBuffer is the receive buffer asked for: a burst of handshakes
 	// waits here rather than being lost.
 	socketBuffer = 4 << 20
+	// recvBatch is how many queued packets one read system call takes
+	// (recvmmsg); their verdicts are written together.
+	recvBatch = 8
+	// recvBufBytes holds one queued packet (up to copyRange) and its
+	// attributes.
+	recvBufBytes = copyRange + 4096
+	// verdictBatchBytes bounds one write of verdicts. The kernel refuses a
+	// netlink message longer than the socket's send buffer (212992 bytes
+	// by default); one verdict with the largest replacement packet fits.
+	verdictBatchBytes = 128 << 10
+	// maxVerdictBytes is one verdict message at its largest.
+	maxVerdictBytes = nlmsgHdrLen + nfgenHdrLen + 3*nlaHdrLen + 8 + 4 + copyRange + tokenOptSpace + 4
 )
 
 // queuedPacket is one packet the kernel handed us. Its slices point into
@@ -93,17 +106,37 @@ type nfqSocket struct {
 	closed atomic.Bool
 	seq    uint32
 
-	rbuf []byte // receive buffer, reused
+	rbuf []byte // receive buffer of config, reused
 
-	wmu  sync.Mutex // guards wbuf and werr: a message is built and sent whole
-	wbuf []byte     // verdict message buffer, reused
+	// The reader takes up to recvBatch packets per system call (recvmmsg),
+	// one buffer each; msgs and iovs point at them.
+	rbufs [][]byte
+	msgs  []mmsghdr
+	iovs  []unix.Iovec
+
+	// wmu guards the verdict batch: wbuf holds the verdict messages not
+	// yet written (several netlink messages are one write: the kernel
+	// applies them in order), ids the packets they answer, in case the
+	// write fails. A verdict from another goroutine (a held packet
+	// released by the expiry timer) joins the batch and writes it.
+	wmu  sync.Mutex
+	wbuf []byte
+	ids  []uint32
+	out  []byte // what doWrite writes
 	werr error
 
 	// The callbacks handed to raw, made once so a read or write does not
 	// allocate a closure, and their results.
-	readFn, writeFn func(fd uintptr) bool
-	n               int
-	err             error
+	readFn, writeFn, readBatchFn func(fd uintptr) bool
+	n                            int
+	err                          error
+}
+
+// mmsghdr is struct mmsghdr of recvmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [unsafe.Sizeof(uintptr(0)) - 4]byte
 }
 
 // openNFQ opens a netlink socket inside the namespace at nsPath and binds
@@ -128,9 +161,21 @@ func openNFQ(nsPath string, num uint16) (*nfqSocket, error) {
 		return nil, err
 	}
 	s := &nfqSocket{file: os.NewFile(uintptr(fd), fmt.Sprintf("nfqueue-%d", num)), queue: num,
-		rbuf: make([]byte, copyRange+4096), // the packet and its attributes
-		wbuf: make([]byte, 0, nlmsgHdrLen+nfgenHdrLen+3*nlaHdrLen+8+4+copyRange+tokenOptSpace+4)}
-	s.readFn, s.writeFn = s.doRead, s.doWrite
+		wbuf: make([]byte, 0, verdictBatchBytes), ids: make([]uint32, 0, 2*recvBatch)}
+	s.rbufs = make([][]byte, recvBatch)
+	s.msgs = make([]mmsghdr, recvBatch)
+	s.iovs = make([]unix.Iovec, recvBatch)
+	for i := range s.rbufs {
+		// The packet and its attributes. Pages are only touched as far
+		// as packets reach: handshake packets use the first of each.
+		s.rbufs[i] = make([]byte, recvBufBytes)
+		s.iovs[i].Base = &s.rbufs[i][0]
+		s.iovs[i].SetLen(recvBufBytes)
+		s.msgs[i].hdr.Iov = &s.iovs[i]
+		s.msgs[i].hdr.SetIovlen(1)
+	}
+	s.rbuf = s.rbufs[0]
+	s.readFn, s.writeFn, s.readBatchFn = s.doRead, s.doWrite, s.doReadBatch
 	if s.raw, err = s.file.SyscallConn(); err != nil {
 		s.file.Close()
 		return nil, fmt.Errorf("netlink socket: %w", err)
@@ -192,7 +237,10 @@ func (s *nfqSocket) config(attr uint16, data []byte) error {
 	b := s.startMsg(nfqnlMsgConfig, unix.NLM_F_REQUEST|unix.NLM_F_ACK, s.seq)
 	b = appendAttr(b, attr, data)
 	b = finishMsg(b)
-	if err := s.send(b); err != nil {
+	s.wmu.Lock()
+	err := s.send(b)
+	s.wmu.Unlock()
+	if err != nil {
 		return fmt.Errorf("send config: %w", err)
 	}
 	for {
@@ -231,7 +279,7 @@ func (s *nfqSocket) recv() (int, error) {
 
 func (s *nfqSocket) doRead(fd uintptr) bool {
 	for {
-		s.n, s.err = unix.Read(int(fd), s.rbuf) // recvfrom would allocate the sender's address
+		s.n, s.err = rawRead(fd, s.rbuf) // recvfrom would allocate the sender's address
 		switch s.err {
 		case unix.EINTR:
 			continue
@@ -242,10 +290,41 @@ func (s *nfqSocket) doRead(fd uintptr) bool {
 	}
 }
 
-// send writes one message to the kernel.
+// rawRead and rawWrite are read(2) and write(2) without the Go runtime's
+// system call bookkeeping (entersyscall/exitsyscall). On a queue that sees
+// a packet every few hundred microseconds the runtime's monitor thread
+// (sysmon) is asleep between packets, and every entersyscall woke it: one
+// more thread wake-up per queue trip, after which sysmon polled every 20 µs
+// until the process was idle again. In the bench's one-client run sysmon
+// was 30 % of the enforcers' CPU samples (docs/performance.md, "Cheaper
+// trips"). Both calls return without sleeping: the socket is non-blocking
+// (a read with nothing queued returns EAGAIN and the goroutine waits in the
+// netpoller), and a verdict write is processed synchronously by the kernel
+// (the re-injected packet goes on to the next queue or socket inside the
+// call), so the P is not held longer than the kernel's own work.
+func rawRead(fd uintptr, b []byte) (int, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd uintptr, b []byte) (int, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// send writes b (one or more messages) to the kernel. The caller holds
+// wmu.
 func (s *nfqSocket) send(b []byte) error {
-	s.wbuf = b
-	if err := s.raw.Write(s.writeFn); err != nil {
+	s.out = b
+	err := s.raw.Write(s.writeFn)
+	s.out = nil
+	if err != nil {
 		return err
 	}
 	return s.werr
@@ -253,7 +332,7 @@ func (s *nfqSocket) send(b []byte) error {
 
 func (s *nfqSocket) doWrite(fd uintptr) bool {
 	for {
-		_, s.werr = unix.Write(int(fd), s.wbuf)
+		_, s.werr = rawWrite(fd, s.out)
 		switch s.werr {
 		case unix.EINTR:
 			continue
@@ -264,13 +343,20 @@ func (s *nfqSocket) doWrite(fd uintptr) bool {
 	}
 }
 
-// serve reads packets until close, calling handle for each. handle must
-// send the packet's verdict before it returns. Read errors are given to
-// onErr.
+// serve reads packets until close, calling handle for each. handle gives
+// the packet's verdict before it returns (queueVerdict, or verdict when
+// what it does next needs the kernel to have applied it), unless it keeps
+// the packet for a verdict later. Read and write errors are given to onErr.
+//
+// Up to recvBatch packets are read per system call, and handle's verdicts
+// (given with queueVerdict) are written together once the batch is
+// decided: under a burst, two system calls per batch instead of two per
+// packet. A lone packet costs the same calls as before (one read, one
+// write, then a read that finds nothing), so its latency does not change.
 func (s *nfqSocket) serve(handle func(*queuedPacket), onErr func(error)) {
 	var p queuedPacket
 	for !s.closed.Load() {
-		n, err := s.recv()
+		k, err := s.recvBatch()
 		if err != nil {
 			if s.closed.Load() || errors.Is(err, os.ErrClosed) {
 				return
@@ -282,15 +368,50 @@ func (s *nfqSocket) serve(handle func(*queuedPacket), onErr func(error)) {
 			time.Sleep(10 * time.Millisecond) // never spin on a broken socket
 			continue
 		}
-		for msg := range messages(s.rbuf[:n]) {
-			if binary.NativeEndian.Uint16(msg[4:6]) != nfnlSubsysQueue<<8|nfqnlMsgPacket {
-				continue // acknowledgements, errors of verdicts: nothing to do
-			}
-			var ok bool
-			if p, ok = parsePacketMsg(msg); ok {
-				handle(&p)
+		for i := range k {
+			n := min(int(s.msgs[i].len), len(s.rbufs[i]))
+			for msg := range messages(s.rbufs[i][:n]) {
+				if binary.NativeEndian.Uint16(msg[4:6]) != nfnlSubsysQueue<<8|nfqnlMsgPacket {
+					continue // acknowledgements, errors of verdicts: nothing to do
+				}
+				var ok bool
+				if p, ok = parsePacketMsg(msg); ok {
+					handle(&p)
+				}
 			}
 		}
+		if err := s.flush(); err != nil && !s.closed.Load() {
+			onErr(err)
+		}
+	}
+}
+
+// recvBatch reads up to recvBatch datagrams, waiting in the netpoller
+// while there is none, and returns how many it read.
+func (s *nfqSocket) recvBatch() (int, error) {
+	if err := s.raw.Read(s.readBatchFn); err != nil {
+		return 0, err
+	}
+	return s.n, s.err
+}
+
+func (s *nfqSocket) doReadBatch(fd uintptr) bool {
+	for {
+		// Without the runtime's system call bookkeeping, as rawRead. The
+		// socket is non-blocking: with nothing queued this returns EAGAIN
+		// at once, with some it returns what is there.
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[0])), uintptr(len(s.msgs)), 0, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // wait for the socket to be readable
+		case 0:
+			s.n, s.err = int(n), nil
+		default:
+			s.n, s.err = 0, errno
+		}
+		return true
 	}
 }
 
@@ -354,11 +475,74 @@ func parsePacketMsg(msg []byte) (p queuedPacket, ok bool) {
 }
 
 // verdict tells the kernel what to do with packet id: accept or drop,
-// optionally with a new packet mark and a replacement packet.
+// optionally with a new packet mark and a replacement packet. It writes
+// the verdict at once, with any the reader has queued before it.
 func (s *nfqSocket) verdict(id uint32, accept bool, mark uint32, setMark bool, packet []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	b := s.startMsg(nfqnlMsgVerdict, unix.NLM_F_REQUEST, 0)
+	if err := s.addVerdict(id, accept, mark, setMark, packet); err != nil {
+		return err
+	}
+	return s.flushLocked()
+}
+
+// queueVerdict adds packet id's verdict to the batch written by flush (or
+// by the next verdict): the reader's way, while it decides the packets of
+// one read. A full batch is written first.
+func (s *nfqSocket) queueVerdict(id uint32, accept bool, mark uint32, setMark bool, packet []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.addVerdict(id, accept, mark, setMark, packet)
+}
+
+// flush writes the queued verdicts.
+func (s *nfqSocket) flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.flushLocked()
+}
+
+// flushLocked writes the batch. If the write fails, each packet of the
+// batch is dropped with a verdict of its own (a packet without a verdict
+// would wait in the kernel until the socket closes; its sender
+// retransmits); the batch's error is returned.
+func (s *nfqSocket) flushLocked() error {
+	if len(s.wbuf) == 0 {
+		return nil
+	}
+	err := s.send(s.wbuf)
+	ids := s.ids
+	s.wbuf, s.ids = s.wbuf[:0], s.ids[:0]
+	if err == nil {
+		return nil
+	}
+	for _, id := range ids {
+		b := s.appendVerdict(s.wbuf[:0], id, false, 0, false, nil)
+		_ = s.send(b)
+	}
+	return fmt.Errorf("send verdicts: %w", err)
+}
+
+// addVerdict appends one verdict message to the batch, writing the batch
+// first when the message might not fit. The caller holds wmu.
+func (s *nfqSocket) addVerdict(id uint32, accept bool, mark uint32, setMark bool, packet []byte) error {
+	if accept && packet != nil && nlaHdrLen+len(packet) > 0xffff {
+		return fmt.Errorf("replacement packet of %d bytes is too long", len(packet))
+	}
+	if len(s.wbuf) > 0 && len(s.wbuf)+maxVerdictBytes > cap(s.wbuf) {
+		if err := s.flushLocked(); err != nil {
+			return err
+		}
+	}
+	s.wbuf = s.appendVerdict(s.wbuf, id, accept, mark, setMark, packet)
+	s.ids = append(s.ids, id)
+	return nil
+}
+
+// appendVerdict appends the verdict message on packet id to b.
+func (s *nfqSocket) appendVerdict(b []byte, id uint32, accept bool, mark uint32, setMark bool, packet []byte) []byte {
+	start := len(b)
+	b = s.appendMsgHeader(b, nfqnlMsgVerdict, unix.NLM_F_REQUEST, 0)
 	var hdr [8]byte
 	if accept {
 		binary.BigEndian.PutUint32(hdr[0:4], nfAccept)
@@ -373,30 +557,33 @@ func (s *nfqSocket) verdict(id uint32, accept bool, mark uint32, setMark bool, p
 		b = appendAttr(b, nfqaMark, m[:])
 	}
 	if accept && packet != nil {
-		if nlaHdrLen+len(packet) > 0xffff {
-			return fmt.Errorf("replacement packet of %d bytes is too long", len(packet))
-		}
 		b = appendAttr(b, nfqaPayload, packet)
 	}
-	b = finishMsg(b)
-	if err := s.send(b); err != nil {
-		return fmt.Errorf("send verdict: %w", err)
-	}
-	return nil
+	binary.NativeEndian.PutUint32(b[start:start+4], uint32(len(b)-start))
+	return b
 }
 
-// startMsg begins a netlink message in wbuf: header (length filled in by
-// finishMsg) and the nfgenmsg naming our queue.
+// startMsg begins a netlink message at the start of wbuf: header (length
+// filled in by finishMsg) and the nfgenmsg naming our queue. Only for a
+// message sent on its own while no verdict is queued (configuration).
 func (s *nfqSocket) startMsg(msgType uint16, flags uint16, seq uint32) []byte {
-	b := s.wbuf[:nlmsgHdrLen+nfgenHdrLen]
-	binary.NativeEndian.PutUint32(b[0:4], 0)
-	binary.NativeEndian.PutUint16(b[4:6], nfnlSubsysQueue<<8|msgType)
-	binary.NativeEndian.PutUint16(b[6:8], flags)
-	binary.NativeEndian.PutUint32(b[8:12], seq)
-	binary.NativeEndian.PutUint32(b[12:16], 0)
-	b[16] = unix.AF_UNSPEC
-	b[17] = unix.NFNETLINK_V0
-	binary.BigEndian.PutUint16(b[18:20], s.queue)
+	return s.appendMsgHeader(s.wbuf[:0], msgType, flags, seq)
+}
+
+// appendMsgHeader appends a netlink message header (length 0 until the
+// message is finished) and the nfgenmsg naming our queue to b.
+func (s *nfqSocket) appendMsgHeader(b []byte, msgType uint16, flags uint16, seq uint32) []byte {
+	start := len(b)
+	b = append(b, make([]byte, nlmsgHdrLen+nfgenHdrLen)...) // no allocation within capacity
+	h := b[start:]
+	binary.NativeEndian.PutUint32(h[0:4], 0)
+	binary.NativeEndian.PutUint16(h[4:6], nfnlSubsysQueue<<8|msgType)
+	binary.NativeEndian.PutUint16(h[6:8], flags)
+	binary.NativeEndian.PutUint32(h[8:12], seq)
+	binary.NativeEndian.PutUint32(h[12:16], 0)
+	h[16] = unix.AF_UNSPEC
+	h[17] = unix.NFNETLINK_V0
+	binary.BigEndian.PutUint16(h[18:20], s.queue)
 	return b
 }
 

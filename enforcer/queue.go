@@ -56,7 +56,7 @@ func (e *Enforcer) openQueue(ctx context.Context, wl *workload, num uint16) (*qu
 	go func() {
 		defer close(q.done)
 		q.sock.serve(q.handle, func(err error) {
-			e.log.Warn("queue read error", "netns", wl.netns, "queue", num, "err", err)
+			e.log.Warn("queue error", "netns", wl.netns, "queue", num, "err", err)
 		})
 	}()
 	go func() {
@@ -101,6 +101,12 @@ func (q *queue) handle(a *queuedPacket) {
 		}
 		v = drop
 	}
+	if !v.authorize && !v.dropHeld {
+		// Written with the other verdicts of this read (nfqSocket.serve).
+		_ = q.giveLater(a.id, a.mark, v.accept, v.mark, v.packet)
+		return
+	}
+	// What follows needs the kernel to have processed this verdict.
 	if q.give(a.id, a.mark, v.accept, v.mark, v.packet) != nil {
 		return
 	}
@@ -125,14 +131,30 @@ func (q *queue) handle(a *queuedPacket) {
 
 // give sends the verdict on packet id, queued with mark pktMark: accept,
 // with our mark bits set to mark (0 leaves the mark alone) and the packet
-// replaced when packet is not nil, or drop. It may run on any goroutine.
+// replaced when packet is not nil, or drop. It may run on any goroutine;
+// verdicts queued by giveLater are written with it, before it.
 func (q *queue) give(id, pktMark uint32, accept bool, mark uint32, packet []byte) error {
+	return q.sendVerdict(id, pktMark, accept, mark, packet, false)
+}
+
+// giveLater is give for the reader: the verdict joins the batch the reader
+// writes once it has decided every packet of its read.
+func (q *queue) giveLater(id, pktMark uint32, accept bool, mark uint32, packet []byte) error {
+	return q.sendVerdict(id, pktMark, accept, mark, packet, true)
+}
+
+func (q *queue) sendVerdict(id, pktMark uint32, accept bool, mark uint32, packet []byte, later bool) error {
 	if mark != 0 {
 		// Keep the packet's other mark bits; BIREME-SAVE copies ours to
 		// the connection.
 		mark |= pktMark &^ q.e.mask
 	}
-	err := q.sock.verdict(id, accept, mark, mark != 0, packet)
+	var err error
+	if later {
+		err = q.sock.queueVerdict(id, accept, mark, mark != 0, packet)
+	} else {
+		err = q.sock.verdict(id, accept, mark, mark != 0, packet)
+	}
 	if err != nil && accept {
 		// A packet without a verdict would wait in the kernel until the
 		// socket closes: drop it instead (its sender retransmits).
