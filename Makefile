@@ -40,10 +40,13 @@ k8s-e2e: deps
 
 # The agent's --cri-socket lookup against a real containerd of its own
 # (scripts/cri-env.sh: own root, socket and CNI bridge in a network
-# namespace; sandboxes run through CRI with kubelet's labels). Seconds; part
-# of `make test` and `make k8s-e2e` too.
-cri-e2e: deps
+# namespace; sandboxes run through CRI with kubelet's labels), and the
+# agent with --cri-socket on a real API server. About 30 s; part of
+# `make test` and `make k8s-e2e` too.
+cri-e2e: deps build
+	bash scripts/k8s-env.sh build
 	$(GO) test -count=1 -v -timeout 3m ./k8s/crinetns/
+	BIREME_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 5m -run TestAgentFindsPodsThroughCRI ./e2e/kubernetes/
 
 # Issue 12's scale figures, by hand (minutes): one agent on a cluster of
 # 10,000 pods and 1,000 NetworkPolicies; RSS, time to converge, time from a

@@ -185,7 +185,7 @@ type agent struct {
 	stop func()
 }
 
-func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string) *agent {
+func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNetwork string, extra ...string) *agent {
 	t.Helper()
 	bin, err := testbin.Bireme()
 	if err != nil {
@@ -204,6 +204,7 @@ func startAgent(t *testing.T, kubeconfig, dir, node string, ca *tokens.CA, podNe
 		"--cluster", cluster, "--ca-bundle", filepath.Join(dir, "ca.crt"), "--cert", certFile, "--key", keyFile,
 		"--identity-networks", podNetwork,
 		"--flows", filepath.Join(dir, node+".flows.jsonl"), "--netns-check", "500ms")
+	cmd.Args = append(cmd.Args, extra...)
 	cmd.Stdout, cmd.Stderr = a.log, a.log
 	// The agent dies with the test process, even if the test is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

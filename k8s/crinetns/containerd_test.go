@@ -3,146 +3,23 @@ package crinetns
 import (
 	"context"
 	"errors"
-	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/bireme/bireme/internal/crienv"
 	"github.com/bireme/bireme/k8s/podnetns"
 	"github.com/bireme/bireme/netns/netnstest"
 )
 
-// This test runs a real containerd (scripts/cri-env.sh: its own root,
+// This test runs a real containerd (internal/crienv, scripts/cri-env.sh: its own root,
 // state, socket and CNI bridge in a network namespace of its own), runs
 // a pod sandbox through CRI as kubelet does, and checks that the lookup
 // finds the sandbox's namespace, that the namespace holds the address the
 // runtime gave the sandbox, and that it does not hold another address (the
 // check apisource makes against status.podIP on every reconcile).
-
-// criEnv starts containerd with scripts/cri-env.sh and stops it when the
-// test ends, whether it passed or not.
-func criEnv(t *testing.T) string {
-	t.Helper()
-	netnstest.RequireNamespaces(t)
-	for _, tool := range []string{"containerd", "ctr", "runc", "busybox"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (apt-get install -y containerd runc busybox-static containernetworking-plugins, as scripts/install-deps.sh does)", tool)
-		}
-	}
-	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
-		if _, err := os.Stat("/opt/cni/bin/bridge"); err != nil {
-			t.Skip("skipping: CNI plugins not installed (apt-get install -y containernetworking-plugins, as scripts/install-deps.sh does)")
-		}
-	}
-	script, err := repoScript("cri-env.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Short: the socket path must fit in a sockaddr_un.
-	dir, err := os.MkdirTemp("", "bcri")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := netnstest.Prefix() + "-cri"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, script, "stop", dir).CombinedOutput(); err != nil {
-			t.Errorf("cri-env stop: %v\n%s", err, out)
-		}
-		if log, err := os.ReadFile(filepath.Join(dir, "containerd.log")); err == nil && t.Failed() {
-			t.Logf("containerd log:\n%s", log)
-		}
-		_ = os.RemoveAll(dir)
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, script, "start", dir, ns).CombinedOutput(); err != nil {
-		t.Fatalf("cri-env start: %v\n%s", err, out)
-	}
-	return "unix://" + filepath.Join(dir, "containerd.sock")
-}
-
-// repoScript finds scripts/NAME in the repository the test runs in.
-func repoScript(name string) (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			path := filepath.Join(dir, "scripts", name)
-			_, err := os.Stat(path)
-			return path, err
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
-// runSandbox runs a pod sandbox with kubelet's labels and removes it when
-// the test ends; it returns the sandbox ID and the address CNI gave it.
-func runSandbox(t *testing.T, ctx context.Context, rt runtimeapi.RuntimeServiceClient, namespace, name, uid string) (string, netip.Addr) {
-	t.Helper()
-	logDir := t.TempDir()
-	resp, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: &runtimeapi.PodSandboxConfig{
-		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: uid},
-		Hostname: name,
-		Labels: map[string]string{
-			LabelPodNamespace: namespace, LabelPodName: name, LabelPodUID: uid,
-		},
-		LogDirectory: logDir,
-		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER},
-		}},
-	}})
-	if err != nil {
-		t.Fatalf("RunPodSandbox %s/%s: %v", namespace, name, err)
-	}
-	id := resp.PodSandboxId
-	var nsPath string
-	if vst, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true}); err == nil {
-		nsPath, _ = NetNSFromInfo(vst.Info, "/proc")
-	}
-	t.Cleanup(func() {
-		// The runtime's bind mount under /run/netns is removed even if
-		// the runtime failed to: it outlives containerd.
-		defer func() {
-			if strings.Contains(nsPath, "/netns/cni-") {
-				if _, err := os.Stat(nsPath); err == nil {
-					_ = unix.Unmount(nsPath, unix.MNT_DETACH)
-					_ = os.Remove(nsPath)
-				}
-			}
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
-			t.Errorf("StopPodSandbox %s: %v", id, err)
-		}
-		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
-			t.Errorf("RemovePodSandbox %s: %v", id, err)
-		}
-	})
-	st, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
-	if err != nil {
-		t.Fatalf("PodSandboxStatus %s: %v", id, err)
-	}
-	ip, err := netip.ParseAddr(st.GetStatus().GetNetwork().GetIp())
-	if err != nil {
-		t.Fatalf("sandbox %s has no IP from CNI (status network %v): %v", id, st.GetStatus().GetNetwork(), err)
-	}
-	return id, ip
-}
 
 func sameNamespace(t *testing.T, a, b string) bool {
 	t.Helper()
@@ -157,7 +34,9 @@ func sameNamespace(t *testing.T, a, b string) bool {
 }
 
 func TestContainerdSandboxNamespace(t *testing.T) {
-	endpoint := criEnv(t)
+	netnstest.RequireNamespaces(t)
+	env := crienv.Start(t)
+	endpoint := env.Endpoint
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -172,9 +51,9 @@ func TestContainerdSandboxNamespace(t *testing.T) {
 	}
 	t.Logf("runtime: %s", v)
 
-	_, ipA := runSandbox(t, ctx, c.rt, "ns-a", "pod-a", "uid-a")
-	_, ipB := runSandbox(t, ctx, c.rt, "ns-a", "pod-b", "uid-b")
-	if !netip.MustParsePrefix("198.19.240.0/24").Contains(ipA) || ipA == ipB {
+	ipA := env.RunSandbox(t, ctx, "ns-a", "pod-a", "uid-a").IP
+	ipB := env.RunSandbox(t, ctx, "ns-a", "pod-b", "uid-b").IP
+	if !crienv.Network.Contains(ipA) || ipA == ipB {
 		t.Fatalf("sandbox addresses %s and %s: want two addresses of the CNI range 198.19.240.0/24", ipA, ipB)
 	}
 
