@@ -41,9 +41,9 @@ func TestNetNSFromInfo(t *testing.T) {
 		wantErr string
 	}{
 		"spec path":             {info: map[string]string{"info": spec(nsFile)}, want: nsFile},
-		"spec path gone, pid":   {info: map[string]string{"info": `{"pid":42,` + spec(nsFile+"-gone")[1:]}, want: filepath.Join(proc, "42/ns/net")},
+		"spec path gone, pid":   {info: map[string]string{"info": `{"pid":42,` + spec(nsFile + "-gone")[1:]}, want: filepath.Join(proc, "42/ns/net")},
 		"pid only":              {info: map[string]string{"info": `{"pid":42}`}, want: filepath.Join(proc, "42/ns/net")},
-		"nothing exists":        {info: map[string]string{"info": `{"pid":43,` + spec(nsFile+"-gone")[1:]}, wantErr: "tried"},
+		"nothing exists":        {info: map[string]string{"info": `{"pid":43,` + spec(nsFile + "-gone")[1:]}, wantErr: "tried"},
 		"closed":                {info: map[string]string{"info": `{"pid":42,"netNamespaceClosed":true}`}, wantErr: "closed"},
 		"no info":               {info: map[string]string{}, wantErr: `no "info"`},
 		"bad json":              {info: map[string]string{"info": `{`}, wantErr: `"info"`},
