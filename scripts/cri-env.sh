@@ -6,11 +6,12 @@
 # never reach the host's. No registry is needed: the sandbox ("pause")
 # image is built from busybox-static and imported.
 #
-#   scripts/cri-env.sh start DIR NETNS
+#   scripts/cri-env.sh start DIR NETNS [PREFIX]
 #       creates network namespace NETNS (under /run/netns) if missing,
 #       writes DIR/config.toml and a CNI bridge network (bireme-cri,
-#       198.19.240.0/24, bridge bircri0, host-local addresses kept under
-#       DIR), starts containerd inside NETNS and imports the sandbox image;
+#       PREFIX.0/24, default 198.19.240, bridge bircri0, host-local
+#       addresses kept under DIR; tests that may run at once use different
+#       prefixes, so that no address is held by two of their sandboxes), starts containerd inside NETNS and imports the sandbox image;
 #       writes DIR/env (CRI_SOCKET=unix://DIR/containerd.sock) and
 #       DIR/containerd.pid.
 #   scripts/cri-env.sh stop DIR
@@ -44,7 +45,7 @@ cni_bin_dir() {
 }
 
 start() {
-	local dir="$1" ns="$2"
+	local dir="$1" ns="$2" prefix="${3:-198.19.240}"
 	need_root
 	command -v containerd >/dev/null || { log "containerd is not installed: apt-get install -y containerd (scripts/install-deps.sh)"; exit 1; }
 	command -v ctr >/dev/null || { log "ctr is not installed (package containerd)"; exit 1; }
@@ -68,7 +69,7 @@ start() {
       "ipam": {
         "type": "host-local",
         "dataDir": "$dir/cni/ipam",
-        "ranges": [[{"subnet": "198.19.240.0/24", "gateway": "198.19.240.1"}]]
+        "ranges": [[{"subnet": "$prefix.0/24", "gateway": "$prefix.1"}]]
       }
     }
   ]
@@ -191,10 +192,10 @@ stop() {
 }
 
 case "${1:-}" in
-start) start "${2:?DIR}" "${3:?NETNS}" ;;
+start) start "${2:?DIR}" "${3:?NETNS}" "${4:-}" ;;
 stop) stop "${2:?DIR}" ;;
 *)
-	echo "usage: $0 start DIR NETNS | stop DIR" >&2
+	echo "usage: $0 start DIR NETNS [PREFIX] | stop DIR" >&2
 	exit 2
 	;;
 esac

@@ -28,7 +28,7 @@ import (
 // allow between the two protected sandboxes.
 func TestAgentFindsPodsThroughCRI(t *testing.T) {
 	netnstest.RequireNamespaces(t)
-	rt := crienv.Start(t) // skips before the API server starts when containerd is missing
+	rt := crienv.Start(t, netip.MustParsePrefix("198.19.240.0/24")) // k8s/crinetns uses .241: skips before the API server starts when containerd is missing
 	env := kubeenv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -83,10 +83,10 @@ func TestAgentFindsPodsThroughCRI(t *testing.T) {
 	}
 	a, _ := crikubelet("a", "")
 	b, bAddr := crikubelet("b", "")
-	liar, _ := crikubelet("liar", "198.19.240.250")
+	liar, _ := crikubelet("liar", "198.19.240.250" /* in the network, held by no sandbox */)
 	serve(t, b)
 
-	n1 := startAgent(t, agentKubeconfig, dir, "n1", ca, crienv.Network.String(), "--cri-socket", rt.Endpoint)
+	n1 := startAgent(t, agentKubeconfig, dir, "n1", ca, rt.Network.String(), "--cri-socket", rt.Endpoint)
 	for _, name := range []string{"x/a", "x/b"} {
 		n1.waitLog(t, 30*time.Second, "pod="+name, "protected in", "found by the container runtime")
 		n1.waitLog(t, 20*time.Second, "workload protected", "pod="+name)

@@ -3,6 +3,10 @@
 // and CNI bridge on 198.19.240.0/24 in a network namespace of its own) and
 // stops it when the test ends, and runs pod sandboxes through CRI as
 // kubelet does.
+//
+// Each test that uses it gives its own /24 of 198.19.240.0/20: tests run
+// at once, and an address held by the sandboxes of two runtimes would be
+// ambiguous to an address scan.
 package crienv
 
 import (
@@ -22,22 +26,24 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Network is the sandboxes' address range (the CNI bridge's).
-var Network = netip.MustParsePrefix("198.19.240.0/24")
-
 // Env is a running containerd.
 type Env struct {
 	// Endpoint is its CRI socket, unix:///....
 	Endpoint string
 	// Runtime is a CRI client on it, closed when the test ends.
 	Runtime runtimeapi.RuntimeServiceClient
+	// Network is the sandboxes' address range (the CNI bridge's).
+	Network netip.Prefix
 }
 
 // Start starts containerd, or skips the test with the reason when root,
 // namespaces or the packages are missing. The caller has checked for
 // root and namespaces (netnstest.RequireNamespaces).
-func Start(t *testing.T) *Env {
+func Start(t *testing.T, network netip.Prefix) *Env {
 	t.Helper()
+	if network.Bits() != 24 || !network.Addr().Is4() || !netip.MustParsePrefix("198.19.240.0/20").Contains(network.Addr()) {
+		t.Fatalf("crienv: network %s: want a /24 of 198.19.240.0/20", network)
+	}
 	for _, tool := range []string{"containerd", "ctr", "runc", "busybox"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("skipping: %s not installed (apt-get install -y containerd runc busybox-static containernetworking-plugins, as scripts/install-deps.sh does)", tool)
@@ -72,10 +78,10 @@ func Start(t *testing.T) *Env {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, script, "start", dir, ns).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, script, "start", dir, ns, strings.TrimSuffix(network.Masked().Addr().String(), ".0")).CombinedOutput(); err != nil {
 		t.Fatalf("cri-env start: %v\n%s", err, out)
 	}
-	e := &Env{Endpoint: "unix://" + filepath.Join(dir, "containerd.sock")}
+	e := &Env{Endpoint: "unix://" + filepath.Join(dir, "containerd.sock"), Network: network.Masked()}
 	conn, err := grpc.NewClient(e.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

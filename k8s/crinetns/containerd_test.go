@@ -3,6 +3,7 @@ package crinetns
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -35,7 +36,7 @@ func sameNamespace(t *testing.T, a, b string) bool {
 
 func TestContainerdSandboxNamespace(t *testing.T) {
 	netnstest.RequireNamespaces(t)
-	env := crienv.Start(t)
+	env := crienv.Start(t, netip.MustParsePrefix("198.19.241.0/24")) // e2e/kubernetes uses 198.19.240.0/24
 	endpoint := env.Endpoint
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -53,8 +54,8 @@ func TestContainerdSandboxNamespace(t *testing.T) {
 
 	ipA := env.RunSandbox(t, ctx, "ns-a", "pod-a", "uid-a").IP
 	ipB := env.RunSandbox(t, ctx, "ns-a", "pod-b", "uid-b").IP
-	if !crienv.Network.Contains(ipA) || ipA == ipB {
-		t.Fatalf("sandbox addresses %s and %s: want two addresses of the CNI range 198.19.240.0/24", ipA, ipB)
+	if !env.Network.Contains(ipA) || ipA == ipB {
+		t.Fatalf("sandbox addresses %s and %s: want two addresses of the CNI range", ipA, ipB)
 	}
 
 	pathA, err := c.PodNetNS(ctx, "ns-a", "pod-a", "uid-a")
