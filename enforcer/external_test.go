@@ -72,6 +72,18 @@ func captureSYNs(t *testing.T, l *flowLab) *synCapture {
 	return c
 }
 
+// settled returns the counts once at least one SYN to port has been
+// read: the raw socket's reader may lag behind the connection it
+// watches (the race detector slows it), so a count read right after
+// connect() can miss a SYN that did arrive.
+func (c *synCapture) settled(port uint16) (seen, withToken int) {
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if seen, withToken = c.counts(port); seen > 0 || time.Now().After(deadline) {
+			return seen, withToken
+		}
+	}
+}
+
 func (c *synCapture) counts(port uint16) (seen, withToken int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -121,7 +133,7 @@ func TestTokensOnlyToIdentityNetworks(t *testing.T) {
 		if err := echoBytes(c, 10000); err != nil {
 			t.Fatal(err)
 		}
-		if seen, withToken := syns.counts(9000); seen == 0 || withToken != 0 {
+		if seen, withToken := syns.settled(9000); seen == 0 || withToken != 0 {
 			t.Fatalf("SYNs to the external host: %d, %d of them with a token or payload; want some, none", seen, withToken)
 		}
 		rs := l.flows.records(t)
@@ -138,7 +150,7 @@ func TestTokensOnlyToIdentityNetworks(t *testing.T) {
 			t.Fatalf("host without enforcer in an identity network, allowed by ipBlock: %v", err)
 		}
 		c.Close()
-		if seen, withToken := syns.counts(9001); seen == 0 || withToken != seen {
+		if seen, withToken := syns.settled(9001); seen == 0 || withToken != seen {
 			t.Fatalf("SYNs to the identity network: %d, %d with a token; want all", seen, withToken)
 		}
 	})
