@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane for Bireme's Kubernetes tests: etcd and
-# kube-apiserver on loopback, with TLS, a service-account signing key, a
-# static token file and RBAC. There is no kubelet: the tests play the node.
+# kube-apiserver on loopback, both with TLS (etcd asks its clients, the API
+# server, for a certificate of its own throwaway CA), a service-account
+# signing key, a static token file and RBAC. There is no kubelet: the tests
+# play the node.
 #
 #   scripts/k8s-env.sh build          builds (or reuses) kube-apiserver, prints its path
 #   scripts/k8s-env.sh start DIR      starts etcd + kube-apiserver with state in DIR,
@@ -85,6 +87,31 @@ install_etcd() {
 	# init system runs; ours uses its own ports and data directory.
 }
 
+# etcd_pki DIR makes a throwaway CA in DIR (valid two days, its key
+# discarded once used), a certificate for etcd on 127.0.0.1 (its clients'
+# and its peer port's) and a client certificate for the API server.
+etcd_pki() {
+	local d=$1
+	mkdir -p "$d"
+	(
+		umask 077
+		cd "$d"
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+			-subj /CN=bireme-test-etcd-ca -keyout ca.key -out ca.crt 2>/dev/null
+		local name usage
+		for name in server client; do
+			usage=clientAuth
+			[[ $name == server ]] && usage=serverAuth,clientAuth
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+				-subj "/CN=bireme-test-etcd-$name" -keyout "$name.key" -out "$name.csr" 2>/dev/null
+			openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$name.crt" \
+				-extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=%s\n' "$usage") 2>/dev/null
+			rm -f "$name.csr"
+		done
+		rm -f ca.key ca.srl
+	)
+}
+
 # free_port asks the kernel for an unused loopback port.
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -115,16 +142,26 @@ start() {
 	etcd_peer="$(free_port)"
 	api_port="$(free_port)"
 
+	etcd_pki "$dir/etcd-pki"
+	local pki="$dir/etcd-pki"
+	# Clients (the API server) and the peer port need a certificate of
+	# the throwaway CA: nothing else on the machine can read or write
+	# the cluster's state through etcd.
 	etcd --name bireme-test --data-dir "$dir/etcd" \
-		--listen-client-urls "http://127.0.0.1:$etcd_client" \
-		--advertise-client-urls "http://127.0.0.1:$etcd_client" \
-		--listen-peer-urls "http://127.0.0.1:$etcd_peer" \
-		--initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-		--initial-cluster "bireme-test=http://127.0.0.1:$etcd_peer" \
+		--listen-client-urls "https://127.0.0.1:$etcd_client" \
+		--advertise-client-urls "https://127.0.0.1:$etcd_client" \
+		--cert-file "$pki/server.crt" --key-file "$pki/server.key" \
+		--client-cert-auth --trusted-ca-file "$pki/ca.crt" \
+		--listen-peer-urls "https://127.0.0.1:$etcd_peer" \
+		--initial-advertise-peer-urls "https://127.0.0.1:$etcd_peer" \
+		--initial-cluster "bireme-test=https://127.0.0.1:$etcd_peer" \
+		--peer-cert-file "$pki/server.crt" --peer-key-file "$pki/server.key" \
+		--peer-client-cert-auth --peer-trusted-ca-file "$pki/ca.crt" \
 		--unsafe-no-fsync \
 		>"$dir/etcd.log" 2>&1 &
 	echo $! >"$dir/etcd.pid"
-	wait_for 30 etcd curl -fsS "http://127.0.0.1:$etcd_client/health" || { tail -20 "$dir/etcd.log" >&2; stop "$dir"; return 1; }
+	wait_for 30 etcd curl -fsS --cacert "$pki/ca.crt" --cert "$pki/client.crt" --key "$pki/client.key" \
+		"https://127.0.0.1:$etcd_client/health" || { tail -20 "$dir/etcd.log" >&2; stop "$dir"; return 1; }
 
 	openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
 	local token
@@ -135,7 +172,8 @@ start() {
 	# Service cluster IPs come from the test range (198.18.0.0/15, like
 	# every address of the tests): e2e/kubernetes plays kube-proxy with them.
 	"$apiserver" \
-		--etcd-servers="http://127.0.0.1:$etcd_client" \
+		--etcd-servers="https://127.0.0.1:$etcd_client" \
+		--etcd-cafile="$pki/ca.crt" --etcd-certfile="$pki/client.crt" --etcd-keyfile="$pki/client.key" \
 		--service-account-key-file="$dir/sa.key" \
 		--service-account-signing-key-file="$dir/sa.key" \
 		--service-account-issuer=https://kubernetes.default.svc \
@@ -176,7 +214,7 @@ EOF
 	cat >"$dir/env" <<EOF
 KUBECONFIG=$dir/kubeconfig
 APISERVER_URL=https://127.0.0.1:$api_port
-ETCD_URL=http://127.0.0.1:$etcd_client
+ETCD_URL=https://127.0.0.1:$etcd_client
 EOF
 	log "kube-apiserver ready at https://127.0.0.1:$api_port; kubeconfig $dir/kubeconfig"
 }

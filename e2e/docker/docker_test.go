@@ -792,6 +792,47 @@ spec:
 		})
 	})
 
+	// Docker cannot relabel a running container: labels change by
+	// recreating it, and the same name comes back as another identity. A
+	// policy file that does not validate is logged and changes nothing:
+	// the last good set stays in force.
+	t.Run("recreated with other labels, a broken policy file", func(t *testing.T) {
+		d1.run(t, "temp", "bnet", protected("batch"), nil, serve("x/temp"))
+		if t.Failed() {
+			t.FailNow()
+		}
+		dock1.waitProtected(t, 4)
+		probeAll(t, "temp as app=batch", []pair{{d1, "temp", "db", ip["db"], false, ""}})
+		d1.mustDocker(t, "rm", "-f", "temp")
+		dock1.waitProtected(t, 3)
+		d1.run(t, "temp", "bnet", protected("web"), nil, serve("x/temp"))
+		if t.Failed() {
+			t.FailNow()
+		}
+		dock1.waitProtected(t, 4)
+		probeAll(t, "temp recreated as app=web", []pair{{d1, "temp", "db", ip["db"], true, "x/db"}})
+		d1.mustDocker(t, "rm", "-f", "temp")
+		dock1.waitProtected(t, 3)
+
+		// Were it loaded, it would let app=batch into x/db.
+		broken := filepath.Join(policyDir, "broken.yaml")
+		writeFile(t, broken, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: Db_From_Batch, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: batch}}}]}]
+`)
+		dock1.waitLog(t, 10*time.Second, 1, "policy store rejected; keeping the previous policy set", "Db_From_Batch")
+		probeAll(t, "broken policy file rejected", []pair{
+			{d1, "batch", "db", ip["db"], false, ""},
+			{d1, "web", "db", ip["db"], true, "x/db"},
+		})
+		if err := os.Remove(broken); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	// A container that connects the moment it starts: through the hook,
 	// its namespace is fenced before its process runs, so its first SYN
 	// waits for the enforcer and is then decided by its egress policy
