@@ -34,7 +34,7 @@ unit:
 # `bireme flows`, `flows map`, `flows verify` and the metrics on a lab's
 # records (root; about a minute).
 flows-e2e:
-	$(GO) test -count=1 -run TestFlowsCLI -v ./e2e/
+	$(GO) test -count=1 -run 'TestFlowsCLI|TestFlowsVerifyAcrossRotation' -v ./e2e/
 
 # The Kubernetes suite against a real API server: etcd and a pinned
 # kube-apiserver on loopback (scripts/k8s-env.sh builds it once and caches

@@ -40,6 +40,8 @@ type clusterSpec struct {
 	// Members are further clusters (federation).
 	Cluster string
 	Members []lab.Member
+	// FlowsMaxBytes rotates the enforcers' flow files (lab.Options).
+	FlowsMaxBytes int64
 }
 
 // modelSpec is the model of testdata/cluster/model.yaml.
@@ -69,6 +71,7 @@ func newCluster(t testing.TB, spec clusterSpec) *cluster {
 	opts := lab.Options{
 		Prefix: netnstest.Prefix(), NAT: spec.NAT, UntrustedNodes: spec.UntrustedNodes,
 		Cluster: trustDomain, Poll: 100 * time.Millisecond, NoServers: true, Members: spec.Members,
+		FlowsMaxBytes: spec.FlowsMaxBytes,
 	}
 	if spec.Cluster != "" {
 		opts.Cluster = spec.Cluster

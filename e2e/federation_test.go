@@ -81,8 +81,12 @@ func TestFederation(t *testing.T) {
 	t.Run("forged cluster label refused", func(t *testing.T) {
 		// b's namespace checkout labels itself team=payments and
 		// bireme.io/cluster=a; payments/worker admits exactly those labels
-		// of its own cluster. a overwrites the cluster label with the
-		// verified b, and a selector not naming b never matches b.
+		// of its own cluster. b's own enforcer drops the reserved label
+		// before signing (an honest sender); a drops any that arrives and
+		// takes the cluster from the CA that verified the node (a token
+		// carrying it is tested in tokens' TestWithBundlesFederates). The
+		// team=payments b asserts does not match a selector that does not
+		// name b.
 		c.expectDenied(t, "client", "worker", port)
 		r := c.expectFlow(t, "n1", flowMatch{Direction: "ingress", Local: "payments/worker", Peer: "checkout/client", Verdict: flowlog.Deny, LocalPort: port}, "", "no rule allows")
 		if r.Peer != nil && r.Peer.Cluster != "b" {

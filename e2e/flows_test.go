@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/identity"
 	"github.com/bireme/bireme/internal/syncbuf"
 )
 
@@ -72,6 +74,99 @@ func TestFlowsCLI(t *testing.T) {
 		out, err = bireme(append([]string{"flows", "--from-label", "app=web", "--from", "y/", "-o", "compact"}, files...)...)
 		if err != nil || !strings.Contains(out, "y/intruder -> x/cache:8080/TCP syn DENY") || strings.Contains(out, "x/web ->") {
 			t.Errorf("compact: %v\n%s", err, out)
+		}
+		// By policy, reason and server labels; each answer checked record
+		// by record, and known records must be among them.
+		for _, tc := range []struct {
+			args []string
+			ok   func(r flowlog.Record) bool
+			want string // a client -> server pair that must be there
+		}{
+			{[]string{"--policy", "x/db-ingress"}, func(r flowlog.Record) bool {
+				return r.Policy == "x/db-ingress" || slices.Contains(r.SelectedBy, "x/db-ingress")
+			}, "x/web -> x/db"},
+			{[]string{"--reason", "NO RULE ALLOWS"}, func(r flowlog.Record) bool {
+				return strings.Contains(strings.ToLower(r.Reason+" "+r.TokenError), "no rule allows")
+			}, "y/intruder -> x/cache"},
+			{[]string{"--to-label", "app=cache"}, func(r flowlog.Record) bool {
+				return recServer(r) != nil && recServer(r).Ref() == "x/cache"
+			}, "x/web -> x/cache"},
+		} {
+			out, err := bireme(append(append([]string{"flows", "-o", "json"}, tc.args...), files...)...)
+			if err != nil {
+				t.Fatalf("%v: %v\n%s", tc.args, err, out)
+			}
+			found := false
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				r, err := flowlog.ParseLine([]byte(line))
+				if err != nil {
+					t.Fatalf("%v: line %q: %v", tc.args, line, err)
+				}
+				if !tc.ok(r) {
+					t.Errorf("%v: record does not pass the filter: %s", tc.args, line)
+				}
+				if c, s := recClient(r), recServer(r); c != nil && s != nil && c.Ref()+" -> "+s.Ref() == tc.want {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%v: no record %s:\n%s", tc.args, tc.want, out)
+			}
+		}
+		// A time range: the records at or after the middle one's time with
+		// --since, the others with --until, nothing lost or repeated. On
+		// a copy, which no late record changes.
+		snap := t.TempDir()
+		var copies []string
+		for _, f := range files {
+			cp := filepath.Join(snap, filepath.Base(f))
+			copyFile(t, f, cp)
+			copies = append(copies, cp)
+		}
+		all, err := bireme(append([]string{"flows", "-o", "json"}, copies...)...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, all)
+		}
+		lines := strings.Split(strings.TrimSpace(all), "\n")
+		mid, err := flowlog.ParseLine([]byte(lines[len(lines)/2]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := mid.Time.UTC().Format(time.RFC3339Nano)
+		var before, after int
+		for _, line := range lines {
+			r, _ := flowlog.ParseLine([]byte(line))
+			if r.Time.Before(mid.Time) {
+				before++
+			} else {
+				after++
+			}
+		}
+		if before == 0 || after == 0 {
+			t.Fatalf("records before %s: %d, at or after: %d; want some of each", at, before, after)
+		}
+		for _, tc := range []struct {
+			flag string
+			want int
+		}{{"--since", after}, {"--until", before}} {
+			out, err := bireme(append([]string{"flows", "-o", "json", tc.flag, at}, copies...)...)
+			if got := strings.Count(out, "\n"); err != nil || got != tc.want {
+				t.Errorf("%s %s: %d records, want %d of %d (%v)", tc.flag, at, got, tc.want, len(lines), err)
+			}
+		}
+		if out, err := bireme(append([]string{"flows", "--since", "1h", "--until", "59m"}, copies...)...); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("--since 1h --until 59m (before the lab existed): %v\n%s", err, out)
+		}
+		// The table (the default output): a header, then one row per record.
+		out, err = bireme(append([]string{"flows", "--verdict", "deny", "--from", "y/intruder"}, files...)...)
+		rows := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(rows) < 2 || strings.Join(strings.Fields(rows[0]), " ") != "TIME NODE DIR STAGE FROM TO PORT PROTO VERDICT POLICY REASON OTHER" {
+			t.Fatalf("table: %v\n%s", err, out)
+		}
+		for _, row := range rows[1:] {
+			if !strings.Contains(row, "y/intruder") || !strings.Contains(row, "x/cache") || !strings.Contains(row, "deny") {
+				t.Errorf("table row: %q", row)
+			}
 		}
 	})
 
@@ -154,6 +249,16 @@ func TestFlowsCLI(t *testing.T) {
 		if err == nil || !strings.Contains(out, "broken: "+cp+":2 (record 3): record 3 follows record 1") {
 			t.Errorf("verify after removing record 2: %v\n%s", err, out)
 		}
+		// The same copy with one byte of record 2 flipped: record 3's link
+		// to it no longer holds.
+		flipped := []byte(lines[1])
+		i := strings.Index(lines[1], `"node":"`) + len(`"node":"`)
+		flipped[i] ^= 0x01
+		os.WriteFile(cp, []byte(lines[0]+string(flipped)+strings.Join(lines[2:], "")), 0o600)
+		out, err = bireme("flows", "verify", "--key", n1.FlowKey, cp)
+		if err == nil || !strings.Contains(out, "broken: "+cp+":3 ") || !strings.Contains(out, "does not link") {
+			t.Errorf("verify after flipping a byte of record 2: %v\n%s", err, out)
+		}
 		// The same copy cut short instead.
 		os.WriteFile(cp, []byte(strings.Join(lines[:2], "")), 0o600)
 		out, err = bireme("flows", "verify", "--key", n1.FlowKey, cp)
@@ -228,6 +333,101 @@ func TestFlowsCLI(t *testing.T) {
 	})
 }
 
+// TestFlowsVerifyAcrossRotation: a lab whose enforcers rotate their flow
+// files every few records. The rotated files and the live one read and
+// verify as one chain with `bireme flows` and `bireme flows verify`, and a
+// byte flipped in a rotated file is found there.
+func TestFlowsVerifyAcrossRotation(t *testing.T) {
+	c := newCluster(t, clusterSpec{Files: []string{"testdata/cluster/model.yaml"}, FlowsMaxBytes: 8000})
+	n1 := c.node("n1")
+	const conns = 20 // about 40 records, five files of 8000 bytes
+	for i := 0; i < conns; i++ {
+		conn, err := c.dial("web", "db", 5432, 3*time.Second)
+		if err != nil {
+			t.Fatalf("web -> db:5432 #%d: %v", i, err)
+		}
+		conn.Close()
+	}
+	bireme := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, biremeBin, args...).CombinedOutput()
+		return string(out), err
+	}
+	// The live file and its rotated predecessors (FILE.1 the newest), not
+	// the head.
+	flowFiles := func() []string {
+		files := []string{n1.Flows}
+		for i := 1; ; i++ {
+			f := flowlog.RotatedPath(n1.Flows, i)
+			if _, err := os.Stat(f); err != nil {
+				return files
+			}
+			files = append(files, f)
+		}
+	}
+	// Every connection's ingress records, read across the files (records
+	// are written a moment after the decision), and no more coming.
+	var files []string
+	deadline := time.Now().Add(15 * time.Second)
+	for last := -1; ; {
+		files = flowFiles()
+		out, err := bireme(append([]string{"flows", "-o", "json", "--direction", "ingress", "--to", "x/db", "--port", "5432", "--verdict", "allow"}, files...)...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		n := strings.Count(out, "\n")
+		if n >= conns && n == last {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d ingress records of web -> db:5432 in %v, want %d, then no more:\n%s", n, files, conns, out)
+		}
+		last = n
+		time.Sleep(300 * time.Millisecond)
+	}
+	if len(files) < 3 {
+		t.Fatalf("flow files %v: want the live one and at least two rotated", files)
+	}
+	out, err := bireme(append([]string{"flows", "verify", "--key", n1.FlowKey}, files...)...)
+	if err != nil || !strings.HasPrefix(out, "intact: ") {
+		t.Fatalf("verify %v: %v\n%s", files, err, out)
+	}
+	t.Logf("%d files: %s", len(files), strings.TrimSpace(out))
+
+	// A copy (head first: the enforcer writes records before their head),
+	// with one byte flipped in the second record of the newest rotated file.
+	dir := t.TempDir()
+	copyFile(t, flowlog.HeadPath(n1.Flows), flowlog.HeadPath(filepath.Join(dir, filepath.Base(n1.Flows))))
+	var copies []string
+	for _, f := range files {
+		cp := filepath.Join(dir, filepath.Base(f))
+		copyFile(t, f, cp)
+		copies = append(copies, cp)
+	}
+	if out, err := bireme(append([]string{"flows", "verify", "--key", n1.FlowKey}, copies...)...); err != nil || !strings.HasPrefix(out, "intact: ") {
+		t.Fatalf("verify the untouched copy: %v\n%s", err, out)
+	}
+	rotated := copies[1]
+	b, err := os.ReadFile(rotated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	if n := strings.Count(string(b), "\n"); n < 3 {
+		t.Fatalf("%s holds %d records, want 3 or more (record 3 is where a flipped record 2 shows)", rotated, n)
+	}
+	i := len(lines[0]) + strings.Index(lines[1], `"node":"`) + len(`"node":"`)
+	b[i] ^= 0x01
+	if err := os.WriteFile(rotated, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = bireme(append([]string{"flows", "verify", "--key", n1.FlowKey}, copies...)...)
+	if err == nil || !strings.Contains(out, "broken: "+rotated+":") {
+		t.Errorf("verify after flipping a byte of %s: %v\n%s", rotated, err, out)
+	}
+}
+
 func copyFile(t *testing.T, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
@@ -237,4 +437,20 @@ func copyFile(t *testing.T, from, to string) {
 	if err := os.WriteFile(to, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// recClient and recServer are a record's client and server, whichever side
+// recorded it.
+func recClient(r flowlog.Record) *identity.Identity {
+	if r.Direction == "egress" {
+		return r.Local
+	}
+	return r.Peer
+}
+
+func recServer(r flowlog.Record) *identity.Identity {
+	if r.Direction == "egress" {
+		return r.Peer
+	}
+	return r.Local
 }

@@ -65,6 +65,9 @@ func (l *Lab) startEnforcer(node string) error {
 	if l.st.Options.IPBlockIdentityOnly {
 		cmd.Args = append(cmd.Args, "--ipblock-identity-only")
 	}
+	if n := l.st.Options.FlowsMaxBytes; n > 0 {
+		cmd.Args = append(cmd.Args, "--flows-max-bytes", strconv.FormatInt(n, 10))
+	}
 	proc, err := startDetached(cmd, l.enforcerLog(node))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)

@@ -96,6 +96,10 @@ type Options struct {
 	// (--ipblock-identity-only): ipBlock rules match only peers without
 	// identity.
 	IPBlockIdentityOnly bool `json:",omitempty"`
+	// FlowsMaxBytes rotates each enforcer's flow file before it grows past
+	// this many bytes (--flows-max-bytes; FILE.1 is the newest old file,
+	// the chain and its keyed head continue across); 0: never.
+	FlowsMaxBytes int64 `json:",omitempty"`
 	// Members are further clusters, each with its own CA, trust domain,
 	// store, nodes and pods (federation.go).
 	Members []Member `json:",omitempty"`

@@ -1,12 +1,14 @@
 package lab_test
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bireme/bireme/flowlog"
 	"github.com/bireme/bireme/lab"
@@ -30,8 +32,9 @@ func flowRecords(t *testing.T, l *lab.Lab) []flowlog.Record {
 // TestLabTiers: ClusterNetworkPolicy tiers on real enforcers
 // (testdata/tiers.yaml): an Admin Deny that x's allow-all NetworkPolicy
 // cannot override, an Admin Pass that hands z/a to that NetworkPolicy, a
-// Baseline default-deny of y that y's NetworkPolicy opens for y/a, and an
-// Admin Deny in audit mode that lets x -> z through and records wouldDeny.
+// Baseline default-deny of y that y's NetworkPolicy opens for y/a, an
+// Admin Deny in audit mode that lets x -> z through and records wouldDeny,
+// the decisions counted by tier, and then a NetworkPolicy in audit mode.
 func TestLabTiers(t *testing.T) {
 	netnstest.RequireNamespaces(t)
 	l, _ := upLab(t, lab.Options{}, "testdata/three.yaml", "testdata/tiers.yaml")
@@ -82,6 +85,45 @@ func TestLabTiers(t *testing.T) {
 	}
 	if would == 0 || passed == 0 || tiers == 0 {
 		t.Errorf("records: %d x -> z with wouldDeny, %d z/a -> x passed, %d with a tier; want some of each", would, passed, tiers)
+	}
+	// The decisions counted by tier: node1 runs x/a (Admin denials from z)
+	// and y/b (Baseline denials).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tier := range []string{"admin", "baseline"} {
+		labels := map[string]string{"verdict": "deny", "tier": tier, "direction": "ingress"}
+		if v, err := l.Metric(ctx, "node1", "bireme_decisions_total", labels); err != nil || v < 1 {
+			t.Errorf("node1 bireme_decisions_total%v = %v, %v; want at least 1", labels, v, err)
+		}
+	}
+
+	// A NetworkPolicy in audit mode: nothing changes for traffic, and the
+	// records of what it would refuse say so (rule -1: it would isolate
+	// z/c and no rule admits the peer).
+	apply(t, l, "testdata/audit-np.yaml") // returns with the enforcers reloaded
+	applied := time.Now()
+	expectMatrix(t, "tiers and an audited NetworkPolicy", probe(t, l), l.Pods(), want)
+	var npWould, npFine int
+	for _, r := range flowRecords(t, l) {
+		if r.Time.Before(applied) || r.Direction != "ingress" || r.Local == nil || r.Local.Ref() != "z/c" || r.Peer == nil {
+			continue
+		}
+		switch nsOf(r.Peer.Ref()) {
+		case "y":
+			if r.Verdict != flowlog.Allow || r.WouldDeny == nil || r.WouldDeny.Policy != "z/audit-c" || r.WouldDeny.Rule != -1 ||
+				!strings.Contains(r.Reason, "(audit mode: would be denied: selected by z/audit-c and no rule allows)") {
+				t.Errorf("%s -> z/c record: %s %q wouldDeny %+v; want allowed, wouldDeny by z/audit-c rule -1", r.Peer.Ref(), r.Verdict, r.Reason, r.WouldDeny)
+			}
+			npWould++
+		case "z":
+			if r.Verdict != flowlog.Allow || r.WouldDeny != nil {
+				t.Errorf("%s -> z/c record: %s wouldDeny %+v; want allowed, nothing it would deny", r.Peer.Ref(), r.Verdict, r.WouldDeny)
+			}
+			npFine++
+		}
+	}
+	if npWould == 0 || npFine == 0 {
+		t.Errorf("records into z/c after the audited NetworkPolicy: %d from y with wouldDeny, %d from z without; want some of each", npWould, npFine)
 	}
 }
 

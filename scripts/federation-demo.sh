@@ -25,18 +25,24 @@ lab() { "$BIREME" lab "$@" --state "$STATE"; }
 lab down
 trap 'lab down; rm -rf "$TMP"' EXIT
 
-# show FROM TO PORT WANT: one probe of the last matrix, checked.
+# show FROM TO PORT WANT [REASON]: one probe of the last matrix, checked,
+# and if REASON is given, the probe's reason (from the flow records) must
+# contain it.
 show() {
 	python3 - "$TMP/probe.json" "$@" <<'PY'
 import json, sys
 results = json.load(open(sys.argv[1]))
 frm, to, port, want = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+why = sys.argv[6] if len(sys.argv) > 6 else ""
 for r in results:
     if (r["from"], r["to"], r["port"]) == (frm, to, port):
         got = "connected" if r["connected"] else "refused"
-        print(f"  {frm} -> {to}:{port}  {got}  {r.get('reason', '')}")
+        reason = r.get("reason", "")
+        print(f"  {frm} -> {to}:{port}  {got}  {reason}")
         if got != want:
             sys.exit(f"federation demo: expected {want}")
+        if why not in reason:
+            sys.exit(f"federation demo: expected the reason to say {why!r}")
         sys.exit(0)
 sys.exit(f"no probe {frm} -> {to}:{port}")
 PY
@@ -49,21 +55,21 @@ lab status
 echo
 echo "### 1. No trust: every connection between the clusters is refused (unknown-ca)"
 probe
-show b/checkout/client payments/api 8080 refused
-show payments/worker b/checkout/client 8080 refused
+show b/checkout/client payments/api 8080 refused unknown-ca
+show payments/worker b/checkout/client 8080 refused unknown-ca
 echo
 echo "### 2. One-way trust: a imports b's bundle. a would admit b/checkout/client, but b refuses a's answer"
 lab trust a b
 probe
-show b/checkout/client payments/api 8080 refused
+show b/checkout/client payments/api 8080 refused unknown-ca
 echo
 echo "### 3. Two-way trust: b imports a's bundle. a's policy admits exactly b's checkout/client (bireme.io/cluster: b)"
 lab trust b a
 probe
 show b/checkout/client payments/api 8080 connected
-show b/checkout/other payments/api 8080 refused
+show b/checkout/other payments/api 8080 refused "no rule allows"
 # b's namespace claims team=payments and bireme.io/cluster=a: a overwrites the cluster label.
-show b/checkout/client payments/worker 8080 refused
+show b/checkout/client payments/worker 8080 refused "no rule allows"
 show payments/worker b/checkout/client 8080 connected
 "$BIREME" policy explain -f "$FED/a.yaml" -f "$FED/b.yaml" --cluster a --from b/checkout/client --to payments/worker --port 8080
 echo
@@ -140,7 +146,7 @@ if n != 1:
     sys.exit(f"federation demo: {n} revocation records, want 1")
 PY
 probe
-show b/checkout/client payments/api 8080 refused
+show b/checkout/client payments/api 8080 refused unknown-ca
 show payments/worker payments/api 8080 connected
 echo
 echo "Federation demo done: trust is per cluster, per direction, and cut at once."

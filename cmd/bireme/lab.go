@@ -57,6 +57,7 @@ type labFlags struct {
 	verbose   bool
 	cluster   string
 	members   []string
+	flowsMax  int64
 }
 
 func (f *labFlags) addState(cmd *cobra.Command) {
@@ -74,6 +75,7 @@ func (f *labFlags) addBuild(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&f.untrusted, "untrusted-node", nil, "give this node keys from a CA the others do not trust (forged identities)")
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "print each build step")
 	cmd.Flags().StringVar(&f.cluster, "cluster", lab.DefaultCluster, "trust domain of the cluster built from -f")
+	cmd.Flags().Int64Var(&f.flowsMax, "flows-max-bytes", 0, "rotate each enforcer's flow file before it grows past this many bytes (the chain continues across the files; 'bireme flows verify' takes them all); 0: never")
 	cmd.Flags().StringArrayVar(&f.members, "member", nil, "a further cluster NAME=FILE[,FILE...]: its own CA, trust domain NAME, store, nodes and pods; no cluster trusts another until 'bireme lab trust' (repeatable; docs/federation.md)")
 }
 
@@ -104,7 +106,10 @@ func (f *labFlags) config(cmd *cobra.Command) (lab.Config, error) {
 }
 
 func (f *labFlags) options() (lab.Options, error) {
-	o := lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted, Cluster: f.cluster}
+	o := lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted, Cluster: f.cluster, FlowsMaxBytes: f.flowsMax}
+	if f.flowsMax < 0 {
+		return o, fmt.Errorf("--flows-max-bytes %d: want 0 (never rotate) or more", f.flowsMax)
+	}
 	for _, m := range f.members {
 		name, files, ok := strings.Cut(m, "=")
 		if !ok || name == "" || files == "" {

@@ -224,3 +224,79 @@ func TestPolicyExplainAcrossClusters(t *testing.T) {
 		})
 	}
 }
+
+// Audit mode through the command: a NetworkPolicy and a ClusterNetworkPolicy
+// annotated bireme.io/enforcement: audit decide nothing, and explain shows
+// both outcomes (the verdict in force, and the one if they were enforced).
+func TestPolicyExplainAudit(t *testing.T) {
+	dir := policyDir(t, map[string]string{"world.yaml": policyWorld, "audit.yaml": `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lock-db, namespace: shop, annotations: {bireme.io/enforcement: audit}}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: no-client-to-web, annotations: {bireme.io/enforcement: audit}}
+spec:
+  tier: Admin
+  priority: 7
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}
+  ingress:
+  - {name: not-yet, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}}]}
+`})
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		want, never []string
+	}{
+		{"audited NetworkPolicy would deny", []string{"--from", "shop/client", "--to", "shop/db", "--port", "5432"},
+			[]string{"ingress of shop/db: allowed: no policy selects shop/db for ingress (audit mode: would be denied: selected by shop/lock-db and no rule allows)",
+				"with audit-mode policies enforced: denied: selected by shop/lock-db and no rule allows",
+				"verdict: allowed (audit mode: would be denied if enforced)"}, nil},
+		{"audited NetworkPolicy admits", []string{"--from", "shop/web", "--to", "shop/db", "--port", "5432"},
+			[]string{"with audit-mode policies enforced: allowed by shop/lock-db ingress rule 0", "verdict: allowed\n"}, []string{"would be denied"}},
+		{"audited ClusterNetworkPolicy would deny", []string{"--from", "shop/client", "--to", "shop/web", "--port", "http"},
+			[]string{`with audit-mode policies enforced: denied by ClusterNetworkPolicy no-client-to-web (Admin tier, priority 7) ingress rule 0 "not-yet"`,
+				"verdict: allowed (audit mode: would be denied if enforced)"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runPolicy(t, append([]string{"explain", "-f", dir}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, n := range tc.never {
+				if strings.Contains(out, n) {
+					t.Errorf("output has %q:\n%s", n, out)
+				}
+			}
+		})
+	}
+	// The JSON form carries both verdicts and the would-be denial.
+	out, err := runPolicy(t, "explain", "-f", dir, "--from", "shop/client", "--to", "shop/db", "--port", "5432", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Allowed           bool `json:"allowed"`
+		AllowedIfEnforced bool `json:"allowedIfEnforced"`
+		Ingress           struct {
+			WouldDeny *struct {
+				Policy string `json:"policy"`
+				Rule   int    `json:"rule"`
+			} `json:"wouldDeny"`
+		} `json:"ingress"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if !got.Allowed || got.AllowedIfEnforced || got.Ingress.WouldDeny == nil || got.Ingress.WouldDeny.Policy != "shop/lock-db" || got.Ingress.WouldDeny.Rule != -1 {
+		t.Fatalf("JSON explanation:\n%s", out)
+	}
+}

@@ -675,6 +675,123 @@ spec:
 		probeAll(t, "Admin deny removed", []pair{{d1, "web", "db", ip["db"], true, "x/db"}})
 	})
 
+	// The other tiers on a Docker host: an Admin Pass that hands web's
+	// connections to db-from-web ahead of an Admin Deny of every other
+	// client of db, and a Baseline default-deny of batch that a
+	// NetworkPolicy then opens for web. Removed, nothing of them stays.
+	t.Run("pass and baseline tiers", func(t *testing.T) {
+		// Files appear whole (renamed into place; the loader skips
+		// dot-files), so that no half-written file is ever in force.
+		writeWhole := func(path, content string) {
+			t.Helper()
+			tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+			writeFile(t, tmp, content)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// inForce is how many times the agent put a policy set with
+		// these counts in force so far.
+		inForce := func(parts ...string) int {
+			n := 0
+			for _, line := range strings.Split(dock1.log.String(), "\n") {
+				all := strings.Contains(line, "network policies in force")
+				for _, p := range parts {
+					all = all && strings.Contains(line, p)
+				}
+				if all {
+					n++
+				}
+			}
+			return n
+		}
+		tiers := filepath.Join(policyDir, "tiers.yaml")
+		writeWhole(tiers, `apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: web-to-db-decided-by-x}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}
+  ingress:
+  - {name: web, action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: db-closed}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}
+  ingress:
+  - {name: everyone-else, action: Deny, from: [{namespaces: {}}]}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: batch-closed}
+spec:
+  tier: Baseline
+  priority: 10
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: batch}}}}
+  ingress:
+  - {name: default-deny, action: Deny, from: [{namespaces: {}}]}
+`)
+		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=2", "clusterPolicies=3")
+		probeAll(t, "Admin Pass and Deny, Baseline deny", []pair{
+			{d1, "web", "db", ip["db"], true, "x/db"},
+			{d1, "batch", "db", ip["db"], false, ""},
+			{d1, "web", "batch", ip["batch"], false, ""},
+			{d1, "db", "web", ip["web"], true, "x/web"},
+		})
+		for _, want := range [][]string{
+			{`"verdict":"allow"`, `"tier":"networkpolicy"`, "x/db-from-web", "passed by ClusterNetworkPolicy web-to-db-decided-by-x"},
+			{`"verdict":"deny"`, `"tier":"admin"`, "denied by ClusterNetworkPolicy db-closed"},
+			{`"verdict":"deny"`, `"tier":"baseline"`, "denied by ClusterNetworkPolicy batch-closed (Baseline tier"},
+		} {
+			if recs := flowsWith(t, flows1, want...); len(recs) == 0 {
+				data, _ := os.ReadFile(flows1)
+				t.Errorf("dock1's flow records have none with %q:\n%s", want, data)
+			}
+		}
+		x := mustRun(t, bin, "policy", "explain", "-f", policyDir, "--docker-host", d1.host, "--host", "dock1",
+			"--cluster", cluster, "--from", "x/web", "--to", "x/db", "--port", "80")
+		if !strings.Contains(x, "verdict: allowed") || !strings.Contains(x, "passed by ClusterNetworkPolicy web-to-db-decided-by-x") {
+			t.Errorf("explain x/web -> x/db under the Pass:\n%s", x)
+		}
+
+		open := filepath.Join(policyDir, "batch-from-web.yaml")
+		writeWhole(open, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: batch-from-web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: batch}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+`)
+		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=3", "clusterPolicies=3")
+		probeAll(t, "a NetworkPolicy opens the Baseline", []pair{
+			{d1, "web", "batch", ip["batch"], true, "x/batch"},
+			{d1, "db", "batch", ip["batch"], false, ""},
+		})
+		if recs := flowsWith(t, flows1, `"verdict":"allow"`, `"tier":"networkpolicy"`, "allowed by x/batch-from-web"); len(recs) == 0 {
+			data, _ := os.ReadFile(flows1)
+			t.Errorf("dock1's flow records show no admission by x/batch-from-web:\n%s", data)
+		}
+
+		before := inForce("policies=2", "clusterPolicies=0")
+		for _, f := range []string{open, tiers} {
+			if err := os.Remove(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dock1.waitLog(t, 10*time.Second, before+1, "network policies in force", "policies=2", "clusterPolicies=0")
+		probeAll(t, "tiers removed", []pair{
+			{d1, "web", "db", ip["db"], true, "x/db"},
+			{d1, "web", "batch", ip["batch"], true, "x/batch"},
+			{d1, "db", "batch", ip["batch"], true, "x/batch"},
+			{d1, "batch", "db", ip["db"], false, ""},
+		})
+	})
+
 	// Docker cannot relabel a running container: labels change by
 	// recreating it, and the same name comes back as another identity. A
 	// policy file that does not validate is logged and changes nothing:

@@ -506,6 +506,148 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 	checkLag(t, "Admin deny deleted: x/a allowed", true, func() bool { return connects(a.ns, c.addr) })
 
+	// The other tiers from the API server, into x (no NetworkPolicy): an
+	// Admin Pass that hands y/c's connections on (to no NetworkPolicy,
+	// hence allowed) ahead of an Admin Deny of every other peer; then a
+	// Baseline default-deny of x that a NetworkPolicy of x opens for y.
+	inX := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "x"}}
+	createCNP := func(p *cnp.ClusterNetworkPolicy) {
+		t.Helper()
+		if _, err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteCNP := func(name string) {
+		t.Helper()
+		if err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n1Flows := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "n1.flows.jsonl"))
+		return string(b)
+	}
+	// n1Recorded waits for n1's records to hold every one of subs
+	// (records are written a moment after the decision).
+	n1Recorded := func(subs ...string) bool {
+		_, ok := eventually(3*time.Second, func() bool {
+			flows := n1Flows()
+			for _, s := range subs {
+				if !strings.Contains(flows, s) {
+					return false
+				}
+			}
+			return true
+		})
+		return ok
+	}
+	createCNP(&cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "pass-c-into-x"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 1,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name: "c-decided-below", Action: cnp.ClusterNetworkPolicyRuleActionPass,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "c"}}}}},
+			}},
+		},
+	})
+	createCNP(&cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-peers-into-x"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 10,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name: "none", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
+			}},
+		},
+	})
+	if took, ok := eventually(3*time.Second, func() bool { return !connects(b.ns, a.addr) }); !ok {
+		t.Errorf("x/b still reaches x/a %v after the Admin deny of every peer", took)
+	}
+	if !connects(c.ns, a.addr) {
+		t.Error("y/c, passed by pass-c-into-x, cannot reach x/a")
+	}
+	if !n1Recorded("denied by ClusterNetworkPolicy no-peers-into-x", "passed by ClusterNetworkPolicy pass-c-into-x") {
+		t.Errorf("n1's flow records show no Admin denial by no-peers-into-x or no pass by pass-c-into-x:\n%s", n1Flows())
+	}
+	deleteCNP("pass-c-into-x")
+	deleteCNP("no-peers-into-x")
+	createCNP(&cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "x-closed"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.BaselineTier, Priority: 10,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name: "default-deny", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
+			}},
+		},
+	})
+	if took, ok := eventually(3*time.Second, func() bool { return !connects(c.ns, a.addr) }); !ok {
+		t.Errorf("y/c still reaches x/a %v after the Baseline default-deny", took)
+	}
+	if !n1Recorded("denied by ClusterNetworkPolicy x-closed (Baseline tier") {
+		t.Errorf("n1's flow records show no Baseline denial by x-closed:\n%s", n1Flows())
+	}
+	openX := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-y"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "y"}}}},
+			}},
+		},
+	}
+	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, openX, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := eventually(3*time.Second, func() bool { return connects(c.ns, a.addr) }); !ok {
+		t.Errorf("y/c still refused by x/a %v after x/from-y opened the Baseline", took)
+	}
+	if connects(b.ns, a.addr) {
+		t.Error("x/b reaches x/a: x/from-y selects x/a and admits only y")
+	}
+	deleteCNP("x-closed")
+	if err := client.NetworkingV1().NetworkPolicies("x").Delete(ctx, "from-y", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A NetworkPolicy in audit mode: enforced, it would admit into x only
+	// x's pods; audited, y/c still connects and its record says what the
+	// policy would do.
+	auditX := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "audit-x", Annotations: map[string]string{"bireme.io/enforcement": "audit"}},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}}},
+		},
+	}
+	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, auditX, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wouldDeny := `"policy":"x/audit-x","rule":-1`
+	if took, ok := eventually(5*time.Second, func() bool {
+		if !connects(c.ns, a.addr) {
+			return false
+		}
+		for _, line := range strings.Split(n1Flows(), "\n") {
+			if strings.Contains(line, `"verdict":"allow"`) && strings.Contains(line, `"wouldDeny":{`) && strings.Contains(line, wouldDeny) {
+				return true
+			}
+		}
+		return false
+	}); !ok {
+		t.Errorf("no connection y/c -> x/a allowed and recorded with wouldDeny %s %v after the audited policy was created", wouldDeny, took)
+	}
+	if !connects(b.ns, a.addr) {
+		t.Error("x/b cannot reach x/a under an audited policy")
+	}
+	if err := client.NetworkingV1().NetworkPolicies("x").Delete(ctx, "audit-x", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Namespace x loses team=x: neither a nor b is allowed any more.
 	nsX, err := client.CoreV1().Namespaces().Get(ctx, "x", metav1.GetOptions{})
 	if err != nil {

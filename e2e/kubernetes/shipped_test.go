@@ -2,6 +2,7 @@ package kubernetes
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -99,6 +100,25 @@ func TestShippedManifestsRun(t *testing.T) {
 		Data: map[string]string{"ca.crt": string(caCrt)}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// A federated cluster b (docs/federation.md): its bundle in the
+	// bireme-federation ConfigMap, which the DaemonSet mounts as the
+	// agent's --trust-bundles directory.
+	caB, err := tokens.NewCA("b", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleB, err := tokens.NewBundle("b", []*x509.Certificate{caB.Cert}, 1, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleJSON, err := bundleB.MarshalSPIFFE()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bireme-federation"},
+		Data: map[string]string{"b.json": string(bundleJSON)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	f := newFabric(t)
 	agentConfig.Data["identity-networks"] = f.network()
 	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &agentConfig, metav1.CreateOptions{}); err != nil {
@@ -125,6 +145,10 @@ func TestShippedManifestsRun(t *testing.T) {
 	ag := runContainer(t, ctx, client, env, agentPod, filepath.Join(dir, "agent"))
 	kubelet(t, ctx, client, f, b)
 	ag.out.waitLog(t, 60*time.Second, "node certificate issued")
+	// Its own trust domain and b's, from the ConfigMap (sorted).
+	trusted := []string{trustDomain, "b"}
+	sort.Strings(trusted)
+	ag.out.waitLog(t, 10*time.Second, "msg=trust", "trust_domains="+strings.Join(trusted, ","))
 	for _, p := range []*pod{a, b} {
 		ag.out.waitLog(t, 20*time.Second, "workload protected", "pod="+p.ref())
 	}
