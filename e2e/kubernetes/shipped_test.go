@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/bireme/bireme/internal/kubeenv"
 	"github.com/bireme/bireme/internal/syncbuf"
@@ -43,12 +45,13 @@ import (
 // run with exactly the template's arguments. The agent runs as root with
 // only the capabilities its securityContext adds (its bounding set), the
 // signer as the template's non-root user reading the Secret with its
-// defaultMode and fsGroup. What differs from a real node: each volume's
-// mountPath is a directory of the test (the arguments naming a path under
-// it are rewritten to match), the probes' port is a free loopback port
-// (after checking that it is the one the arguments serve), and
-// --kubeconfig gives them their bound service account token instead of
-// the in-cluster files.
+// defaultMode and fsGroup, both through the in-cluster configuration: the
+// service account volume (a token bound to the pod) mounted where client-go
+// reads it, in a mount namespace of their own. What differs from a real
+// node: the other volumes' mountPaths are directories of the test (the
+// arguments naming a path under one are rewritten to match), and the
+// probes' port is a free loopback port (after checking that it is the one
+// the arguments serve).
 //
 // It then checks what the manifests promise: the signer signs the agent's
 // request, the agent's readiness and liveness probes answer 200 on the
@@ -57,8 +60,10 @@ import (
 // in the flows volume.
 func TestShippedManifestsRun(t *testing.T) {
 	netnstest.RequireNamespaces(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("skipping: setpriv not installed (util-linux; scripts/install-deps.sh installs it)")
+	for _, tool := range []string{"setpriv", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipping: %s not installed (util-linux; scripts/install-deps.sh installs it)", tool)
+		}
 	}
 	env := kubeenv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -263,46 +268,55 @@ func runContainer(t *testing.T, ctx context.Context, client kubernetes.Interface
 	c.args = rewritePaths(t, c.args, mounts)
 	c.probeAddr = c.freeProbePort(t)
 
-	token := serviceAccountToken(t, ctx, client, p.Namespace, p.Spec.ServiceAccountName, p)
-	kubeconfig := tokenKubeconfig(t, env, filepath.Join(root, "kubeconfig"), token)
-	if err := os.Chmod(kubeconfig, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	argv := append([]string{c.bin}, c.args...)
-	argv = append(argv, "--kubeconfig", kubeconfig)
-	var cmd *exec.Cmd
+	// The kubelet's part of the securityContext, through setpriv: root
+	// with only the added capabilities (the bounding set caps what root
+	// gets at exec), or the pod's user, group and fsGroup.
+	priv := []string{"--pdeathsig", "KILL"}
+	csc := c.container.SecurityContext
 	switch {
-	case c.container.SecurityContext != nil && c.container.SecurityContext.Capabilities != nil && len(c.container.SecurityContext.Capabilities.Add) > 0:
-		// Root with only the added capabilities: the bounding set caps
-		// what root gets at exec.
-		caps := c.container.SecurityContext.Capabilities
-		if len(caps.Drop) != 1 || caps.Drop[0] != "ALL" {
-			t.Fatalf("pod %s: capabilities drop %v; the test runs drop [ALL] plus the added ones", p.Name, caps.Drop)
+	case csc != nil && csc.Capabilities != nil && len(csc.Capabilities.Add) > 0:
+		if len(csc.Capabilities.Drop) != 1 || csc.Capabilities.Drop[0] != "ALL" {
+			t.Fatalf("pod %s: capabilities drop %v; the test runs drop [ALL] plus the added ones", p.Name, csc.Capabilities.Drop)
 		}
 		bounding := "-all"
-		for _, add := range caps.Add {
+		for _, add := range csc.Capabilities.Add {
 			bounding += ",+" + strings.ToLower(string(add))
 		}
-		cmd = exec.Command("setpriv", append([]string{"--bounding-set", bounding, "--"}, argv...)...)
+		priv = append(priv, "--bounding-set", bounding)
 	case sc.RunAsUser != nil:
-		cmd = exec.Command(argv[0], argv[1:]...)
-		gid := uint32(*sc.RunAsUser)
+		gid := *sc.RunAsUser
 		if sc.RunAsGroup != nil {
-			gid = uint32(*sc.RunAsGroup)
+			gid = *sc.RunAsGroup
 		}
-		groups := []uint32{}
+		priv = append(priv, "--reuid", strconv.FormatInt(*sc.RunAsUser, 10), "--regid", strconv.FormatInt(gid, 10))
 		if sc.FSGroup != nil {
-			groups = append(groups, uint32(*sc.FSGroup))
+			priv = append(priv, "--groups", strconv.FormatInt(*sc.FSGroup, 10))
+		} else {
+			priv = append(priv, "--clear-groups")
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(*sc.RunAsUser), Gid: gid, Groups: groups}}
 	default:
 		t.Fatalf("pod %s: neither added capabilities nor a user; the test knows how to run neither", p.Name)
 	}
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if csc != nil && csc.AllowPrivilegeEscalation != nil && !*csc.AllowPrivilegeEscalation {
+		priv = append(priv, "--no-new-privs")
 	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+
+	// The service account volume the API server's admission added, where
+	// client-go's in-cluster configuration reads it: mounted in a mount
+	// namespace of the process's own (slave: the node's later network
+	// namespaces still appear under /run/netns), over a tmpfs on
+	// /run/secrets, so the node's own tree is not changed.
+	saPath, saDir := serviceAccountVolume(t, ctx, client, env, p, c.container, root)
+	hostMountPoint(t, "/run/secrets")
+	const inMountNS = `mount -t tmpfs -o mode=0755 tmpfs /run/secrets && mkdir -p "$1" && mount --bind "$2" "$1" && shift 2 && exec setpriv "$@"`
+	argv := []string{"--mount", "--propagation", "slave", "--", "sh", "-c", inMountNS, "sh", saPath, saDir}
+	argv = append(argv, priv...)
+	argv = append(argv, "--", c.bin)
+	argv = append(argv, c.args...)
+	cmd := exec.Command("unshare", argv...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	host, port := apiServerAddress(t, env)
+	vars["KUBERNETES_SERVICE_HOST"], vars["KUBERNETES_SERVICE_PORT"] = host, port
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, vars.list()...)
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = c.out.log, c.out.log
@@ -329,6 +343,71 @@ func runContainer(t *testing.T, ctx context.Context, client kubernetes.Interface
 		}
 	})
 	return c
+}
+
+// serviceAccountPath is where the kubelet mounts a pod's service account
+// volume and client-go's in-cluster configuration reads it.
+const serviceAccountPath = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// serviceAccountVolume fills the service account volume the API server's
+// admission added to the pod (kube-api-access-*) as the kubelet does: a
+// token bound to the pod, the API server's CA, the namespace. It returns
+// the volume's mountPath and its directory under root.
+func serviceAccountVolume(t *testing.T, ctx context.Context, client kubernetes.Interface, env *kubeenv.Env, p *corev1.Pod, c corev1.Container, root string) (string, string) {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		if !strings.HasPrefix(m.Name, "kube-api-access-") {
+			continue
+		}
+		if m.MountPath != serviceAccountPath {
+			t.Fatalf("pod %s: service account volume at %s, want %s", p.Name, m.MountPath, serviceAccountPath)
+		}
+		dir := filepath.Join(root, "volumes", m.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		files := map[string][]byte{
+			"token":     []byte(serviceAccountToken(t, ctx, client, p.Namespace, p.Spec.ServiceAccountName, p)),
+			"ca.crt":    readFile(t, filepath.Join(env.Dir, "pki", "apiserver.crt")),
+			"namespace": []byte(p.Namespace),
+		}
+		for name, data := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return m.MountPath, dir
+	}
+	t.Fatalf("pod %s: no service account volume (kube-api-access-*) mounted: the in-cluster configuration would find no token", p.Name)
+	return "", ""
+}
+
+// hostMountPoint makes sure dir exists on the node to mount over in a
+// private mount namespace; one it had to make is removed at the end.
+func hostMountPoint(t *testing.T, dir string) {
+	t.Helper()
+	if _, err := os.Stat(dir); err == nil {
+		return
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(dir) }) // only if still empty
+}
+
+// apiServerAddress is the API server's host and port, as the kubelet
+// gives them to pods (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT).
+func apiServerAddress(t *testing.T, env *kubeenv.Env) (string, string) {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", env.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Hostname(), u.Port()
 }
 
 // envVars are a container's resolved environment.
@@ -442,9 +521,7 @@ func fillVolumes(t *testing.T, ctx context.Context, client kubernetes.Interface,
 			continue
 		case v.HostPath != nil:
 		case v.Projected != nil && strings.HasPrefix(v.Name, "kube-api-access-"):
-			// The service account token the API server's admission added:
-			// given through --kubeconfig instead.
-			continue
+			continue // serviceAccountVolume
 		default:
 			t.Fatalf("volume %s: a kind the test does not fill", m.Name)
 		}
