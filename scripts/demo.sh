@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${BIREME:-} ]]; then
 	bash scripts/install-deps.sh
-	go build -o bin/bireme ./cmd/bireme
+	go build -tags grpcnotrace -o bin/bireme ./cmd/bireme
 	BIREME=bin/bireme
 fi
 STATE=${STATE:-/run/bireme-demo}

@@ -21,7 +21,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 if [[ -z ${BIREME:-} ]]; then
 	bash scripts/install-deps.sh
-	go build -o bin/bireme ./cmd/bireme
+	go build -tags grpcnotrace -o bin/bireme ./cmd/bireme
 	BIREME=bin/bireme
 fi
 BIREME=$(realpath "$BIREME")

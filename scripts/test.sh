@@ -15,7 +15,7 @@ stage "installing packages"
 bash scripts/install-deps.sh
 
 stage "building bin/bireme"
-go build -o bin/bireme ./cmd/bireme
+go build -tags grpcnotrace -o bin/bireme ./cmd/bireme
 
 # Built once per machine and cached under ~/.cache/bireme (2.5-5 min the
 # first time, nothing after): its own stage, so the Kubernetes tests in

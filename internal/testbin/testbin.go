@@ -36,7 +36,8 @@ func Bireme() (string, error) {
 		if _, e := os.Stat(goTool); e != nil {
 			goTool = "go"
 		}
-		out, e := exec.Command(goTool, "build", "-o", built, "github.com/bireme/bireme/cmd/bireme").CombinedOutput()
+		// The tags of every build of the binary (Makefile: TAGS).
+		out, e := exec.Command(goTool, "build", "-tags", "grpcnotrace", "-o", built, "github.com/bireme/bireme/cmd/bireme").CombinedOutput()
 		if e != nil {
 			err = fmt.Errorf("go build bireme: %v: %s", e, out)
 		}
