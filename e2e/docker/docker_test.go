@@ -348,6 +348,9 @@ func TestDockerHosts(t *testing.T) {
 	nsD1 := netnstest.NewNS(t, prefix+"-d1")
 	nsD2 := netnstest.NewNS(t, prefix+"-d2")
 	nsW := netnstest.NewNS(t, prefix+"-w")
+	// fed/f: a workload of another trust domain (fed), its node on a link
+	// of d1's, federated with dock1's cluster by bundle.
+	nsF := netnstest.NewNS(t, prefix+"-f")
 	work := t.TempDir()
 
 	// The runtime each engine runs containers with: runc behind
@@ -424,6 +427,9 @@ func TestDockerHosts(t *testing.T) {
 	if err := netns.Veth(ctx, nsD1, prefix+"c", nsW, prefix+"d"); err != nil {
 		t.Fatal(err)
 	}
+	if err := netns.Veth(ctx, nsD1, prefix+"e", nsF, prefix+"f"); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		ns   *netns.NS
 		args []string
@@ -435,6 +441,9 @@ func TestDockerHosts(t *testing.T) {
 		{nsD1, []string{"route", "add", "198.19.202.0/24", "via", "198.19.203.2"}},
 		{nsD2, []string{"route", "add", "default", "via", "198.19.203.1"}},
 		{nsW, []string{"route", "add", "default", "via", "198.19.204.1"}},
+		{nsD1, []string{"addr", "add", "198.19.205.1/24", "dev", prefix + "e"}},
+		{nsF, []string{"addr", "add", "198.19.205.2/24", "dev", prefix + "f"}},
+		{nsF, []string{"route", "add", "default", "via", "198.19.205.1"}},
 	} {
 		if err := c.ns.Exec(ctx, "ip", c.args...); err != nil {
 			t.Fatal(err)
@@ -450,6 +459,20 @@ func TestDockerHosts(t *testing.T) {
 	mustRun(t, bin, "keys", "issue-node", "--ca-dir", keys+"/ca", "--node", "dock1", "--out", keys+"/dock1")
 	mustRun(t, bin, "keys", "issue-node", "--ca-dir", keys+"/ca", "--node", "peer", "--out", keys+"/peer")
 	mustRun(t, bin, "keys", "issue-node", "--ca-dir", keys+"/rogue-ca", "--node", "dock2", "--out", keys+"/dock2")
+	// Cluster fed: its own CA and trust domain. It trusts dock1's cluster
+	// from the start (its bundle exported and imported as operators do);
+	// dock1 trusts fed only when the subtest imports fed's bundle.
+	mustRun(t, bin, "keys", "init-ca", "--trust-domain", "fed", "--out", keys+"/fed-ca")
+	mustRun(t, bin, "keys", "issue-node", "--ca-dir", keys+"/fed-ca", "--node", "fnode", "--out", keys+"/fnode")
+	bundlesDock1, bundlesFed := filepath.Join(work, "bundles-dock1"), filepath.Join(work, "bundles-fed")
+	for _, d := range []string{bundlesDock1, bundlesFed} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustRun(t, bin, "keys", "bundle", "export", "--ca-dir", keys+"/ca", "--out", filepath.Join(work, cluster+".json"))
+	mustRun(t, bin, "keys", "bundle", "import", "--trust-domain", cluster, "--in", filepath.Join(work, cluster+".json"), "--dir", bundlesFed, "--cluster", "fed")
+	mustRun(t, bin, "keys", "bundle", "export", "--ca-dir", keys+"/fed-ca", "--out", filepath.Join(work, "fed.json"))
 
 	// Policies. dock1: x/db admits only app=web; x/locked may connect
 	// only to app=web; peer/w runs on node peer. w's store: peer/w admits
@@ -532,13 +555,52 @@ spec:
 	}
 	t.Cleanup(func() { _ = wServer.Process.Kill(); _ = wServer.Wait() })
 
+	// fed/f: admits x/web of cluster docker-e2e only, by naming the
+	// cluster (a selector without bireme.io/cluster matches fed's own
+	// workloads only).
+	fedStore := filepath.Join(work, "store-fed")
+	if err := os.MkdirAll(fedStore, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(fedStore, "store.yaml"), fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: pay}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: f, namespace: pay, labels: {app: f}, annotations: {bireme.io/netns: %s}}
+spec: {nodeName: fnode, containers: [{name: main, image: none, ports: [{name: http, containerPort: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: f-from-web, namespace: pay}
+spec:
+  podSelector: {matchLabels: {app: f}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {bireme.io/cluster: %s, kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {app: web}}}]}]
+`, nsF.Name, cluster))
+	fRoot := filepath.Join(work, "www-f")
+	if err := os.MkdirAll(fRoot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(fRoot, "index.html"), "fed/f\n")
+	fServer := nsF.Command(context.Background(), "busybox", "httpd", "-f", "-p", "80", "-h", fRoot)
+	if err := fServer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fServer.Process.Kill(); _ = fServer.Wait() })
+
 	nodeArgs := func(dir string) []string {
 		return []string{"--cluster", cluster, "--ca-bundle", keys + "/ca/ca.crt",
 			"--cert", dir + "/node.crt", "--key", dir + "/node.key", "--identity-networks", identities, "--poll", "100ms"}
 	}
 	flows1 := filepath.Join(work, "flows-dock1.jsonl")
 	flowsW := filepath.Join(work, "flows-peer.jsonl")
-	dock1Args := append([]string{"docker", "--docker-host", d1.host, "--host", "dock1", "--policy-dir", policyDir, "--flows", flows1}, nodeArgs(keys+"/dock1")...)
+	flowsF := filepath.Join(work, "flows-fed.jsonl")
+	dock1Args := append([]string{"docker", "--docker-host", d1.host, "--host", "dock1", "--policy-dir", policyDir, "--flows", flows1,
+		"--trust-bundles", bundlesDock1}, nodeArgs(keys+"/dock1")...)
+	fed := start(t, bin, "enforce", "--node", "fnode", "--store", fedStore, "--flows", flowsF, "--cluster", "fed",
+		"--ca-bundle", keys+"/fed-ca/ca.crt", "--cert", keys+"/fnode/node.crt", "--key", keys+"/fnode/node.key",
+		"--identity-networks", identities, "--poll", "100ms", "--trust-bundles", bundlesFed)
 	peer := start(t, bin, append([]string{"enforce", "--node", "peer", "--store", wStore, "--flows", flowsW}, nodeArgs(keys+"/peer")...)...)
 	// dock2 trusts its own CA: its agent runs, but nobody else trusts it.
 	dock2 := start(t, bin, "docker", "--docker-host", d2.host, "--host", "dock2", "--policy-dir", rogueDir, "--flows", filepath.Join(work, "flows-dock2.jsonl"),
@@ -574,6 +636,7 @@ spec:
 	}
 	ip["w"] = "198.19.204.2"
 	peer.waitProtected(t, 1)
+	fed.waitProtected(t, 1)
 	dock2.waitProtected(t, 1)
 	dock1.waitProtected(t, 3)
 	t.Logf("containers protected at %v", time.Since(began).Round(time.Millisecond))
@@ -790,6 +853,37 @@ spec:
 			{d1, "db", "batch", ip["batch"], true, "x/batch"},
 			{d1, "batch", "db", ip["db"], false, ""},
 		})
+	})
+
+	// Federation on a Docker host: dock1 takes fed's bundle in its
+	// --trust-bundles directory (re-read at each poll, no restart). Before,
+	// fed's answers are refused (unknown-ca); with it, fed/f admits x/web
+	// by its cluster, and x/web carries the verified cluster label;
+	// removed, new connections are refused again at once.
+	t.Run("a federated cluster by bundle", func(t *testing.T) {
+		fedAddr := "198.19.205.2"
+		probeAll(t, "no trust in fed", []pair{{d1, "web", "fed/f", fedAddr, false, ""}})
+		if recs := flowsWith(t, flows1, `"verdict":"deny"`, "unknown-ca", fedAddr+":80"); len(recs) == 0 {
+			data, _ := os.ReadFile(flows1)
+			t.Errorf("dock1's flow records show no refusal of fed's answer (unknown-ca):\n%s", data)
+		}
+		mustRun(t, bin, "keys", "bundle", "import", "--trust-domain", "fed", "--in", filepath.Join(work, "fed.json"), "--dir", bundlesDock1, "--cluster", cluster)
+		dock1.waitLog(t, 10*time.Second, 1, "trust changed", "trust_domains="+cluster+",fed")
+		probeAll(t, "fed trusted", []pair{
+			{d1, "web", "fed/f", fedAddr, true, "fed/f"},
+			{d1, "batch", "fed/f", fedAddr, false, ""},
+		})
+		if recs := flowsWith(t, flowsF, `"verdict":"allow"`, `"direction":"ingress"`, `"peer":{"cluster":"`+cluster+`","namespace":"x","pod":"web"`, "bireme.io/cluster="+cluster); len(recs) == 0 {
+			data, _ := os.ReadFile(flowsF)
+			t.Errorf("fed's flow records show no admission of x/web of cluster %s by its cluster label:\n%s", cluster, data)
+		}
+		mustRun(t, bin, "keys", "bundle", "remove", "--trust-domain", "fed", "--dir", bundlesDock1)
+		dock1.waitLog(t, 10*time.Second, 1, "trust changed", "revoked=fed")
+		before := len(flowsWith(t, flows1, `"verdict":"deny"`, "unknown-ca", fedAddr+":80"))
+		probeAll(t, "fed's bundle removed", []pair{{d1, "web", "fed/f", fedAddr, false, ""}})
+		if n := len(flowsWith(t, flows1, `"verdict":"deny"`, "unknown-ca", fedAddr+":80")); n == before {
+			t.Errorf("no new unknown-ca refusal of fed after its bundle was removed (%d before and after)", n)
+		}
 	})
 
 	// Docker cannot relabel a running container: labels change by
