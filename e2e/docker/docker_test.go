@@ -7,9 +7,12 @@
 // cross-host case. Host 1 trusts the cluster CA; host 2's keys come from
 // another CA, so its containers' identities are forgeries.
 //
-//	d1 (dockerd, agent dock1)  198.19.200.0/24: web, batch, db, plain, locked, host-net
+//	d1 (dockerd, agent dock1)  198.19.200.0/24: web, batch, db, plain, locked, host-net, host-plain
 //	  ├── veth 198.19.203.0/30 ── d2 (dockerd, agent dock2, rogue CA) 198.19.202.0/24: web (forged), plain2
 //	  └── veth 198.19.204.0/24 ── w  (bireme enforce, node peer): peer/w
+//
+// plain and host-plain carry no bireme.io/protect label: dock1 leaves
+// them alone until the last subtest runs it with --all.
 //
 // The test needs root, dockerd (docker.io) and busybox-static (scripts/
 // install-deps.sh installs both); without them it skips with the reason.
@@ -475,7 +478,8 @@ func TestDockerHosts(t *testing.T) {
 	mustRun(t, bin, "keys", "bundle", "export", "--ca-dir", keys+"/fed-ca", "--out", filepath.Join(work, "fed.json"))
 
 	// Policies. dock1: x/db admits only app=web; x/locked may connect
-	// only to app=web; peer/w runs on node peer. w's store: peer/w admits
+	// only to app=web; the pods of namespace default (plain, unlabelled:
+	// protected only with --all) admit only x/web; peer/w runs on node peer. w's store: peer/w admits
 	// only x/web, which runs on dock1.
 	const namespaces = `apiVersion: v1
 kind: Namespace
@@ -505,6 +509,13 @@ spec:
   policyTypes: [Egress]
   egress: [{to: [{podSelector: {matchLabels: {app: web}}}]}]
 ---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-from-web, namespace: default}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchLabels: {app: web}}}]}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: w, namespace: peer, labels: {app: w}}
@@ -533,6 +544,11 @@ spec: {nodeName: dock1, containers: [{name: main, image: none}]}
 apiVersion: v1
 kind: Pod
 metadata: {name: batch, namespace: x, labels: {app: batch}}
+spec: {nodeName: dock1, containers: [{name: main, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: default}
 spec: {nodeName: dock1, containers: [{name: main, image: none}]}
 ---
 apiVersion: networking.k8s.io/v1
@@ -620,6 +636,9 @@ spec:
 		func() {
 			d1.run(t, "host-net", "", map[string]string{"bireme.io/protect": "true"}, []string{"--network", "host"}, []string{"sleep", "100000"})
 		},
+		func() {
+			d1.run(t, "host-plain", "", nil, []string{"--network", "host"}, []string{"sleep", "100000"})
+		},
 		func() { d2.run(t, "web", "bnet", protected("web"), nil, serve("forged x/web")) },
 		func() { d2.run(t, "plain2", "bnet", nil, nil, serve("plain2")) },
 	} {
@@ -652,6 +671,9 @@ spec:
 			{d1, "web", "batch", ip["batch"], true, "x/batch"},
 			{d1, "db", "web", ip["web"], true, "x/web"},
 			{d1, "plain", "db", ip["db"], false, ""},
+			// plain is not protected without --all: default-from-web is
+			// not enforced there.
+			{d1, "batch", "plain", ip["plain"], true, "plain"},
 			// Cross-host: w's enforcer admits dock1's x/web by its identity.
 			{d1, "web", "peer/w", ip["w"], true, "peer/w"},
 			{d1, "batch", "peer/w", ip["w"], false, ""},
@@ -692,6 +714,16 @@ spec:
 		}
 		if !strings.HasPrefix(got["default/host-net"], "refused") {
 			t.Errorf("status of the host-network container: %q", got["default/host-net"])
+		}
+		// Without --all, the unlabelled containers are not the agent's:
+		// not listed, not protected, and host-plain not even refused.
+		for _, id := range []string{"default/plain", "default/host-plain"} {
+			if s, ok := got[id]; ok {
+				t.Errorf("status without --all lists unlabelled %s (%q); all: %s", id, s, out)
+			}
+		}
+		if strings.Contains(dock1.log.String(), "container=host-plain") {
+			t.Errorf("dock1 without --all logged a status for the unlabelled host-plain:\n%s", dock1.log.String())
 		}
 		x := mustRun(t, bin, "policy", "explain", "-f", policyDir, "--docker-host", d1.host, "--host", "dock1",
 			"--cluster", cluster, "--from", "x/batch", "--to", "x/db", "--port", "80")
@@ -799,7 +831,7 @@ spec:
   ingress:
   - {name: default-deny, action: Deny, from: [{namespaces: {}}]}
 `)
-		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=2", "clusterPolicies=3")
+		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=3", "clusterPolicies=3")
 		probeAll(t, "Admin Pass and Deny, Baseline deny", []pair{
 			{d1, "web", "db", ip["db"], true, "x/db"},
 			{d1, "batch", "db", ip["db"], false, ""},
@@ -830,7 +862,7 @@ spec:
   podSelector: {matchLabels: {app: batch}}
   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
 `)
-		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=3", "clusterPolicies=3")
+		dock1.waitLog(t, 10*time.Second, 1, "network policies in force", "policies=4", "clusterPolicies=3")
 		probeAll(t, "a NetworkPolicy opens the Baseline", []pair{
 			{d1, "web", "batch", ip["batch"], true, "x/batch"},
 			{d1, "db", "batch", ip["batch"], false, ""},
@@ -840,13 +872,13 @@ spec:
 			t.Errorf("dock1's flow records show no admission by x/batch-from-web:\n%s", data)
 		}
 
-		before := inForce("policies=2", "clusterPolicies=0")
+		before := inForce("policies=3", "clusterPolicies=0")
 		for _, f := range []string{open, tiers} {
 			if err := os.Remove(f); err != nil {
 				t.Fatal(err)
 			}
 		}
-		dock1.waitLog(t, 10*time.Second, before+1, "network policies in force", "policies=2", "clusterPolicies=0")
+		dock1.waitLog(t, 10*time.Second, before+1, "network policies in force", "policies=3", "clusterPolicies=0")
 		probeAll(t, "tiers removed", []pair{
 			{d1, "web", "db", ip["db"], true, "x/db"},
 			{d1, "web", "batch", ip["batch"], true, "x/batch"},
@@ -1044,6 +1076,63 @@ spec:
 			}
 		}
 		probeAll(t, "uninstalled", []pair{{d1, "batch", "db", ip["db"], true, "x/db"}})
+	})
+
+	// --all: every container is protected, labelled or not (the runtime
+	// wrapper here has no --all, so the agent takes the unlabelled ones
+	// over once it runs). plain becomes default/plain, under
+	// default-from-web, and its connections carry that identity, to this
+	// host's containers and to peer; host-plain, on the host's network,
+	// is refused, not protected.
+	t.Run("all containers", func(t *testing.T) {
+		all := start(t, bin, append(append([]string{}, dock1Args...), "--all")...)
+		// web, batch, db, locked and plain.
+		all.waitProtected(t, 5)
+		all.waitLog(t, 10*time.Second, 1, "container status", "container=host-plain", "refused: --network host shares the host's network namespace")
+		out := mustRun(t, bin, "docker", "status", "--docker-host", d1.host, "--host", "dock1", "--all", "-o", "json")
+		var rows []struct{ Container, Identity, Status string }
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("status --all: %v: %s", err, out)
+		}
+		got := map[string]string{}
+		for _, r := range rows {
+			got[r.Identity] = r.Status
+		}
+		if got["default/plain"] != "protected" {
+			t.Errorf("status --all of the unlabelled plain: %q; all: %s", got["default/plain"], out)
+		}
+		if s := got["default/host-plain"]; !strings.HasPrefix(s, "refused: --network host") {
+			t.Errorf("status --all of the unlabelled host-network container: %q; all: %s", s, out)
+		}
+		probeAll(t, "--all", []pair{
+			// default-from-web is enforced at plain now (batch -> plain
+			// connected without --all).
+			{d1, "batch", "plain", ip["plain"], false, ""},
+			{d1, "web", "plain", ip["plain"], true, "plain"},
+			// plain's connections carry default/plain.
+			{d1, "plain", "batch", ip["batch"], true, "x/batch"},
+			{d1, "plain", "db", ip["db"], false, ""},
+			{d1, "plain", "peer/w", ip["w"], false, ""},
+		})
+		plain := `{"cluster":"` + cluster + `","namespace":"default","pod":"plain"`
+		for _, want := range [][]string{
+			{`"verdict":"deny"`, `"direction":"ingress"`, `"local":` + plain, `"peer":{"cluster":"` + cluster + `","namespace":"x","pod":"batch"`, "default/default-from-web"},
+			{`"verdict":"allow"`, `"direction":"ingress"`, `"local":` + plain, `"peer":{"cluster":"` + cluster + `","namespace":"x","pod":"web"`, "default/default-from-web"},
+			{`"verdict":"allow"`, `"direction":"ingress"`, `"pod":"batch"`, `"peer":` + plain},
+			{`"verdict":"deny"`, `"direction":"ingress"`, `"pod":"db"`, `"peer":` + plain, "x/db-from-web"},
+		} {
+			if recs := flowsWith(t, flows1, want...); len(recs) == 0 {
+				data, _ := os.ReadFile(flows1)
+				t.Errorf("dock1's flow records have none with %q:\n%s", want, data)
+			}
+		}
+		if recs := flowsWith(t, flowsW, `"verdict":"deny"`, `"direction":"ingress"`, `"peer":`+plain, "peer/w-from-web"); len(recs) == 0 {
+			data, _ := os.ReadFile(flowsW)
+			t.Errorf("peer's flow records show no refusal of default/plain by peer/w-from-web:\n%s", data)
+		}
+		if t.Failed() {
+			t.Logf("agent --all log:\n%s", all.log.String())
+		}
 	})
 	t.Logf("done in %v", time.Since(began).Round(time.Millisecond))
 }
