@@ -4,7 +4,7 @@
 # bin/bireme, runs every Go test (the namespace tests need root and run
 # here), the core packages again under the race detector, then the
 # benchmark harness in short mode so it never rots.
-# Takes under 15 minutes on 2 cores, plus 2.5-5 minutes once per machine to
+# Takes about 9 minutes (under 15) on 2 cores, plus 2.5-5 minutes once per machine to
 # build the Kubernetes tests' kube-apiserver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
