@@ -71,75 +71,13 @@ func TestShippedManifestsRun(t *testing.T) {
 	client := env.Client
 	dir := t.TempDir()
 
-	objs := readManifests(t, filepath.Join("..", "..", "deploy", "kubernetes"))
-	var ds appsv1.DaemonSet
-	var signerDep appsv1.Deployment
-	var agentConfig corev1.ConfigMap
-	fromManifest(t, objs, "DaemonSet", "bireme-agent", &ds)
-	fromManifest(t, objs, "Deployment", "bireme-signer", &signerDep)
-	fromManifest(t, objs, "ConfigMap", "bireme-agent", &agentConfig)
-	const ns = "bireme-system"
-	applyShippedRBAC(t, ctx, env)
-
-	// What README's "On Kubernetes" has the user do: a CA of the
-	// ConfigMap's trust domain, its Secret and the public trust ConfigMap,
-	// and the agent ConfigMap with this cluster's pod network.
-	trustDomain := agentConfig.Data["cluster"]
-	ca, err := tokens.NewCA(trustDomain, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFiles := filepath.Join(dir, "ca")
-	if err := os.Mkdir(caFiles, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.Save(filepath.Join(caFiles, "ca.crt"), filepath.Join(caFiles, "ca.key")); err != nil {
-		t.Fatal(err)
-	}
-	caCrt, caKey := readFile(t, filepath.Join(caFiles, "ca.crt")), readFile(t, filepath.Join(caFiles, "ca.key"))
-	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bireme-ca"},
-		Data: map[string][]byte{"ca.crt": caCrt, "ca.key": caKey}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bireme-trust"},
-		Data: map[string]string{"ca.crt": string(caCrt)}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// A federated cluster b (docs/federation.md): its bundle in the
-	// bireme-federation ConfigMap, which the DaemonSet mounts as the
-	// agent's --trust-bundles directory.
-	caB, err := tokens.NewCA("b", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundleB, err := tokens.NewBundle("b", []*x509.Certificate{caB.Cert}, 1, 5*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundleJSON, err := bundleB.MarshalSPIFFE()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bireme-federation"},
-		Data: map[string]string{"b.json": string(bundleJSON)}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	f := newFabric(t)
-	agentConfig.Data["identity-networks"] = f.network()
-	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &agentConfig, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	sh := installShipped(t, ctx, env, dir, f.network())
+	ds, trustDomain, sg := sh.ds, sh.trustDomain, sh.signer
+	const ns = shippedNamespace
 	createNamespace(t, ctx, client, "x", nil)
 	if _, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
-	}
-
-	// The signer's pod, as its Deployment makes it, run as its template's user.
-	signerPod := podFromTemplate(t, ctx, client, ns, "bireme-signer-0", "", signerDep.Spec.Template)
-	sg := runContainer(t, ctx, client, env, signerPod, filepath.Join(dir, "signer"))
-	sg.out.waitLog(t, 20*time.Second, "signer started")
-	if code, _ := httpGet(t, sg.probe(t, sg.container.ReadinessProbe)); code != http.StatusOK {
-		t.Errorf("signer readiness probe: %d, want 200", code)
 	}
 
 	// The agent's pod on n1, as the DaemonSet controller makes it.
@@ -188,6 +126,90 @@ func TestShippedManifestsRun(t *testing.T) {
 	}
 }
 
+// shippedNamespace is the namespace deploy/kubernetes/ installs into.
+const shippedNamespace = "bireme-system"
+
+// shipped is deploy/kubernetes/ installed on a test's API server.
+type shipped struct {
+	ds          appsv1.DaemonSet // the agent's, for its pods
+	trustDomain string           // the agent ConfigMap's cluster
+	signer      *container       // the signer, running
+}
+
+// installShipped does what README's "On Kubernetes" has the user do, on
+// env's API server: the shipped RBAC, a CA of the agent ConfigMap's trust
+// domain in its Secret and the public trust ConfigMap, the federation
+// ConfigMap with one foreign cluster's bundle (b), and the agent ConfigMap
+// with identityNetworks; then it runs the signer's pod as its Deployment
+// makes it, as its template's user, until the test ends. Files go under dir.
+func installShipped(t *testing.T, ctx context.Context, env *kubeenv.Env, dir, identityNetworks string) *shipped {
+	t.Helper()
+	client := env.Client
+	objs := readManifests(t, filepath.Join("..", "..", "deploy", "kubernetes"))
+	sh := &shipped{}
+	var signerDep appsv1.Deployment
+	var agentConfig corev1.ConfigMap
+	fromManifest(t, objs, "DaemonSet", "bireme-agent", &sh.ds)
+	fromManifest(t, objs, "Deployment", "bireme-signer", &signerDep)
+	fromManifest(t, objs, "ConfigMap", "bireme-agent", &agentConfig)
+	const ns = shippedNamespace
+	applyShippedRBAC(t, ctx, env)
+
+	sh.trustDomain = agentConfig.Data["cluster"]
+	ca, err := tokens.NewCA(sh.trustDomain, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFiles := filepath.Join(dir, "ca")
+	if err := os.Mkdir(caFiles, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(filepath.Join(caFiles, "ca.crt"), filepath.Join(caFiles, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	caCrt, caKey := readFile(t, filepath.Join(caFiles, "ca.crt")), readFile(t, filepath.Join(caFiles, "ca.key"))
+	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bireme-ca"},
+		Data: map[string][]byte{"ca.crt": caCrt, "ca.key": caKey}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bireme-trust"},
+		Data: map[string]string{"ca.crt": string(caCrt)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A federated cluster b (docs/federation.md): its bundle in the
+	// bireme-federation ConfigMap, which the DaemonSet mounts as the
+	// agent's --trust-bundles directory.
+	caB, err := tokens.NewCA("b", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleB, err := tokens.NewBundle("b", []*x509.Certificate{caB.Cert}, 1, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleJSON, err := bundleB.MarshalSPIFFE()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bireme-federation"},
+		Data: map[string]string{"b.json": string(bundleJSON)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	agentConfig.Data["identity-networks"] = identityNetworks
+	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &agentConfig, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The signer's pod, as its Deployment makes it, run as its template's user.
+	signerPod := podFromTemplate(t, ctx, client, ns, "bireme-signer-0", "", signerDep.Spec.Template)
+	sh.signer = runContainer(t, ctx, client, env, signerPod, filepath.Join(dir, "signer"))
+	sh.signer.out.waitLog(t, 20*time.Second, "signer started")
+	if code, _ := httpGet(t, sh.signer.probe(t, sh.signer.container.ReadinessProbe)); code != http.StatusOK {
+		t.Errorf("signer readiness probe: %d, want 200", code)
+	}
+	return sh
+}
+
 // fromManifest decodes the object of that kind and name of the manifests
 // into out.
 func fromManifest(t *testing.T, objs []*unstructured.Unstructured, kind, name string, out any) {
@@ -224,6 +246,10 @@ type container struct {
 	out       *agent // its log
 	args      []string
 	probeAddr string // the loopback address the probes' port became
+	// pid is the container's process: unshare, which becomes sh, then
+	// setpriv, then bireme (each execs the next).
+	pid     int
+	started time.Time // when the process was started
 }
 
 // runContainer plays the kubelet for the pod's one container: its volumes
@@ -320,9 +346,11 @@ func runContainer(t *testing.T, ctx context.Context, client kubernetes.Interface
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, vars.list()...)
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = c.out.log, c.out.log
+	c.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	c.pid = cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Logf("pod %s: %s", p.Name, strings.Join(cmd.Args, " "))
