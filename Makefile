@@ -54,7 +54,7 @@ cri-e2e: deps build
 	$(GO) test -count=1 -v -timeout 3m ./k8s/crinetns/
 	BIREME_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 5m -run TestAgentFindsPodsThroughCRI ./e2e/kubernetes/
 
-# Issue 12's scale figures, by hand (minutes): one agent on a cluster of
+# Issue 12's scale figures, by hand (about a minute): one agent on a cluster of
 # 10,000 pods and 1,000 NetworkPolicies; RSS, time to converge, time from a
 # policy change to the policy in force (goals: under 150 MB, under 1 s).
 k8s-scale: deps build

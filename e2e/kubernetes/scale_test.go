@@ -44,7 +44,7 @@ const (
 // only when asked: BIREME_K8S_SCALE=1 (make k8s-scale).
 func TestAgentAtScale(t *testing.T) {
 	if os.Getenv("BIREME_K8S_SCALE") == "" {
-		t.Skip("skipping: creates 10,000 pods and 1,000 policies (minutes); set BIREME_K8S_SCALE=1 or run make k8s-scale")
+		t.Skip("skipping: creates 10,000 pods and 1,000 policies (about a minute); set BIREME_K8S_SCALE=1 or run make k8s-scale")
 	}
 	netnstest.RequireNamespaces(t)
 	for _, tool := range []string{"setpriv", "unshare"} {
