@@ -135,3 +135,16 @@ func TestSyncStoreRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// Up refuses a negative --flows-max-bytes before it makes anything (the
+// enforcers would never rotate, silently).
+func TestUpRefusesNegativeFlowsMaxBytes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	_, err := Up(t.Context(), Config{StateDir: dir, Binary: "bireme"}, Options{FlowsMaxBytes: -1}, "testdata/three.yaml")
+	if err == nil || err.Error() != "lab up: --flows-max-bytes -1: want 0 (never rotate) or more" {
+		t.Fatalf("Up with FlowsMaxBytes -1: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("Up with FlowsMaxBytes -1 made %s (%v)", dir, err)
+	}
+}

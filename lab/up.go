@@ -49,6 +49,9 @@ func Up(ctx context.Context, cfg Config, opts Options, files ...string) (_ *Lab,
 	if err := checkMembers(opts); err != nil {
 		return nil, err
 	}
+	if opts.FlowsMaxBytes < 0 {
+		return nil, fmt.Errorf("lab up: --flows-max-bytes %d: want 0 (never rotate) or more", opts.FlowsMaxBytes)
+	}
 	if _, err := os.Stat(cfg.path("prefix")); err == nil {
 		return nil, fmt.Errorf("lab up: a lab already lives in %s (run `bireme lab down --state %s` first)", cfg.StateDir, cfg.StateDir)
 	}

@@ -107,9 +107,6 @@ func (f *labFlags) config(cmd *cobra.Command) (lab.Config, error) {
 
 func (f *labFlags) options() (lab.Options, error) {
 	o := lab.Options{NAT: f.nat, NoEnforce: f.noEnforce, UntrustedNodes: f.untrusted, Cluster: f.cluster, FlowsMaxBytes: f.flowsMax}
-	if f.flowsMax < 0 {
-		return o, fmt.Errorf("--flows-max-bytes %d: want 0 (never rotate) or more", f.flowsMax)
-	}
 	for _, m := range f.members {
 		name, files, ok := strings.Cut(m, "=")
 		if !ok || name == "" || files == "" {
