@@ -45,13 +45,6 @@ func TestFlowsCLI(t *testing.T) {
 	c.expectFlow(t, "n2", flowMatch{Direction: "ingress", Local: "x/cache", Peer: "x/web", Verdict: "allow"}, "x/cache-ingress", "x/cache-ingress")
 	files := []string{n1.Flows, n2.Flows}
 
-	bireme := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, biremeBin, args...).CombinedOutput()
-		return string(out), err
-	}
-
 	t.Run("filter", func(t *testing.T) {
 		out, err := bireme(append([]string{"flows", "--verdict", "deny", "--to", "x/", "--port", "8080", "-o", "json"}, files...)...)
 		if err != nil {
@@ -116,13 +109,7 @@ func TestFlowsCLI(t *testing.T) {
 		// A time range: the records at or after the middle one's time with
 		// --since, the others with --until, nothing lost or repeated. On
 		// a copy, which no late record changes.
-		snap := t.TempDir()
-		var copies []string
-		for _, f := range files {
-			cp := filepath.Join(snap, filepath.Base(f))
-			copyFile(t, f, cp)
-			copies = append(copies, cp)
-		}
+		copies := copyFiles(t, t.TempDir(), files)
 		all, err := bireme(append([]string{"flows", "-o", "json"}, copies...)...)
 		if err != nil {
 			t.Fatalf("%v\n%s", err, all)
@@ -135,7 +122,10 @@ func TestFlowsCLI(t *testing.T) {
 		at := mid.Time.UTC().Format(time.RFC3339Nano)
 		var before, after int
 		for _, line := range lines {
-			r, _ := flowlog.ParseLine([]byte(line))
+			r, err := flowlog.ParseLine([]byte(line))
+			if err != nil {
+				t.Fatalf("line %q: %v", line, err)
+			}
 			if r.Time.Before(mid.Time) {
 				before++
 			} else {
@@ -251,10 +241,9 @@ func TestFlowsCLI(t *testing.T) {
 		}
 		// The same copy with one byte of record 2 flipped: record 3's link
 		// to it no longer holds.
-		flipped := []byte(lines[1])
-		i := strings.Index(lines[1], `"node":"`) + len(`"node":"`)
-		flipped[i] ^= 0x01
-		os.WriteFile(cp, []byte(lines[0]+string(flipped)+strings.Join(lines[2:], "")), 0o600)
+		if err := os.WriteFile(cp, []byte(lines[0]+flipNodeByte(t, lines[1])+strings.Join(lines[2:], "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		out, err = bireme("flows", "verify", "--key", n1.FlowKey, cp)
 		if err == nil || !strings.Contains(out, "broken: "+cp+":3 ") || !strings.Contains(out, "does not link") {
 			t.Errorf("verify after flipping a byte of record 2: %v\n%s", err, out)
@@ -348,12 +337,6 @@ func TestFlowsVerifyAcrossRotation(t *testing.T) {
 		}
 		conn.Close()
 	}
-	bireme := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, biremeBin, args...).CombinedOutput()
-		return string(out), err
-	}
 	// The live file and its rotated predecessors (FILE.1 the newest), not
 	// the head.
 	flowFiles := func() []string {
@@ -399,12 +382,7 @@ func TestFlowsVerifyAcrossRotation(t *testing.T) {
 	// with one byte flipped in the second record of the newest rotated file.
 	dir := t.TempDir()
 	copyFile(t, flowlog.HeadPath(n1.Flows), flowlog.HeadPath(filepath.Join(dir, filepath.Base(n1.Flows))))
-	var copies []string
-	for _, f := range files {
-		cp := filepath.Join(dir, filepath.Base(f))
-		copyFile(t, f, cp)
-		copies = append(copies, cp)
-	}
+	copies := copyFiles(t, dir, files)
 	if out, err := bireme(append([]string{"flows", "verify", "--key", n1.FlowKey}, copies...)...); err != nil || !strings.HasPrefix(out, "intact: ") {
 		t.Fatalf("verify the untouched copy: %v\n%s", err, out)
 	}
@@ -417,15 +395,49 @@ func TestFlowsVerifyAcrossRotation(t *testing.T) {
 	if n := strings.Count(string(b), "\n"); n < 3 {
 		t.Fatalf("%s holds %d records, want 3 or more (record 3 is where a flipped record 2 shows)", rotated, n)
 	}
-	i := len(lines[0]) + strings.Index(lines[1], `"node":"`) + len(`"node":"`)
-	b[i] ^= 0x01
-	if err := os.WriteFile(rotated, b, 0o600); err != nil {
+	lines[1] = flipNodeByte(t, lines[1])
+	if err := os.WriteFile(rotated, []byte(strings.Join(lines, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err = bireme(append([]string{"flows", "verify", "--key", n1.FlowKey}, copies...)...)
 	if err == nil || !strings.Contains(out, "broken: "+rotated+":") {
 		t.Errorf("verify after flipping a byte of %s: %v\n%s", rotated, err, out)
 	}
+}
+
+// bireme runs the bireme binary under test, bounded in time.
+func bireme(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, biremeBin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// copyFiles copies files into dir under their base names and returns the
+// copies' paths, in order.
+func copyFiles(t *testing.T, dir string, files []string) []string {
+	t.Helper()
+	var copies []string
+	for _, f := range files {
+		cp := filepath.Join(dir, filepath.Base(f))
+		copyFile(t, f, cp)
+		copies = append(copies, cp)
+	}
+	return copies
+}
+
+// flipNodeByte returns the flow record line with one bit of its node
+// name's first byte flipped: still JSON, but not what was chained.
+func flipNodeByte(t *testing.T, line string) string {
+	t.Helper()
+	const field = `"node":"`
+	i := strings.Index(line, field)
+	if i < 0 || i+len(field) >= len(line) {
+		t.Fatalf("record has no %s: %q", field, line)
+	}
+	b := []byte(line)
+	b[i+len(field)] ^= 0x01
+	return string(b)
 }
 
 func copyFile(t *testing.T, from, to string) {
