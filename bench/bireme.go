@@ -14,6 +14,7 @@ import (
 
 	"github.com/bireme/bireme/bench/report"
 	"github.com/bireme/bireme/flowlog"
+	"github.com/bireme/bireme/internal/testbin"
 	"github.com/bireme/bireme/lab/topology"
 	"github.com/bireme/bireme/marks"
 	"github.com/bireme/bireme/netns"
@@ -56,10 +57,8 @@ func prepareBireme(ctx context.Context, r *runner) (*biremeEnv, error) {
 		if err != nil {
 			return nil, err
 		}
-		build := exec.CommandContext(ctx, "go", "build", "-o", env.bin, "./cmd/bireme")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("build ./cmd/bireme (run from the module root): %v: %s", err, strings.TrimSpace(string(out)))
+		if err := testbin.Build(ctx, root, env.bin); err != nil {
+			return nil, fmt.Errorf("build ./cmd/bireme (run from the module root): %w", err)
 		}
 	}
 	help, _ := exec.CommandContext(ctx, env.bin, "enforce", "--help").CombinedOutput()

@@ -8,10 +8,12 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/bireme/bireme/internal/testbin"
 )
 
 // buildTags are the tags every build of cmd/bireme uses (Makefile: TAGS).
-const buildTags = "grpcnotrace"
+const buildTags = testbin.BuildTags
 
 // TestBinaryLeavesOutHTMLTemplate: html/template (and text/template's
 // execution) looks methods up by name, so a binary that links it keeps
@@ -66,5 +68,40 @@ func TestBuildsUseTheTags(t *testing.T) {
 	}
 	if found == 0 {
 		t.Error("no build of cmd/bireme found in the Makefile or scripts/: the pattern is out of date")
+	}
+}
+
+// TestGoBuildsGoThroughTestbin: Go code that builds cmd/bireme (the
+// bench harness, the end-to-end tests) does it with testbin.Build, the one
+// place that knows the tags; a `go build` of its own would silently
+// measure or test the larger binary.
+func TestGoBuildsGoThroughTestbin(t *testing.T) {
+	root := repoRoot(t)
+	own := filepath.Join(root, "internal", "testbin", "testbin.go")
+	goBuild := regexp.MustCompile(`"build".*cmd/bireme`)
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || path == own {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			if goBuild.MatchString(line) && !strings.Contains(line, "regexp.MustCompile") {
+				rel, _ := filepath.Rel(root, path)
+				t.Errorf("%s:%d builds cmd/bireme itself; call testbin.Build (it passes -tags %s): %s", rel, i+1, buildTags, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
