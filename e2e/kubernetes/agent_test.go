@@ -455,9 +455,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 			}},
 		},
 	}
-	if _, err := client.NetworkingV1().NetworkPolicies("y").Create(ctx, np, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createPolicy(t, ctx, client, np)
 	checkLag(t, "policy c-from-a created: x/b refused", false, func() bool { return connects(b.ns, c.addr) })
 	if !connects(a.ns, c.addr) {
 		t.Error("x/a cannot reach y/c although c-from-a allows it")
@@ -475,42 +473,6 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	cnps := installClusterNetworkPolicyCRD(t, ctx, env)
 	n1.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
 	n2.waitLog(t, 20*time.Second, "ClusterNetworkPolicy API now served")
-
-	// An Admin tier ClusterNetworkPolicy denies app=a pods into y: the
-	// NetworkPolicy that allows them cannot override it. Deleted, the
-	// NetworkPolicy decides again.
-	admin := &cnp.ClusterNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "no-a-into-y"},
-		Spec: cnp.ClusterNetworkPolicySpec{
-			Tier: cnp.AdminTier, Priority: 10,
-			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}}},
-			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
-				Name: "no-a", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
-				From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}}},
-			}},
-		},
-	}
-	if _, err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Create(ctx, admin, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	checkLag(t, "Admin deny created: x/a refused", false, func() bool { return connects(a.ns, c.addr) })
-	if connects(b.ns, c.addr) {
-		t.Error("x/b still reaches y/c under the Admin deny")
-	}
-	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), `"tier":"admin"`) ||
-		!strings.Contains(string(flows), "denied by ClusterNetworkPolicy no-a-into-y") {
-		t.Errorf("n2's flow records name no Admin tier denial by no-a-into-y (err %v)", err)
-	}
-	if err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Delete(ctx, admin.Name, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	checkLag(t, "Admin deny deleted: x/a allowed", true, func() bool { return connects(a.ns, c.addr) })
-
-	// The other tiers from the API server, into x (no NetworkPolicy): an
-	// Admin Pass that hands y/c's connections on (to no NetworkPolicy,
-	// hence allowed) ahead of an Admin Deny of every other peer; then a
-	// Baseline default-deny of x that a NetworkPolicy of x opens for y.
-	inX := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "x"}}
 	createCNP := func(p *cnp.ClusterNetworkPolicy) {
 		t.Helper()
 		if _, err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Create(ctx, p, metav1.CreateOptions{}); err != nil {
@@ -521,6 +483,52 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		t.Helper()
 		if err := cnps.PolicyV1beta1().ClusterNetworkPolicies().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
+		}
+	}
+
+	// An Admin tier ClusterNetworkPolicy denies app=a pods into y: the
+	// NetworkPolicy that allows them cannot override it. Deleted, the
+	// NetworkPolicy decides again.
+	createCNP(&cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-a-into-y"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 10,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "y"}}},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name: "no-a", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}}}}},
+			}},
+		},
+	})
+	checkLag(t, "Admin deny created: x/a refused", false, func() bool { return connects(a.ns, c.addr) })
+	if connects(b.ns, c.addr) {
+		t.Error("x/b still reaches y/c under the Admin deny")
+	}
+	if flows, err := os.ReadFile(filepath.Join(dir, "n2.flows.jsonl")); err != nil || !strings.Contains(string(flows), `"tier":"admin"`) ||
+		!strings.Contains(string(flows), "denied by ClusterNetworkPolicy no-a-into-y") {
+		t.Errorf("n2's flow records name no Admin tier denial by no-a-into-y (err %v)", err)
+	}
+	deleteCNP("no-a-into-y")
+	checkLag(t, "Admin deny deleted: x/a allowed", true, func() bool { return connects(a.ns, c.addr) })
+
+	// The other tiers from the API server, into x (no NetworkPolicy): an
+	// Admin Pass that hands y/c's connections on (to no NetworkPolicy,
+	// hence allowed) ahead of an Admin Deny of every other peer; then a
+	// Baseline default-deny of x that a NetworkPolicy of x opens for y.
+	inX := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "x"}}
+	// denyEveryPeerIntoX is a policy of tier whose one rule denies x's
+	// pods connections from every namespace.
+	denyEveryPeerIntoX := func(name string, tier cnp.Tier, rule string) *cnp.ClusterNetworkPolicy {
+		return &cnp.ClusterNetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: cnp.ClusterNetworkPolicySpec{
+				Tier: tier, Priority: 10,
+				Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
+				Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+					Name: rule, Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+					From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
+				}},
+			},
 		}
 	}
 	n1Flows := func() string {
@@ -552,17 +560,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 			}},
 		},
 	})
-	createCNP(&cnp.ClusterNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "no-peers-into-x"},
-		Spec: cnp.ClusterNetworkPolicySpec{
-			Tier: cnp.AdminTier, Priority: 10,
-			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
-			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
-				Name: "none", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
-				From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
-			}},
-		},
-	})
+	createCNP(denyEveryPeerIntoX("no-peers-into-x", cnp.AdminTier, "none"))
 	if took, ok := eventually(3*time.Second, func() bool { return !connects(b.ns, a.addr) }); !ok {
 		t.Errorf("x/b still reaches x/a %v after the Admin deny of every peer", took)
 	}
@@ -574,17 +572,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 	}
 	deleteCNP("pass-c-into-x")
 	deleteCNP("no-peers-into-x")
-	createCNP(&cnp.ClusterNetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "x-closed"},
-		Spec: cnp.ClusterNetworkPolicySpec{
-			Tier: cnp.BaselineTier, Priority: 10,
-			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: inX},
-			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
-				Name: "default-deny", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
-				From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
-			}},
-		},
-	})
+	createCNP(denyEveryPeerIntoX("x-closed", cnp.BaselineTier, "default-deny"))
 	if took, ok := eventually(3*time.Second, func() bool { return !connects(c.ns, a.addr) }); !ok {
 		t.Errorf("y/c still reaches x/a %v after the Baseline default-deny", took)
 	}
@@ -600,9 +588,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 			}},
 		},
 	}
-	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, openX, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createPolicy(t, ctx, client, openX)
 	if took, ok := eventually(3*time.Second, func() bool { return connects(c.ns, a.addr) }); !ok {
 		t.Errorf("y/c still refused by x/a %v after x/from-y opened the Baseline", took)
 	}
@@ -624,9 +610,7 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 			Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}}},
 		},
 	}
-	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, auditX, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createPolicy(t, ctx, client, auditX)
 	wouldDeny := `"policy":"x/audit-x","rule":-1`
 	if took, ok := eventually(5*time.Second, func() bool {
 		if !connects(c.ns, a.addr) {

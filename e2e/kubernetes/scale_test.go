@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -20,7 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/bireme/bireme/internal/kubeenv"
-	"github.com/bireme/bireme/netns/netnstest"
 )
 
 // Issue 12's scale goals for one agent on a cluster of 10,000 pods (most
@@ -46,12 +44,7 @@ func TestAgentAtScale(t *testing.T) {
 	if os.Getenv("BIREME_K8S_SCALE") == "" {
 		t.Skip("skipping: creates 10,000 pods and 1,000 policies (about a minute); set BIREME_K8S_SCALE=1 or run make k8s-scale")
 	}
-	netnstest.RequireNamespaces(t)
-	for _, tool := range []string{"setpriv", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (util-linux; scripts/install-deps.sh installs it)", tool)
-		}
-	}
+	requirePodRunner(t)
 	env := kubeenv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()

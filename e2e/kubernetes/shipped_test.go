@@ -59,12 +59,7 @@ import (
 // and connect, and the flow records are written, with their signed head,
 // in the flows volume.
 func TestShippedManifestsRun(t *testing.T) {
-	netnstest.RequireNamespaces(t)
-	for _, tool := range []string{"setpriv", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (util-linux; scripts/install-deps.sh installs it)", tool)
-		}
-	}
+	requirePodRunner(t)
 	env := kubeenv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -123,6 +118,19 @@ func TestShippedManifestsRun(t *testing.T) {
 	}
 	if out, err := exec.Command(ag.bin, "flows", "verify", flows, "--key", ag.pathArg(t, "--flows-key")).CombinedOutput(); err != nil {
 		t.Errorf("bireme flows verify on the agent's records: %v\n%s", err, out)
+	}
+}
+
+// requirePodRunner skips the test, saying why, unless it may run the
+// shipped pods as runContainer does: network namespaces, and util-linux's
+// setpriv (the securityContext) and unshare (the pod's mount namespace).
+func requirePodRunner(t *testing.T) {
+	t.Helper()
+	netnstest.RequireNamespaces(t)
+	for _, tool := range []string{"setpriv", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipping: %s not installed (util-linux; scripts/install-deps.sh installs it)", tool)
+		}
 	}
 }
 
