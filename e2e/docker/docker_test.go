@@ -324,6 +324,17 @@ func probeAll(t *testing.T, what string, pairs []pair) {
 	}
 }
 
+// removedAtEnd removes path when the (sub)test ends if it is still there:
+// a policy file a failed subtest left behind would stay in force for the
+// subtests after it.
+func removedAtEnd(t *testing.T, path string) {
+	t.Cleanup(func() {
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			t.Errorf("remove %s: %v", path, err)
+		}
+	})
+}
+
 // serveHTTP serves index (from the new directory root) on port 80 in ns
 // until the test ends.
 func serveHTTP(t *testing.T, ns *netns.NS, root, index string) {
@@ -790,6 +801,7 @@ spec:
 			}
 		}
 		tiers := filepath.Join(policyDir, "tiers.yaml")
+		removedAtEnd(t, tiers)
 		writeWhole(tiers, `apiVersion: policy.networking.k8s.io/v1beta1
 kind: ClusterNetworkPolicy
 metadata: {name: web-to-db-decided-by-x}
@@ -841,6 +853,7 @@ spec:
 		}
 
 		open := filepath.Join(policyDir, "batch-from-web.yaml")
+		removedAtEnd(t, open)
 		writeWhole(open, `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: batch-from-web, namespace: x}
@@ -900,6 +913,13 @@ spec:
 	// policy file that does not validate is logged and changes nothing:
 	// the last good set stays in force.
 	t.Run("recreated with other labels, a broken policy file", func(t *testing.T) {
+		// Gone whatever happens: a leftover temp would be a fourth
+		// protected container for the subtests after this one.
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, _ = d1.docker(ctx, "rm", "-f", "temp")
+		})
 		d1.run(t, "temp", "bnet", protected("batch"), nil, serve("x/temp"))
 		if t.Failed() {
 			t.FailNow()
@@ -919,6 +939,7 @@ spec:
 
 		// Were it loaded, it would let app=batch into x/db.
 		broken := filepath.Join(policyDir, "broken.yaml")
+		removedAtEnd(t, broken)
 		writeFile(t, broken, `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: Db_From_Batch, namespace: x}
