@@ -210,21 +210,27 @@ func (a *agent) stop(t *testing.T) {
 	}
 }
 
+// logLines is how many lines of the agent's log so far hold every one of
+// parts.
+func (a *agent) logLines(parts ...string) int {
+	found := 0
+	for _, line := range strings.Split(a.log.String(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			found++
+		}
+	}
+	return found
+}
+
 // waitLog waits until n lines of the agent's log hold every one of parts.
 func (a *agent) waitLog(t *testing.T, timeout time.Duration, n int, parts ...string) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		found := 0
-		for _, line := range strings.Split(a.log.String(), "\n") {
-			all := true
-			for _, p := range parts {
-				all = all && strings.Contains(line, p)
-			}
-			if all {
-				found++
-			}
-		}
-		if found >= n {
+		if a.logLines(parts...) >= n {
 			return
 		}
 	}
@@ -315,6 +321,31 @@ func probeAll(t *testing.T, what string, pairs []pair) {
 		if e != "" {
 			t.Errorf("%s: %s", what, e)
 		}
+	}
+}
+
+// serveHTTP serves index (from the new directory root) on port 80 in ns
+// until the test ends.
+func serveHTTP(t *testing.T, ns *netns.NS, root, index string) {
+	t.Helper()
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(root, "index.html"), index)
+	srv := ns.Command(context.Background(), "busybox", "httpd", "-f", "-p", "80", "-h", root)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+}
+
+// expectFlow fails t unless file holds a flow record whose JSON holds
+// every one of subs; the error says format and shows the file.
+func expectFlow(t *testing.T, file string, subs []string, format string, args ...any) {
+	t.Helper()
+	if len(flowsWith(t, file, subs...)) == 0 {
+		data, _ := os.ReadFile(file)
+		t.Errorf(format+":\n%s", append(args, data)...)
 	}
 }
 
@@ -560,16 +591,7 @@ spec:
 `, nsW.Name))
 
 	// peer/w: a server in w's namespace, under `bireme enforce`.
-	wRoot := filepath.Join(work, "www-w")
-	if err := os.MkdirAll(wRoot, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(wRoot, "index.html"), "peer/w\n")
-	wServer := nsW.Command(context.Background(), "busybox", "httpd", "-f", "-p", "80", "-h", wRoot)
-	if err := wServer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = wServer.Process.Kill(); _ = wServer.Wait() })
+	serveHTTP(t, nsW, filepath.Join(work, "www-w"), "peer/w\n")
 
 	// fed/f: admits x/web of cluster docker-e2e only, by naming the
 	// cluster (a selector without bireme.io/cluster matches fed's own
@@ -594,16 +616,7 @@ spec:
   podSelector: {matchLabels: {app: f}}
   ingress: [{from: [{namespaceSelector: {matchLabels: {bireme.io/cluster: %s, kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {app: web}}}]}]
 `, nsF.Name, cluster))
-	fRoot := filepath.Join(work, "www-f")
-	if err := os.MkdirAll(fRoot, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(fRoot, "index.html"), "fed/f\n")
-	fServer := nsF.Command(context.Background(), "busybox", "httpd", "-f", "-p", "80", "-h", fRoot)
-	if err := fServer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fServer.Process.Kill(); _ = fServer.Wait() })
+	serveHTTP(t, nsF, filepath.Join(work, "www-f"), "fed/f\n")
 
 	nodeArgs := func(dir string) []string {
 		return []string{"--cluster", cluster, "--ca-bundle", keys + "/ca/ca.crt",
@@ -683,14 +696,8 @@ spec:
 			{d2, "web", "peer/w", ip["w"], false, ""},
 			{d2, "plain2", "dock1 plain", ip["plain"], true, "plain"},
 		})
-		if recs := flowsWith(t, flowsW, `"verdict":"allow"`, `"direction":"ingress"`, `"peer":{"cluster":"docker-e2e","namespace":"x","pod":"web"`); len(recs) == 0 {
-			data, _ := os.ReadFile(flowsW)
-			t.Errorf("peer's flow records show no connection admitted from x/web of dock1:\n%s", data)
-		}
-		if recs := flowsWith(t, flows1, "unknown-ca"); len(recs) == 0 {
-			data, _ := os.ReadFile(flows1)
-			t.Errorf("dock1's flow records show no refusal of the forged identity (unknown-ca):\n%s", data)
-		}
+		expectFlow(t, flowsW, []string{`"verdict":"allow"`, `"direction":"ingress"`, `"peer":{"cluster":"docker-e2e","namespace":"x","pod":"web"`}, "peer's flow records show no connection admitted from x/web of dock1")
+		expectFlow(t, flows1, []string{"unknown-ca"}, "dock1's flow records show no refusal of the forged identity (unknown-ca)")
 	})
 	if t.Failed() {
 		t.Logf("dock1 log:\n%s", dock1.log.String())
@@ -754,10 +761,7 @@ spec:
 			{d1, "web", "db", ip["db"], false, ""},
 			{d1, "web", "batch", ip["batch"], true, "x/batch"},
 		})
-		if recs := flowsWith(t, flows1, `"verdict":"deny"`, "freeze-db", `"tier":"admin"`); len(recs) == 0 {
-			data, _ := os.ReadFile(flows1)
-			t.Errorf("dock1's flow records name no Admin tier denial by freeze-db:\n%s", data)
-		}
+		expectFlow(t, flows1, []string{`"verdict":"deny"`, "freeze-db", `"tier":"admin"`}, "dock1's flow records name no Admin tier denial by freeze-db")
 		x := mustRun(t, bin, "policy", "explain", "-f", policyDir, "--docker-host", d1.host, "--host", "dock1",
 			"--cluster", cluster, "--from", "x/web", "--to", "x/db", "--port", "80")
 		if !strings.Contains(x, "verdict: denied") || !strings.Contains(x, "freeze-db") {
@@ -784,21 +788,6 @@ spec:
 			if err := os.Rename(tmp, path); err != nil {
 				t.Fatal(err)
 			}
-		}
-		// inForce is how many times the agent put a policy set with
-		// these counts in force so far.
-		inForce := func(parts ...string) int {
-			n := 0
-			for _, line := range strings.Split(dock1.log.String(), "\n") {
-				all := strings.Contains(line, "network policies in force")
-				for _, p := range parts {
-					all = all && strings.Contains(line, p)
-				}
-				if all {
-					n++
-				}
-			}
-			return n
 		}
 		tiers := filepath.Join(policyDir, "tiers.yaml")
 		writeWhole(tiers, `apiVersion: policy.networking.k8s.io/v1beta1
@@ -843,10 +832,7 @@ spec:
 			{`"verdict":"deny"`, `"tier":"admin"`, "denied by ClusterNetworkPolicy db-closed"},
 			{`"verdict":"deny"`, `"tier":"baseline"`, "denied by ClusterNetworkPolicy batch-closed (Baseline tier"},
 		} {
-			if recs := flowsWith(t, flows1, want...); len(recs) == 0 {
-				data, _ := os.ReadFile(flows1)
-				t.Errorf("dock1's flow records have none with %q:\n%s", want, data)
-			}
+			expectFlow(t, flows1, want, "dock1's flow records have none with %q", want)
 		}
 		x := mustRun(t, bin, "policy", "explain", "-f", policyDir, "--docker-host", d1.host, "--host", "dock1",
 			"--cluster", cluster, "--from", "x/web", "--to", "x/db", "--port", "80")
@@ -867,12 +853,9 @@ spec:
 			{d1, "web", "batch", ip["batch"], true, "x/batch"},
 			{d1, "db", "batch", ip["batch"], false, ""},
 		})
-		if recs := flowsWith(t, flows1, `"verdict":"allow"`, `"tier":"networkpolicy"`, "allowed by x/batch-from-web"); len(recs) == 0 {
-			data, _ := os.ReadFile(flows1)
-			t.Errorf("dock1's flow records show no admission by x/batch-from-web:\n%s", data)
-		}
+		expectFlow(t, flows1, []string{`"verdict":"allow"`, `"tier":"networkpolicy"`, "allowed by x/batch-from-web"}, "dock1's flow records show no admission by x/batch-from-web")
 
-		before := inForce("policies=3", "clusterPolicies=0")
+		before := dock1.logLines("network policies in force", "policies=3", "clusterPolicies=0")
 		for _, f := range []string{open, tiers} {
 			if err := os.Remove(f); err != nil {
 				t.Fatal(err)
@@ -895,20 +878,14 @@ spec:
 	t.Run("a federated cluster by bundle", func(t *testing.T) {
 		fedAddr := "198.19.205.2"
 		probeAll(t, "no trust in fed", []pair{{d1, "web", "fed/f", fedAddr, false, ""}})
-		if recs := flowsWith(t, flows1, `"verdict":"deny"`, "unknown-ca", fedAddr+":80"); len(recs) == 0 {
-			data, _ := os.ReadFile(flows1)
-			t.Errorf("dock1's flow records show no refusal of fed's answer (unknown-ca):\n%s", data)
-		}
+		expectFlow(t, flows1, []string{`"verdict":"deny"`, "unknown-ca", fedAddr + ":80"}, "dock1's flow records show no refusal of fed's answer (unknown-ca)")
 		mustRun(t, bin, "keys", "bundle", "import", "--trust-domain", "fed", "--in", filepath.Join(work, "fed.json"), "--dir", bundlesDock1, "--cluster", cluster)
 		dock1.waitLog(t, 10*time.Second, 1, "trust changed", "trust_domains="+cluster+",fed")
 		probeAll(t, "fed trusted", []pair{
 			{d1, "web", "fed/f", fedAddr, true, "fed/f"},
 			{d1, "batch", "fed/f", fedAddr, false, ""},
 		})
-		if recs := flowsWith(t, flowsF, `"verdict":"allow"`, `"direction":"ingress"`, `"peer":{"cluster":"`+cluster+`","namespace":"x","pod":"web"`, "bireme.io/cluster="+cluster); len(recs) == 0 {
-			data, _ := os.ReadFile(flowsF)
-			t.Errorf("fed's flow records show no admission of x/web of cluster %s by its cluster label:\n%s", cluster, data)
-		}
+		expectFlow(t, flowsF, []string{`"verdict":"allow"`, `"direction":"ingress"`, `"peer":{"cluster":"` + cluster + `","namespace":"x","pod":"web"`, "bireme.io/cluster=" + cluster}, "fed's flow records show no admission of x/web of cluster %s by its cluster label", cluster)
 		mustRun(t, bin, "keys", "bundle", "remove", "--trust-domain", "fed", "--dir", bundlesDock1)
 		dock1.waitLog(t, 10*time.Second, 1, "trust changed", "revoked=fed")
 		before := len(flowsWith(t, flows1, `"verdict":"deny"`, "unknown-ca", fedAddr+":80"))
@@ -1121,15 +1098,9 @@ spec:
 			{`"verdict":"allow"`, `"direction":"ingress"`, `"pod":"batch"`, `"peer":` + plain},
 			{`"verdict":"deny"`, `"direction":"ingress"`, `"pod":"db"`, `"peer":` + plain, "x/db-from-web"},
 		} {
-			if recs := flowsWith(t, flows1, want...); len(recs) == 0 {
-				data, _ := os.ReadFile(flows1)
-				t.Errorf("dock1's flow records have none with %q:\n%s", want, data)
-			}
+			expectFlow(t, flows1, want, "dock1's flow records have none with %q", want)
 		}
-		if recs := flowsWith(t, flowsW, `"verdict":"deny"`, `"direction":"ingress"`, `"peer":`+plain, "peer/w-from-web"); len(recs) == 0 {
-			data, _ := os.ReadFile(flowsW)
-			t.Errorf("peer's flow records show no refusal of default/plain by peer/w-from-web:\n%s", data)
-		}
+		expectFlow(t, flowsW, []string{`"verdict":"deny"`, `"direction":"ingress"`, `"peer":` + plain, "peer/w-from-web"}, "peer's flow records show no refusal of default/plain by peer/w-from-web")
 		if t.Failed() {
 			t.Logf("agent --all log:\n%s", all.log.String())
 		}
