@@ -142,8 +142,8 @@ start() {
 	etcd_peer="$(free_port)"
 	api_port="$(free_port)"
 
-	etcd_pki "$dir/etcd-pki"
 	local pki="$dir/etcd-pki"
+	etcd_pki "$pki"
 	# Clients (the API server) and the peer port need a certificate of
 	# the throwaway CA: nothing else on the machine can read or write
 	# the cluster's state through etcd.

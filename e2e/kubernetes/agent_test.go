@@ -370,19 +370,8 @@ func TestAgentFollowsTheAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, ns := range []struct {
-		name   string
-		labels map[string]string
-	}{{"x", map[string]string{"team": "x"}}, {"y", map[string]string{"team": "y"}}} {
-		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: ns.labels}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		// No controller manager runs: the service account admission
-		// plugin wants the namespace's default account to exist.
-		if _, err := client.CoreV1().ServiceAccounts(ns.name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNamespace(t, ctx, client, "x", map[string]string{"team": "x"})
+	createNamespace(t, ctx, client, "y", map[string]string{"team": "y"})
 
 	agentKubeconfig := agentCredentials(t, ctx, env, dir)
 	f := newFabric(t)

@@ -569,10 +569,11 @@ func fillVolumes(t *testing.T, ctx context.Context, client kubernetes.Interface,
 			if err := os.WriteFile(path, data, mode); err != nil {
 				t.Fatal(err)
 			}
-			// The kubelet gives secret and ConfigMap files the pod's fsGroup.
+			// The volume's mode exactly (WriteFile's passes through the umask).
 			if err := os.Chmod(path, mode); err != nil {
 				t.Fatal(err)
 			}
+			// The kubelet gives secret and ConfigMap files the pod's fsGroup.
 			if fsGroup != nil {
 				if err := os.Chown(path, 0, int(*fsGroup)); err != nil {
 					t.Fatal(err)
