@@ -50,6 +50,16 @@ func runPolicy(t *testing.T, args ...string) (string, error) {
 	return runCommand(t, newPolicyCmd(), args...)
 }
 
+// expectOutput fails t for each of want that out lacks.
+func expectOutput(t *testing.T, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
 func policyDir(t *testing.T, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -146,11 +156,7 @@ func TestPolicyExplain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tt.wantOut {
-				if !strings.Contains(out, w) {
-					t.Errorf("output lacks %q:\n%s", w, out)
-				}
-			}
+			expectOutput(t, out, tt.wantOut...)
 		})
 	}
 }
@@ -216,11 +222,7 @@ func TestPolicyExplainAcrossClusters(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.wantOut {
-				if !strings.Contains(out, w) {
-					t.Errorf("output lacks %q:\n%s", w, out)
-				}
-			}
+			expectOutput(t, out, tc.wantOut...)
 		})
 	}
 }
@@ -266,11 +268,7 @@ spec:
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("output lacks %q:\n%s", w, out)
-				}
-			}
+			expectOutput(t, out, tc.want...)
 			for _, n := range tc.never {
 				if strings.Contains(out, n) {
 					t.Errorf("output has %q:\n%s", n, out)
