@@ -409,3 +409,17 @@ func FuzzParseLine(f *testing.F) {
 		}
 	})
 }
+
+// A negative size or count is refused before any file is made (it would
+// silently never rotate).
+func TestOpenFileRefusesNegativeLimits(t *testing.T) {
+	for _, cfg := range []FileConfig{{MaxBytes: -1}, {MaxBytes: 100, Keep: -2}} {
+		cfg.Path = filepath.Join(t.TempDir(), "flows.jsonl")
+		if _, _, err := OpenFile(cfg); err == nil || !strings.Contains(err.Error(), "want 0 or more") {
+			t.Errorf("OpenFile(MaxBytes %d, Keep %d): %v, want a refusal", cfg.MaxBytes, cfg.Keep, err)
+		}
+		if _, err := os.Stat(cfg.Path); !os.IsNotExist(err) {
+			t.Errorf("OpenFile(MaxBytes %d, Keep %d) created the file (%v)", cfg.MaxBytes, cfg.Keep, err)
+		}
+	}
+}

@@ -56,6 +56,10 @@ type fileSink struct {
 // by a crash is ended with a newline and left as it is: verification
 // reports it, and the chain continues from the last whole record.
 func OpenFile(cfg FileConfig) (*Writer, io.Closer, error) {
+	if cfg.MaxBytes < 0 || cfg.Keep < 0 {
+		// Either would silently never rotate or keep nothing.
+		return nil, nil, fmt.Errorf("flows file %s: max bytes %d and keep %d: want 0 or more", cfg.Path, cfg.MaxBytes, cfg.Keep)
+	}
 	if cfg.Keep < 1 {
 		cfg.Keep = 1
 	}
